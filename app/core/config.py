@@ -1,0 +1,330 @@
+"""Settings: every environment variable the service reads, in one place.
+
+Values come from the process environment, then from ``app/.env`` and ``./.env``.
+Problems are reported with the variable's name, either as a hard error
+(:class:`ConfigError`, the service refuses to start) or as a warning collected in
+``Settings.warnings`` (for instance an incomplete SMTP set, after which email is off).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import quote, urlsplit
+
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+APP_DIR = Path(__file__).resolve().parent.parent
+
+#: Minimum length, in bytes, of a JWT secret in production.
+JWT_SECRET_MIN_BYTES = 32
+#: Name of the file, inside DATA_DIR, that holds a generated (non-production) JWT secret.
+JWT_SECRET_FILE = ".jwt_secret"  # noqa: S105 (a file name, not a secret)
+
+LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
+EmailMethod = Literal["none", "smtp", "mj"]
+
+#: OAuth providers whose client id / secret can be configured.
+OAUTH_PROVIDERS = ("github", "discord", "twitch", "google", "reddit", "twitter")
+
+_SMTP_REQUIRED = ("SMTP_HOST", "SMTP_PORT", "SMTP_SENDER_EMAIL")
+_MJ_REQUIRED = ("MJ_APIKEY_PUBLIC", "MJ_APIKEY_PRIVATE", "MJ_SENDER_EMAIL")
+_POSTGRES_VARS = ("POSTGRES_SERVER", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot be used; the message names the variable(s) at fault."""
+
+
+def _check_http_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} must be an http(s) URL with a host, got {value!r}")
+    return value.rstrip("/")
+
+
+def _split_list(value: object) -> object:
+    """Read a comma-separated list from the environment ("a, b" -> ["a", "b"])."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """The service's configuration. See README.md "Configuration" for each variable."""
+
+    model_config = SettingsConfigDict(
+        env_file=(APP_DIR / ".env", ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    PROJECT_NAME: str = "UserManager"
+
+    # URL
+    BASE_URL: str = "http://localhost:8000"
+    API_STR: str = "/api"
+    FRONTEND_URL: str = "http://localhost:3000"
+
+    # Storage
+    DATA_DIR: Path = Path("./data")
+
+    # Logging
+    LOG_LEVEL: LogLevel = "INFO"
+    LOG_FILE_ENABLED: bool = False
+    LOG_FILE_LEVEL: LogLevel = "WARNING"
+    LOG_FILE_ROTATION: str = "24"
+    LOG_FILE_RETENTION: str = "30"
+
+    # JWT
+    JWT_SECRET_KEY: str | None = Field(default=None, repr=False)
+    JWT_EXP: int = Field(default=30, gt=0)
+
+    # OTP
+    OTP_LENGTH: int = Field(default=6, ge=6, le=10)
+    OTP_AUTHENTICATOR_INTERVAL: int = Field(default=30, gt=0, le=120)
+    OTP_EMAIL_INTERVAL: int = Field(default=600, gt=0)
+
+    ENVIRONMENT: str = "local"
+
+    # Feature flags and docs
+    FEATURE_FLAGS_ENABLED: bool = False
+    FEATURE_FLAGS_FILE: str = "feature_flags.json"
+    PROTECTED_INTERACTIVE_DOCS: bool = True
+
+    # Database
+    DATABASE_URI: str | None = Field(default=None, repr=False)
+    POSTGRES_SERVER: str | None = None
+    POSTGRES_PORT: int = 5432
+    POSTGRES_USER: str | None = None
+    POSTGRES_PASSWORD: str | None = Field(default=None, repr=False)
+    POSTGRES_DB: str | None = None
+
+    # Email
+    CONTACT_EMAIL: str | None = None
+    EMAIL_METHOD: EmailMethod = "none"
+    EMAIL_CHECK_DELIVERABILITY: bool = True
+    SMTP_TLS: bool = True
+    SMTP_PORT: int | None = None
+    SMTP_HOST: str | None = None
+    SMTP_USER: str | None = None
+    SMTP_PASSWORD: str | None = Field(default=None, repr=False)
+    SMTP_SENDER_EMAIL: str | None = None
+    MJ_APIKEY_PUBLIC: str | None = None
+    MJ_APIKEY_PRIVATE: str | None = Field(default=None, repr=False)
+    MJ_SENDER_EMAIL: str | None = None
+
+    # Rate limiter
+    RATE_LIMITER_ENABLED: bool = False
+    RATE_LIMITER_MAX_REQUESTS: int = Field(default=300, gt=0)
+    RATE_LIMITER_WINDOW_SECONDS: int = Field(default=900, gt=0)
+    REDIS_URL: str | None = Field(default=None, repr=False)
+
+    # Third-party login
+    API_CLIENT_ID_GITHUB: str | None = None
+    API_CLIENT_SECRET_GITHUB: str | None = Field(default=None, repr=False)
+    API_CLIENT_ID_DISCORD: str | None = None
+    API_CLIENT_SECRET_DISCORD: str | None = Field(default=None, repr=False)
+    API_CLIENT_ID_TWITCH: str | None = None
+    API_CLIENT_SECRET_TWITCH: str | None = Field(default=None, repr=False)
+    API_CLIENT_ID_GOOGLE: str | None = None
+    API_CLIENT_SECRET_GOOGLE: str | None = Field(default=None, repr=False)
+    API_CLIENT_ID_REDDIT: str | None = None
+    API_CLIENT_SECRET_REDDIT: str | None = Field(default=None, repr=False)
+    API_CLIENT_ID_TWITTER: str | None = None
+    API_CLIENT_SECRET_TWITTER: str | None = Field(default=None, repr=False)
+
+    # Settings the seed does not name (DESIGN.md §5)
+    PASSWORD_BCRYPT_ROUNDS: int = Field(default=12, ge=4, le=31)
+    DEACTIVATE_ON_PASSWORD_FORGOT: bool = False
+    MAX_UPLOAD_SIZE_MB: int = Field(default=10, gt=0)
+    FORWARDED_ALLOW_IPS: Annotated[list[str], NoDecode] = []
+    ALLOWED_REDIRECT_ORIGINS: Annotated[list[str], NoDecode] = []
+    FIRST_ADMIN_USERNAME: str | None = None
+    FIRST_ADMIN_EMAIL: str | None = None
+    FIRST_ADMIN_PASSWORD: str | None = Field(default=None, repr=False)
+    METRICS_ENABLED: bool = False
+    METRICS_ALLOW_IPS: Annotated[list[str], NoDecode] = ["127.0.0.1"]
+
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @field_validator("BASE_URL", "FRONTEND_URL")
+    @classmethod
+    def _url(cls, value: str, info) -> str:
+        return _check_http_url(info.field_name, value)
+
+    @field_validator("API_STR")
+    @classmethod
+    def _api_str(cls, value: str) -> str:
+        value = "/" + value.strip("/")
+        if value == "/":
+            raise ValueError("API_STR must be a path prefix such as /api, not /")
+        return value
+
+    @field_validator("ALLOWED_REDIRECT_ORIGINS", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        value = _split_list(value)
+        if isinstance(value, list):
+            return [_check_http_url("ALLOWED_REDIRECT_ORIGINS", str(v)) for v in value]
+        return value
+
+    @field_validator("FORWARDED_ALLOW_IPS", "METRICS_ALLOW_IPS", mode="before")
+    @classmethod
+    def _ip_list(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("EMAIL_METHOD", "LOG_LEVEL", "LOG_FILE_LEVEL", mode="before")
+    @classmethod
+    def _normalise_choice(cls, value: object, info) -> object:
+        if not isinstance(value, str):
+            return value
+        if info.field_name == "EMAIL_METHOD":
+            value = value.strip().lower()
+            return "mj" if value == "mailjet" else value
+        return value.strip().upper()
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return value or None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        if self.ENVIRONMENT == "production":
+            key = self.JWT_SECRET_KEY
+            if not key or len(key.encode()) < JWT_SECRET_MIN_BYTES:
+                raise ValueError(
+                    "JWT_SECRET_KEY must be set to at least "
+                    f"{JWT_SECRET_MIN_BYTES} bytes when ENVIRONMENT=production"
+                )
+        given = [name for name in _POSTGRES_VARS if getattr(self, name)]
+        if given and len(given) < len(_POSTGRES_VARS):
+            missing = [name for name in _POSTGRES_VARS if name not in given]
+            raise ValueError(
+                f"incomplete PostgreSQL settings: {', '.join(missing)} missing "
+                f"(set all of {', '.join(_POSTGRES_VARS)}, or none)"
+            )
+        if self.DATABASE_URI and not given:
+            scheme = urlsplit(self.DATABASE_URI).scheme.split("+")[0]
+            if scheme not in ("sqlite", "postgresql", "postgres"):
+                raise ValueError(
+                    f"DATABASE_URI must be a sqlite:// or postgresql:// URL, got scheme {scheme!r}"
+                )
+        self._check_email_method()
+        return self
+
+    def _check_email_method(self) -> None:
+        """Fall back to EMAIL_METHOD=none, with a warning, when its variables are incomplete."""
+        if self.EMAIL_METHOD == "smtp":
+            missing = [name for name in _SMTP_REQUIRED if not getattr(self, name)]
+            if bool(self.SMTP_USER) != bool(self.SMTP_PASSWORD):
+                missing.append("SMTP_PASSWORD" if self.SMTP_USER else "SMTP_USER")
+        elif self.EMAIL_METHOD == "mj":
+            missing = [name for name in _MJ_REQUIRED if not getattr(self, name)]
+        else:
+            return
+        if missing:
+            self._warnings.append(
+                f"EMAIL_METHOD={self.EMAIL_METHOD} but {', '.join(missing)} "
+                "not set: falling back to EMAIL_METHOD=none (no email will be sent)"
+            )
+            self.EMAIL_METHOD = "none"
+
+    # Derived values -----------------------------------------------------------------
+
+    @property
+    def warnings(self) -> list[str]:
+        """Configuration problems that did not stop the service, for the startup log."""
+        return list(self._warnings)
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy async URL: POSTGRES_* first, then DATABASE_URI, then SQLite."""
+        if self.POSTGRES_SERVER:
+            user = quote(self.POSTGRES_USER or "", safe="")
+            password = quote(self.POSTGRES_PASSWORD or "", safe="")
+            return (
+                f"postgresql+psycopg://{user}:{password}@{self.POSTGRES_SERVER}:"
+                f"{self.POSTGRES_PORT}/{self.POSTGRES_DB}"
+            )
+        if self.DATABASE_URI:
+            return async_database_url(self.DATABASE_URI)
+        return f"sqlite+aiosqlite:///{(self.DATA_DIR / 'user_manager.db').resolve()}"
+
+    @property
+    def is_production(self) -> bool:
+        """True when ENVIRONMENT=production (stricter cookies and secrets)."""
+        return self.ENVIRONMENT == "production"
+
+    def oauth_client(self, provider: str) -> tuple[str, str] | None:
+        """The (client id, client secret) of a provider, or None when not configured."""
+        client_id = getattr(self, f"API_CLIENT_ID_{provider.upper()}", None)
+        secret = getattr(self, f"API_CLIENT_SECRET_{provider.upper()}", None)
+        return (client_id, secret) if client_id and secret else None
+
+
+def async_database_url(url: str) -> str:
+    """Turn a plain database URL into the async driver's one."""
+    scheme, sep, rest = url.partition("://")
+    base = scheme.split("+")[0]
+    if base in ("postgres", "postgresql"):
+        return f"postgresql+psycopg{sep}{rest}"
+    if base == "sqlite":
+        return f"sqlite+aiosqlite{sep}{rest}"
+    return url
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem, each starting with the variable's name."""
+    lines = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]) or "configuration"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}: {message}")
+    return "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning validation errors into a :class:`ConfigError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(f"invalid configuration: {format_validation_error(error)}") from None
+
+
+def ensure_jwt_secret(settings: Settings) -> str:
+    """Return the JWT secret, generating and keeping one in DATA_DIR outside production.
+
+    Several workers may start at once: the file is created exclusively, and whoever
+    loses the race reads the winner's secret.
+    """
+    if settings.JWT_SECRET_KEY:
+        return settings.JWT_SECRET_KEY
+    path = settings.DATA_DIR / JWT_SECRET_FILE
+    settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_text().strip()
+    else:
+        secret = secrets.token_urlsafe(48)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret)
+    if len(secret.encode()) < JWT_SECRET_MIN_BYTES:
+        raise ConfigError(f"JWT_SECRET_KEY: the secret kept in {path} is too short; delete it")
+    settings.JWT_SECRET_KEY = secret
+    return secret
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return load_settings()

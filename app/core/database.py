@@ -1,0 +1,119 @@
+"""Async engine, session factory, SQLite pragmas and upgrade-on-startup.
+
+SQLite (the default, in DATA_DIR) gets WAL, foreign keys and a busy timeout on every
+connection. PostgreSQL is reached through psycopg 3. On start the schema is upgraded
+to Alembic's head, one process at a time: a PostgreSQL advisory lock, or a file lock
+beside the SQLite database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from loguru import logger
+from sqlalchemy import event, make_url, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
+ALEMBIC_INI = ROOT_DIR / "alembic.ini"
+ALEMBIC_DIR = ROOT_DIR / "app" / "alembic"
+
+#: Key of the PostgreSQL advisory lock held while migrating (any constant shared by replicas).
+MIGRATION_LOCK_KEY = 0x55534D47  # "USMG"
+#: How long (ms) an SQLite connection waits for a lock held by another writer.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+def is_sqlite(url: str) -> bool:
+    """True for an SQLite database URL."""
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _set_sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """Create the async engine for ``url`` (SQLite gets its pragmas, PostgreSQL a pool)."""
+    if is_sqlite(url):
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
+    else:
+        engine = create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return engine
+
+
+def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded values after commit (responses are built after it)."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic's configuration, optionally bound to an open connection."""
+    config = Config(str(ALEMBIC_INI))
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Held until the transaction ends: a second replica waits here, then finds
+        # the schema already at head.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    command.upgrade(alembic_config(connection), "head")
+
+
+@asynccontextmanager
+async def _file_lock(path: Path) -> AsyncIterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        await asyncio.to_thread(fcntl.flock, handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+async def upgrade_database(engine: AsyncEngine) -> None:
+    """Bring the schema to Alembic's head, one process at a time."""
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        lock = _file_lock(Path(f"{engine.url.database}.migrate-lock"))
+    else:
+        lock = _no_lock()
+    async with lock, engine.begin() as connection:
+        await connection.run_sync(_upgrade)
+    logger.info("database schema is at head ({})", engine.dialect.name)
+
+
+@asynccontextmanager
+async def _no_lock() -> AsyncIterator[None]:
+    yield
+
+
+async def check_database(engine: AsyncEngine, timeout_seconds: float = 2.0) -> None:
+    """Raise if the database does not answer ``SELECT 1`` within the timeout."""
+    async with asyncio.timeout(timeout_seconds):
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))

@@ -1,0 +1,167 @@
+"""Domain errors and the handlers that turn every error into one JSON shape.
+
+Services raise :class:`AppError` subclasses (``UsernameTaken``, ``PermissionDenied``,
+...); routers never build error responses themselves. Every error a client sees is
+``{"detail": str, "code": "UPPER_SNAKE"}``; validation errors add ``errors``, the list
+of fields at fault (without the submitted values, which may be passwords).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from loguru import logger
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+#: Default ``code`` for an HTTP status when the raiser gave none.
+STATUS_CODES: dict[int, str] = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "VALIDATION_ERROR",
+    429: "RATE_LIMITED",
+    500: "INTERNAL_ERROR",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+class AppError(Exception):
+    """An error meant for the client: an HTTP status, a stable code and a message."""
+
+    status_code: int = 400
+    code: str = "BAD_REQUEST"
+    detail: str = "Bad request"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        code: str | None = None,
+        status_code: int | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.detail = detail or self.detail
+        self.code = code or self.code
+        self.status_code = status_code or self.status_code
+        self.headers = headers
+        self.extra = extra or {}
+        super().__init__(self.detail)
+
+
+class NotFound(AppError):
+    """The resource does not exist, or the caller may not know that it does."""
+
+    status_code = 404
+    code = "NOT_FOUND"
+    detail = "Not found"
+
+
+class Unauthorized(AppError):
+    """No valid credentials."""
+
+    status_code = 401
+    code = "UNAUTHORIZED"
+    detail = "Not authenticated"
+
+    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"WWW-Authenticate": "Bearer"})
+        super().__init__(detail, **kwargs)
+
+
+class PermissionDenied(AppError):
+    """Authenticated, but not allowed."""
+
+    status_code = 403
+    code = "FORBIDDEN"
+    detail = "Not allowed"
+
+
+class Conflict(AppError):
+    """The request clashes with existing data (a taken username, for one)."""
+
+    status_code = 409
+    code = "CONFLICT"
+    detail = "Conflict"
+
+
+class ServiceUnavailable(AppError):
+    """A dependency (database, Redis) is not reachable."""
+
+    status_code = 503
+    code = "SERVICE_UNAVAILABLE"
+    detail = "Service unavailable"
+
+
+def error_body(detail: str, code: str, **extra: Any) -> dict[str, Any]:
+    """The common error shape."""
+    return {"detail": detail, "code": code, **extra}
+
+
+def _code_for(status_code: int) -> str:
+    if status_code in STATUS_CODES:
+        return STATUS_CODES[status_code]
+    try:
+        return HTTPStatus(status_code).name
+    except ValueError:
+        return "ERROR"
+
+
+async def _app_error(_request: Request, exc: AppError) -> JSONResponse:
+    return JSONResponse(
+        error_body(exc.detail, exc.code, **exc.extra),
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    return JSONResponse(
+        error_body(detail, _code_for(exc.status_code)),
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+def _location(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [
+        {
+            "loc": list(error.get("loc", ())),
+            "msg": error.get("msg", "invalid"),
+            "type": error.get("type", "value_error"),
+        }
+        for error in exc.errors()
+    ]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    detail = f"{_location(first['loc'])}: {first['msg']}" if first["loc"] else first["msg"]
+    return JSONResponse(
+        error_body(detail, "VALIDATION_ERROR", errors=errors),
+        status_code=422,
+    )
+
+
+async def _unhandled_error(_request: Request, exc: Exception) -> JSONResponse:
+    logger.opt(exception=exc).error("unhandled error: {}", type(exc).__name__)
+    return JSONResponse(error_body("Internal server error", "INTERNAL_ERROR"), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that give every error the common shape."""
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unhandled_error)

@@ -1,0 +1,19 @@
+"""SQLAlchemy models. Importing this package registers every table on ``Base.metadata``."""
+
+from app.models.base import Base, now_epoch
+from app.models.external_account import ExternalAccount
+from app.models.file import File, user_file
+from app.models.oauth_token import OAuthToken
+from app.models.session import Session
+from app.models.user import User
+
+__all__ = [
+    "Base",
+    "ExternalAccount",
+    "File",
+    "OAuthToken",
+    "Session",
+    "User",
+    "now_epoch",
+    "user_file",
+]

@@ -1,0 +1,34 @@
+"""Schemas of the health endpoints."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from app.schemas.common import ErrorResponse
+
+
+class HealthResponse(BaseModel):
+    """The process is up."""
+
+    status: Literal["ok"] = "ok"
+
+
+class ReadinessResponse(BaseModel):
+    """Every dependency answered."""
+
+    status: Literal["ready"] = "ready"
+    checks: dict[str, str] = Field(
+        description="State of each dependency: ok, or not configured.",
+        examples=[{"database": "ok", "redis": "not configured"}],
+    )
+
+
+class NotReadyResponse(ErrorResponse):
+    """A 503 from readiness: which dependency failed."""
+
+    checks: dict[str, str] = Field(
+        description="State of each dependency: ok, unreachable or not configured.",
+        examples=[{"database": "unreachable", "redis": "ok"}],
+    )
