@@ -14,7 +14,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 #: Default ``code`` for an HTTP status when the raiser gave none.
@@ -154,14 +153,12 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
     )
 
 
-async def _unhandled_error(_request: Request, exc: Exception) -> JSONResponse:
-    logger.opt(exception=exc).error("unhandled error: {}", type(exc).__name__)
-    return JSONResponse(error_body("Internal server error", "INTERNAL_ERROR"), status_code=500)
-
-
 def install_error_handlers(app: FastAPI) -> None:
-    """Register the handlers that give every error the common shape."""
+    """Register the handlers that give every error the common shape.
+
+    Unhandled exceptions are answered by ``RequestIdMiddleware`` (a 500 in the same
+    shape, with the request id).
+    """
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unhandled_error)

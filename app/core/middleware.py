@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids and the access log."""
+"""Pure ASGI middleware: request ids, the access log, and the last-resort 500."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import uuid
 
 from loguru import logger
 from starlette.datastructures import MutableHeaders
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.errors import error_body
 from app.core.logging import request_id_var
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -22,6 +24,10 @@ class RequestIdMiddleware:
     The id is in every log line written while handling the request and is echoed in
     the response's X-Request-ID header. One access-log line is written per request:
     method, path (never the query string, which may carry tokens), status, duration.
+
+    It also answers an unhandled exception with the common error shape: Starlette's
+    own last-resort handler sits outside every middleware, where the request id
+    is already gone.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -40,16 +46,24 @@ class RequestIdMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
+        started_response = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as error:
+            logger.opt(exception=error).error("unhandled error: {}", type(error).__name__)
+            if started_response:
+                raise
+            status = 500
+            await _internal_error(request_id)(scope, receive, send)
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
             logger.info(
@@ -60,3 +74,11 @@ class RequestIdMiddleware:
                 elapsed_ms,
             )
             request_id_var.reset(token)
+
+
+def _internal_error(request_id: str) -> JSONResponse:
+    return JSONResponse(
+        error_body("Internal server error", "INTERNAL_ERROR"),
+        status_code=500,
+        headers={REQUEST_ID_HEADER: request_id},
+    )

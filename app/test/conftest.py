@@ -1,0 +1,156 @@
+"""Shared fixtures: settings and an app per test, both database backends, clients.
+
+Database tests run on SQLite always and on PostgreSQL when ``TEST_DATABASE_URL`` is
+set (each test in a schema of its own, dropped afterwards). With
+``REQUIRE_SERVICES=1`` (CI) a missing service or tool fails the test instead of
+skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from fastapi import FastAPI
+from loguru import logger
+from sqlalchemy import make_url
+
+from app.core.config import Settings
+from app.main import create_app
+from app.test.server import LiveServer, start_server
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL")
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+#: A JWT secret for tests (48 bytes).
+TEST_JWT_SECRET = "test-secret-" + "x" * 36
+
+
+def missing(reason: str) -> None:
+    """Skip the test for ``reason``, or fail it when services are required (CI)."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
+def require_tool(name: str) -> str:
+    """The path of a system tool the test drives; skip or fail when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        missing(f"{name} is not installed (scripts/install-test-tools.sh installs it)")
+    return path
+
+
+def require_redis() -> str:
+    """TEST_REDIS_URL; skip or fail when it is not set."""
+    if not TEST_REDIS_URL:
+        missing("TEST_REDIS_URL is not set")
+    return TEST_REDIS_URL
+
+
+def _libpq_conninfo(url: str) -> str:
+    """A psycopg conninfo for a SQLAlchemy URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database URL on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'test.db'}"
+        return
+    if not TEST_DATABASE_URL:
+        missing("TEST_DATABASE_URL is not set: PostgreSQL tests skipped")
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    conninfo = _libpq_conninfo(TEST_DATABASE_URL)
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+    except psycopg.OperationalError as error:
+        missing(f"PostgreSQL at TEST_DATABASE_URL is unreachable: {error}")
+    url = make_url(TEST_DATABASE_URL).set(
+        drivername="postgresql+psycopg", query={"options": f"-csearch_path={schema}"}
+    )
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def make_settings(data_dir: Path, database_url: str | None = None, **overrides: object) -> Settings:
+    """Settings for a test: its own DATA_DIR, no .env file, fast bcrypt."""
+    values: dict[str, object] = {
+        "DATA_DIR": data_dir,
+        "JWT_SECRET_KEY": TEST_JWT_SECRET,
+        "PASSWORD_BCRYPT_ROUNDS": 4,
+        "LOG_LEVEL": "DEBUG",
+    }
+    if database_url:
+        values["DATABASE_URI"] = database_url
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that reproduce ``settings`` in another process."""
+    env = {}
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if value == field.default or value is None:
+            continue
+        env[name] = ",".join(value) if isinstance(value, list) else str(value)
+    return env
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_backend: str) -> Settings:
+    """Settings of the test's app, on the parametrised database backend."""
+    return make_settings(tmp_path / "data", db_backend)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The application, started (migrated) and stopped around the test."""
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process HTTP client for ``app``."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest.fixture
+def live_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
+    """The app served by a real uvicorn process on a free loopback port."""
+    server = start_server(settings_env(settings), log_path=tmp_path / "server.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[list[str]]:
+    """Every log line written while the test runs (formatted messages)."""
+    lines: list[str] = []
+    handler_id = logger.add(
+        lambda message: lines.append(str(message)),
+        level="TRACE",
+        format="{level} | {extra[request_id]} | {name} | {message}",
+    )
+    try:
+        yield lines
+    finally:
+        logger.remove(handler_id)

@@ -1,0 +1,88 @@
+"""Run the app in a real uvicorn process, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class LiveServer:
+    """A uvicorn process serving the app at ``url``; its output goes to ``log_path``."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def output(self) -> str:
+        """Everything the server printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop the server (SIGTERM, then SIGKILL when it does not exit in time)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def listening_socket() -> socket.socket:
+    """A socket bound to a free loopback port, handed to uvicorn (no port race)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.set_inheritable(True)
+    return sock
+
+
+def spawn_server(env: dict[str, str], log_path: Path) -> LiveServer:
+    """Start uvicorn with ``env`` added to this process's environment; do not wait."""
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--fd", str(sock.fileno())],
+            cwd=ROOT,
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(sock.fileno(),),
+        )
+    sock.close()
+    return LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+
+
+def wait_ready(server: LiveServer, timeout: float = 60) -> None:
+    """Wait until ``/health`` answers 200; raise with the server's output otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.output}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise TimeoutError(f"server not ready after {timeout} s:\n{server.output}")
+
+
+def start_server(env: dict[str, str], log_path: Path) -> LiveServer:
+    """Start uvicorn serving the app and wait until it answers."""
+    server = spawn_server(env, log_path)
+    wait_ready(server)
+    return server

@@ -1,0 +1,153 @@
+"""Database: migrations agree with the models, upgrade on start, concurrent starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from fastapi import FastAPI
+from sqlalchemy import select, text
+
+from app.core.config import Settings
+from app.core.database import alembic_config, create_engine
+from app.main import create_app
+from app.models import Base, User
+from app.test.conftest import settings_env
+from app.test.factories import create_user
+from app.test.server import ROOT, spawn_server, wait_ready
+
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _schema_diff(connection) -> list:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return compare_metadata(context, Base.metadata)
+
+
+async def test_migrations_match_the_models(app: FastAPI) -> None:
+    async with app.state.engine.connect() as connection:
+        diff = await connection.run_sync(_schema_diff)
+    assert diff == []
+
+
+async def test_schema_is_at_head_after_start(app: FastAPI) -> None:
+    async with app.state.engine.connect() as connection:
+        versions = (await connection.execute(text("SELECT version_num FROM alembic_version"))).all()
+    assert [row[0] for row in versions] == [HEAD]
+
+
+async def test_a_restart_reuses_the_database(settings: Settings) -> None:
+    first = create_app(settings)
+    async with first.router.lifespan_context(first):
+        user = await create_user(first.state.session_factory, username="survivor")
+    second = create_app(settings)
+    async with (
+        second.router.lifespan_context(second),
+        second.state.session_factory() as session,
+    ):
+        found = await session.scalar(select(User).where(User.uuid == user.uuid))
+    assert found is not None
+    assert found.username == "survivor"
+
+
+async def test_migrations_downgrade_and_upgrade_again(app: FastAPI) -> None:
+    def down_and_up(connection) -> list:
+        config = alembic_config(connection)
+        command.downgrade(config, "base")
+        tables = set(connection.dialect.get_table_names(connection)) - {"alembic_version"}
+        command.upgrade(config, "head")
+        return sorted(tables)
+
+    async with app.state.engine.begin() as connection:
+        left_after_downgrade = await connection.run_sync(down_and_up)
+        diff = await connection.run_sync(_schema_diff)
+    assert left_after_downgrade == []
+    assert diff == []
+
+
+async def test_foreign_keys_are_enforced(app: FastAPI) -> None:
+    """Deleting a user removes its sessions (ON DELETE CASCADE works on both backends)."""
+    user = await create_user(app.state.session_factory)
+    async with app.state.session_factory() as session:
+        await session.execute(
+            text(
+                "INSERT INTO session (id, user_uuid, refresh_token_hash, created_at,"
+                " last_used_at, expires_at) VALUES ('s1', :uuid, 'h', 0, 0, 0)"
+            ),
+            {"uuid": user.uuid},
+        )
+        await session.commit()
+        await session.execute(text('DELETE FROM "user" WHERE uuid = :uuid'), {"uuid": user.uuid})
+        await session.commit()
+        left = await session.scalar(text("SELECT count(*) FROM session"))
+    assert left == 0
+
+
+async def test_sqlite_pragmas(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
+    try:
+        async with engine.connect() as connection:
+            journal = await connection.scalar(text("PRAGMA journal_mode"))
+            foreign_keys = await connection.scalar(text("PRAGMA foreign_keys"))
+            busy_timeout = await connection.scalar(text("PRAGMA busy_timeout"))
+    finally:
+        await engine.dispose()
+    assert journal == "wal"
+    assert foreign_keys == 1
+    assert busy_timeout >= 1000
+
+
+def test_two_processes_starting_at_once_both_serve(settings: Settings, tmp_path: Path) -> None:
+    """Two replicas on one empty database: one migrates, the other waits, both serve."""
+    env = settings_env(settings)
+    servers = [spawn_server(env, tmp_path / f"server{i}.log") for i in range(2)]
+    try:
+        for server in servers:
+            wait_ready(server)
+        for server in servers:
+            response = httpx.get(f"{server.url}/health/ready", timeout=5)
+            assert response.status_code == 200, response.text
+            assert response.json()["checks"]["database"] == "ok"
+        output = "".join(server.output for server in servers)
+        # The first migration ran exactly once.
+        assert output.count("Running upgrade  -> 0001") == 1, output
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_required_postgresql_that_is_unreachable_fails_the_run(tmp_path: Path) -> None:
+    """Under REQUIRE_SERVICES=1 (CI) a down PostgreSQL fails tests instead of skipping them."""
+    env = {
+        **os.environ,
+        "TEST_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/nothing",
+        "REQUIRE_SERVICES": "1",
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "app/test/test_health.py::test_liveness",
+            "-p",
+            "no:cacheprovider",
+            "--no-cov",
+            "-q",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "1 passed" in result.stdout  # SQLite still ran
+    assert "PostgreSQL at TEST_DATABASE_URL is unreachable" in result.stdout
