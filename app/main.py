@@ -32,6 +32,8 @@ Every error answers `{"detail": str, "code": "UPPER_SNAKE"}`.
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Prepare the data directory, migrate the schema, connect Redis; undo on shutdown."""
     settings: Settings = app.state.settings
+    # `fastapi run` configures std logging after importing the app: take it back.
+    setup_logging(settings)
     for warning in settings.warnings:
         logger.warning(warning)
     settings.DATA_DIR.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -11,6 +15,7 @@ from loguru import logger
 
 from app.core.logging import log_file_path, redact, setup_logging
 from app.test.conftest import make_settings
+from app.test.server import ROOT, LiveServer, listening_socket, wait_ready
 
 
 async def test_request_id_is_echoed_and_logged(
@@ -98,3 +103,38 @@ def test_rotation_and_retention_values_are_accepted(tmp_path: Path, rotation: st
     logger.complete()
     setup_logging(make_settings(tmp_path))
     assert log_file_path(settings).exists()
+
+
+def test_make_runs_command_logs_through_us(tmp_path: Path) -> None:
+    """`fastapi run` (what `make run` and the image use) keeps our access log, not uvicorn's."""
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    log_path = tmp_path / "run.log"
+    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "fastapi"),
+                "run",
+                "app/main.py",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    try:
+        wait_ready(server)
+        httpx.get(f"{server.url}/health?token=query-secret-123", timeout=5)
+        time.sleep(0.3)
+    finally:
+        server.stop()
+    output = server.output
+    assert "GET /health -> 200" in output
+    assert "query-secret-123" not in output
