@@ -14,11 +14,14 @@ from loguru import logger
 
 from app.core.config import ConfigError, Settings, ensure_jwt_secret, get_settings
 from app.core.database import create_engine, create_session_factory, upgrade_database
+from app.core.email import Mailer
 from app.core.errors import install_error_handlers
 from app.core.logging import setup_logging
 from app.core.middleware import RequestIdMiddleware
+from app.core.openapi import install_openapi
 from app.core.redis_client import create_redis
-from app.routers import pages
+from app.routers import auth, pages, users
+from app.services.users import ensure_first_admin
 
 API_DESCRIPTION = """
 Self-hosted user management: accounts, sessions, two-factor authentication,
@@ -43,8 +46,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.session_factory = create_session_factory(engine)
     app.state.redis = create_redis(settings.REDIS_URL) if settings.REDIS_URL else None
+    app.state.mailer = Mailer(settings)
     try:
         await upgrade_database(engine)
+        await ensure_first_admin(app.state.session_factory, settings)
         logger.info(
             "{} ready (environment={}, database={}, redis={})",
             settings.PROJECT_NAME,
@@ -54,6 +59,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         yield
     finally:
+        await app.state.mailer.drain()
         if app.state.redis is not None:
             await app.state.redis.aclose()
         await engine.dispose()
@@ -77,6 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(pages.router)
+    app.include_router(auth.router, prefix=settings.API_STR)
+    app.include_router(users.router, prefix=settings.API_STR)
+    install_openapi(app, settings.API_STR)
     return app
 
 

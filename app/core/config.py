@@ -23,7 +23,7 @@ APP_DIR = Path(__file__).resolve().parent.parent
 #: Minimum length, in bytes, of a JWT secret in production.
 JWT_SECRET_MIN_BYTES = 32
 #: Name of the file, inside DATA_DIR, that holds a generated (non-production) JWT secret.
-JWT_SECRET_FILE = ".jwt_secret"  # noqa: S105 (a file name, not a secret)
+JWT_SECRET_FILE = ".jwt_secret"
 
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
 EmailMethod = Literal["none", "smtp", "mj"]
@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     # JWT
     JWT_SECRET_KEY: str | None = Field(default=None, repr=False)
     JWT_EXP: int = Field(default=30, gt=0)
+    REFRESH_TOKEN_EXP_DAYS: int = Field(default=30, gt=0)
 
     # OTP
     OTP_LENGTH: int = Field(default=6, ge=6, le=10)

@@ -5,6 +5,7 @@ from app.models.external_account import ExternalAccount
 from app.models.file import File, user_file
 from app.models.oauth_token import OAuthToken
 from app.models.session import Session
+from app.models.used_token import UsedToken
 from app.models.user import User
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "File",
     "OAuthToken",
     "Session",
+    "UsedToken",
     "User",
     "now_epoch",
     "user_file",

@@ -40,6 +40,9 @@ class User(Base):
     updated_at: Mapped[int] = mapped_column(BigInteger, default=now_epoch, onupdate=now_epoch)
     is_external_only: Mapped[bool] = mapped_column(Boolean, default=False)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Why the account is inactive: banned, deleting, password_forgot. A password reset
+    # reactivates only an account that the forgot-password flow deactivated.
+    deactivated_reason: Mapped[str | None] = mapped_column(String(32))
     user_history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     blocked_uuids: Mapped[list[str]] = mapped_column(JSON, default=list)
     # user -> file -> user is a cycle; the migration adds this key after both tables.

@@ -6,10 +6,18 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.core.config import Settings
+from app.core.email import Mailer
+from app.models import User
+from app.services.auth import Auth, InvalidToken, authenticate
+from app.services.context import ClientInfo
+
+# The token URL is rewritten to API_STR's in the OpenAPI document (app.core.openapi).
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/login", auto_error=False)
 
 
 def get_settings(request: Request) -> Settings:
@@ -27,13 +35,61 @@ def get_redis(request: Request) -> Redis | None:
     return request.app.state.redis
 
 
+def get_mailer(request: Request) -> Mailer:
+    """The app's outbox."""
+    return request.app.state.mailer
+
+
 async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
     """A database session for the request, closed when the response is sent."""
     async with request.app.state.session_factory() as session:
         yield session
 
 
+def get_client(request: Request) -> ClientInfo:
+    """The caller's address and user agent."""
+    return ClientInfo(
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 RedisDep = Annotated[Redis | None, Depends(get_redis)]
 SessionDep = Annotated[AsyncSession, Depends(get_db)]
+MailerDep = Annotated[Mailer, Depends(get_mailer)]
+ClientDep = Annotated[ClientInfo, Depends(get_client)]
+
+
+async def get_optional_auth(
+    db: SessionDep, settings: SettingsDep, token: Annotated[str | None, Depends(oauth2_scheme)]
+) -> Auth | None:
+    """The caller's authentication when a bearer token is sent; a bad token is a 401."""
+    if token is None:
+        return None
+    return await authenticate(db, settings, token)
+
+
+async def get_auth(auth: Annotated[Auth | None, Depends(get_optional_auth)]) -> Auth:
+    """The caller's authentication; 401 without a valid bearer token."""
+    if auth is None:
+        raise InvalidToken("Not authenticated")
+    return auth
+
+
+async def get_current_user(auth: Annotated[Auth, Depends(get_auth)]) -> User:
+    """The authenticated user."""
+    return auth.user
+
+
+async def get_optional_user(
+    auth: Annotated[Auth | None, Depends(get_optional_auth)],
+) -> User | None:
+    """The authenticated user, or None for an anonymous request."""
+    return auth.user if auth else None
+
+
+AuthDep = Annotated[Auth, Depends(get_auth)]
+CurrentUser = Annotated[User, Depends(get_current_user)]
+OptionalUser = Annotated[User | None, Depends(get_optional_user)]

@@ -1,0 +1,338 @@
+"""Authentication: sign-up, login, sessions, tokens, passwords, email verification."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi.security import OAuth2PasswordRequestForm
+
+from app.routers.deps import AuthDep, ClientDep, MailerDep, SessionDep, SettingsDep
+from app.schemas.auth import (
+    EmailRequest,
+    Message,
+    PasswordChangeRequest,
+    PasswordResetRequest,
+    RefreshRequest,
+    SessionInfo,
+    SessionList,
+    SignupRequest,
+    TokenPair,
+    TokenValidation,
+)
+from app.schemas.common import error_responses
+from app.schemas.users import UserPrivate
+from app.services import auth as auth_service
+from app.services import users as user_service
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+LoginForm = Annotated[OAuth2PasswordRequestForm, Depends()]
+
+
+@router.post(
+    "/signup",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserPrivate,
+    responses=error_responses(409, 422),
+)
+async def signup(
+    body: SignupRequest,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    client: ClientDep,
+) -> UserPrivate:
+    """Create a local account.
+
+    The username is 1-31 characters of ``a-z``, ``0-9`` and ``_``; the display name,
+    when given, is the username with capitals and spaces for underscores. The email
+    must be free (case-insensitive) and, when email is enabled, is sent a
+    verification link. The password must be 8-128 characters and not a common one.
+
+    Returns
+    -------
+    UserPrivate
+        The new account, as its owner sees it.
+
+    Raises
+    ------
+    409
+        ``USERNAME_TAKEN`` or ``EMAIL_TAKEN``.
+    422
+        A rule is broken; ``errors[].type`` names it (``username_invalid``,
+        ``display_name_mismatch``, ``email_invalid``, ``password_too_short``,
+        ``password_too_common``, ...).
+    """
+    user = await user_service.signup(
+        db,
+        settings,
+        mailer,
+        username=body.username,
+        email=body.email,
+        password=body.password,
+        display_name=body.display_name,
+        description=body.description,
+        client=client,
+    )
+    return UserPrivate.model_validate(user)
+
+
+@router.post("/login", response_model=TokenPair, responses=error_responses(401, 422))
+async def login(
+    form: LoginForm, db: SessionDep, settings: SettingsDep, client: ClientDep
+) -> TokenPair:
+    """Log in with a username or email and a password (OAuth2 password form).
+
+    Swagger's "Authorize" button uses this endpoint.
+
+    Returns
+    -------
+    TokenPair
+        ``access_token`` (a JWT for the ``Authorization: Bearer`` header),
+        ``refresh_token``, ``token_type`` and ``expires_in`` (seconds).
+
+    Raises
+    ------
+    401
+        ``INVALID_CREDENTIALS``: the same answer for an unknown account, a wrong
+        password and an inactive account.
+    """
+    return await auth_service.login(db, settings, form.username, form.password, client)
+
+
+@router.post("/refresh", response_model=TokenPair, responses=error_responses(401, 422))
+async def refresh(
+    body: RefreshRequest, db: SessionDep, settings: SettingsDep, client: ClientDep
+) -> TokenPair:
+    """Trade a refresh token for a new token pair.
+
+    Each refresh token works once. Presenting one that was already traded ends its
+    session: whoever holds either token must log in again.
+
+    Returns
+    -------
+    TokenPair
+        A new access token and a new refresh token.
+
+    Raises
+    ------
+    401
+        ``INVALID_REFRESH_TOKEN``, or ``REFRESH_TOKEN_REUSED`` (the session is ended).
+    """
+    return await auth_service.refresh(db, settings, body.refresh_token, client)
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(401),
+)
+async def logout(auth: AuthDep, db: SessionDep, client: ClientDep) -> None:
+    """End the current session: its access and refresh tokens stop working at once.
+
+    Raises
+    ------
+    401
+        Not authenticated.
+    """
+    await auth_service.logout(db, auth, client)
+
+
+@router.post(
+    "/logout-all",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(401),
+)
+async def logout_all(auth: AuthDep, db: SessionDep, client: ClientDep) -> None:
+    """End every session of the current user, on every device, this one included.
+
+    Raises
+    ------
+    401
+        Not authenticated.
+    """
+    await auth_service.logout_all(db, auth, client)
+
+
+@router.get("/sessions", response_model=SessionList, responses=error_responses(401))
+async def list_sessions(auth: AuthDep, db: SessionDep) -> SessionList:
+    """List the current user's open sessions, newest first.
+
+    Returns
+    -------
+    SessionList
+        Each session's id, times, user agent and address; ``current`` marks this one.
+
+    Raises
+    ------
+    401
+        Not authenticated.
+    """
+    sessions = await auth_service.list_sessions(db, auth)
+    return SessionList(
+        items=[
+            SessionInfo.model_validate(session).model_copy(update={"current": current})
+            for session, current in sessions
+        ]
+    )
+
+
+@router.delete(
+    "/sessions/{session_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(401, 404, 422),
+)
+async def revoke_session(session_id: str, auth: AuthDep, db: SessionDep, client: ClientDep) -> None:
+    """End one of the current user's sessions (log out another device).
+
+    Raises
+    ------
+    401
+        Not authenticated.
+    404
+        ``SESSION_NOT_FOUND``: no open session of yours has this id.
+    """
+    await auth_service.revoke_own_session(db, auth, session_id, client)
+
+
+@router.get("/token/validate", response_model=TokenValidation, responses=error_responses(401))
+async def validate_token(auth: AuthDep) -> TokenValidation:
+    """Check an access token.
+
+    Returns
+    -------
+    TokenValidation
+        The token's user and session, and when it expires.
+
+    Raises
+    ------
+    401
+        ``INVALID_TOKEN``: forged, expired, or its session has ended.
+    """
+    return TokenValidation(
+        uuid=auth.user.uuid,
+        username=auth.user.username,
+        session_id=auth.session.id,
+        expires_at=auth.claims.expires_at,
+    )
+
+
+@router.post(
+    "/password/change",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(400, 401, 422),
+)
+async def change_password(
+    body: PasswordChangeRequest,
+    auth: AuthDep,
+    db: SessionDep,
+    settings: SettingsDep,
+    client: ClientDep,
+) -> None:
+    """Change the current user's password. Every session ends; log in again.
+
+    Raises
+    ------
+    400
+        ``WRONG_PASSWORD``: the current password is incorrect.
+    401
+        Not authenticated.
+    422
+        The new password breaks the policy.
+    """
+    await auth_service.change_password(
+        db, settings, auth, body.current_password, body.new_password, client
+    )
+
+
+@router.post(
+    "/password/forgot",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Message,
+    responses=error_responses(422),
+)
+async def forgot_password(
+    body: EmailRequest, db: SessionDep, settings: SettingsDep, mailer: MailerDep, client: ClientDep
+) -> Message:
+    """Ask for a password-reset link by email.
+
+    The answer is the same whether or not an account has this email. The link
+    (``FRONTEND_URL/reset-password?token=...``) works once, for one hour.
+
+    Returns
+    -------
+    Message
+        An acknowledgement.
+    """
+    await auth_service.request_password_reset(db, settings, mailer, body.email, client)
+    return Message(detail="If an account has this email, a reset link is on its way")
+
+
+@router.post(
+    "/password/reset",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(400, 422),
+)
+async def reset_password(
+    body: PasswordResetRequest, db: SessionDep, settings: SettingsDep, client: ClientDep
+) -> None:
+    """Set a new password with the token from a reset email. Every session ends.
+
+    Raises
+    ------
+    400
+        ``INVALID_LINK``: the token is forged, expired, already used, or the password
+        changed since it was sent.
+    422
+        The new password breaks the policy.
+    """
+    await auth_service.reset_password(db, settings, body.token, body.new_password, client)
+
+
+@router.get("/email/verify", response_model=Message, responses=error_responses(400, 422))
+async def verify_email(
+    token: Annotated[str, Query(min_length=1, max_length=1024)],
+    db: SessionDep,
+    settings: SettingsDep,
+    client: ClientDep,
+) -> Message:
+    """Verify an email address with the link mailed to it.
+
+    Returns
+    -------
+    Message
+        Confirmation.
+
+    Raises
+    ------
+    400
+        ``INVALID_LINK``: forged, expired, already used, or for an older address.
+    """
+    await auth_service.verify_email(db, settings, token, client)
+    return Message(detail="Email verified")
+
+
+@router.post(
+    "/email/verify/request",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Message,
+    responses=error_responses(422),
+)
+async def request_verification_email(
+    body: EmailRequest, db: SessionDep, settings: SettingsDep, mailer: MailerDep
+) -> Message:
+    """Ask for a new verification link. The answer never tells whether the account exists.
+
+    Returns
+    -------
+    Message
+        An acknowledgement.
+    """
+    await auth_service.request_verification_email(db, settings, mailer, body.email)
+    return Message(detail="If an unverified account has this email, a link is on its way")

@@ -1,0 +1,124 @@
+"""Request and response models of the authentication router."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from app.schemas.fields import (
+    Description,
+    Email,
+    GivenPassword,
+    NewPassword,
+    Username,
+    display_name_matches,
+)
+
+
+class SignupRequest(BaseModel):
+    """A new local account."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: Username
+    display_name: str | None = Field(
+        default=None,
+        max_length=31,
+        description="The username with capitals and spaces for underscores; defaults to it.",
+        examples=["John Doe"],
+    )
+    email: Email
+    password: NewPassword
+    description: Description = None
+
+    @model_validator(mode="after")
+    def _display_name(self) -> SignupRequest:
+        if self.display_name is None:
+            self.display_name = self.username
+        elif not display_name_matches(self.display_name, self.username):
+            raise PydanticCustomError(
+                "display_name_mismatch",
+                "display_name must be the username, with capitals allowed and spaces "
+                "in place of underscores",
+            )
+        return self
+
+
+class TokenPair(BaseModel):
+    """A successful login: a short-lived access token and a rotating refresh token."""
+
+    access_token: str = Field(description="JWT to send as `Authorization: Bearer ...`.")
+    refresh_token: str = Field(description="Opaque; trade it at /auth/refresh. Single use.")
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(description="Seconds until the access token expires.")
+
+
+class RefreshRequest(BaseModel):
+    """A refresh token to trade for a new pair."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    refresh_token: str = Field(min_length=1, max_length=256)
+
+
+class SessionInfo(BaseModel):
+    """One of the caller's sessions (a login on some device)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    created_at: int
+    last_used_at: int
+    expires_at: int
+    user_agent: str | None
+    ip: str | None
+    current: bool = Field(default=False, description="True for the session making this request.")
+
+
+class SessionList(BaseModel):
+    """The caller's active sessions, newest first."""
+
+    items: list[SessionInfo]
+
+
+class TokenValidation(BaseModel):
+    """Whose token this is and until when it is valid."""
+
+    uuid: str
+    username: str
+    session_id: str
+    expires_at: int = Field(description="Epoch seconds at which the access token expires.")
+
+
+class PasswordChangeRequest(BaseModel):
+    """Change one's password (every session ends)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: GivenPassword
+    new_password: NewPassword
+
+
+class EmailRequest(BaseModel):
+    """An email address to send a link to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: Email
+
+
+class PasswordResetRequest(BaseModel):
+    """The token from a reset email, and the new password."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=1024)
+    new_password: NewPassword
+
+
+class Message(BaseModel):
+    """A plain acknowledgement."""
+
+    detail: str
