@@ -156,5 +156,8 @@ def setup_logging(settings: Settings) -> None:
     # Our middleware writes the access log (with the request id, without query strings).
     logging.getLogger("uvicorn.access").handlers = []
     logging.getLogger("uvicorn.access").propagate = False
-    sql_level = logging.INFO if settings.LOG_LEVEL == "TRACE" else logging.WARNING
-    logging.getLogger("sqlalchemy.engine").setLevel(sql_level)
+    # Drivers log statements with their parameters (password hashes, token hashes):
+    # only at TRACE, the level documented as not recommended.
+    sql_level = logging.DEBUG if settings.LOG_LEVEL == "TRACE" else logging.WARNING
+    for name in ("sqlalchemy.engine", "aiosqlite", "psycopg"):
+        logging.getLogger(name).setLevel(sql_level)

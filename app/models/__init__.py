@@ -1,6 +1,6 @@
 """SQLAlchemy models. Importing this package registers every table on ``Base.metadata``."""
 
-from app.models.base import Base, now_epoch
+from app.models.base import Base, new_uuid, now_epoch
 from app.models.external_account import ExternalAccount
 from app.models.file import File, user_file
 from app.models.oauth_token import OAuthToken
@@ -16,6 +16,7 @@ __all__ = [
     "Session",
     "UsedToken",
     "User",
+    "new_uuid",
     "now_epoch",
     "user_file",
 ]

@@ -31,7 +31,7 @@ from app.core.security import (
     read_one_time_token,
     verify_password,
 )
-from app.models import Session, UsedToken, User, now_epoch
+from app.models import Session, UsedToken, User, new_uuid, now_epoch
 from app.schemas.auth import TokenPair
 from app.services.context import ClientInfo
 from app.services.history import record_event
@@ -118,6 +118,7 @@ async def start_session(
     refresh_token = new_refresh_token()
     now = now_epoch()
     session = Session(
+        id=new_uuid(),
         user_uuid=user.uuid,
         refresh_token_hash=hash_secret(refresh_token),
         created_at=now,
@@ -394,7 +395,7 @@ async def request_password_reset(
     sessions ended) until the reset, as the original service did.
     """
     user = await find_user_by_login(db, email)
-    if user is None or "@" not in email or not mailer.enabled:
+    if user is None or not mailer.enabled:
         return
     if not user.is_active and user.deactivated_reason != "password_forgot":
         return  # banned or being deleted: a reset must not bring it back
@@ -501,5 +502,5 @@ async def request_verification_email(
 ) -> None:
     """Mail a new verification link when such an unverified account exists; say nothing."""
     user = await find_user_by_login(db, email)
-    if user is not None and "@" in email and user.is_active:
+    if user is not None and user.is_active:
         send_verification_email(settings, mailer, user)

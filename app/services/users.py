@@ -15,7 +15,7 @@ from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.errors import AppError, Conflict
 from app.core.security import create_one_time_token, hash_password, password_problem
-from app.models import User
+from app.models import User, new_uuid
 from app.schemas.fields import check_email, check_username, display_name_matches
 from app.services.context import SYSTEM, ClientInfo
 from app.services.history import record_event
@@ -129,6 +129,7 @@ async def create_user(
     await _ensure_available(db, username, email)
     hashed = await hash_password(password, settings.PASSWORD_BCRYPT_ROUNDS) if password else None
     user = User(
+        uuid=new_uuid(),
         username=username,
         display_name=display_name or username,
         email=email,
@@ -141,7 +142,6 @@ async def create_user(
         blocked_uuids=[],
     )
     db.add(user)
-    await db.flush()  # assigns the UUID for the history entry
     record_event(user, "signup", by=created_by or user.uuid, client=client)
     await commit_or_conflict(db)
     logger.info("user {} created ({})", user.uuid, ",".join(user.roles))

@@ -23,6 +23,7 @@ from sqlalchemy import make_url
 
 from app.core.config import Settings
 from app.main import create_app
+from app.test.mail import MailCatcher
 from app.test.server import LiveServer, start_server
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
@@ -110,9 +111,15 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, db_backend: str) -> Settings:
+def settings_overrides() -> dict[str, object]:
+    """Extra settings for the test's app; a module overrides this fixture to change them."""
+    return {}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_backend: str, settings_overrides: dict[str, object]) -> Settings:
     """Settings of the test's app, on the parametrised database backend."""
-    return make_settings(tmp_path / "data", db_backend)
+    return make_settings(tmp_path / "data", db_backend, **settings_overrides)
 
 
 @pytest.fixture
@@ -139,6 +146,17 @@ def live_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[MailCatcher]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, catching every message."""
+    catcher = MailCatcher()
+    catcher.start()
+    try:
+        yield catcher
+    finally:
+        catcher.stop()
 
 
 @pytest.fixture

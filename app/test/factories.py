@@ -1,35 +1,89 @@
-"""Builders for test data: users (and, later, tokens). One place, not copied per module."""
+"""Builders for test data: users, sign-ups, logins, tokens. One place, not copied per module."""
 
 from __future__ import annotations
 
 import itertools
 from typing import Any
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.security import hash_password
 from app.models import User
 
 _counter = itertools.count(1)
 
+#: A password that passes the policy.
+PASSWORD = "correct horse battery staple"
+
+
+def unique_name(prefix: str = "user") -> str:
+    """A username no other test uses."""
+    return f"{prefix}_{next(_counter)}"
+
 
 def make_user(**overrides: Any) -> User:
     """An unsaved user with unique username and email; any column can be overridden."""
-    number = next(_counter)
-    username = overrides.pop("username", f"user_{number}")
+    username = overrides.pop("username", unique_name())
     values: dict[str, Any] = {
         "username": username,
         "display_name": username,
         "email": f"{username}@example.com",
         "roles": ["user"],
+        "user_history": [],
+        "blocked_uuids": [],
     }
     values.update(overrides)
     return User(**values)
 
 
-async def create_user(session_factory: async_sessionmaker[AsyncSession], **overrides: Any) -> User:
-    """Insert a user built by :func:`make_user` and return it."""
+async def create_user(
+    session_factory: async_sessionmaker[AsyncSession], password: str | None = None, **overrides: Any
+) -> User:
+    """Insert a user built by :func:`make_user` (with ``password`` hashed) and return it."""
+    if password is not None:
+        overrides["hashed_password"] = await hash_password(password, 4)
     user = make_user(**overrides)
     async with session_factory() as session:
         session.add(user)
         await session.commit()
     return user
+
+
+def signup_body(**overrides: Any) -> dict[str, Any]:
+    """A valid sign-up request body."""
+    username = overrides.pop("username", unique_name())
+    body = {"username": username, "email": f"{username}@example.com", "password": PASSWORD}
+    body.update(overrides)
+    return body
+
+
+async def signup(client: httpx.AsyncClient, **overrides: Any) -> dict[str, Any]:
+    """Sign up through the API; return the created user (asserts 201)."""
+    response = await client.post("/api/auth/signup", json=signup_body(**overrides))
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def login(
+    client: httpx.AsyncClient, username: str, password: str = PASSWORD
+) -> dict[str, Any]:
+    """Log in through the API; return the token pair (asserts 200)."""
+    response = await client.post(
+        "/api/auth/login", data={"username": username, "password": password}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def signup_and_login(client: httpx.AsyncClient, **overrides: Any) -> tuple[dict, dict]:
+    """A new user and a token pair for them."""
+    user = await signup(client, **overrides)
+    tokens = await login(client, user["username"], overrides.get("password", PASSWORD))
+    return user, tokens
+
+
+def bearer(tokens: dict[str, Any] | str) -> dict[str, str]:
+    """The Authorization header for an access token (or a token pair)."""
+    token = tokens if isinstance(tokens, str) else tokens["access_token"]
+    return {"Authorization": f"Bearer {token}"}

@@ -1,0 +1,357 @@
+"""Email: verification and password reset through a real SMTP server, Mailjet, failures."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from app.core.email import Mailer, MailjetEmailSender, OutgoingEmail
+from app.models import User
+from app.test.conftest import make_settings
+from app.test.factories import PASSWORD, bearer, login, signup, signup_and_login
+from app.test.mail import MailCatcher, html_body, link_in, text_body
+
+NEW_PASSWORD = "a completely new passphrase"
+
+
+@pytest.fixture
+def settings_overrides(smtp_server: MailCatcher) -> dict[str, object]:
+    """Send this module's mail to the test SMTP server."""
+    return smtp_server.settings()
+
+
+def _token(link: str) -> str:
+    return parse_qs(urlsplit(link).query)["token"][0]
+
+
+async def _mail_link(smtp_server: MailCatcher, address: str, count: int = 1) -> str:
+    return link_in(await smtp_server.wait_for(address, count))
+
+
+async def test_the_whole_journey(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    smtp_server: MailCatcher,
+    captured_logs: list[str],
+) -> None:
+    """Sign up, verify, forget, reset: old sessions refused, new login works."""
+    user = await signup(client, username="journey_user", display_name="Journey User")
+    address = user["email"]
+
+    verification = await smtp_server.wait_for(address)
+    assert verification["From"] == "no-reply@usermanager.example"
+    assert "Verify your email" in verification["Subject"]
+    assert "Journey User" in text_body(verification)
+    assert "support@usermanager.example" in text_body(verification)
+    link = link_in(verification)
+    assert link.startswith("http://localhost:8000/api/auth/email/verify?token=")
+    assert link in html_body(verification)
+
+    verified = await client.get(urlsplit(link).path, params={"token": _token(link)})
+    assert verified.status_code == 200
+    assert verified.json() == {"detail": "Email verified"}
+    again = await client.get(urlsplit(link).path, params={"token": _token(link)})
+    assert again.status_code == 400
+    assert again.json()["code"] == "INVALID_LINK"
+
+    tokens = await login(client, user["username"])
+    me = await client.get("/api/users/me", headers=bearer(tokens))
+    assert me.json()["email_verified"] is True
+
+    forgot = await client.post("/api/auth/password/forgot", json={"email": address.upper()})
+    assert forgot.status_code == 202
+    reset_mail = await smtp_server.wait_for(address, count=2)
+    assert "Reset your" in reset_mail["Subject"]
+    reset_link = link_in(reset_mail)
+    assert reset_link.startswith("http://localhost:3000/reset-password?token=")
+
+    reset = await client.post(
+        "/api/auth/password/reset",
+        json={"token": _token(reset_link), "new_password": NEW_PASSWORD},
+    )
+    assert reset.status_code == 204
+
+    assert (await client.get("/api/users/me", headers=bearer(tokens))).status_code == 401
+    stale_refresh = await client.post(
+        "/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+    )
+    assert stale_refresh.status_code == 401
+    old_password = await client.post(
+        "/api/auth/login", data={"username": user["username"], "password": PASSWORD}
+    )
+    assert old_password.status_code == 401
+    fresh = await login(client, user["username"], NEW_PASSWORD)
+    assert (await client.get("/api/users/me", headers=bearer(fresh))).status_code == 200
+
+    replay = await client.post(
+        "/api/auth/password/reset",
+        json={"token": _token(reset_link), "new_password": "yet another passphrase"},
+    )
+    assert replay.status_code == 400
+
+    async with app.state.session_factory() as session:
+        row = await session.scalar(select(User).where(User.uuid == user["uuid"]))
+    actions = [entry["action"] for entry in row.user_history]
+    assert actions == [
+        "signup",
+        "email_verified",
+        "login",
+        "password_forgot",
+        "password_reset",
+        "login_failed",
+        "login",
+    ]
+
+    # Nothing secret was logged along the way.
+    logs = "".join(captured_logs)
+    secrets = [
+        PASSWORD,
+        NEW_PASSWORD,
+        tokens["access_token"],
+        tokens["refresh_token"],
+        fresh["access_token"],
+        fresh["refresh_token"],
+        _token(link),
+        _token(reset_link),
+        row.hashed_password,
+    ]
+    for secret in secrets:
+        assert secret not in logs
+    assert "email 'Verify your email for UserManager' sent via smtp" in logs
+
+
+async def test_forgot_password_for_an_unknown_email_sends_nothing(
+    app: FastAPI, client: httpx.AsyncClient, smtp_server: MailCatcher
+) -> None:
+    response = await client.post("/api/auth/password/forgot", json={"email": "ghost@example.com"})
+    assert response.status_code == 202
+    assert response.json()["detail"] == "If an account has this email, a reset link is on its way"
+    await app.state.mailer.drain()
+    assert smtp_server.to("ghost@example.com") == []
+
+
+async def test_verification_can_be_requested_again(
+    client: httpx.AsyncClient, smtp_server: MailCatcher
+) -> None:
+    user = await signup(client)
+    first = await _mail_link(smtp_server, user["email"])
+    response = await client.post("/api/auth/email/verify/request", json={"email": user["email"]})
+    assert response.status_code == 202
+    second = await _mail_link(smtp_server, user["email"], count=2)
+    assert first != second
+    assert (
+        await client.get(urlsplit(second).path, params={"token": _token(second)})
+    ).status_code == 200
+    unknown = await client.post("/api/auth/email/verify/request", json={"email": "no@example.com"})
+    assert unknown.status_code == 202
+
+
+async def test_changing_the_email_needs_a_new_verification(
+    client: httpx.AsyncClient, smtp_server: MailCatcher
+) -> None:
+    user, tokens = await signup_and_login(client)
+    old_link = await _mail_link(smtp_server, user["email"])
+    changed = await client.patch(
+        "/api/users/me", json={"email": "moved@example.org"}, headers=bearer(tokens)
+    )
+    assert changed.json()["email_verified"] is False
+    new_link = await _mail_link(smtp_server, "moved@example.org")
+    stale = await client.get(urlsplit(old_link).path, params={"token": _token(old_link)})
+    assert stale.status_code == 400
+    fresh = await client.get(urlsplit(new_link).path, params={"token": _token(new_link)})
+    assert fresh.status_code == 200
+    me = await client.get("/api/users/me", headers=bearer(tokens))
+    assert me.json()["email_verified"] is True
+
+
+async def test_links_are_bound_to_their_purpose(
+    client: httpx.AsyncClient, smtp_server: MailCatcher
+) -> None:
+    user = await signup(client)
+    verify_link = await _mail_link(smtp_server, user["email"])
+    as_reset = await client.post(
+        "/api/auth/password/reset",
+        json={"token": _token(verify_link), "new_password": NEW_PASSWORD},
+    )
+    assert as_reset.status_code == 400
+    tampered = _token(verify_link)[:-3] + "abc"
+    response = await client.get("/api/auth/email/verify", params={"token": tampered})
+    assert response.status_code == 400
+    assert response.json()["code"] == "INVALID_LINK"
+
+
+async def test_a_reset_link_dies_when_the_password_changes(
+    client: httpx.AsyncClient, smtp_server: MailCatcher
+) -> None:
+    user, tokens = await signup_and_login(client)
+    await client.post("/api/auth/password/forgot", json={"email": user["email"]})
+    reset_link = await _mail_link(smtp_server, user["email"], count=2)
+    await client.post(
+        "/api/auth/password/change",
+        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+        headers=bearer(tokens),
+    )
+    response = await client.post(
+        "/api/auth/password/reset",
+        json={"token": _token(reset_link), "new_password": "yet another passphrase"},
+    )
+    assert response.status_code == 400
+    await login(client, user["username"], NEW_PASSWORD)
+
+
+class TestDeactivateOnForgot:
+    """DEACTIVATE_ON_PASSWORD_FORGOT=True: the account sleeps until the reset."""
+
+    @pytest.fixture
+    def settings_overrides(self, smtp_server: MailCatcher) -> dict[str, object]:
+        return {**smtp_server.settings(), "DEACTIVATE_ON_PASSWORD_FORGOT": True}
+
+    async def test_forgot_deactivates_and_reset_reactivates(
+        self, client: httpx.AsyncClient, smtp_server: MailCatcher
+    ) -> None:
+        user, tokens = await signup_and_login(client)
+        await client.post("/api/auth/password/forgot", json={"email": user["email"]})
+        reset_link = await _mail_link(smtp_server, user["email"], count=2)
+        assert (await client.get("/api/users/me", headers=bearer(tokens))).status_code == 401
+        refused = await client.post(
+            "/api/auth/login", data={"username": user["username"], "password": PASSWORD}
+        )
+        assert refused.status_code == 401
+        # A second request while inactive still sends a link.
+        await client.post("/api/auth/password/forgot", json={"email": user["email"]})
+        await smtp_server.wait_for(user["email"], count=3)
+        reset = await client.post(
+            "/api/auth/password/reset",
+            json={"token": _token(reset_link), "new_password": NEW_PASSWORD},
+        )
+        assert reset.status_code == 204
+        await login(client, user["username"], NEW_PASSWORD)
+
+
+async def test_a_banned_account_cannot_reset_its_way_back(
+    app: FastAPI, client: httpx.AsyncClient, smtp_server: MailCatcher
+) -> None:
+    user = await signup(client)
+    await client.post("/api/auth/password/forgot", json={"email": user["email"]})
+    reset_link = await _mail_link(smtp_server, user["email"], count=2)
+    async with app.state.session_factory() as session:
+        row = await session.get(User, user["uuid"])
+        row.is_active = False
+        row.deactivated_reason = "banned"
+        await session.commit()
+    response = await client.post(
+        "/api/auth/password/reset",
+        json={"token": _token(reset_link), "new_password": NEW_PASSWORD},
+    )
+    assert response.status_code == 400
+    await client.post("/api/auth/password/forgot", json={"email": user["email"]})
+    await app.state.mailer.drain()
+    assert len(smtp_server.to(user["email"])) == 2
+
+
+class TestSmtpDown:
+    """The SMTP server is unreachable: sign-up still succeeds, the failure is logged."""
+
+    @pytest.fixture
+    def settings_overrides(self, smtp_server: MailCatcher) -> dict[str, object]:
+        smtp_server.stop()
+        return smtp_server.settings()
+
+    @pytest.fixture
+    def smtp_server(self) -> MailCatcher:
+        catcher = MailCatcher()
+        catcher.start()
+        return catcher
+
+    async def test_signup_succeeds_and_the_failure_is_logged(
+        self, app: FastAPI, client: httpx.AsyncClient, captured_logs: list[str]
+    ) -> None:
+        user = await signup(client)
+        await app.state.mailer.drain()
+        failures = [line for line in captured_logs if "failed" in line and "email" in line]
+        assert len(failures) == 1
+        assert "ERROR" in failures[0]
+        assert "Verify your email" in failures[0]
+        await login(client, user["username"])
+
+
+class TestEmailOff:
+    """EMAIL_METHOD=none: nothing is sent and an unverified email is not held against anyone."""
+
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {"EMAIL_METHOD": "none"}
+
+    async def test_nothing_is_sent_and_login_works(
+        self, app: FastAPI, client: httpx.AsyncClient, captured_logs: list[str]
+    ) -> None:
+        user, tokens = await signup_and_login(client)
+        me = await client.get("/api/users/me", headers=bearer(tokens))
+        assert me.json()["email_verified"] is False
+        forgot = await client.post("/api/auth/password/forgot", json={"email": user["email"]})
+        assert forgot.status_code == 202
+        await app.state.mailer.drain()
+        assert not any("sent via" in line for line in captured_logs)
+
+
+class _MailjetStub(BaseHTTPRequestHandler):
+    """Plays Mailjet's Send API v3.1 on loopback."""
+
+    received: list[dict] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).received.append(
+            {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
+        )
+        payload = json.dumps({"Messages": [{"Status": "success"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def test_mailjet_sender_speaks_the_send_api(tmp_path) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _MailjetStub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _MailjetStub.received = []
+    try:
+        settings = make_settings(
+            tmp_path,
+            EMAIL_METHOD="mj",
+            MJ_APIKEY_PUBLIC="public-key",
+            MJ_APIKEY_PRIVATE="private-key",
+            MJ_SENDER_EMAIL="no-reply@usermanager.example",
+        )
+        sender = MailjetEmailSender(settings, api_url=f"http://127.0.0.1:{server.server_port}/")
+        mailer = Mailer(settings, sender)
+        mailer.send_later(
+            OutgoingEmail(to="ann@example.com", subject="Hello", text="plain", html="<p>html</p>")
+        )
+        await mailer.drain()
+    finally:
+        server.shutdown()
+    assert len(_MailjetStub.received) == 1
+    request = _MailjetStub.received[0]
+    assert request["path"] == "/v3.1/send"
+    expected_auth = "Basic " + base64.b64encode(b"public-key:private-key").decode()
+    assert request["auth"] == expected_auth
+    message = request["body"]["Messages"][0]
+    assert message["To"] == [{"Email": "ann@example.com"}]
+    assert message["From"]["Email"] == "no-reply@usermanager.example"
+    assert message["Subject"] == "Hello"
+    assert message["TextPart"] == "plain"
+    assert message["HTMLPart"] == "<p>html</p>"
