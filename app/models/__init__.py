@@ -4,6 +4,7 @@ from app.models.base import Base, new_uuid, now_epoch
 from app.models.external_account import ExternalAccount
 from app.models.file import File, user_file
 from app.models.oauth_token import OAuthToken
+from app.models.otp_challenge import OtpChallenge
 from app.models.session import Session
 from app.models.used_token import UsedToken
 from app.models.user import User
@@ -13,6 +14,7 @@ __all__ = [
     "ExternalAccount",
     "File",
     "OAuthToken",
+    "OtpChallenge",
     "Session",
     "UsedToken",
     "User",

@@ -21,8 +21,18 @@ from app.schemas.auth import (
     TokenValidation,
 )
 from app.schemas.common import error_responses
+from app.schemas.otp import (
+    OtpChallengeResponse,
+    OtpDisableRequest,
+    OtpEnableRequest,
+    OtpSetupRequest,
+    OtpSetupResponse,
+    OtpVerifyRequest,
+)
 from app.schemas.users import UserPrivate
 from app.services import auth as auth_service
+from app.services import otp as otp_service
+from app.services import sessions as session_service
 from app.services import users as user_service
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -78,27 +88,173 @@ async def signup(
     return UserPrivate.model_validate(user)
 
 
-@router.post("/login", response_model=TokenPair, responses=error_responses(401, 422))
+@router.post(
+    "/login",
+    response_model=TokenPair | OtpChallengeResponse,
+    responses=error_responses(401, 422, 429),
+)
 async def login(
-    form: LoginForm, db: SessionDep, settings: SettingsDep, client: ClientDep
-) -> TokenPair:
+    form: LoginForm, db: SessionDep, settings: SettingsDep, mailer: MailerDep, client: ClientDep
+) -> TokenPair | OtpChallengeResponse:
     """Log in with a username or email and a password (OAuth2 password form).
 
-    Swagger's "Authorize" button uses this endpoint.
+    Swagger's "Authorize" button uses this endpoint (for accounts without 2FA).
 
     Returns
     -------
     TokenPair
         ``access_token`` (a JWT for the ``Authorization: Bearer`` header),
         ``refresh_token``, ``token_type`` and ``expires_in`` (seconds).
+    OtpChallengeResponse
+        When the account has two-factor authentication: ``otp_required``,
+        ``otp_method`` and ``otp_token``; send the token and a code to
+        ``/auth/otp/verify``. With ``email``, the code is mailed now.
 
     Raises
     ------
     401
         ``INVALID_CREDENTIALS``: the same answer for an unknown account, a wrong
         password and an inactive account.
+    429
+        ``OTP_THROTTLED``: too many wrong codes for this account lately.
     """
-    return await auth_service.login(db, settings, form.username, form.password, client)
+    return await auth_service.login(db, settings, mailer, form.username, form.password, client)
+
+
+@router.post("/otp/verify", response_model=TokenPair, responses=error_responses(401, 422, 429))
+async def verify_otp(
+    body: OtpVerifyRequest, db: SessionDep, settings: SettingsDep, client: ClientDep
+) -> TokenPair:
+    """Finish a two-factor login with the ``otp_token`` from /auth/login and a code.
+
+    A code works once; an authenticator code may be one step early or late. After
+    five wrong codes the pending login is dead (log in again), and after ten wrong
+    codes in 15 minutes the account's codes are refused for a while.
+
+    Returns
+    -------
+    TokenPair
+        The same answer as a login without 2FA.
+
+    Raises
+    ------
+    401
+        ``INVALID_OTP_CODE`` (wrong or reused code) or ``INVALID_OTP_TOKEN`` (the
+        pending login expired, failed too often, or the token is not one).
+    429
+        ``OTP_THROTTLED``, with ``Retry-After``.
+    """
+    return await otp_service.verify_login(db, settings, body.otp_token, body.code, client)
+
+
+@router.post(
+    "/otp/setup", response_model=OtpSetupResponse, responses=error_responses(400, 401, 409, 422)
+)
+async def setup_otp(
+    body: OtpSetupRequest,
+    auth: AuthDep,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    client: ClientDep,
+) -> OtpSetupResponse:
+    """Start turning on two-factor authentication (the password confirms it is you).
+
+    ``authenticator``: a new secret, as an ``otpauth://`` URI and a QR code (PNG,
+    base64) to scan. ``email``: a code is mailed. Either way, confirm with a code at
+    /auth/otp/enable; nothing changes before that.
+
+    Returns
+    -------
+    OtpSetupResponse
+        The method, and for an authenticator the URI and QR code.
+
+    Raises
+    ------
+    400
+        ``WRONG_PASSWORD``, or ``EMAIL_DISABLED`` (email codes need email).
+    409
+        ``OTP_ALREADY_ENABLED``.
+    """
+    return await otp_service.setup(db, settings, mailer, auth, body.method, body.password, client)
+
+
+@router.post(
+    "/otp/enable",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(400, 401, 409, 422, 429),
+)
+async def enable_otp(
+    body: OtpEnableRequest, auth: AuthDep, db: SessionDep, settings: SettingsDep, client: ClientDep
+) -> None:
+    """Turn on two-factor authentication with a valid code. Other sessions end.
+
+    Raises
+    ------
+    400
+        ``NO_PENDING_CODE``: /auth/otp/setup was not called first.
+    401
+        ``INVALID_OTP_CODE``.
+    409
+        ``OTP_ALREADY_ENABLED``.
+    429
+        ``OTP_THROTTLED``.
+    """
+    await otp_service.enable(db, settings, auth, body.method, body.code, client)
+
+
+@router.post(
+    "/otp/disable/code",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Message,
+    responses=error_responses(401, 409),
+)
+async def send_otp_disable_code(
+    auth: AuthDep, db: SessionDep, settings: SettingsDep, mailer: MailerDep
+) -> Message:
+    """Mail a code that confirms turning email two-factor authentication off.
+
+    Returns
+    -------
+    Message
+        An acknowledgement.
+
+    Raises
+    ------
+    409
+        ``OTP_NOT_ENABLED``, or ``OTP_METHOD_MISMATCH`` for authenticator users (use
+        a code from the app).
+    """
+    await otp_service.send_disable_code(db, settings, mailer, auth)
+    return Message(detail="A code was sent by email")
+
+
+@router.post(
+    "/otp/disable",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(400, 401, 409, 422, 429),
+)
+async def disable_otp(
+    body: OtpDisableRequest, auth: AuthDep, db: SessionDep, settings: SettingsDep, client: ClientDep
+) -> None:
+    """Turn off two-factor authentication with the password and a current code.
+
+    Other sessions end.
+
+    Raises
+    ------
+    400
+        ``WRONG_PASSWORD``, or ``NO_PENDING_CODE`` (email: ask /auth/otp/disable/code).
+    401
+        ``INVALID_OTP_CODE``.
+    409
+        ``OTP_NOT_ENABLED``.
+    429
+        ``OTP_THROTTLED``.
+    """
+    await otp_service.disable(db, settings, auth, body.password, body.code, client)
 
 
 @router.post("/refresh", response_model=TokenPair, responses=error_responses(401, 422))
@@ -120,7 +276,7 @@ async def refresh(
     401
         ``INVALID_REFRESH_TOKEN``, or ``REFRESH_TOKEN_REUSED`` (the session is ended).
     """
-    return await auth_service.refresh(db, settings, body.refresh_token, client)
+    return await session_service.refresh(db, settings, body.refresh_token, client)
 
 
 @router.post(
@@ -137,7 +293,7 @@ async def logout(auth: AuthDep, db: SessionDep, client: ClientDep) -> None:
     401
         Not authenticated.
     """
-    await auth_service.logout(db, auth, client)
+    await session_service.logout(db, auth, client)
 
 
 @router.post(
@@ -154,7 +310,7 @@ async def logout_all(auth: AuthDep, db: SessionDep, client: ClientDep) -> None:
     401
         Not authenticated.
     """
-    await auth_service.logout_all(db, auth, client)
+    await session_service.logout_all(db, auth, client)
 
 
 @router.get("/sessions", response_model=SessionList, responses=error_responses(401))
@@ -171,7 +327,7 @@ async def list_sessions(auth: AuthDep, db: SessionDep) -> SessionList:
     401
         Not authenticated.
     """
-    sessions = await auth_service.list_sessions(db, auth)
+    sessions = await session_service.list_sessions(db, auth)
     return SessionList(
         items=[
             SessionInfo.model_validate(session).model_copy(update={"current": current})
@@ -196,7 +352,7 @@ async def revoke_session(session_id: str, auth: AuthDep, db: SessionDep, client:
     404
         ``SESSION_NOT_FOUND``: no open session of yours has this id.
     """
-    await auth_service.revoke_own_session(db, auth, session_id, client)
+    await session_service.revoke_own_session(db, auth, session_id, client)
 
 
 @router.get("/token/validate", response_model=TokenValidation, responses=error_responses(401))

@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.core.config import Settings
 from app.core.email import Mailer
 from app.models import User
-from app.services.auth import Auth, InvalidToken, authenticate
 from app.services.context import ClientInfo
+from app.services.sessions import Auth, InvalidToken, authenticate
 
 # The token URL is rewritten to API_STR's in the OpenAPI document (app.core.openapi).
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/login", auto_error=False)

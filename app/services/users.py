@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.errors import AppError, Conflict
+from app.core.otp import new_otp_secret
 from app.core.security import create_one_time_token, hash_password, password_problem
 from app.models import User, new_uuid
 from app.schemas.fields import check_email, check_username, display_name_matches
@@ -36,6 +37,14 @@ class EmailTaken(Conflict):
 
     code = "EMAIL_TAKEN"
     detail = "This email is already used by another account"
+
+
+class WrongPassword(AppError):
+    """A password given to confirm a sensitive change is wrong."""
+
+    status_code = 400
+    code = "WRONG_PASSWORD"
+    detail = "The current password is incorrect"
 
 
 class EmailUndeliverable(AppError):
@@ -138,6 +147,7 @@ async def create_user(
         roles=list(roles),
         description=description,
         is_external_only=is_external_only,
+        otp_secret=new_otp_secret(),
         user_history=[],
         blocked_uuids=[],
     )

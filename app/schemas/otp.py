@@ -1,0 +1,73 @@
+"""Request and response models of two-factor authentication."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.fields import GivenPassword
+
+OtpMethod = Literal["authenticator", "email"]
+#: A code as typed: checked against the challenge (a malformed one is a wrong one).
+OtpCode = Field(min_length=1, max_length=16, examples=["123456"])
+
+
+class OtpChallengeResponse(BaseModel):
+    """The password was right; now the second factor is needed."""
+
+    otp_required: Literal[True] = True
+    otp_method: OtpMethod
+    otp_token: str = Field(
+        description="Short-lived token for /auth/otp/verify; it opens nothing else."
+    )
+    expires_in: int = Field(description="Seconds left to give the code.")
+
+
+class OtpVerifyRequest(BaseModel):
+    """The second login step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    otp_token: str = Field(min_length=1, max_length=2048)
+    code: str = OtpCode
+
+
+class OtpSetupRequest(BaseModel):
+    """Start enrolling a second factor (the password confirms it is the owner)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: OtpMethod
+    password: GivenPassword
+
+
+class OtpSetupResponse(BaseModel):
+    """What the user needs to confirm enrolment."""
+
+    method: OtpMethod
+    detail: str
+    provisioning_uri: str | None = Field(
+        default=None, description="otpauth:// URI for an authenticator app (authenticator only)."
+    )
+    qr_png: str | None = Field(
+        default=None, description="The same URI as a base64 PNG QR code (authenticator only)."
+    )
+
+
+class OtpEnableRequest(BaseModel):
+    """Confirm enrolment with a code from the app or the email."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: OtpMethod
+    code: str = OtpCode
+
+
+class OtpDisableRequest(BaseModel):
+    """Turn 2FA off: the password and a current code."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    password: GivenPassword
+    code: str = OtpCode

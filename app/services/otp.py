@@ -1,0 +1,440 @@
+"""Two-factor authentication: enrolment, the second login step, replay and guessing limits.
+
+Every code is checked against an ``otp_challenge`` row: a pending login (named by
+the 2FA-pending token), an enrolment or a disabling. A challenge is used at most
+once (a conditional UPDATE, so parallel submissions of one code succeed once), an
+authenticator code's time step must be later than the last one used, and a
+challenge dies after ``MAX_FAILED_ATTEMPTS`` wrong codes. Across challenges an
+account gets ``ACCOUNT_FAILURE_LIMIT`` wrong codes per ``ACCOUNT_FAILURE_WINDOW_SECONDS``
+before every code is refused with 429.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Literal
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.config import Settings
+from app.core.email import Mailer
+from app.core.errors import AppError, Conflict, Unauthorized
+from app.core.otp import (
+    email_code_hash,
+    matching_timestep,
+    new_email_code,
+    new_otp_secret,
+    provisioning_uri,
+    qr_png,
+)
+from app.core.security import TokenError, create_token, decode_token, secrets_match, verify_password
+from app.models import OtpChallenge, User, new_uuid, now_epoch
+from app.schemas.auth import TokenPair
+from app.schemas.otp import OtpChallengeResponse, OtpSetupResponse
+from app.services.context import ClientInfo
+from app.services.history import record_event
+from app.services.sessions import Auth, revoke_sessions, start_session
+from app.services.users import WrongPassword
+
+OtpMethod = Literal["authenticator", "email"]
+
+#: Wrong codes after which a challenge (a pending login, say) is dead.
+MAX_FAILED_ATTEMPTS = 5
+#: Wrong codes an account may get in a window before every code is refused.
+ACCOUNT_FAILURE_LIMIT = 10
+ACCOUNT_FAILURE_WINDOW_SECONDS = 900
+#: How long an authenticator login may wait for its code.
+AUTHENTICATOR_CHALLENGE_SECONDS = 300
+OTP_PENDING_TOKEN = "otp_pending"
+
+
+class InvalidOtpToken(Unauthorized):
+    """The 2FA-pending token is forged, expired, or its login is over."""
+
+    code = "INVALID_OTP_TOKEN"
+    detail = "This sign-in has expired or is invalid; log in again"
+
+
+class InvalidOtpCode(AppError):
+    """A wrong, reused or malformed code."""
+
+    status_code = 401
+    code = "INVALID_OTP_CODE"
+    detail = "Incorrect or already used code"
+
+
+class OtpThrottled(AppError):
+    """Too many wrong codes for this account lately."""
+
+    status_code = 429
+    code = "OTP_THROTTLED"
+    detail = "Too many wrong codes; try again later"
+
+
+class OtpAlreadyEnabled(Conflict):
+    """Two-factor authentication is already on."""
+
+    code = "OTP_ALREADY_ENABLED"
+    detail = "Two-factor authentication is already enabled; disable it first"
+
+
+class OtpNotEnabled(Conflict):
+    """Two-factor authentication is off."""
+
+    code = "OTP_NOT_ENABLED"
+    detail = "Two-factor authentication is not enabled"
+
+
+class OtpMethodMismatch(Conflict):
+    """The request is for another method than the account's."""
+
+    code = "OTP_METHOD_MISMATCH"
+    detail = "This account uses another two-factor method"
+
+
+class EmailDisabled(AppError):
+    """Email codes need EMAIL_METHOD to be set."""
+
+    status_code = 400
+    code = "EMAIL_DISABLED"
+    detail = "Email is not enabled on this server; use an authenticator app"
+
+
+class NoPendingCode(AppError):
+    """An email code was expected but none was requested."""
+
+    status_code = 400
+    code = "NO_PENDING_CODE"
+    detail = "Request a code first"
+
+
+# Challenges ----------------------------------------------------------------------------
+
+
+async def _new_challenge(
+    db: AsyncSession, settings: Settings, user: User, purpose: str, method: str
+) -> tuple[OtpChallenge, str | None]:
+    """Open a challenge (the caller commits); for email, also its code, to mail after."""
+    now = now_epoch()
+    if method == "email":
+        # A new code replaces the previous one; the old challenge's failures still count.
+        await db.execute(
+            update(OtpChallenge)
+            .where(
+                OtpChallenge.user_uuid == user.uuid,
+                OtpChallenge.purpose == purpose,
+                OtpChallenge.used_at.is_(None),
+            )
+            .values(used_at=now)
+        )
+    lifetime = settings.OTP_EMAIL_INTERVAL if method == "email" else AUTHENTICATOR_CHALLENGE_SECONDS
+    challenge = OtpChallenge(
+        id=new_uuid(),
+        user_uuid=user.uuid,
+        purpose=purpose,
+        method=method,
+        failed_attempts=0,
+        created_at=now,
+        expires_at=now + lifetime,
+    )
+    code = None
+    if method == "email":
+        code = new_email_code(settings)
+        challenge.code_hash = email_code_hash(settings.JWT_SECRET_KEY, challenge.id, code)
+    db.add(challenge)
+    return challenge, code
+
+
+def _mail_code(
+    settings: Settings, mailer: Mailer, user: User, purpose: str, code: str | None
+) -> None:
+    if code is None:
+        return
+    mailer.send_later(
+        mailer.render(
+            "otp_code",
+            to=user.email,
+            subject=f"Your {settings.PROJECT_NAME} code",
+            display_name=user.display_name,
+            code=code,
+            valid_minutes=max(1, settings.OTP_EMAIL_INTERVAL // 60),
+            purpose=purpose,
+        )
+    )
+
+
+async def _check_throttle(db: AsyncSession, user_uuid: str) -> None:
+    since = now_epoch() - ACCOUNT_FAILURE_WINDOW_SECONDS
+    failures, oldest = (
+        await db.execute(
+            select(
+                func.coalesce(func.sum(OtpChallenge.failed_attempts), 0),
+                func.min(OtpChallenge.created_at),
+            ).where(
+                OtpChallenge.user_uuid == user_uuid,
+                OtpChallenge.created_at >= since,
+                OtpChallenge.failed_attempts > 0,
+            )
+        )
+    ).one()
+    if failures >= ACCOUNT_FAILURE_LIMIT:
+        retry_after = max(1, (oldest or since) + ACCOUNT_FAILURE_WINDOW_SECONDS - now_epoch())
+        raise OtpThrottled(headers={"Retry-After": str(retry_after)})
+
+
+async def _redeem(
+    db: AsyncSession,
+    settings: Settings,
+    user: User,
+    challenge: OtpChallenge,
+    code: str,
+    client: ClientInfo,
+) -> None:
+    """Accept ``code`` for ``challenge`` once, or count a failure and raise.
+
+    On success the challenge is marked used (and the authenticator step recorded)
+    in the caller's transaction; the caller commits with its own changes.
+    """
+    # Read now: after a rollback the loaded objects are expired.
+    challenge_id, user_uuid = challenge.id, user.uuid
+    purpose, method = challenge.purpose, challenge.method
+    now = now_epoch()
+    if (
+        challenge.used_at is not None
+        or challenge.expires_at <= now
+        or challenge.failed_attempts >= MAX_FAILED_ATTEMPTS
+    ):
+        raise InvalidOtpToken("This code request is over; start again")
+    await _check_throttle(db, user_uuid)
+    step = None
+    if method == "email":
+        expected = challenge.code_hash or ""
+        ok = secrets_match(email_code_hash(settings.JWT_SECRET_KEY, challenge_id, code), expected)
+    else:
+        step = matching_timestep(user.otp_secret or "", code, settings)
+        ok = step is not None
+    if ok:
+        claimed = await db.execute(
+            update(OtpChallenge)
+            .where(
+                OtpChallenge.id == challenge_id,
+                OtpChallenge.used_at.is_(None),
+                OtpChallenge.failed_attempts < MAX_FAILED_ATTEMPTS,
+            )
+            .values(used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        ok = claimed.rowcount == 1
+    if ok and step is not None:
+        # The step must be newer than the last one used: a code works once.
+        advanced = await db.execute(
+            update(User)
+            .where(
+                User.uuid == user_uuid,
+                or_(User.otp_last_timestep.is_(None), User.otp_last_timestep < step),
+            )
+            .values(otp_last_timestep=step)
+            .execution_options(synchronize_session=False)
+        )
+        ok = advanced.rowcount == 1
+    if ok:
+        return
+    await db.rollback()
+    await db.execute(
+        update(OtpChallenge)
+        .where(OtpChallenge.id == challenge_id)
+        .values(failed_attempts=OtpChallenge.failed_attempts + 1)
+    )
+    failed_user = await db.get(User, user_uuid)
+    if failed_user is not None:
+        record_event(
+            failed_user,
+            "otp_failed",
+            client=client,
+            details={"purpose": purpose, "method": method},
+        )
+    await db.commit()
+    raise InvalidOtpCode()
+
+
+# Login ---------------------------------------------------------------------------------
+
+
+async def begin_login(
+    db: AsyncSession, settings: Settings, mailer: Mailer, user: User, client: ClientInfo
+) -> OtpChallengeResponse:
+    """The password was right and 2FA is on: open a login challenge, answer with its token."""
+    await _check_throttle(db, user.uuid)
+    method = user.otp_method
+    challenge, code = await _new_challenge(db, settings, user, "login", method)
+    record_event(user, "login_otp_required", client=client, details={"method": method})
+    await db.commit()
+    _mail_code(settings, mailer, user, "login", code)
+    lifetime = challenge.expires_at - challenge.created_at
+    token = create_token(
+        subject=user.uuid,
+        token_type=OTP_PENDING_TOKEN,
+        secret=settings.JWT_SECRET_KEY,
+        expires_in_seconds=lifetime,
+        extra={"cid": challenge.id},
+    )
+    return OtpChallengeResponse(otp_method=method, otp_token=token, expires_in=lifetime)
+
+
+async def verify_login(
+    db: AsyncSession, settings: Settings, otp_token: str, code: str, client: ClientInfo
+) -> TokenPair:
+    """Finish a 2FA login: the pending token and a valid code give the token pair."""
+    try:
+        claims = decode_token(
+            otp_token, secret=settings.JWT_SECRET_KEY, token_type=OTP_PENDING_TOKEN
+        )
+    except TokenError:
+        raise InvalidOtpToken() from None
+    challenge = await db.get(OtpChallenge, str(claims.get("cid")))
+    user = await db.get(User, claims["sub"])
+    if (
+        challenge is None
+        or user is None
+        or challenge.user_uuid != user.uuid
+        or challenge.purpose != "login"
+        or challenge.method != user.otp_method
+        or not user.is_active
+    ):
+        raise InvalidOtpToken()
+    await _redeem(db, settings, user, challenge, code, client)
+    return await start_session(db, settings, user, client)
+
+
+# Enrolment -----------------------------------------------------------------------------
+
+
+async def setup(
+    db: AsyncSession,
+    settings: Settings,
+    mailer: Mailer,
+    auth: Auth,
+    method: OtpMethod,
+    password: str,
+    client: ClientInfo,
+) -> OtpSetupResponse:
+    """Start enrolling: a new authenticator secret (URI + QR code), or an email code.
+
+    The password is asked for so that a stolen access token alone cannot put a
+    second factor of the thief's choosing on the account.
+    """
+    user = auth.user
+    if user.otp_method != "none":
+        raise OtpAlreadyEnabled()
+    if not await verify_password(password, user.hashed_password, settings.PASSWORD_BCRYPT_ROUNDS):
+        raise WrongPassword("The password is incorrect")
+    if method == "email":
+        if not mailer.enabled:
+            raise EmailDisabled()
+        _, code = await _new_challenge(db, settings, user, "enable", "email")
+        await db.commit()
+        _mail_code(settings, mailer, user, "enable", code)
+        return OtpSetupResponse(
+            method="email", detail="A code was sent by email; confirm it at /auth/otp/enable"
+        )
+    user.otp_secret = new_otp_secret()
+    user.otp_last_timestep = None
+    record_event(user, "otp_setup", by=user.uuid, client=client, details={"method": method})
+    await db.commit()
+    uri = provisioning_uri(user.otp_secret, user.username, settings)
+    png = await qr_png(uri)
+    return OtpSetupResponse(
+        method="authenticator",
+        detail="Scan the QR code, then confirm a code at /auth/otp/enable",
+        provisioning_uri=uri,
+        qr_png=base64.b64encode(png).decode("ascii"),
+    )
+
+
+async def _latest_challenge(db: AsyncSession, user_uuid: str, purpose: str) -> OtpChallenge:
+    challenge = await db.scalar(
+        select(OtpChallenge)
+        .where(
+            OtpChallenge.user_uuid == user_uuid,
+            OtpChallenge.purpose == purpose,
+            OtpChallenge.method == "email",
+            OtpChallenge.used_at.is_(None),
+        )
+        .order_by(OtpChallenge.created_at.desc())
+        .limit(1)
+    )
+    if challenge is None:
+        raise NoPendingCode()
+    return challenge
+
+
+async def _challenge_for(
+    db: AsyncSession, settings: Settings, user: User, purpose: str, method: str
+) -> OtpChallenge:
+    if method == "email":
+        return await _latest_challenge(db, user.uuid, purpose)
+    # An authenticator code needs no request first: check it against a fresh challenge,
+    # so that its failures count like any other.
+    challenge, _ = await _new_challenge(db, settings, user, purpose, method)
+    await db.commit()
+    return challenge
+
+
+async def enable(
+    db: AsyncSession,
+    settings: Settings,
+    auth: Auth,
+    method: OtpMethod,
+    code: str,
+    client: ClientInfo,
+) -> None:
+    """Turn 2FA on once a valid code proves the method works; other sessions end."""
+    user = auth.user
+    if user.otp_method != "none":
+        raise OtpAlreadyEnabled()
+    if method == "authenticator" and not user.otp_secret:
+        raise NoPendingCode("Set up the authenticator first (/auth/otp/setup)")
+    challenge = await _challenge_for(db, settings, user, "enable", method)
+    await _redeem(db, settings, user, challenge, code, client)
+    user.otp_method = method
+    await revoke_sessions(db, user.uuid, keep_session_id=auth.session.id)
+    record_event(user, "otp_enabled", by=user.uuid, client=client, details={"method": method})
+    await db.commit()
+
+
+async def send_disable_code(
+    db: AsyncSession, settings: Settings, mailer: Mailer, auth: Auth
+) -> None:
+    """Mail a code that confirms turning email 2FA off."""
+    user = auth.user
+    if user.otp_method == "none":
+        raise OtpNotEnabled()
+    if user.otp_method != "email":
+        raise OtpMethodMismatch("Use a code from your authenticator app")
+    _, code = await _new_challenge(db, settings, user, "disable", "email")
+    await db.commit()
+    _mail_code(settings, mailer, user, "disable", code)
+
+
+async def disable(
+    db: AsyncSession,
+    settings: Settings,
+    auth: Auth,
+    password: str,
+    code: str,
+    client: ClientInfo,
+) -> None:
+    """Turn 2FA off with the password and a current code; other sessions end."""
+    user = auth.user
+    if user.otp_method == "none":
+        raise OtpNotEnabled()
+    if not await verify_password(password, user.hashed_password, settings.PASSWORD_BCRYPT_ROUNDS):
+        raise WrongPassword("The password is incorrect")
+    method = user.otp_method
+    challenge = await _challenge_for(db, settings, user, "disable", method)
+    await _redeem(db, settings, user, challenge, code, client)
+    user.otp_method = "none"
+    await revoke_sessions(db, user.uuid, keep_session_id=auth.session.id)
+    record_event(user, "otp_disabled", by=user.uuid, client=client, details={"method": method})
+    await db.commit()

@@ -1,0 +1,282 @@
+"""Sessions and tokens: opening, checking, refreshing and ending logins.
+
+A login opens a ``session`` row; its access JWT names the session (``sid``), and every
+request checks that session, so logout, password changes, bans and deletions refuse
+the token at once. Refresh tokens rotate on each use; presenting a replaced one ends
+the session (it was stolen, or the client is confused, and either way it must log in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loguru import logger
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.config import Settings
+from app.core.errors import NotFound, Unauthorized
+from app.core.security import (
+    AccessClaims,
+    TokenError,
+    create_token,
+    decode_access_token,
+    hash_secret,
+    new_refresh_token,
+)
+from app.models import Session, User, new_uuid, now_epoch
+from app.schemas.auth import TokenPair
+from app.services.context import ClientInfo
+from app.services.history import record_event
+
+_USER_AGENT_MAX = 512
+
+
+class InvalidToken(Unauthorized):
+    """The access token is missing, malformed, expired, or its session has ended."""
+
+    code = "INVALID_TOKEN"
+    detail = "Invalid or expired token"
+
+
+class InvalidRefreshToken(Unauthorized):
+    """The refresh token is unknown, expired, or its session has ended."""
+
+    code = "INVALID_REFRESH_TOKEN"
+    detail = "Invalid or expired refresh token"
+
+
+class RefreshTokenReused(Unauthorized):
+    """A refresh token that was already exchanged came back: the session is ended."""
+
+    code = "REFRESH_TOKEN_REUSED"
+    detail = "This refresh token was already used; the session has been ended"
+
+
+@dataclass(frozen=True)
+class Auth:
+    """An authenticated request: the user, their session, and the token's claims."""
+
+    user: User
+    session: Session
+    claims: AccessClaims
+
+
+# Sessions ------------------------------------------------------------------------------
+
+
+def _refresh_lifetime_seconds(settings: Settings) -> int:
+    return settings.REFRESH_TOKEN_EXP_DAYS * 86400
+
+
+def _token_pair(settings: Settings, session: Session, refresh_token: str) -> TokenPair:
+    lifetime = settings.JWT_EXP * 60
+    access = create_token(
+        subject=session.user_uuid,
+        token_type="access",
+        secret=settings.JWT_SECRET_KEY,
+        expires_in_seconds=lifetime,
+        session_id=session.id,
+    )
+    return TokenPair(access_token=access, refresh_token=refresh_token, expires_in=lifetime)
+
+
+async def start_session(
+    db: AsyncSession, settings: Settings, user: User, client: ClientInfo
+) -> TokenPair:
+    """Open a session for ``user`` (password checked by the caller) and commit."""
+    refresh_token = new_refresh_token()
+    now = now_epoch()
+    session = Session(
+        id=new_uuid(),
+        user_uuid=user.uuid,
+        refresh_token_hash=hash_secret(refresh_token),
+        created_at=now,
+        last_used_at=now,
+        expires_at=now + _refresh_lifetime_seconds(settings),
+        user_agent=(client.user_agent or "")[:_USER_AGENT_MAX] or None,
+        ip=client.ip,
+    )
+    db.add(session)
+    record_event(user, "login", by=user.uuid, client=client, details={"session": session.id})
+    await db.commit()
+    return _token_pair(settings, session, refresh_token)
+
+
+async def revoke_sessions(
+    db: AsyncSession, user_uuid: str, *, keep_session_id: str | None = None
+) -> int:
+    """End every open session of a user (but ``keep_session_id``); the caller commits."""
+    statement = (
+        update(Session)
+        .where(Session.user_uuid == user_uuid, Session.revoked_at.is_(None))
+        .values(revoked_at=now_epoch())
+    )
+    if keep_session_id is not None:
+        statement = statement.where(Session.id != keep_session_id)
+    result = await db.execute(statement)
+    return result.rowcount or 0
+
+
+# Access tokens -------------------------------------------------------------------------
+
+
+async def authenticate(db: AsyncSession, settings: Settings, token: str) -> Auth:
+    """The user and session behind an access token, or InvalidToken.
+
+    Refused: a bad signature or kind, an expired token, a session that is revoked or
+    expired, a user who is inactive.
+    """
+    try:
+        claims = decode_access_token(token, settings.JWT_SECRET_KEY)
+    except TokenError:
+        raise InvalidToken() from None
+    row = (
+        await db.execute(
+            select(Session, User)
+            .join(User, User.uuid == Session.user_uuid)
+            .where(Session.id == claims.session_id)
+        )
+    ).first()
+    if row is None:
+        raise InvalidToken()
+    session, user = row
+    if (
+        session.user_uuid != claims.user_uuid
+        or session.revoked_at is not None
+        or session.expires_at <= now_epoch()
+        or not user.is_active
+    ):
+        raise InvalidToken()
+    return Auth(user=user, session=session, claims=claims)
+
+
+# Refresh -------------------------------------------------------------------------------
+
+
+async def refresh(
+    db: AsyncSession, settings: Settings, refresh_token: str, client: ClientInfo
+) -> TokenPair:
+    """Trade a refresh token for a new pair; the old refresh token stops working.
+
+    The swap is one conditional UPDATE, so two parallel uses of one token cannot both
+    succeed: the loser is treated as a reuse and the session ends.
+    """
+    presented = hash_secret(refresh_token)
+    row = (
+        await db.execute(
+            select(Session, User)
+            .join(User, User.uuid == Session.user_uuid)
+            .where(Session.refresh_token_hash == presented)
+        )
+    ).first()
+    if row is None:
+        await _end_session_of_reused_token(db, presented, client)
+        raise InvalidRefreshToken()
+    session, user = row
+    now = now_epoch()
+    if session.revoked_at is not None or session.expires_at <= now or not user.is_active:
+        raise InvalidRefreshToken()
+    new_token = new_refresh_token()
+    swapped = await db.execute(
+        update(Session)
+        .where(
+            Session.id == session.id,
+            Session.refresh_token_hash == presented,
+            Session.revoked_at.is_(None),
+        )
+        .values(
+            refresh_token_hash=hash_secret(new_token),
+            previous_refresh_token_hash=presented,
+            last_used_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if swapped.rowcount != 1:
+        await db.rollback()
+        await _end_session_of_reused_token(db, presented, client)
+        raise RefreshTokenReused()
+    await db.commit()
+    return _token_pair(settings, session, new_token)
+
+
+async def _end_session_of_reused_token(
+    db: AsyncSession, presented_hash: str, client: ClientInfo
+) -> None:
+    session = await db.scalar(
+        select(Session).where(Session.previous_refresh_token_hash == presented_hash)
+    )
+    if session is None:
+        return
+    if session.revoked_at is None:
+        session.revoked_at = now_epoch()
+        user = await db.get(User, session.user_uuid)
+        if user is not None:
+            record_event(
+                user, "refresh_token_reused", client=client, details={"session": session.id}
+            )
+        await db.commit()
+        logger.warning("refresh token reuse: session {} ended", session.id)
+    raise RefreshTokenReused()
+
+
+# Logout and sessions -------------------------------------------------------------------
+
+
+async def logout(db: AsyncSession, auth: Auth, client: ClientInfo) -> None:
+    """End the current session."""
+    await db.execute(
+        update(Session)
+        .where(Session.id == auth.session.id, Session.revoked_at.is_(None))
+        .values(revoked_at=now_epoch())
+    )
+    record_event(auth.user, "logout", by=auth.user.uuid, client=client)
+    await db.commit()
+
+
+async def logout_all(db: AsyncSession, auth: Auth, client: ClientInfo) -> None:
+    """End every session of the current user, this one included."""
+    ended = await revoke_sessions(db, auth.user.uuid)
+    record_event(
+        auth.user, "logout_all", by=auth.user.uuid, client=client, details={"sessions": ended}
+    )
+    await db.commit()
+
+
+async def list_sessions(db: AsyncSession, auth: Auth) -> list[tuple[Session, bool]]:
+    """The user's open sessions, newest first, each with "is this the current one"."""
+    sessions = await db.scalars(
+        select(Session)
+        .where(
+            Session.user_uuid == auth.user.uuid,
+            Session.revoked_at.is_(None),
+            Session.expires_at > now_epoch(),
+        )
+        .order_by(Session.created_at.desc(), Session.id)
+    )
+    return [(session, session.id == auth.session.id) for session in sessions]
+
+
+async def revoke_own_session(
+    db: AsyncSession, auth: Auth, session_id: str, client: ClientInfo
+) -> None:
+    """End one of the caller's sessions; someone else's is "not found"."""
+    result = await db.execute(
+        update(Session)
+        .where(
+            Session.id == session_id,
+            Session.user_uuid == auth.user.uuid,
+            Session.revoked_at.is_(None),
+        )
+        .values(revoked_at=now_epoch())
+    )
+    if result.rowcount != 1:
+        raise NotFound("No such session", code="SESSION_NOT_FOUND")
+    record_event(
+        auth.user,
+        "session_revoked",
+        by=auth.user.uuid,
+        client=client,
+        details={"session": session_id},
+    )
+    await db.commit()
