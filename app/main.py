@@ -20,7 +20,7 @@ from app.core.logging import setup_logging
 from app.core.middleware import RequestIdMiddleware
 from app.core.openapi import install_openapi
 from app.core.redis_client import create_redis
-from app.routers import auth, pages, users
+from app.routers import admin, auth, pages, users
 from app.services.users import ensure_first_admin
 
 API_DESCRIPTION = """
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(auth.router, prefix=settings.API_STR)
     app.include_router(users.router, prefix=settings.API_STR)
+    app.include_router(admin.router, prefix=settings.API_STR)
     install_openapi(app, settings.API_STR)
     return app
 

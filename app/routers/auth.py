@@ -29,7 +29,7 @@ from app.schemas.otp import (
     OtpSetupResponse,
     OtpVerifyRequest,
 )
-from app.schemas.users import UserPrivate
+from app.schemas.users import UserPrivate, private_view
 from app.services import auth as auth_service
 from app.services import otp as otp_service
 from app.services import sessions as session_service
@@ -85,7 +85,7 @@ async def signup(
         description=body.description,
         client=client,
     )
-    return UserPrivate.model_validate(user)
+    return private_view(user, settings)
 
 
 @router.post(

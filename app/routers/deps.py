@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
+from uuid import UUID
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -93,3 +95,28 @@ async def get_optional_user(
 AuthDep = Annotated[Auth, Depends(get_auth)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 OptionalUser = Annotated[User | None, Depends(get_optional_user)]
+
+
+@dataclass(frozen=True)
+class Page:
+    """Which slice of a list to return."""
+
+    offset: int
+    limit: int
+
+
+def get_page(
+    offset: Annotated[int, Query(ge=0, le=10_000_000, description="Items to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=100, description="Items to return (1-100).")] = 50,
+) -> Page:
+    """The ``offset``/``limit`` query parameters of a list endpoint."""
+    return Page(offset=offset, limit=limit)
+
+
+def get_user_uuid(user_uuid: Annotated[UUID, Path(alias="uuid")]) -> str:
+    """A user UUID from the path, canonical (lower-case, hyphenated)."""
+    return str(user_uuid)
+
+
+PageDep = Annotated[Page, Depends(get_page)]
+UserUuid = Annotated[str, Depends(get_user_uuid)]

@@ -1,29 +1,70 @@
-"""Request and response models of the users router."""
+"""Request and response models of the users and admin routers."""
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.config import Settings
+from app.models import User
 from app.schemas.fields import Description, Email
 
+Role = Literal["admin", "moderator", "tester", "user"]
 
-class UserPrivate(BaseModel):
-    """A user as the owner (and staff) see it."""
 
-    model_config = ConfigDict(from_attributes=True)
+class UserPublic(BaseModel):
+    """A user as anyone signed in sees them."""
 
     uuid: str
     username: str
     display_name: str
+    description: str | None
+    picture_url: str = Field(description="The profile picture (uploaded or generated).")
+    created_at: int
+
+
+class UserPrivate(UserPublic):
+    """A user as the owner and staff see them."""
+
     email: str
     email_verified: bool
     roles: list[str]
     otp_method: str
-    description: str | None
     is_active: bool
     is_external_only: bool
-    created_at: int
     updated_at: int
+
+
+def picture_url(settings: Settings, user_uuid: str) -> str:
+    """Where a user's profile picture is served."""
+    return f"{settings.BASE_URL}{settings.API_STR}/user/{user_uuid}/pfp"
+
+
+def public_view(user: User, settings: Settings) -> UserPublic:
+    """What others see of ``user``."""
+    return UserPublic(
+        uuid=user.uuid,
+        username=user.username,
+        display_name=user.display_name,
+        description=user.description,
+        picture_url=picture_url(settings, user.uuid),
+        created_at=user.created_at,
+    )
+
+
+def private_view(user: User, settings: Settings) -> UserPrivate:
+    """What the owner and staff see of ``user``."""
+    return UserPrivate(
+        **public_view(user, settings).model_dump(),
+        email=user.email,
+        email_verified=user.email_verified,
+        roles=list(user.roles),
+        otp_method=user.otp_method,
+        is_active=user.is_active,
+        is_external_only=user.is_external_only,
+        updated_at=user.updated_at,
+    )
 
 
 class UserSelfUpdate(BaseModel):
@@ -34,3 +75,40 @@ class UserSelfUpdate(BaseModel):
     display_name: str | None = Field(default=None, max_length=31)
     email: Email | None = None
     description: Description = None
+
+
+class AdminUserUpdate(BaseModel):
+    """What staff may change: roles (admins) and the active flag (ban / unban)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    roles: list[Role] | None = Field(default=None, min_length=1, max_length=4)
+    is_active: bool | None = None
+
+
+class UserPage(BaseModel):
+    """A page of users, with the total matching the filters."""
+
+    items: list[UserPrivate]
+    total: int
+    offset: int
+    limit: int
+
+
+class HistoryEntry(BaseModel):
+    """One event of a user's history."""
+
+    action: str
+    at: int = Field(description="Epoch seconds.")
+    by: str | None = Field(description="UUID of who did it; null for the system.")
+    ip: str | None
+    details: dict[str, Any]
+
+
+class HistoryPage(BaseModel):
+    """A page of a user's history, newest first."""
+
+    items: list[HistoryEntry]
+    total: int
+    offset: int
+    limit: int

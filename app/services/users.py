@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 from loguru import logger
-from sqlalchemy import String, cast, func, select
+from sqlalchemy import String, cast, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.email import Mailer
-from app.core.errors import AppError, Conflict
+from app.core.errors import AppError, Conflict, NotFound, PermissionDenied
 from app.core.otp import new_otp_secret
+from app.core.permissions import ALL_ROLES, check_permission, require_permission, ungivable_roles
 from app.core.security import create_one_time_token, hash_password, password_problem
-from app.models import User, new_uuid
+from app.models import File, User, new_uuid, user_file
 from app.schemas.fields import check_email, check_username, display_name_matches
 from app.services.context import SYSTEM, ClientInfo
 from app.services.history import record_event
+from app.services.sessions import revoke_sessions
 
 EMAIL_VERIFY_PURPOSE = "email-verify"
 EMAIL_VERIFY_MAX_AGE_SECONDS = 48 * 3600
@@ -212,6 +216,7 @@ async def update_own_profile(
     user: User,
     changes: dict[str, object],
     client: ClientInfo,
+    actor: User | None = None,
 ) -> User:
     """Apply the whitelisted self-service changes (display name, email, description).
 
@@ -246,14 +251,9 @@ async def update_own_profile(
     return user
 
 
-def _admin_filter():
-    # Roles are a JSON list; its text form contains "admin" with its quotes on both backends.
-    return cast(User.roles, String).like('%"admin"%')
-
-
 async def count_admins(db: AsyncSession) -> int:
     """How many accounts hold the admin role."""
-    return await db.scalar(select(func.count()).select_from(User).where(_admin_filter())) or 0
+    return await db.scalar(select(func.count()).select_from(User).where(_has_role("admin"))) or 0
 
 
 class InvalidAdmin(AppError):
@@ -281,7 +281,7 @@ async def create_admin(
         username=username,
         email=email,
         password=password,
-        roles=("admin", "user"),
+        roles=ALL_ROLES,
         email_verified=True,
     )
 
@@ -318,3 +318,300 @@ async def ensure_first_admin(
             logger.error("first admin not created: {}", error.detail)
             return
     logger.info("first admin {!r} created ({})", user.username, user.uuid)
+
+
+# Reading, listing, changing and deleting other users ------------------------------------
+
+
+class UserNotFound(NotFound):
+    """No such user, or one the caller may not see."""
+
+    code = "USER_NOT_FOUND"
+    detail = "User not found"
+
+
+class LastAdmin(Conflict):
+    """The change would leave no active admin."""
+
+    code = "LAST_ADMIN"
+    detail = "This would leave the service without an active admin"
+
+
+class InvalidBlock(AppError):
+    """Blocking oneself."""
+
+    status_code = 422
+    code = "INVALID_BLOCK"
+    detail = "You cannot block yourself"
+
+
+async def get_visible_user(db: AsyncSession, actor: User, user_uuid: str) -> tuple[User, bool]:
+    """The user ``actor`` asks for, and whether the private view applies.
+
+    Someone who blocked the actor, an inactive account (for non-staff) and a UUID
+    that does not exist all look the same: 404.
+    """
+    user = await get_user(db, user_uuid)
+    if user is None:
+        raise UserNotFound()
+    require_permission(actor, "user", "read", user, hide_as=UserNotFound)
+    return user, bool(check_permission(actor, "user", "read_private", user))
+
+
+async def _target(db: AsyncSession, actor: User, user_uuid: str, action: str) -> User:
+    """The user an action is about; 404 when invisible, 403 when visible but not allowed."""
+    user, _ = await get_visible_user(db, actor, user_uuid)
+    require_permission(actor, "user", action, user)
+    return user
+
+
+async def update_profile(
+    db: AsyncSession,
+    settings: Settings,
+    mailer: Mailer,
+    actor: User,
+    user_uuid: str,
+    changes: dict[str, object],
+    client: ClientInfo,
+) -> User:
+    """Apply the self-service fields to a user the actor may update (self, or admin)."""
+    user = await _target(db, actor, user_uuid, "update")
+    return await update_own_profile(db, settings, mailer, user, changes, client, actor=actor)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _has_role(role: str):
+    # Roles are a JSON list; its text form holds each role in double quotes on both backends.
+    return cast(User.roles, String).like(f'%"{role}"%')
+
+
+async def list_users(
+    db: AsyncSession,
+    actor: User,
+    *,
+    offset: int,
+    limit: int,
+    search: str | None = None,
+    role: str | None = None,
+    is_active: bool | None = None,
+) -> tuple[list[User], int]:
+    """A page of users in a stable order (creation time, then UUID), and the total."""
+    require_permission(actor, "user", "list")
+    conditions = []
+    if search:
+        pattern = f"%{_escape_like(search.lower())}%"
+        conditions.append(
+            or_(
+                func.lower(User.username).like(pattern, escape="\\"),
+                func.lower(User.email).like(pattern, escape="\\"),
+                func.lower(User.display_name).like(pattern, escape="\\"),
+            )
+        )
+    if role:
+        conditions.append(_has_role(role))
+    if is_active is not None:
+        conditions.append(User.is_active.is_(is_active))
+    total = await db.scalar(select(func.count()).select_from(User).where(*conditions)) or 0
+    users = await db.scalars(
+        select(User)
+        .where(*conditions)
+        .order_by(User.created_at, User.uuid)
+        .offset(offset)
+        .limit(limit)
+    )
+    return list(users), total
+
+
+async def read_history(
+    db: AsyncSession, actor: User, user_uuid: str, *, offset: int, limit: int
+) -> tuple[list[dict], int]:
+    """A page of the user's history, newest first (owner and staff)."""
+    user = await _target(db, actor, user_uuid, "read_history")
+    history = list(reversed(user.user_history or []))
+    return history[offset : offset + limit], len(history)
+
+
+async def set_blocked(
+    db: AsyncSession, actor: User, user_uuid: str, blocked: bool, client: ClientInfo
+) -> None:
+    """Block (or unblock) a user: they no longer see the actor's profile and files."""
+    if user_uuid == actor.uuid:
+        raise InvalidBlock()
+    # Blocking someone who blocked you is allowed: check existence only.
+    if blocked and await get_user(db, user_uuid) is None:
+        raise UserNotFound()
+    current = list(actor.blocked_uuids or [])
+    if blocked and user_uuid not in current:
+        actor.blocked_uuids = [*current, user_uuid]
+    elif not blocked and user_uuid in current:
+        actor.blocked_uuids = [uuid for uuid in current if uuid != user_uuid]
+    else:
+        return
+    record_event(
+        actor,
+        "user_blocked" if blocked else "user_unblocked",
+        by=actor.uuid,
+        client=client,
+        details={"user": user_uuid},
+    )
+    await db.commit()
+
+
+async def _other_active_admins(db: AsyncSession, user_uuid: str) -> int:
+    return (
+        await db.scalar(
+            select(func.count())
+            .select_from(User)
+            .where(_has_role("admin"), User.is_active.is_(True), User.uuid != user_uuid)
+        )
+        or 0
+    )
+
+
+async def _guard_last_admin(db: AsyncSession, user: User) -> None:
+    if "admin" in user.roles and user.is_active and not await _other_active_admins(db, user.uuid):
+        raise LastAdmin()
+
+
+async def admin_update(
+    db: AsyncSession,
+    actor: User,
+    user_uuid: str,
+    *,
+    roles: list[str] | None,
+    is_active: bool | None,
+    client: ClientInfo,
+) -> User:
+    """Change roles (admins) and ban or unban (admins; moderators for non-staff).
+
+    Nobody gives a role they do not hold, and the last active admin keeps the role
+    and the account. A ban ends every session of the user at once.
+    """
+    user = await get_user(db, user_uuid)
+    if user is None:
+        raise UserNotFound()
+    if roles is not None:
+        require_permission(actor, "user", "change_roles", user)
+        new_roles = list(dict.fromkeys(roles))
+        added = [role for role in new_roles if role not in user.roles]
+        refused = ungivable_roles(actor, added)
+        if refused:
+            raise PermissionDenied(
+                f"You cannot give roles you do not hold: {', '.join(refused)}",
+                code="ROLE_NOT_HELD",
+            )
+        if "admin" in user.roles and "admin" not in new_roles:
+            await _guard_last_admin(db, user)
+        if set(new_roles) != set(user.roles):
+            record_event(
+                user,
+                "roles_changed",
+                by=actor.uuid,
+                client=client,
+                details={"from": list(user.roles), "to": new_roles},
+            )
+            user.roles = new_roles
+    if is_active is not None and is_active != user.is_active:
+        require_permission(actor, "user", "deactivate", user)
+        if user.deactivated_reason == "deleting":
+            raise Conflict("This account is being deleted", code="USER_BEING_DELETED")
+        if not is_active:
+            await _guard_last_admin(db, user)
+            user.is_active = False
+            user.deactivated_reason = "banned"
+            await revoke_sessions(db, user.uuid)
+            record_event(user, "banned", by=actor.uuid, client=client)
+        else:
+            user.is_active = True
+            user.deactivated_reason = None
+            record_event(user, "unbanned", by=actor.uuid, client=client)
+    await db.commit()
+    return user
+
+
+# Deletion ------------------------------------------------------------------------------
+
+
+def user_data_dir(settings: Settings, user_uuid: str) -> Path:
+    """Where a user's uploads live."""
+    return settings.DATA_DIR / "users" / user_uuid
+
+
+async def delete_user(
+    db: AsyncSession,
+    settings: Settings,
+    actor: User,
+    user_uuid: str,
+    client: ClientInfo,
+) -> None:
+    """Delete a user (self, or admin): deactivate first, then remove data, then the row.
+
+    The first step is committed on its own: if a later one fails, the account stays
+    inactive (its tokens refused) and :func:`finish_pending_deletions` completes it.
+    """
+    user = await _target(db, actor, user_uuid, "delete")
+    await _guard_last_admin(db, user)
+    user.is_active = False
+    user.deactivated_reason = "deleting"
+    await revoke_sessions(db, user.uuid)
+    record_event(user, "deletion_requested", by=actor.uuid, client=client)
+    await db.commit()
+    try:
+        await purge_user(db, settings, user_uuid)
+    except Exception as error:  # the account is already inactive; the scheduler retries
+        await db.rollback()
+        logger.error(
+            "deletion of user {} failed half-way ({}: {}); it will be retried",
+            user_uuid,
+            type(error).__name__,
+            error,
+        )
+
+
+async def purge_user(db: AsyncSession, settings: Settings, user_uuid: str) -> None:
+    """Remove a deactivated user's files, links and row. Raises when a step fails."""
+    owned_files = (
+        await db.scalars(
+            select(File).where(
+                File.id.in_(select(user_file.c.file_id).where(user_file.c.user_uuid == user_uuid)),
+                ~File.id.in_(select(user_file.c.file_id).where(user_file.c.user_uuid != user_uuid)),
+            )
+        )
+    ).all()
+    paths = [Path(file.file_path) for file in owned_files]
+    for file in owned_files:
+        await db.delete(file)
+    await db.execute(delete(User).where(User.uuid == user_uuid))
+    await db.commit()
+    await asyncio.to_thread(_remove_paths, paths, user_data_dir(settings, user_uuid))
+    logger.info("user {} deleted", user_uuid)
+
+
+def _remove_paths(paths: list[Path], directory: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+async def finish_pending_deletions(
+    session_factory: async_sessionmaker[AsyncSession], settings: Settings
+) -> int:
+    """Complete deletions that failed half-way (for the scheduler). Returns how many."""
+    async with session_factory() as db:
+        pending = (
+            await db.scalars(select(User.uuid).where(User.deactivated_reason == "deleting"))
+        ).all()
+    done = 0
+    for user_uuid in pending:
+        async with session_factory() as db:
+            try:
+                await purge_user(db, settings, user_uuid)
+                done += 1
+            except Exception as error:  # keep going; the next run retries
+                logger.error(
+                    "deletion of user {} failed again: {}", user_uuid, type(error).__name__
+                )
+    return done

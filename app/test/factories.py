@@ -87,3 +87,13 @@ def bearer(tokens: dict[str, Any] | str) -> dict[str, str]:
     """The Authorization header for an access token (or a token pair)."""
     token = tokens if isinstance(tokens, str) else tokens["access_token"]
     return {"Authorization": f"Bearer {token}"}
+
+
+async def user_with_tokens(
+    app: Any, client: httpx.AsyncClient, roles: tuple[str, ...] = ("user",), **overrides: Any
+) -> tuple[User, dict[str, Any]]:
+    """A user with ``roles`` inserted directly, and a token pair from a real login."""
+    user = await create_user(
+        app.state.session_factory, password=PASSWORD, roles=list(roles), **overrides
+    )
+    return user, await login(client, user.username)

@@ -40,7 +40,7 @@ async def test_first_admin_is_created_once(settings: Settings) -> None:
                 tokens = await login(client, "root_admin")
                 me = (await client.get("/api/users/me", headers=bearer(tokens))).json()
         assert len(admins) == 1
-        assert me["roles"] == ["admin", "user"]
+        assert me["roles"] == ["admin", "moderator", "tester", "user"]
         assert me["email"] == "admin@example.com"
         assert me["email_verified"] is True
 
@@ -101,7 +101,7 @@ async def test_cli_create_admin_prompts_for_the_password(settings: Settings) -> 
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             tokens = await login(client, "cli_admin")
             me = (await client.get("/api/users/me", headers=bearer(tokens))).json()
-    assert me["roles"] == ["admin", "user"]
+    assert me["roles"] == ["admin", "moderator", "tester", "user"]
 
     again = _cli(
         settings,

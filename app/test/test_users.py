@@ -1,0 +1,427 @@
+"""Users API: profiles and views, updates, blocking, listing, history, bans, deletion."""
+
+from __future__ import annotations
+
+import uuid as uuid_module
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import insert, select
+
+from app.models import Session, User
+from app.services import users as user_service
+from app.test.factories import PASSWORD, bearer, login, user_with_tokens
+
+ALL_ROLES = ("admin", "moderator", "tester", "user")
+PUBLIC_KEYS = {"uuid", "username", "display_name", "description", "picture_url", "created_at"}
+PRIVATE_KEYS = PUBLIC_KEYS | {
+    "email",
+    "email_verified",
+    "roles",
+    "otp_method",
+    "is_active",
+    "is_external_only",
+    "updated_at",
+}
+
+
+@pytest.fixture
+async def people(app: FastAPI, client: httpx.AsyncClient) -> dict[str, tuple[User, dict]]:
+    """An admin (holding every role), a moderator, and two plain users: alice and bob."""
+    return {
+        "admin": await user_with_tokens(app, client, ALL_ROLES),
+        "moderator": await user_with_tokens(app, client, ("moderator", "user")),
+        "alice": await user_with_tokens(app, client),
+        "bob": await user_with_tokens(app, client),
+    }
+
+
+async def _row(app: FastAPI, user_uuid: str) -> User | None:
+    async with app.state.session_factory() as session:
+        return await session.get(User, user_uuid)
+
+
+# Reading -------------------------------------------------------------------------------
+
+
+async def test_public_and_private_views(client: httpx.AsyncClient, people) -> None:
+    alice, alice_tokens = people["alice"]
+    _, bob_tokens = people["bob"]
+    _, moderator_tokens = people["moderator"]
+    seen_by_bob = (await client.get(f"/api/user/{alice.uuid}", headers=bearer(bob_tokens))).json()
+    assert set(seen_by_bob) == PUBLIC_KEYS
+    assert seen_by_bob["picture_url"] == f"http://localhost:8000/api/user/{alice.uuid}/pfp"
+    seen_by_self = (
+        await client.get(f"/api/user/{alice.uuid}", headers=bearer(alice_tokens))
+    ).json()
+    assert set(seen_by_self) == PRIVATE_KEYS
+    seen_by_staff = (
+        await client.get(f"/api/user/{alice.uuid}", headers=bearer(moderator_tokens))
+    ).json()
+    assert seen_by_staff["email"] == alice.email
+    assert "otp_secret" not in seen_by_staff
+    assert "hashed_password" not in seen_by_staff
+
+
+async def test_unknown_and_malformed_uuids(client: httpx.AsyncClient, people) -> None:
+    _, tokens = people["alice"]
+    unknown = await client.get(f"/api/user/{uuid_module.uuid4()}", headers=bearer(tokens))
+    assert unknown.status_code == 404
+    assert unknown.json() == {"detail": "User not found", "code": "USER_NOT_FOUND"}
+    for bad in ("not-a-uuid", "..%2F..%2Fetc%2Fpasswd", "1"):
+        response = await client.get(f"/api/user/{bad}", headers=bearer(tokens))
+        assert response.status_code in (404, 422), bad
+        assert set(response.json()) >= {"detail", "code"}
+
+
+async def test_a_blocked_user_cannot_see_the_blocker(client: httpx.AsyncClient, people) -> None:
+    alice, alice_tokens = people["alice"]
+    bob, bob_tokens = people["bob"]
+    _, moderator_tokens = people["moderator"]
+    blocked = await client.post(f"/api/user/{bob.uuid}/block", headers=bearer(alice_tokens))
+    assert blocked.status_code == 204
+    hidden = await client.get(f"/api/user/{alice.uuid}", headers=bearer(bob_tokens))
+    assert hidden.status_code == 404
+    assert hidden.json()["code"] == "USER_NOT_FOUND"
+    # Alice still sees Bob; staff still see Alice.
+    assert (
+        await client.get(f"/api/user/{bob.uuid}", headers=bearer(alice_tokens))
+    ).status_code == 200
+    staff = await client.get(f"/api/user/{alice.uuid}", headers=bearer(moderator_tokens))
+    assert staff.status_code == 200
+    unblocked = await client.delete(f"/api/user/{bob.uuid}/block", headers=bearer(alice_tokens))
+    assert unblocked.status_code == 204
+    assert (
+        await client.get(f"/api/user/{alice.uuid}", headers=bearer(bob_tokens))
+    ).status_code == 200
+
+
+async def test_blocking_oneself_or_nobody(client: httpx.AsyncClient, people) -> None:
+    alice, tokens = people["alice"]
+    self_block = await client.post(f"/api/user/{alice.uuid}/block", headers=bearer(tokens))
+    assert self_block.status_code == 422
+    assert self_block.json()["code"] == "INVALID_BLOCK"
+    ghost = await client.post(f"/api/user/{uuid_module.uuid4()}/block", headers=bearer(tokens))
+    assert ghost.status_code == 404
+
+
+async def test_inactive_users_are_hidden_from_non_staff(
+    app: FastAPI, client: httpx.AsyncClient, people
+) -> None:
+    _, alice_tokens = people["alice"]
+    _, moderator_tokens = people["moderator"]
+    banned = await user_with_tokens(app, client)
+    async with app.state.session_factory() as session:
+        row = await session.get(User, banned[0].uuid)
+        row.is_active = False
+        await session.commit()
+    assert (
+        await client.get(f"/api/user/{banned[0].uuid}", headers=bearer(alice_tokens))
+    ).status_code == 404
+    assert (
+        await client.get(f"/api/user/{banned[0].uuid}", headers=bearer(moderator_tokens))
+    ).status_code == 200
+
+
+# Writes and IDOR -----------------------------------------------------------------------
+
+
+async def test_a_user_cannot_write_to_another(client: httpx.AsyncClient, people) -> None:
+    alice, _ = people["alice"]
+    bob, bob_tokens = people["bob"]
+    headers = bearer(bob_tokens)
+    attempts = [
+        ("PATCH", f"/api/user/{alice.uuid}", {"description": "pwned"}),
+        ("DELETE", f"/api/user/{alice.uuid}", None),
+        ("PATCH", f"/api/admin/user/{alice.uuid}", {"is_active": False}),
+        ("PATCH", f"/api/admin/user/{alice.uuid}", {"roles": ["admin"]}),
+        ("GET", f"/api/user/{alice.uuid}/history", None),
+        ("GET", "/api/users", None),
+    ]
+    for method, path, body in attempts:
+        response = await client.request(method, path, json=body, headers=headers)
+        assert response.status_code in (403, 404), (method, path, response.text)
+        assert set(response.json()) == {"detail", "code"}
+    # Once Alice blocks Bob, her account is "not found" for him.
+    _, alice_tokens = people["alice"]
+    await client.post(f"/api/user/{bob.uuid}/block", headers=bearer(alice_tokens))
+    for method, path, body in attempts[:2] + attempts[4:5]:
+        response = await client.request(method, path, json=body, headers=headers)
+        assert response.status_code == 404, (method, path)
+    me = await client.get("/api/users/me", headers=bearer(alice_tokens))
+    assert me.json()["description"] is None
+    assert me.json()["roles"] == ["user"]
+
+
+async def test_update_self_and_as_admin(client: httpx.AsyncClient, people) -> None:
+    alice, alice_tokens = people["alice"]
+    _, admin_tokens = people["admin"]
+    own = await client.patch(
+        f"/api/user/{alice.uuid}", json={"description": "mine"}, headers=bearer(alice_tokens)
+    )
+    assert own.status_code == 200
+    assert own.json()["description"] == "mine"
+    by_admin = await client.patch(
+        f"/api/user/{alice.uuid}", json={"description": "moderated"}, headers=bearer(admin_tokens)
+    )
+    assert by_admin.json()["description"] == "moderated"
+    not_whitelisted = await client.patch(
+        f"/api/user/{alice.uuid}", json={"roles": ["admin"]}, headers=bearer(admin_tokens)
+    )
+    assert not_whitelisted.status_code == 422
+
+
+# Listing -------------------------------------------------------------------------------
+
+
+async def test_list_users_is_for_staff(client: httpx.AsyncClient, people) -> None:
+    _, alice_tokens = people["alice"]
+    _, moderator_tokens = people["moderator"]
+    assert (await client.get("/api/users", headers=bearer(alice_tokens))).status_code == 403
+    page = await client.get("/api/users", headers=bearer(moderator_tokens))
+    assert page.status_code == 200
+    body = page.json()
+    assert body["total"] == 4
+    assert body["offset"] == 0
+    assert body["limit"] == 50
+    assert len(body["items"]) == 4
+    assert set(body["items"][0]) == PRIVATE_KEYS
+
+
+async def test_list_users_filters(app: FastAPI, client: httpx.AsyncClient, people) -> None:
+    _, admin_tokens = people["admin"]
+    alice, _ = people["alice"]
+
+    async def listed(**params) -> list[str]:
+        response = await client.get("/api/users", params=params, headers=bearer(admin_tokens))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["total"] == len(body["items"])
+        return sorted(item["username"] for item in body["items"])
+
+    assert await listed(search=alice.username.upper()) == [alice.username]
+    assert await listed(search=alice.email.split("@")[0]) == [alice.username]
+    assert await listed(search="100%_") == []
+    assert await listed(role="moderator") == sorted(
+        [people["admin"][0].username, people["moderator"][0].username]
+    )
+    async with app.state.session_factory() as session:
+        row = await session.get(User, alice.uuid)
+        row.is_active = False
+        await session.commit()
+    assert await listed(is_active="false") == [alice.username]
+    bad = await client.get("/api/users", params={"limit": 1000}, headers=bearer(admin_tokens))
+    assert bad.status_code == 422
+    unknown_role = await client.get(
+        "/api/users", params={"role": "wizard"}, headers=bearer(admin_tokens)
+    )
+    assert unknown_role.status_code == 422
+
+
+async def test_walking_ten_thousand_users_page_by_page(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    moderator, tokens = await user_with_tokens(app, client, ("moderator", "user"))
+    rows = [
+        {
+            "uuid": str(uuid_module.uuid4()),
+            "username": f"bulk_{i}",
+            "display_name": f"bulk_{i}",
+            "email": f"bulk_{i}@example.com",
+            "email_verified": False,
+            "otp_method": "none",
+            "roles": ["user"],
+            "created_at": 1_700_000_000 + i // 7,  # many share a second: ties must not matter
+            "updated_at": 1_700_000_000,
+            "is_external_only": False,
+            "is_active": True,
+            "user_history": [],
+            "blocked_uuids": [],
+        }
+        for i in range(10_000)
+    ]
+    async with app.state.session_factory() as session:
+        await session.execute(insert(User), rows)
+        await session.commit()
+    seen: list[str] = []
+    offset = 0
+    while True:
+        response = await client.get(
+            "/api/users", params={"offset": offset, "limit": 100}, headers=bearer(tokens)
+        )
+        body = response.json()
+        assert body["total"] == 10_001
+        if not body["items"]:
+            break
+        seen.extend(item["uuid"] for item in body["items"])
+        offset += 100
+    assert len(seen) == 10_001
+    assert set(seen) == {row["uuid"] for row in rows} | {moderator.uuid}
+
+
+# History -------------------------------------------------------------------------------
+
+
+async def test_history_is_for_the_owner_and_staff(client: httpx.AsyncClient, people) -> None:
+    alice, alice_tokens = people["alice"]
+    _, bob_tokens = people["bob"]
+    _, moderator_tokens = people["moderator"]
+    await client.patch("/api/users/me", json={"description": "x"}, headers=bearer(alice_tokens))
+    own = await client.get(f"/api/user/{alice.uuid}/history", headers=bearer(alice_tokens))
+    assert own.status_code == 200
+    items = own.json()["items"]
+    assert [item["action"] for item in items] == ["profile_updated", "login"]
+    assert items[0]["by"] == alice.uuid
+    assert items[0]["ip"] == "127.0.0.1"
+    assert items[0]["details"] == {"fields": ["description"]}
+    staff = await client.get(f"/api/user/{alice.uuid}/history", headers=bearer(moderator_tokens))
+    assert staff.json()["total"] == 2
+    other = await client.get(f"/api/user/{alice.uuid}/history", headers=bearer(bob_tokens))
+    assert other.status_code == 403
+
+
+# Roles and bans ------------------------------------------------------------------------
+
+
+async def test_admin_changes_roles(client: httpx.AsyncClient, people) -> None:
+    alice, alice_tokens = people["alice"]
+    _, admin_tokens = people["admin"]
+    _, moderator_tokens = people["moderator"]
+    promoted = await client.patch(
+        f"/api/admin/user/{alice.uuid}",
+        json={"roles": ["moderator", "user"]},
+        headers=bearer(admin_tokens),
+    )
+    assert promoted.status_code == 200
+    assert promoted.json()["roles"] == ["moderator", "user"]
+    # Now a moderator, Alice may list users.
+    assert (await client.get("/api/users", headers=bearer(alice_tokens))).status_code == 200
+    by_moderator = await client.patch(
+        f"/api/admin/user/{alice.uuid}", json={"roles": ["user"]}, headers=bearer(moderator_tokens)
+    )
+    assert by_moderator.status_code == 403
+
+
+async def test_nobody_gives_a_role_they_do_not_hold(
+    app: FastAPI, client: httpx.AsyncClient, people
+) -> None:
+    alice, _ = people["alice"]
+    _, narrow_admin_tokens = await user_with_tokens(app, client, ("admin", "user"))
+    refused = await client.patch(
+        f"/api/admin/user/{alice.uuid}",
+        json={"roles": ["tester", "user"]},
+        headers=bearer(narrow_admin_tokens),
+    )
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "ROLE_NOT_HELD"
+    assert (await _row(app, alice.uuid)).roles == ["user"]
+
+
+async def test_the_last_admin_stays(app: FastAPI, client: httpx.AsyncClient, people) -> None:
+    admin, admin_tokens = people["admin"]
+    for body in ({"roles": ["user"]}, {"is_active": False}):
+        response = await client.patch(
+            f"/api/admin/user/{admin.uuid}", json=body, headers=bearer(admin_tokens)
+        )
+        assert response.status_code == 409, body
+        assert response.json()["code"] == "LAST_ADMIN"
+    deleted = await client.delete(f"/api/user/{admin.uuid}", headers=bearer(admin_tokens))
+    assert deleted.status_code == 409
+    # With a second admin, the first may step down.
+    second, _ = await user_with_tokens(app, client, ALL_ROLES)
+    response = await client.patch(
+        f"/api/admin/user/{admin.uuid}", json={"roles": ["user"]}, headers=bearer(admin_tokens)
+    )
+    assert response.status_code == 200
+    assert second.uuid
+
+
+async def test_ban_ends_sessions_and_unban_restores_login(
+    client: httpx.AsyncClient, people
+) -> None:
+    alice, alice_tokens = people["alice"]
+    _, moderator_tokens = people["moderator"]
+    banned = await client.patch(
+        f"/api/admin/user/{alice.uuid}", json={"is_active": False}, headers=bearer(moderator_tokens)
+    )
+    assert banned.status_code == 200
+    assert banned.json()["is_active"] is False
+    assert (await client.get("/api/users/me", headers=bearer(alice_tokens))).status_code == 401
+    refused = await client.post(
+        "/api/auth/login", data={"username": alice.username, "password": PASSWORD}
+    )
+    assert refused.status_code == 401
+    unbanned = await client.patch(
+        f"/api/admin/user/{alice.uuid}", json={"is_active": True}, headers=bearer(moderator_tokens)
+    )
+    assert unbanned.json()["is_active"] is True
+    await login(client, alice.username)
+
+
+async def test_moderators_cannot_ban_staff(client: httpx.AsyncClient, people) -> None:
+    admin, _ = people["admin"]
+    _, moderator_tokens = people["moderator"]
+    response = await client.patch(
+        f"/api/admin/user/{admin.uuid}", json={"is_active": False}, headers=bearer(moderator_tokens)
+    )
+    assert response.status_code == 403
+
+
+# Deletion ------------------------------------------------------------------------------
+
+
+async def test_deleting_oneself(app: FastAPI, client: httpx.AsyncClient, people) -> None:
+    alice, alice_tokens = people["alice"]
+    folder = app.state.settings.DATA_DIR / "users" / alice.uuid
+    folder.mkdir(parents=True)
+    (folder / "left-behind.txt").write_text("x")
+    response = await client.delete(f"/api/user/{alice.uuid}", headers=bearer(alice_tokens))
+    assert response.status_code == 204
+    assert (await client.get("/api/users/me", headers=bearer(alice_tokens))).status_code == 401
+    assert await _row(app, alice.uuid) is None
+    assert not folder.exists()
+    async with app.state.session_factory() as session:
+        sessions = (
+            await session.scalars(select(Session).where(Session.user_uuid == alice.uuid))
+        ).all()
+    assert sessions == []
+
+
+async def test_admin_deletes_a_user(app: FastAPI, client: httpx.AsyncClient, people) -> None:
+    bob, bob_tokens = people["bob"]
+    _, admin_tokens = people["admin"]
+    response = await client.delete(f"/api/user/{bob.uuid}", headers=bearer(admin_tokens))
+    assert response.status_code == 204
+    assert await _row(app, bob.uuid) is None
+    assert (await client.get("/api/users/me", headers=bearer(bob_tokens))).status_code == 401
+
+
+async def test_a_failed_deletion_leaves_the_user_inactive_and_finishable(
+    app: FastAPI, client: httpx.AsyncClient, people, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, alice_tokens = people["alice"]
+
+    async def disk_full(*_args, **_kwargs) -> None:
+        raise OSError("No space left on device")
+
+    real_purge = user_service.purge_user
+    monkeypatch.setattr(user_service, "purge_user", disk_full)
+    response = await client.delete(f"/api/user/{alice.uuid}", headers=bearer(alice_tokens))
+    assert response.status_code == 204
+    row = await _row(app, alice.uuid)
+    assert row is not None
+    assert row.is_active is False
+    assert row.deactivated_reason == "deleting"
+    assert (await client.get("/api/users/me", headers=bearer(alice_tokens))).status_code == 401
+    refused = await client.post(
+        "/api/auth/login", data={"username": alice.username, "password": PASSWORD}
+    )
+    assert refused.status_code == 401
+
+    monkeypatch.setattr(user_service, "purge_user", real_purge)
+    finished = await user_service.finish_pending_deletions(
+        app.state.session_factory, app.state.settings
+    )
+    assert finished == 1
+    assert await _row(app, alice.uuid) is None
