@@ -17,11 +17,16 @@ from app.core.database import create_engine, create_session_factory, upgrade_dat
 from app.core.email import Mailer
 from app.core.errors import install_error_handlers
 from app.core.logging import setup_logging
-from app.core.middleware import RequestIdMiddleware
+from app.core.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.core.openapi import install_openapi
 from app.core.redis_client import create_redis
-from app.routers import admin, auth, pages, users
+from app.routers import admin, auth, files, pages, users
 from app.services.users import ensure_first_admin
+
+#: Largest non-upload request body (JSON, forms).
+JSON_BODY_LIMIT_BYTES = 1024 * 1024
+#: Room for multipart boundaries and fields around an upload of MAX_UPLOAD_SIZE_MB.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 API_DESCRIPTION = """
 Self-hosted user management: accounts, sessions, two-factor authentication,
@@ -81,10 +86,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.redis = None
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        limit_bytes=JSON_BODY_LIMIT_BYTES,
+        upload_limit_bytes=settings.MAX_UPLOAD_SIZE_MB * 1024 * 1024 + MULTIPART_OVERHEAD_BYTES,
+    )
+    app.add_middleware(RequestIdMiddleware)  # added last: the outermost
     app.include_router(pages.router)
     app.include_router(auth.router, prefix=settings.API_STR)
     app.include_router(users.router, prefix=settings.API_STR)
+    app.include_router(files.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
     install_openapi(app, settings.API_STR)
     return app

@@ -8,6 +8,7 @@ import uuid
 
 from loguru import logger
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -82,3 +83,67 @@ def _internal_error(request_id: str) -> JSONResponse:
         status_code=500,
         headers={REQUEST_ID_HEADER: request_id},
     )
+
+
+class BodyTooLarge(HTTPException):
+    """The request body is over the limit (raised while it is being read)."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(413, f"Request body too large: the limit is {limit_bytes} bytes")
+
+
+class BodySizeLimitMiddleware:
+    """Refuse request bodies over a limit with 413, without reading them whole.
+
+    Multipart bodies (uploads) may be up to ``upload_limit_bytes``, anything else up
+    to ``limit_bytes``. A Content-Length over the limit is refused before a byte is
+    read; a body without one (chunked) is counted as it streams in, and the read
+    that crosses the limit raises :class:`BodyTooLarge` (an HTTP exception, so the
+    body parser lets it through as the 413 it is).
+    """
+
+    def __init__(self, app: ASGIApp, *, limit_bytes: int, upload_limit_bytes: int) -> None:
+        self.app = app
+        self.limit_bytes = limit_bytes
+        self.upload_limit_bytes = upload_limit_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        content_type = b""
+        content_length = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"content-length":
+                content_length = value
+        limit = (
+            self.upload_limit_bytes
+            if content_type.startswith(b"multipart/form-data")
+            else self.limit_bytes
+        )
+        if content_length is not None and (
+            not content_length.isdigit() or int(content_length) > limit
+        ):
+            response = JSONResponse(
+                error_body(
+                    f"Request body too large: the limit is {limit} bytes", "PAYLOAD_TOO_LARGE"
+                ),
+                status_code=413,
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, limited_receive, send)

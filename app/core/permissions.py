@@ -51,6 +51,11 @@ def _not_staff(_user: Subject, target: Any) -> bool:
     return not (STAFF_ROLES & set(target.roles))
 
 
+def _linked(user: Subject, file: Any) -> bool:
+    """The user is linked to the file (uploaded it, or it was uploaded for them)."""
+    return any(linked.uuid == user.uuid for linked in file.users)
+
+
 def _holds_role(user: Subject, role: str) -> bool:
     """Nobody gives a role they do not hold."""
     return role in user.roles
@@ -69,6 +74,8 @@ ROLES: RolesWithPermissions = {
             "change_roles": True,
         },
         "role": {"give": _holds_role, "remove": True},
+        "user_files": {"create": True, "list": True},
+        "file": {"read": True, "update": True, "delete": True},
         "docs": {"read": True},
     },
     "moderator": {
@@ -81,6 +88,8 @@ ROLES: RolesWithPermissions = {
             "delete": _is_self,
             "deactivate": _not_staff,
         },
+        "user_files": {"create": _is_self, "list": True},
+        "file": {"read": True, "update": _linked, "delete": _linked},
         "docs": {"read": True},
     },
     # Defined for feature flags and future use; it grants nothing beyond "user".
@@ -93,6 +102,10 @@ ROLES: RolesWithPermissions = {
             "update": _is_self,
             "delete": _is_self,
         },
+        # user_files: the files of a user (the target is that user).
+        "user_files": {"create": _is_self, "list": _is_self},
+        # file: one file (the target is the file, with its linked users loaded).
+        "file": {"read": _linked, "update": _linked, "delete": _linked},
     },
 }
 

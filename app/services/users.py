@@ -19,7 +19,7 @@ from app.core.errors import AppError, Conflict, NotFound, PermissionDenied
 from app.core.otp import new_otp_secret
 from app.core.permissions import ALL_ROLES, check_permission, require_permission, ungivable_roles
 from app.core.security import create_one_time_token, hash_password, password_problem
-from app.models import File, User, new_uuid, user_file
+from app.models import File, User, new_uuid
 from app.schemas.fields import check_email, check_username, display_name_matches
 from app.services.context import SYSTEM, ClientInfo
 from app.services.history import record_event
@@ -573,15 +573,11 @@ async def delete_user(
 
 async def purge_user(db: AsyncSession, settings: Settings, user_uuid: str) -> None:
     """Remove a deactivated user's files, links and row. Raises when a step fails."""
+    # Everything stored for a user lives in their folder (an admin's upload for them too).
     owned_files = (
-        await db.scalars(
-            select(File).where(
-                File.id.in_(select(user_file.c.file_id).where(user_file.c.user_uuid == user_uuid)),
-                ~File.id.in_(select(user_file.c.file_id).where(user_file.c.user_uuid != user_uuid)),
-            )
-        )
+        await db.scalars(select(File).where(File.file_path.like(f"users/{user_uuid}/%")))
     ).all()
-    paths = [Path(file.file_path) for file in owned_files]
+    paths = [settings.DATA_DIR / file.file_path for file in owned_files]
     for file in owned_files:
         await db.delete(file)
     await db.execute(delete(User).where(User.uuid == user_uuid))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 
@@ -28,7 +29,13 @@ TARGETS = {
     "blocker": Person("blocker", ["user"], blocked_uuids=[ACTOR_UUID]),
     "inactive": Person("inactive", ["user"], is_active=False),
 }
+# Files: the rules read the users linked to them.
+FILE_TARGETS = {
+    "own_file": SimpleNamespace(users=[SimpleNamespace(uuid=ACTOR_UUID)]),
+    "other_file": SimpleNamespace(users=[SimpleNamespace(uuid="plain")]),
+}
 EVERYONE = set(TARGETS)
+ANY_FILE = set(FILE_TARGETS)
 NOBODY: set[str] = set()
 NOT_STAFF = {"plain", "blocker", "inactive"}
 
@@ -43,6 +50,11 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         ("user", "delete"): EVERYONE,
         ("user", "deactivate"): EVERYONE,
         ("user", "change_roles"): EVERYONE,
+        ("user_files", "create"): EVERYONE,
+        ("user_files", "list"): EVERYONE,
+        ("file", "read"): ANY_FILE,
+        ("file", "update"): ANY_FILE,
+        ("file", "delete"): ANY_FILE,
         ("docs", "read"): EVERYONE,
     },
     "moderator": {
@@ -53,6 +65,11 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         ("user", "update"): {"self"},
         ("user", "delete"): {"self"},
         ("user", "deactivate"): NOT_STAFF,
+        ("user_files", "create"): {"self"},
+        ("user_files", "list"): EVERYONE,
+        ("file", "read"): ANY_FILE,
+        ("file", "update"): {"own_file"},
+        ("file", "delete"): {"own_file"},
         ("docs", "read"): EVERYONE,
     },
     "tester": {},
@@ -62,6 +79,11 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         ("user", "read_history"): {"self"},
         ("user", "update"): {"self"},
         ("user", "delete"): {"self"},
+        ("user_files", "create"): {"self"},
+        ("user_files", "list"): {"self"},
+        ("file", "read"): {"own_file"},
+        ("file", "update"): {"own_file"},
+        ("file", "delete"): {"own_file"},
     },
 }
 UNKNOWN = [("user", "explode"), ("spaceship", "read"), ("docs", "write")]
@@ -86,14 +108,15 @@ def _cases():
     actions = sorted({key for rules in EXPECTED.values() for key in rules} | set(UNKNOWN))
     for role in EXPECTED:
         for resource, action in actions:
-            for target in TARGETS:
+            for target in FILE_TARGETS if resource == "file" else TARGETS:
                 yield role, resource, action, target
 
 
 @pytest.mark.parametrize(("role", "resource", "action", "target_name"), list(_cases()))
 def test_permission_matrix(role: str, resource: str, action: str, target_name: str) -> None:
     actor = Person(ACTOR_UUID, [role])
-    target = actor if target_name == "self" else TARGETS[target_name]
+    targets = {**TARGETS, **FILE_TARGETS, "self": actor}
+    target = targets[target_name]
     decision = check_permission(actor, resource, action, target)
     allowed = target_name in EXPECTED[role].get((resource, action), NOBODY)
     assert decision.allowed is allowed, decision.reason

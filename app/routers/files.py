@@ -1,0 +1,348 @@
+"""Files and profile pictures."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Header, Path, Response, UploadFile, status
+from fastapi.responses import FileResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.config import Settings
+from app.models import User
+from app.routers.deps import ClientDep, CurrentUser, PageDep, SessionDep, SettingsDep, UserUuid
+from app.schemas.common import error_responses
+from app.schemas.files import FileInfo, FilePage, FileUpdate, file_info
+from app.services import files as file_service
+from app.services.context import ClientInfo
+
+router = APIRouter(tags=["files"])
+
+FileId = Annotated[int, Path(ge=1, le=2_147_483_647, description="The file's id.")]
+Upload = Annotated[UploadFile, File(description="The file (multipart/form-data).")]
+Description = Annotated[str | None, Form(max_length=256)]
+
+_NOSNIFF = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-cache"}
+_IMAGE_RESPONSES = {
+    200: {"content": {"image/png": {}, "image/jpeg": {}, "image/gif": {}, "image/bmp": {}}},
+    304: {"description": "Not modified (the ETag matches)"},
+}
+
+
+async def _create(
+    owner_uuid: str,
+    upload: UploadFile,
+    description: str | None,
+    actor: User,
+    db: AsyncSession,
+    settings: Settings,
+    client: ClientInfo,
+) -> FileInfo:
+    file = await file_service.upload_file(
+        db,
+        settings,
+        actor,
+        owner_uuid,
+        file_name=upload.filename,
+        data=await upload.read(),
+        description=description,
+        client=client,
+    )
+    return file_info(file, settings)
+
+
+@router.post(
+    "/file",
+    status_code=status.HTTP_201_CREATED,
+    response_model=FileInfo,
+    responses=error_responses(401, 413, 422),
+)
+async def upload_own_file(
+    file: Upload,
+    actor: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    client: ClientDep,
+    description: Description = None,
+) -> FileInfo:
+    """Upload a file of one's own (multipart: ``file``, optional ``description``).
+
+    The name is made safe (no path parts or control characters, bounded length)
+    and unique (``name_1.ext`` when taken). Images are typed by their content.
+
+    Returns
+    -------
+    FileInfo
+        The stored file, with ``file_url`` to fetch it.
+
+    Raises
+    ------
+    413
+        Over MAX_UPLOAD_SIZE_MB (refused before the body is read when the size is
+        declared; nothing is kept).
+    """
+    return await _create(actor.uuid, file, description, actor, db, settings, client)
+
+
+@router.post(
+    "/user/{uuid}/file",
+    status_code=status.HTTP_201_CREATED,
+    response_model=FileInfo,
+    responses=error_responses(401, 403, 404, 413, 422),
+)
+async def upload_user_file(
+    user_uuid: UserUuid,
+    file: Upload,
+    actor: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    client: ClientDep,
+    description: Description = None,
+) -> FileInfo:
+    """Upload a file for a user: oneself, or anyone as an admin (who is linked to it too).
+
+    Returns
+    -------
+    FileInfo
+        The stored file.
+
+    Raises
+    ------
+    403
+        Not oneself and not an admin.
+    404
+        ``USER_NOT_FOUND``.
+    413
+        Over MAX_UPLOAD_SIZE_MB.
+    """
+    return await _create(user_uuid, file, description, actor, db, settings, client)
+
+
+@router.get("/file/{file_id}", response_model=FileInfo, responses=error_responses(401, 404, 422))
+async def read_file(
+    file_id: FileId, actor: CurrentUser, db: SessionDep, settings: SettingsDep
+) -> FileInfo:
+    """A file's metadata (linked users and staff).
+
+    Returns
+    -------
+    FileInfo
+        Name, type, description, creation, and ``file_url``.
+
+    Raises
+    ------
+    404
+        ``FILE_NOT_FOUND``: no such file, or not one the caller may see.
+    """
+    return file_info(await file_service.get_file(db, actor, file_id), settings)
+
+
+@router.get(
+    "/file/{file_id}/content",
+    response_class=FileResponse,
+    responses={
+        200: {"description": "The bytes, with the file's type", "content": {"*/*": {}}},
+        **error_responses(401, 404, 422),
+    },
+)
+async def read_file_content(
+    file_id: FileId, actor: CurrentUser, db: SessionDep, settings: SettingsDep
+) -> FileResponse:
+    """The file's bytes, streamed.
+
+    Images are shown inline; anything else is an attachment. ``nosniff`` keeps
+    browsers from second-guessing the type.
+
+    Raises
+    ------
+    404
+        ``FILE_NOT_FOUND``.
+    """
+    content = await file_service.get_file_content(db, settings, actor, file_id)
+    return FileResponse(
+        content.path,
+        media_type=content.media_type,
+        filename=content.download_name,
+        content_disposition_type="inline" if content.inline else "attachment",
+        headers=_NOSNIFF,
+    )
+
+
+@router.patch(
+    "/file/{file_id}", response_model=FileInfo, responses=error_responses(401, 403, 404, 409, 422)
+)
+async def update_file(
+    file_id: FileId,
+    body: FileUpdate,
+    actor: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    client: ClientDep,
+) -> FileInfo:
+    """Rename a file or change its description (linked users and admins).
+
+    Returns
+    -------
+    FileInfo
+        The updated file.
+
+    Raises
+    ------
+    403
+        Readable but not changeable by the caller.
+    404
+        ``FILE_NOT_FOUND``.
+    409
+        ``FILE_NAME_TAKEN``.
+    """
+    changes = body.model_dump(exclude_unset=True)
+    return file_info(await file_service.update_file(db, actor, file_id, changes, client), settings)
+
+
+@router.delete(
+    "/file/{file_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(401, 403, 404, 422),
+)
+async def delete_file(
+    file_id: FileId, actor: CurrentUser, db: SessionDep, settings: SettingsDep, client: ClientDep
+) -> None:
+    """Delete a file and its bytes (linked users and admins).
+
+    Raises
+    ------
+    403
+        Readable but not deletable by the caller.
+    404
+        ``FILE_NOT_FOUND``.
+    """
+    await file_service.delete_file(db, settings, actor, file_id, client)
+
+
+@router.get(
+    "/user/{uuid}/files", response_model=FilePage, responses=error_responses(401, 403, 404, 422)
+)
+async def list_user_files(
+    user_uuid: UserUuid, actor: CurrentUser, db: SessionDep, settings: SettingsDep, page: PageDep
+) -> FilePage:
+    """The files linked to a user, newest first (the user and staff).
+
+    Returns
+    -------
+    FilePage
+        ``items``, ``total``, ``offset``, ``limit``.
+
+    Raises
+    ------
+    403
+        Neither the user nor staff.
+    404
+        ``USER_NOT_FOUND`` (also when the user blocked the caller).
+    """
+    files, total = await file_service.list_user_files(
+        db, actor, user_uuid, offset=page.offset, limit=page.limit
+    )
+    return FilePage(
+        items=[file_info(file, settings) for file in files],
+        total=total,
+        offset=page.offset,
+        limit=page.limit,
+    )
+
+
+@router.put(
+    "/user/{uuid}/pfp",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(401, 403, 404, 413, 422),
+)
+async def set_profile_picture(
+    user_uuid: UserUuid,
+    file: Upload,
+    actor: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    client: ClientDep,
+) -> None:
+    """Upload a profile picture (oneself, or as an admin).
+
+    A .png, .jpg, .jpeg, .gif or .bmp file whose content is that kind of image. It is
+    decoded with a pixel limit, re-encoded (anything hidden in it is dropped) and
+    shrunk to fit 512x512, keeping its aspect.
+
+    Raises
+    ------
+    403
+        Not oneself and not an admin.
+    404
+        ``USER_NOT_FOUND``.
+    413
+        Over MAX_UPLOAD_SIZE_MB.
+    422
+        ``INVALID_IMAGE``, with the reason.
+    """
+    await file_service.set_profile_picture(
+        db,
+        settings,
+        actor,
+        user_uuid,
+        file_name=file.filename,
+        data=await file.read(),
+        client=client,
+    )
+
+
+@router.delete(
+    "/user/{uuid}/pfp",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(401, 403, 404, 422),
+)
+async def delete_profile_picture(
+    user_uuid: UserUuid,
+    actor: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    client: ClientDep,
+) -> None:
+    """Remove the uploaded picture: the generated one is shown again.
+
+    Raises
+    ------
+    403
+        Not oneself and not an admin.
+    404
+        ``USER_NOT_FOUND``.
+    """
+    await file_service.delete_profile_picture(db, settings, actor, user_uuid, client)
+
+
+@router.get(
+    "/user/{uuid}/pfp",
+    response_class=Response,
+    responses={**_IMAGE_RESPONSES, **error_responses(401, 404, 422)},
+)
+async def read_profile_picture(
+    user_uuid: UserUuid,
+    actor: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The profile picture: the uploaded one, or a gray square with the initials.
+
+    Answers 304 when ``If-None-Match`` carries the current ``ETag``.
+
+    Raises
+    ------
+    404
+        ``USER_NOT_FOUND`` (also when the user blocked the caller).
+    """
+    picture = await file_service.get_profile_picture(db, settings, actor, user_uuid)
+    headers = {**_NOSNIFF, "ETag": picture.etag}
+    if if_none_match and picture.etag in [tag.strip() for tag in if_none_match.split(",")]:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    if picture.path is not None:
+        return FileResponse(picture.path, media_type=picture.media_type, headers=headers)
+    return Response(picture.data, media_type=picture.media_type, headers=headers)

@@ -1,0 +1,51 @@
+"""Request and response models of the files router."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.config import Settings
+from app.models import File
+
+
+class FileInfo(BaseModel):
+    """A file's metadata; its bytes are at ``file_url``."""
+
+    id: int
+    file_name: str
+    file_type: str = Field(description="MIME type; for images, sniffed from the content.")
+    description: str | None
+    created_at: int
+    created_by_uuid: str | None
+    file_url: str
+
+
+def file_info(file: File, settings: Settings) -> FileInfo:
+    """The client's view of a file (never its path on disk)."""
+    return FileInfo(
+        id=file.id,
+        file_name=file.file_name,
+        file_type=file.file_type,
+        description=file.description,
+        created_at=file.created_at,
+        created_by_uuid=file.created_by_uuid,
+        file_url=f"{settings.BASE_URL}{settings.API_STR}/file/{file.id}/content",
+    )
+
+
+class FileUpdate(BaseModel):
+    """Rename a file or change its description."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file_name: str | None = Field(default=None, min_length=1, max_length=255)
+    description: str | None = Field(default=None, max_length=256)
+
+
+class FilePage(BaseModel):
+    """A page of a user's files, newest first."""
+
+    items: list[FileInfo]
+    total: int
+    offset: int
+    limit: int

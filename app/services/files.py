@@ -1,0 +1,485 @@
+"""Files and profile pictures: storing, naming, access, and the generated avatar.
+
+Bytes live under ``DATA_DIR/users/{owner uuid}/`` with generated names; the
+``file`` row keeps the path relative to DATA_DIR (never shown to clients) and a
+unique, sanitised ``file_name`` derived from the upload. A file is linked to its
+owner and, when someone else (an admin) uploaded it, to them too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+
+from loguru import logger
+from sqlalchemy import delete, func, insert, or_, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from app.core.config import Settings
+from app.core.errors import AppError, Conflict, NotFound
+from app.core.images import (
+    INLINE_TYPES,
+    InvalidImage,
+    initials,
+    process_picture,
+    render_avatar,
+    sniff_image_type,
+)
+from app.core.permissions import require_permission
+from app.models import File, User, now_epoch, user_file
+from app.services.context import ClientInfo
+from app.services.history import record_event
+from app.services.users import get_visible_user
+
+FILE_NAME_MAX_STEM = 100
+FILE_EXTENSION_MAX = 16
+_UNSAFE_NAME_CHARACTERS = re.compile(r'[<>:"|?*\x00-\x1f\x7f]')
+_EXTENSION_TYPES = {
+    ".txt": "text/plain",
+    ".pdf": "application/pdf",
+    ".json": "application/json",
+    ".csv": "text/csv",
+    ".zip": "application/zip",
+    ".svg": "image/svg+xml",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".doc": "application/msword",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+}
+
+
+class FileNotFound(NotFound):
+    """No such file, or one the caller may not see."""
+
+    code = "FILE_NOT_FOUND"
+    detail = "File not found"
+
+
+class FileTooLarge(AppError):
+    """The upload is over MAX_UPLOAD_SIZE_MB."""
+
+    status_code = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class FileNameTaken(Conflict):
+    """Another file has this name."""
+
+    code = "FILE_NAME_TAKEN"
+    detail = "Another file already has this name"
+
+
+class InvalidPicture(AppError):
+    """The upload is not an acceptable profile picture."""
+
+    status_code = 422
+    code = "INVALID_IMAGE"
+
+
+class EmptyUpload(AppError):
+    """An upload without content."""
+
+    status_code = 422
+    code = "EMPTY_FILE"
+    detail = "The file is empty"
+
+
+# Names ---------------------------------------------------------------------------------
+
+
+def safe_file_name(name: str | None) -> str:
+    """A file name with no path parts, no control characters and a bounded length."""
+    text = unicodedata.normalize("NFKC", name or "")
+    text = text.replace("\\", "/").split("/")[-1]
+    text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
+    text = _UNSAFE_NAME_CHARACTERS.sub("_", text).strip().lstrip(".").strip()
+    if not text:
+        text = "file"
+    stem, extension = _split_extension(text)
+    return stem[:FILE_NAME_MAX_STEM].rstrip() + extension
+
+
+def _split_extension(name: str) -> tuple[str, str]:
+    suffix = PurePosixPath(name).suffix
+    if not suffix or len(suffix) > FILE_EXTENSION_MAX or suffix == name:
+        return name, ""
+    return name[: -len(suffix)], suffix.lower()
+
+
+def extension_of(name: str | None) -> str:
+    """The extension of a file name, without the dot, lower-cased ('' when none)."""
+    return _split_extension(safe_file_name(name))[1].lstrip(".")
+
+
+async def _free_name(db: AsyncSession, wanted: str) -> str:
+    """``wanted``, or ``stem_N.ext`` with the smallest N that is free."""
+    stem, extension = _split_extension(wanted)
+    taken = set(
+        await db.scalars(
+            select(File.file_name).where(
+                or_(File.file_name == wanted, File.file_name.like(f"{stem}\\_%", escape="\\"))
+            )
+        )
+    )
+    if wanted not in taken:
+        return wanted
+    number = 1
+    while f"{stem}_{number}{extension}" in taken:
+        number += 1
+    return f"{stem}_{number}{extension}"
+
+
+def _content_type(data: bytes, name: str) -> str:
+    """Images by their content; anything else by its extension.
+
+    The table of extensions holds no raster image type, so a renamed file is never
+    served as an image.
+    """
+    sniffed = sniff_image_type(data[:16])
+    if sniffed is not None:
+        return sniffed
+    return _EXTENSION_TYPES.get(_split_extension(name)[1], "application/octet-stream")
+
+
+def _absolute(settings: Settings, relative: str) -> Path:
+    root = settings.DATA_DIR.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):  # defence in depth: paths are generated by us
+        raise FileNotFound()
+    return path
+
+
+# Storing -------------------------------------------------------------------------------
+
+
+async def _write(path: Path, data: bytes) -> None:
+    def write() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    await asyncio.to_thread(write)
+
+
+async def _unlink(paths: list[Path]) -> None:
+    def unlink() -> None:
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+    await asyncio.to_thread(unlink)
+
+
+async def _store(
+    db: AsyncSession,
+    settings: Settings,
+    *,
+    owner_uuid: str,
+    actor_uuid: str,
+    wanted_name: str,
+    data: bytes,
+    file_type: str,
+    description: str | None,
+    exact_name: bool = False,
+) -> File:
+    """Write the bytes, then insert the row and its links; a name taken meanwhile is retried."""
+    disk_name = f"{uuid.uuid4().hex}{_split_extension(wanted_name)[1]}"
+    relative = f"users/{owner_uuid}/{disk_name}"
+    await _write(_absolute(settings, relative), data)
+    try:
+        for _ in range(20):
+            name = wanted_name if exact_name else await _free_name(db, wanted_name)
+            # ON CONFLICT DO NOTHING: a name taken meanwhile gives no row instead of an
+            # error, so the session (and the objects it holds) need no rollback.
+            file_id = await db.scalar(
+                _insert_ignoring_conflicts(db, File)
+                .values(
+                    file_name=name,
+                    file_type=file_type,
+                    file_path=relative,
+                    description=description,
+                    created_at=now_epoch(),
+                    created_by_uuid=actor_uuid,
+                )
+                .on_conflict_do_nothing(index_elements=["file_name"])
+                .returning(File.id)
+            )
+            if file_id is None:
+                if exact_name:
+                    raise FileNameTaken()
+                continue
+            linked = {owner_uuid, actor_uuid}
+            await db.execute(
+                insert(user_file), [{"user_uuid": u, "file_id": file_id} for u in linked]
+            )
+            return await db.get_one(File, file_id)
+        raise Conflict("Could not find a free file name; try another name")
+    except BaseException:
+        await _unlink([_absolute(settings, relative)])
+        raise
+
+
+def _insert_ignoring_conflicts(db: AsyncSession, table: type[File]):
+    """The dialect's INSERT, which knows ON CONFLICT (PostgreSQL and SQLite alike)."""
+    if db.get_bind().dialect.name == "postgresql":
+        return postgresql_insert(table)
+    return sqlite_insert(table)
+
+
+def _check_size(settings: Settings, data: bytes) -> None:
+    limit = settings.MAX_UPLOAD_SIZE_MB * 1024 * 1024
+    if len(data) > limit:
+        raise FileTooLarge(f"The file is over the {settings.MAX_UPLOAD_SIZE_MB} MB limit")
+    if not data:
+        raise EmptyUpload()
+
+
+async def upload_file(
+    db: AsyncSession,
+    settings: Settings,
+    actor: User,
+    owner_uuid: str,
+    *,
+    file_name: str | None,
+    data: bytes,
+    description: str | None,
+    client: ClientInfo,
+) -> File:
+    """Store an upload for ``owner_uuid`` (oneself, or anyone as an admin)."""
+    owner, _ = await get_visible_user(db, actor, owner_uuid)
+    require_permission(actor, "user_files", "create", owner)
+    _check_size(settings, data)
+    file = await _store(
+        db,
+        settings,
+        owner_uuid=owner.uuid,
+        actor_uuid=actor.uuid,
+        wanted_name=(name := safe_file_name(file_name)),
+        data=data,
+        file_type=_content_type(data, name),
+        description=description,
+    )
+    record_event(owner, "file_uploaded", by=actor.uuid, client=client, details={"file": file.id})
+    await db.commit()
+    logger.info("file {} stored for user {}", file.id, owner.uuid)
+    return file
+
+
+# Reading and changing ------------------------------------------------------------------
+
+
+async def get_file(db: AsyncSession, actor: User, file_id: int, action: str = "read") -> File:
+    """A file the actor may ``action``; 404 when they may not even read it."""
+    file = await db.scalar(select(File).options(selectinload(File.users)).where(File.id == file_id))
+    if file is None:
+        raise FileNotFound()
+    require_permission(actor, "file", "read", file, hide_as=FileNotFound)
+    if action != "read":
+        require_permission(actor, "file", action, file)
+    return file
+
+
+@dataclass(frozen=True)
+class FileContent:
+    """Where a file's bytes are and how to serve them."""
+
+    path: Path
+    media_type: str
+    download_name: str
+    inline: bool
+
+
+async def get_file_content(
+    db: AsyncSession, settings: Settings, actor: User, file_id: int
+) -> FileContent:
+    """The bytes of a readable file: images inline, anything else as an attachment."""
+    file = await get_file(db, actor, file_id)
+    path = _absolute(settings, file.file_path)
+    if not await asyncio.to_thread(path.is_file):
+        logger.error("file {} has no bytes on disk", file.id)
+        raise FileNotFound()
+    return FileContent(
+        path=path,
+        media_type=file.file_type,
+        download_name=file.file_name,
+        inline=file.file_type in INLINE_TYPES,
+    )
+
+
+async def update_file(
+    db: AsyncSession,
+    actor: User,
+    file_id: int,
+    changes: dict[str, object],
+    client: ClientInfo,
+) -> File:
+    """Rename a file or change its description (linked users and admins)."""
+    file = await get_file(db, actor, file_id, "update")
+    if "description" in changes:
+        file.description = changes["description"]  # type: ignore[assignment]
+    new_name = changes.get("file_name")
+    if new_name:
+        name = safe_file_name(str(new_name))
+        if name != file.file_name:
+            if await db.scalar(select(File.id).where(File.file_name == name)):
+                raise FileNameTaken()
+            file.file_name = name
+    record_event(actor, "file_updated", by=actor.uuid, client=client, details={"file": file_id})
+    try:
+        await db.commit()
+    except IntegrityError:
+        await db.rollback()
+        raise FileNameTaken() from None
+    return file
+
+
+async def delete_file(
+    db: AsyncSession, settings: Settings, actor: User, file_id: int, client: ClientInfo
+) -> None:
+    """Delete a file's row and bytes (linked users and admins)."""
+    file = await get_file(db, actor, file_id, "delete")
+    path = _absolute(settings, file.file_path)
+    await db.delete(file)
+    record_event(actor, "file_deleted", by=actor.uuid, client=client, details={"file": file_id})
+    await db.commit()
+    await _unlink([path])
+
+
+async def list_user_files(
+    db: AsyncSession, actor: User, user_uuid: str, *, offset: int, limit: int
+) -> tuple[list[File], int]:
+    """A page of the files linked to a user, newest first (the user and staff)."""
+    owner, _ = await get_visible_user(db, actor, user_uuid)
+    require_permission(actor, "user_files", "list", owner)
+    linked = select(user_file.c.file_id).where(user_file.c.user_uuid == owner.uuid)
+    total = await db.scalar(select(func.count()).select_from(File).where(File.id.in_(linked)))
+    files = await db.scalars(
+        select(File).where(File.id.in_(linked)).order_by(File.id.desc()).offset(offset).limit(limit)
+    )
+    return list(files), total or 0
+
+
+# Profile pictures ----------------------------------------------------------------------
+
+
+async def set_profile_picture(
+    db: AsyncSession,
+    settings: Settings,
+    actor: User,
+    user_uuid: str,
+    *,
+    file_name: str | None,
+    data: bytes,
+    client: ClientInfo,
+) -> User:
+    """Validate, re-encode and store a picture as ``pfp_{uuid}.{ext}``, replacing any other."""
+    user, _ = await get_visible_user(db, actor, user_uuid)
+    require_permission(actor, "user", "update", user)
+    _check_size(settings, data)
+    try:
+        picture = await asyncio.to_thread(process_picture, data, extension_of(file_name))
+    except InvalidImage as error:
+        raise InvalidPicture(f"Not an acceptable picture: {error}") from None
+    return await store_picture(
+        db, settings, user, actor.uuid, picture.data, picture.extension, picture.mime, client
+    )
+
+
+async def store_picture(
+    db: AsyncSession,
+    settings: Settings,
+    user: User,
+    actor_uuid: str,
+    data: bytes,
+    extension: str,
+    mime: str,
+    client: ClientInfo,
+) -> User:
+    """Make already-validated picture bytes the user's profile picture."""
+    old = await _remove_picture_row(db, user)
+    file = await _store(
+        db,
+        settings,
+        owner_uuid=user.uuid,
+        actor_uuid=actor_uuid,
+        wanted_name=f"pfp_{user.uuid}.{extension}",
+        data=data,
+        file_type=mime,
+        description="Profile picture",
+        exact_name=True,
+    )
+    user.profile_picture_id = file.id
+    record_event(user, "picture_changed", by=actor_uuid, client=client)
+    await db.commit()
+    if old is not None:
+        await _unlink([_absolute(settings, old)])
+    return user
+
+
+async def _remove_picture_row(db: AsyncSession, user: User) -> str | None:
+    """Delete the user's picture row (the caller commits); return its path."""
+    if user.profile_picture_id is None:
+        return None
+    old = await db.get(File, user.profile_picture_id)
+    user.profile_picture_id = None
+    if old is None:
+        return None
+    await db.execute(delete(File).where(File.id == old.id))
+    return old.file_path
+
+
+async def delete_profile_picture(
+    db: AsyncSession, settings: Settings, actor: User, user_uuid: str, client: ClientInfo
+) -> None:
+    """Go back to the generated picture."""
+    user, _ = await get_visible_user(db, actor, user_uuid)
+    require_permission(actor, "user", "update", user)
+    old = await _remove_picture_row(db, user)
+    if old is None:
+        return
+    record_event(user, "picture_removed", by=actor.uuid, client=client)
+    await db.commit()
+    await _unlink([_absolute(settings, old)])
+
+
+@dataclass(frozen=True)
+class PictureResponse:
+    """Picture bytes (generated) or a path (uploaded), with a validator for caching."""
+
+    etag: str
+    media_type: str
+    data: bytes | None = None
+    path: Path | None = None
+
+
+@lru_cache(maxsize=1024)
+def _avatar(text: str) -> bytes:
+    return render_avatar(text)
+
+
+async def get_profile_picture(
+    db: AsyncSession, settings: Settings, actor: User, user_uuid: str
+) -> PictureResponse:
+    """The uploaded picture, or a gray square with the display name's initials."""
+    user, _ = await get_visible_user(db, actor, user_uuid)
+    if user.profile_picture_id is not None:
+        file = await db.get(File, user.profile_picture_id)
+        if file is not None:
+            path = _absolute(settings, file.file_path)
+            if await asyncio.to_thread(path.is_file):
+                return PictureResponse(
+                    etag=f'"pfp-{file.id}-{file.created_at}"', media_type=file.file_type, path=path
+                )
+            logger.error("profile picture {} of user {} is missing on disk", file.id, user.uuid)
+    text = initials(user.display_name)
+    data = await asyncio.to_thread(_avatar, text)
+    digest = hashlib.sha256(data).hexdigest()[:20]
+    return PictureResponse(etag=f'"avatar-{digest}"', media_type="image/png", data=data)

@@ -1,0 +1,434 @@
+"""Files and profile pictures: uploads, naming, limits, serving, access, avatars (OCR)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from PIL import Image
+from sqlalchemy import func, select
+
+from app.models import File, User
+from app.services.files import safe_file_name
+from app.test.conftest import require_tool
+from app.test.factories import bearer, user_with_tokens
+
+
+def _image(size: tuple[int, int], image_format: str, color=(200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def _bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A 1x1 PNG whose header claims ``width`` x ``height``."""
+    png = bytearray(_image((1, 1), "PNG"))
+    ihdr = png[12:29]  # b"IHDR" + width, height, depth, colour, compression, filter, interlace
+    ihdr[4:12] = struct.pack(">II", width, height)
+    png[12:29] = ihdr
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(png)
+
+
+def _files(name: str, data: bytes, content_type: str = "application/octet-stream") -> dict:
+    return {"file": (name, data, content_type)}
+
+
+async def _count_files(app: FastAPI) -> int:
+    async with app.state.session_factory() as session:
+        return await session.scalar(select(func.count()).select_from(File))
+
+
+def _stored(app: FastAPI, user_uuid: str) -> list[Path]:
+    folder = app.state.settings.DATA_DIR / "users" / user_uuid
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def _ocr(png: bytes, tmp_path: Path) -> str:
+    tesseract = require_tool("tesseract")
+    path = tmp_path / "avatar.png"
+    path.write_bytes(png)
+    result = subprocess.run(
+        [tesseract, str(path), "stdout", "--psm", "7"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return result.stdout.strip()
+
+
+# Generated pictures --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("username", "display_name", "expected"),
+    [("john_doe", "John Doe", "JD"), ("alice_bob", "alice_bob", "AB")],
+)
+async def test_generated_picture_shows_the_initials(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    username: str,
+    display_name: str,
+    expected: str,
+) -> None:
+    user, tokens = await user_with_tokens(app, client, username=username, display_name=display_name)
+    response = await client.get(f"/api/user/{user.uuid}/pfp", headers=bearer(tokens))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    picture = Image.open(io.BytesIO(response.content))
+    assert picture.size == (256, 256)
+    assert picture.getpixel((5, 5)) == (128, 128, 128)
+    assert _ocr(response.content, tmp_path) == expected
+    cached = await client.get(
+        f"/api/user/{user.uuid}/pfp",
+        headers={**bearer(tokens), "If-None-Match": response.headers["ETag"]},
+    )
+    assert cached.status_code == 304
+    assert cached.content == b""
+
+
+# Uploaded pictures ---------------------------------------------------------------------
+
+
+async def test_a_picture_is_resized_to_fit_512(app: FastAPI, client: httpx.AsyncClient) -> None:
+    user, tokens = await user_with_tokens(app, client)
+    generated = await client.get(f"/api/user/{user.uuid}/pfp", headers=bearer(tokens))
+    put = await client.put(
+        f"/api/user/{user.uuid}/pfp",
+        files=_files("wide.png", _image((2000, 1000), "PNG"), "image/png"),
+        headers=bearer(tokens),
+    )
+    assert put.status_code == 204, put.text
+    response = await client.get(f"/api/user/{user.uuid}/pfp", headers=bearer(tokens))
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["ETag"] != generated.headers["ETag"]
+    assert Image.open(io.BytesIO(response.content)).size == (512, 256)
+    files = (await client.get(f"/api/user/{user.uuid}/files", headers=bearer(tokens))).json()
+    assert [item["file_name"] for item in files["items"]] == [f"pfp_{user.uuid}.png"]
+
+    # A new picture replaces the old one, row and bytes.
+    jpeg = await client.put(
+        f"/api/user/{user.uuid}/pfp",
+        files=_files("me.jpeg", _image((300, 600), "JPEG"), "image/jpeg"),
+        headers=bearer(tokens),
+    )
+    assert jpeg.status_code == 204
+    assert await _count_files(app) == 1
+    assert len(_stored(app, user.uuid)) == 1
+    response = await client.get(f"/api/user/{user.uuid}/pfp", headers=bearer(tokens))
+    assert response.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(response.content)).size == (256, 512)
+
+    removed = await client.delete(f"/api/user/{user.uuid}/pfp", headers=bearer(tokens))
+    assert removed.status_code == 204
+    back = await client.get(f"/api/user/{user.uuid}/pfp", headers=bearer(tokens))
+    assert back.headers["ETag"] == generated.headers["ETag"]
+    assert _stored(app, user.uuid) == []
+    assert await _count_files(app) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("notes.png", b"just some text, not an image at all\n" * 20),
+        ("drawing.svg", b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'),
+        ("scan.tiff", _image((10, 10), "TIFF")),
+        ("scan.png", _image((10, 10), "TIFF")),
+        ("photo.webp", _image((10, 10), "WEBP")),
+        ("bomb.png", _bomb_png()),
+        ("truncated.png", _image((50, 50), "PNG")[:60]),
+    ],
+)
+async def test_unacceptable_pictures_are_refused(
+    app: FastAPI, client: httpx.AsyncClient, name: str, data: bytes
+) -> None:
+    user, tokens = await user_with_tokens(app, client)
+    response = await client.put(
+        f"/api/user/{user.uuid}/pfp", files=_files(name, data), headers=bearer(tokens)
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "INVALID_IMAGE"
+    assert await _count_files(app) == 0
+    assert _stored(app, user.uuid) == []
+
+
+async def test_a_gif_with_html_appended_is_served_without_it(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    user, tokens = await user_with_tokens(app, client)
+    payload = _image((40, 40), "GIF") + b"<html><script>alert(document.cookie)</script></html>"
+    put = await client.put(
+        f"/api/user/{user.uuid}/pfp", files=_files("polyglot.gif", payload), headers=bearer(tokens)
+    )
+    assert put.status_code == 204
+    response = await client.get(f"/api/user/{user.uuid}/pfp", headers=bearer(tokens))
+    assert response.headers["content-type"] == "image/gif"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert b"<script" not in response.content
+    assert b"<html" not in response.content
+    assert Image.open(io.BytesIO(response.content)).format == "GIF"
+
+
+# General uploads -----------------------------------------------------------------------
+
+
+async def test_a_path_in_the_file_name_stays_inside_the_data_dir(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    user, tokens = await user_with_tokens(app, client)
+    response = await client.post(
+        "/api/file", files=_files("../../etc/passwd", b"root:x:0:0"), headers=bearer(tokens)
+    )
+    assert response.status_code == 201, response.text
+    info = response.json()
+    assert info["file_name"] == "passwd"
+    assert "file_path" not in info
+    stored = _stored(app, user.uuid)
+    assert len(stored) == 1
+    data_dir = app.state.settings.DATA_DIR.resolve()
+    assert stored[0].resolve().is_relative_to(data_dir)
+    assert stored[0].read_bytes() == b"root:x:0:0"
+    content = await client.get(f"/api/file/{info['id']}/content", headers=bearer(tokens))
+    assert content.content == b"root:x:0:0"
+    assert content.headers["content-type"] == "application/octet-stream"
+    assert content.headers["content-disposition"].startswith("attachment")
+    assert content.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("..\\..\\windows\\win.ini", "win.ini"),
+        ("...", "file"),
+        ("a" * 300 + ".txt", "a" * 100 + ".txt"),
+        ("what?<is>this|.pdf", "what__is_this_.pdf"),
+    ],
+)
+async def test_file_names_are_made_safe(
+    app: FastAPI, client: httpx.AsyncClient, given: str, kept: str
+) -> None:
+    _, tokens = await user_with_tokens(app, client)
+    response = await client.post("/api/file", files=_files(given, b"x"), headers=bearer(tokens))
+    assert response.status_code == 201
+    assert response.json()["file_name"] == kept
+
+
+def test_control_characters_are_dropped_from_names() -> None:
+    # httpx percent-encodes them in multipart headers, so this rule is checked directly.
+    assert safe_file_name("re\x00port\x07\u202e.txt") == "report.txt"
+    assert safe_file_name(None) == "file"
+
+
+async def test_images_are_typed_by_content(app: FastAPI, client: httpx.AsyncClient) -> None:
+    _, tokens = await user_with_tokens(app, client)
+    png = await client.post(
+        "/api/file",
+        files=_files("photo.txt", _image((4, 4), "PNG"), "text/plain"),
+        data={"description": "holiday"},
+        headers=bearer(tokens),
+    )
+    info = png.json()
+    assert info["file_type"] == "image/png"
+    assert info["description"] == "holiday"
+    content = await client.get(f"/api/file/{info['id']}/content", headers=bearer(tokens))
+    assert content.headers["content-type"] == "image/png"
+    assert content.headers["content-disposition"].startswith("inline")
+    html = await client.post(
+        "/api/file",
+        files=_files("page.html", b"<script>1</script>", "text/html"),
+        headers=bearer(tokens),
+    )
+    served = await client.get(f"/api/file/{html.json()['id']}/content", headers=bearer(tokens))
+    assert served.headers["content-disposition"].startswith("attachment")
+
+
+async def test_names_are_unique_even_in_parallel(app: FastAPI, client: httpx.AsyncClient) -> None:
+    user, tokens = await user_with_tokens(app, client)
+    first = await client.post("/api/file", files=_files("report.pdf", b"1"), headers=bearer(tokens))
+    assert first.json()["file_name"] == "report.pdf"
+    responses = await asyncio.gather(
+        *(
+            client.post("/api/file", files=_files("report.pdf", b"%d" % i), headers=bearer(tokens))
+            for i in range(5)
+        )
+    )
+    assert [r.status_code for r in responses] == [201] * 5
+    names = {r.json()["file_name"] for r in responses}
+    assert names == {f"report_{i}.pdf" for i in range(1, 6)}
+    assert len(_stored(app, user.uuid)) == 6
+    assert await _count_files(app) == 6
+
+
+class TestUploadCap:
+    """MAX_UPLOAD_SIZE_MB=1: bigger uploads get 413 and leave nothing behind."""
+
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {"MAX_UPLOAD_SIZE_MB": 1}
+
+    async def test_declared_size_over_the_cap(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        user, tokens = await user_with_tokens(app, client)
+        response = await client.post(
+            "/api/file", files=_files("big.bin", b"x" * 1_500_000), headers=bearer(tokens)
+        )
+        assert response.status_code == 413
+        assert response.json()["code"] == "PAYLOAD_TOO_LARGE"
+        assert _stored(app, user.uuid) == []
+        assert await _count_files(app) == 0
+
+    async def test_streamed_body_over_the_cap(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        user, tokens = await user_with_tokens(app, client)
+        boundary = "capboundary"
+        sent = 0
+
+        async def body():
+            nonlocal sent
+            yield (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                f'filename="big.bin"\r\nContent-Type: application/octet-stream\r\n\r\n'
+            ).encode()
+            for _ in range(40):  # 40 x 64 KiB = 2.5 MiB, no Content-Length
+                sent += 1
+                yield b"x" * 65536
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        response = await client.post(
+            "/api/file",
+            content=body(),
+            headers={**bearer(tokens), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert response.status_code == 413
+        assert response.json()["code"] == "PAYLOAD_TOO_LARGE"
+        assert sent < 40  # refused while streaming, before the whole body was read
+        assert _stored(app, user.uuid) == []
+        assert await _count_files(app) == 0
+
+    async def test_a_file_just_over_the_cap(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        user, tokens = await user_with_tokens(app, client)
+        response = await client.post(
+            "/api/file", files=_files("edge.bin", b"x" * (1024 * 1024 + 1)), headers=bearer(tokens)
+        )
+        assert response.status_code == 413
+        assert _stored(app, user.uuid) == []
+        ok = await client.post(
+            "/api/file", files=_files("edge.bin", b"x" * (1024 * 1024)), headers=bearer(tokens)
+        )
+        assert ok.status_code == 201
+
+
+# Access --------------------------------------------------------------------------------
+
+
+async def test_file_access(app: FastAPI, client: httpx.AsyncClient) -> None:
+    owner, owner_tokens = await user_with_tokens(app, client)
+    _, other_tokens = await user_with_tokens(app, client)
+    _, moderator_tokens = await user_with_tokens(app, client, ("moderator", "user"))
+    info = (
+        await client.post(
+            "/api/file", files=_files("a.txt", b"hello"), headers=bearer(owner_tokens)
+        )
+    ).json()
+    file_id = info["id"]
+    assert info["file_url"] == f"http://localhost:8000/api/file/{file_id}/content"
+    for path in (f"/api/file/{file_id}", f"/api/file/{file_id}/content"):
+        hidden = await client.get(path, headers=bearer(other_tokens))
+        assert hidden.status_code == 404
+        assert hidden.json()["code"] == "FILE_NOT_FOUND"
+        assert (await client.get(path, headers=bearer(moderator_tokens))).status_code == 200
+    denied = await client.delete(f"/api/file/{file_id}", headers=bearer(moderator_tokens))
+    assert denied.status_code == 403
+    other_list = await client.get(f"/api/user/{owner.uuid}/files", headers=bearer(other_tokens))
+    assert other_list.status_code == 403
+
+    renamed = await client.patch(
+        f"/api/file/{file_id}",
+        json={"file_name": "b.txt", "description": "renamed"},
+        headers=bearer(owner_tokens),
+    )
+    assert renamed.json()["file_name"] == "b.txt"
+    second = await client.post(
+        "/api/file", files=_files("c.txt", b"x"), headers=bearer(owner_tokens)
+    )
+    clash = await client.patch(
+        f"/api/file/{second.json()['id']}",
+        json={"file_name": "b.txt"},
+        headers=bearer(owner_tokens),
+    )
+    assert clash.status_code == 409
+    assert clash.json()["code"] == "FILE_NAME_TAKEN"
+
+    deleted = await client.delete(f"/api/file/{file_id}", headers=bearer(owner_tokens))
+    assert deleted.status_code == 204
+    assert (
+        await client.get(f"/api/file/{file_id}", headers=bearer(owner_tokens))
+    ).status_code == 404
+    assert len(_stored(app, owner.uuid)) == 1
+    too_big_id = await client.get("/api/file/99999999999", headers=bearer(owner_tokens))
+    assert too_big_id.status_code == 422
+
+
+async def test_an_admin_upload_for_a_user_links_both(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    user, user_tokens = await user_with_tokens(app, client)
+    admin, admin_tokens = await user_with_tokens(app, client, ("admin", "user"))
+    _, other_tokens = await user_with_tokens(app, client)
+    response = await client.post(
+        f"/api/user/{user.uuid}/file",
+        files=_files("notice.txt", b"hi"),
+        headers=bearer(admin_tokens),
+    )
+    assert response.status_code == 201
+    assert response.json()["created_by_uuid"] == admin.uuid
+    for tokens, uuid in ((user_tokens, user.uuid), (admin_tokens, admin.uuid)):
+        listed = await client.get(f"/api/user/{uuid}/files", headers=bearer(tokens))
+        assert [item["file_name"] for item in listed.json()["items"]] == ["notice.txt"]
+    assert len(_stored(app, user.uuid)) == 1
+    not_for_others = await client.post(
+        f"/api/user/{user.uuid}/file", files=_files("x.txt", b"x"), headers=bearer(other_tokens)
+    )
+    assert not_for_others.status_code == 403
+
+
+async def test_a_blocked_user_sees_neither_files_nor_picture(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    blocker, blocker_tokens = await user_with_tokens(app, client)
+    blocked, blocked_tokens = await user_with_tokens(app, client)
+    await client.post(f"/api/user/{blocked.uuid}/block", headers=bearer(blocker_tokens))
+    for path in (f"/api/user/{blocker.uuid}/pfp", f"/api/user/{blocker.uuid}/files"):
+        response = await client.get(path, headers=bearer(blocked_tokens))
+        assert response.status_code == 404, path
+        assert response.json()["code"] == "USER_NOT_FOUND"
+
+
+async def test_deleting_a_user_removes_their_files(app: FastAPI, client: httpx.AsyncClient) -> None:
+    user, tokens = await user_with_tokens(app, client)
+    await client.post("/api/file", files=_files("one.txt", b"1"), headers=bearer(tokens))
+    await client.put(
+        f"/api/user/{user.uuid}/pfp",
+        files=_files("me.png", _image((64, 64), "PNG")),
+        headers=bearer(tokens),
+    )
+    assert await _count_files(app) == 2
+    assert len(_stored(app, user.uuid)) == 2
+    assert (
+        await client.delete(f"/api/user/{user.uuid}", headers=bearer(tokens))
+    ).status_code == 204
+    assert await _count_files(app) == 0
+    assert not (app.state.settings.DATA_DIR / "users" / user.uuid).exists()
+    async with app.state.session_factory() as session:
+        assert await session.get(User, user.uuid) is None
