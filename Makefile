@@ -25,7 +25,8 @@ $(VENV)/.test-installed: app/requirements.txt app/test/requirements.txt | $(BIN)
 
 ## run: serve the API on http://$(HOST):$(PORT) (SQLite in ./data unless configured)
 run: $(VENV)/.runtime-installed
-	$(BIN)/fastapi run app/main.py --host $(HOST) --port $(PORT) --workers $(WORKERS)
+	$(BIN)/fastapi run app/main.py --host $(HOST) --port $(PORT) --workers $(WORKERS) \
+		--no-proxy-headers
 
 ## test: install everything, lint, run the suite with coverage
 test: $(VENV)/.test-installed

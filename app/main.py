@@ -5,22 +5,43 @@ Start it with ``make run`` (``fastapi run app/main.py``) or ``uvicorn app.main:a
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from limits import parse
 from loguru import logger
 
 from app.core.config import ConfigError, Settings, ensure_jwt_secret, get_settings
 from app.core.database import create_engine, create_session_factory, upgrade_database
 from app.core.email import Mailer
 from app.core.errors import install_error_handlers
+from app.core.feature_flags import (
+    FeatureFlagMiddleware,
+    FlagBroadcaster,
+    FlagStore,
+    endpoint_flags,
+    watch_flag_file,
+)
 from app.core.logging import setup_logging
 from app.core.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from app.core.openapi import install_openapi
+from app.core.rate_limiter import (
+    BruteForceGuard,
+    ClientAddressMiddleware,
+    Limiter,
+    RateLimitMiddleware,
+    TrustedProxies,
+    create_storage,
+    window_item,
+)
 from app.core.redis_client import create_redis
 from app.routers import admin, auth, files, pages, users
+from app.routers.deps import resolve_flag_user
 from app.services.users import ensure_first_admin
 
 #: Largest non-upload request body (JSON, forms).
@@ -50,11 +71,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = create_engine(settings.database_url)
     app.state.engine = engine
     app.state.session_factory = create_session_factory(engine)
-    app.state.redis = create_redis(settings.REDIS_URL) if settings.REDIS_URL else None
     app.state.mailer = Mailer(settings)
+    tasks: list[asyncio.Task[None]] = []
     try:
         await upgrade_database(engine)
         await ensure_first_admin(app.state.session_factory, settings)
+        tasks = await _start_feature_flags(app, settings)
         logger.info(
             "{} ready (environment={}, database={}, redis={})",
             settings.PROJECT_NAME,
@@ -64,10 +86,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         yield
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await app.state.mailer.drain()
         if app.state.redis is not None:
             await app.state.redis.aclose()
         await engine.dispose()
+
+
+async def _start_feature_flags(app: FastAPI, settings: Settings) -> list[asyncio.Task[None]]:
+    """Load the flag file; when flags are on, register every endpoint's flags and keep
+    the file and the other replicas in sync."""
+    store: FlagStore = app.state.flag_store
+    await asyncio.to_thread(store.load)
+    tasks = []
+    if app.state.flag_broadcaster is not None:
+        tasks.append(asyncio.create_task(app.state.flag_broadcaster.listen()))
+    if settings.FEATURE_FLAGS_ENABLED:
+        names = [
+            name
+            for route in app.routes
+            if isinstance(route, APIRoute)
+            for name in endpoint_flags(route.endpoint)
+        ]
+        added = await asyncio.to_thread(store.register, names)
+        if added:
+            logger.info("feature flags added to {}: {}", store.path, ", ".join(added))
+        tasks.append(asyncio.create_task(watch_flag_file(store)))
+    return tasks
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -84,20 +131,52 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
     )
     app.state.settings = settings
-    app.state.redis = None
-    install_error_handlers(app)
-    app.add_middleware(
-        BodySizeLimitMiddleware,
-        limit_bytes=JSON_BODY_LIMIT_BYTES,
-        upload_limit_bytes=settings.MAX_UPLOAD_SIZE_MB * 1024 * 1024 + MULTIPART_OVERHEAD_BYTES,
+    # Clients connect lazily: creating them here starts no connection.
+    app.state.redis = create_redis(settings.REDIS_URL) if settings.REDIS_URL else None
+    limiter = Limiter(create_storage(settings.REDIS_URL))
+    app.state.limiter = limiter
+    app.state.guard = BruteForceGuard(
+        limiter, parse(settings.AUTH_RATE_LIMIT_ACCOUNT), parse(settings.AUTH_RATE_LIMIT_ADDRESS)
     )
-    app.add_middleware(RequestIdMiddleware)  # added last: the outermost
+    store = FlagStore(settings.DATA_DIR / settings.FEATURE_FLAGS_FILE)
+    app.state.flag_store = store
+    app.state.flag_broadcaster = (
+        FlagBroadcaster(app.state.redis, store) if app.state.redis is not None else None
+    )
+    install_error_handlers(app)
     app.include_router(pages.router)
     app.include_router(auth.router, prefix=settings.API_STR)
     app.include_router(users.router, prefix=settings.API_STR)
     app.include_router(files.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
     install_openapi(app, settings.API_STR)
+
+    # Middleware, innermost first: each add_middleware wraps what is already there.
+    if settings.FEATURE_FLAGS_ENABLED:
+        app.add_middleware(
+            FeatureFlagMiddleware,
+            store=store,
+            routes=app.routes,
+            resolve_user=partial(resolve_flag_user, app),
+        )
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        limit_bytes=JSON_BODY_LIMIT_BYTES,
+        upload_limit_bytes=settings.MAX_UPLOAD_SIZE_MB * 1024 * 1024 + MULTIPART_OVERHEAD_BYTES,
+    )
+    if settings.RATE_LIMITER_ENABLED:
+        app.add_middleware(
+            RateLimitMiddleware,
+            limiter=limiter,
+            item=window_item(
+                settings.RATE_LIMITER_MAX_REQUESTS, settings.RATE_LIMITER_WINDOW_SECONDS
+            ),
+            settings=settings,
+        )
+    app.add_middleware(
+        ClientAddressMiddleware, proxies=TrustedProxies(settings.FORWARDED_ALLOW_IPS)
+    )
+    app.add_middleware(RequestIdMiddleware)  # added last: the outermost
     return app
 
 

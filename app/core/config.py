@@ -8,6 +8,7 @@ Problems are reported with the variable's name, either as a hard error
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from functools import lru_cache
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import quote, urlsplit
 
+from limits import parse as parse_rate
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -125,6 +127,8 @@ class Settings(BaseSettings):
     RATE_LIMITER_MAX_REQUESTS: int = Field(default=300, gt=0)
     RATE_LIMITER_WINDOW_SECONDS: int = Field(default=900, gt=0)
     REDIS_URL: str | None = Field(default=None, repr=False)
+    AUTH_RATE_LIMIT_ACCOUNT: str = "10 per 15 minutes"
+    AUTH_RATE_LIMIT_ADDRESS: str = "100 per 15 minutes"
 
     # Third-party login
     API_CLIENT_ID_GITHUB: str | None = None
@@ -189,6 +193,31 @@ class Settings(BaseSettings):
             value = value.strip().lower()
             return "mj" if value == "mailjet" else value
         return value.strip().upper()
+
+    @field_validator("AUTH_RATE_LIMIT_ACCOUNT", "AUTH_RATE_LIMIT_ADDRESS")
+    @classmethod
+    def _rate(cls, value: str, info) -> str:
+        try:
+            parse_rate(value)
+        except ValueError:
+            raise ValueError(
+                f"{info.field_name} must look like '10 per 15 minutes', got {value!r}"
+            ) from None
+        return value
+
+    @field_validator("FORWARDED_ALLOW_IPS")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"FORWARDED_ALLOW_IPS entries must be addresses, networks or *, got {entry!r}"
+                ) from None
+        return value
 
     @field_validator("REDIS_URL")
     @classmethod

@@ -19,6 +19,17 @@ from typing import Any, Protocol
 from loguru import logger
 
 from app.core.errors import PermissionDenied
+from app.core.feature_flags import feature_flag
+
+__all__ = [
+    "ROLES",
+    "Decision",
+    "RolesWithPermissions",
+    "check_permission",
+    "feature_flag",
+    "require_permission",
+    "ungivable_roles",
+]
 
 STAFF_ROLES = frozenset({"admin", "moderator"})
 ALL_ROLES = ("admin", "moderator", "tester", "user")
@@ -74,6 +85,7 @@ ROLES: RolesWithPermissions = {
             "change_roles": True,
         },
         "role": {"give": _holds_role, "remove": True},
+        "feature_flags": {"read": True, "update": True},
         "user_files": {"create": True, "list": True},
         "file": {"read": True, "update": True, "delete": True},
         "docs": {"read": True},

@@ -1,12 +1,22 @@
-"""Staff endpoints: roles and bans (feature flags join them later)."""
+"""Staff endpoints: roles, bans and feature flags."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.routers.deps import ClientDep, CurrentUser, SessionDep, SettingsDep, UserUuid
+from app.routers.deps import (
+    ClientDep,
+    CurrentUser,
+    FlagBroadcasterDep,
+    FlagStoreDep,
+    SessionDep,
+    SettingsDep,
+    UserUuid,
+)
 from app.schemas.common import error_responses
+from app.schemas.flags import FeatureFlagChange, FeatureFlags
 from app.schemas.users import AdminUserUpdate, UserPrivate, private_view
+from app.services import flags as flag_service
 from app.services import users as user_service
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -49,3 +59,58 @@ async def admin_update_user(
         db, actor, user_uuid, roles=body.roles, is_active=body.is_active, client=client
     )
     return private_view(user, settings)
+
+
+@router.get("/feature-flags", response_model=FeatureFlags, responses=error_responses(401, 403))
+async def read_feature_flags(
+    actor: CurrentUser, store: FlagStoreDep, settings: SettingsDep
+) -> FeatureFlags:
+    """Every feature flag and its value (admins).
+
+    Returns
+    -------
+    FeatureFlags
+        ``enabled`` (FEATURE_FLAGS_ENABLED) and ``flags``.
+
+    Raises
+    ------
+    403
+        Not an admin.
+    """
+    flags = flag_service.read_flags(store, actor)
+    return FeatureFlags(enabled=settings.FEATURE_FLAGS_ENABLED, flags=flags)
+
+
+@router.patch(
+    "/feature-flags", response_model=FeatureFlags, responses=error_responses(401, 403, 422)
+)
+async def update_feature_flags(
+    body: FeatureFlagChange,
+    actor: CurrentUser,
+    store: FlagStoreDep,
+    broadcaster: FlagBroadcasterDep,
+    settings: SettingsDep,
+) -> FeatureFlags:
+    """Add, change or remove feature flags (admins); applied at once on every replica.
+
+    ``add`` maps a name to ``true``, ``false`` or a list of rules
+    (``{"percentageOfUsers": 0.25, "userRoles": ["admin"]}``: every condition of a
+    rule must hold, any rule of the list is enough); a plain list of names means
+    ``true``. ``remove`` deletes flags, which turns them on.
+
+    Returns
+    -------
+    FeatureFlags
+        The flags after the change.
+
+    Raises
+    ------
+    403
+        Not an admin.
+    422
+        ``INVALID_FLAG``, naming the flag.
+    """
+    flags = await flag_service.change_flags(
+        store, broadcaster, actor, add=body.add, remove=body.remove
+    )
+    return FeatureFlags(enabled=settings.FEATURE_FLAGS_ENABLED, flags=flags)

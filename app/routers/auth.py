@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from app.routers.deps import AuthDep, ClientDep, MailerDep, SessionDep, SettingsDep
+from app.routers.deps import AuthDep, ClientDep, GuardDep, MailerDep, SessionDep, SettingsDep
 from app.schemas.auth import (
     EmailRequest,
     Message,
@@ -94,7 +94,12 @@ async def signup(
     responses=error_responses(401, 422, 429),
 )
 async def login(
-    form: LoginForm, db: SessionDep, settings: SettingsDep, mailer: MailerDep, client: ClientDep
+    form: LoginForm,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    guard: GuardDep,
+    client: ClientDep,
 ) -> TokenPair | OtpChallengeResponse:
     """Log in with a username or email and a password (OAuth2 password form).
 
@@ -116,14 +121,21 @@ async def login(
         ``INVALID_CREDENTIALS``: the same answer for an unknown account, a wrong
         password and an inactive account.
     429
-        ``OTP_THROTTLED``: too many wrong codes for this account lately.
+        ``RATE_LIMITED`` (too many attempts from this address, or failures for this
+        account), or ``OTP_THROTTLED`` (too many wrong codes lately).
     """
-    return await auth_service.login(db, settings, mailer, form.username, form.password, client)
+    return await auth_service.login(
+        db, settings, mailer, guard, form.username, form.password, client
+    )
 
 
 @router.post("/otp/verify", response_model=TokenPair, responses=error_responses(401, 422, 429))
 async def verify_otp(
-    body: OtpVerifyRequest, db: SessionDep, settings: SettingsDep, client: ClientDep
+    body: OtpVerifyRequest,
+    db: SessionDep,
+    settings: SettingsDep,
+    guard: GuardDep,
+    client: ClientDep,
 ) -> TokenPair:
     """Finish a two-factor login with the ``otp_token`` from /auth/login and a code.
 
@@ -142,9 +154,9 @@ async def verify_otp(
         ``INVALID_OTP_CODE`` (wrong or reused code) or ``INVALID_OTP_TOKEN`` (the
         pending login expired, failed too often, or the token is not one).
     429
-        ``OTP_THROTTLED``, with ``Retry-After``.
+        ``OTP_THROTTLED`` or ``RATE_LIMITED``, with ``Retry-After``.
     """
-    return await otp_service.verify_login(db, settings, body.otp_token, body.code, client)
+    return await otp_service.verify_login(db, settings, guard, body.otp_token, body.code, client)
 
 
 @router.post(
@@ -410,10 +422,15 @@ async def change_password(
     "/password/forgot",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Message,
-    responses=error_responses(422),
+    responses=error_responses(422, 429),
 )
 async def forgot_password(
-    body: EmailRequest, db: SessionDep, settings: SettingsDep, mailer: MailerDep, client: ClientDep
+    body: EmailRequest,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    guard: GuardDep,
+    client: ClientDep,
 ) -> Message:
     """Ask for a password-reset link by email.
 
@@ -424,8 +441,13 @@ async def forgot_password(
     -------
     Message
         An acknowledgement.
+
+    Raises
+    ------
+    429
+        ``RATE_LIMITED``: too many requests for this email or from this address.
     """
-    await auth_service.request_password_reset(db, settings, mailer, body.email, client)
+    await auth_service.request_password_reset(db, settings, mailer, guard, body.email, client)
     return Message(detail="If an account has this email, a reset link is on its way")
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from starlette.types import Scope
 
 from app.core.config import Settings
 from app.core.email import Mailer
+from app.core.feature_flags import FlagBroadcaster, FlagStore
+from app.core.rate_limiter import BruteForceGuard
 from app.models import User
 from app.services.context import ClientInfo
 from app.services.sessions import Auth, InvalidToken, authenticate
@@ -35,6 +38,21 @@ def get_engine(request: Request) -> AsyncEngine:
 def get_redis(request: Request) -> Redis | None:
     """The app's Redis client, or None when REDIS_URL is not set."""
     return request.app.state.redis
+
+
+def get_flag_store(request: Request) -> FlagStore:
+    """The app's feature flags."""
+    return request.app.state.flag_store
+
+
+def get_flag_broadcaster(request: Request) -> FlagBroadcaster | None:
+    """Announces flag changes to other replicas (None without Redis)."""
+    return request.app.state.flag_broadcaster
+
+
+def get_guard(request: Request) -> BruteForceGuard:
+    """The brute-force guard (login, 2FA, password reset)."""
+    return request.app.state.guard
 
 
 def get_mailer(request: Request) -> Mailer:
@@ -61,6 +79,9 @@ EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 RedisDep = Annotated[Redis | None, Depends(get_redis)]
 SessionDep = Annotated[AsyncSession, Depends(get_db)]
 MailerDep = Annotated[Mailer, Depends(get_mailer)]
+FlagStoreDep = Annotated[FlagStore, Depends(get_flag_store)]
+FlagBroadcasterDep = Annotated[FlagBroadcaster | None, Depends(get_flag_broadcaster)]
+GuardDep = Annotated[BruteForceGuard, Depends(get_guard)]
 ClientDep = Annotated[ClientInfo, Depends(get_client)]
 
 
@@ -120,3 +141,19 @@ def get_user_uuid(user_uuid: Annotated[UUID, Path(alias="uuid")]) -> str:
 
 PageDep = Annotated[Page, Depends(get_page)]
 UserUuid = Annotated[str, Depends(get_user_uuid)]
+
+
+async def resolve_flag_user(app: Any, scope: Scope) -> tuple[str, list[str]] | None:
+    """The (uuid, roles) behind a request's access token, for rule-based flags."""
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                return None
+            async with app.state.session_factory() as db:
+                try:
+                    auth = await authenticate(db, app.state.settings, token)
+                except InvalidToken:
+                    return None
+            return auth.user.uuid, list(auth.user.roles)
+    return None

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.errors import AppError, Unauthorized
+from app.core.rate_limiter import BruteForceGuard
 from app.core.security import (
     TokenError,
     create_one_time_token,
@@ -86,6 +87,7 @@ async def login(
     db: AsyncSession,
     settings: Settings,
     mailer: Mailer,
+    guard: BruteForceGuard,
     identifier: str,
     password: str,
     client: ClientInfo,
@@ -93,9 +95,15 @@ async def login(
     """Check the credentials, then open a session, or ask for the second factor.
 
     With 2FA on, the answer is a challenge whose ``otp_token`` and a valid code give
-    the token pair at ``/auth/otp/verify`` (see ``app.services.otp``).
+    the token pair at ``/auth/otp/verify`` (see ``app.services.otp``). Attempts are
+    limited per address, failures per account (429 ``RATE_LIMITED``).
     """
-    user = await check_credentials(db, settings, identifier, password, client)
+    await guard.attempt("login", account=identifier, address=client.ip)
+    try:
+        user = await check_credentials(db, settings, identifier, password, client)
+    except InvalidCredentials:
+        await guard.failed("login", account=identifier)
+        raise
     if user.otp_method != "none":
         return await otp.begin_login(db, settings, mailer, user, client)
     return await start_session(db, settings, user, client)
@@ -128,13 +136,21 @@ async def change_password(
 
 
 async def request_password_reset(
-    db: AsyncSession, settings: Settings, mailer: Mailer, email: str, client: ClientInfo
+    db: AsyncSession,
+    settings: Settings,
+    mailer: Mailer,
+    guard: BruteForceGuard,
+    email: str,
+    client: ClientInfo,
 ) -> None:
     """Mail a reset link when the account exists; say nothing either way.
 
     With DEACTIVATE_ON_PASSWORD_FORGOT the account is also made inactive (and its
-    sessions ended) until the reset, as the original service did.
+    sessions ended) until the reset, as the original service did. Requests are
+    limited per address and per email, so nobody can flood an inbox.
     """
+    await guard.attempt("forgot", account=email, address=client.ip)
+    await guard.failed("forgot", account=email)
     user = await find_user_by_login(db, email)
     if user is None or not mailer.enabled:
         return

@@ -28,6 +28,7 @@ from app.core.otp import (
     provisioning_uri,
     qr_png,
 )
+from app.core.rate_limiter import BruteForceGuard
 from app.core.security import TokenError, create_token, decode_token, secrets_match, verify_password
 from app.models import OtpChallenge, User, new_uuid, now_epoch
 from app.schemas.auth import TokenPair
@@ -283,9 +284,15 @@ async def begin_login(
 
 
 async def verify_login(
-    db: AsyncSession, settings: Settings, otp_token: str, code: str, client: ClientInfo
+    db: AsyncSession,
+    settings: Settings,
+    guard: BruteForceGuard,
+    otp_token: str,
+    code: str,
+    client: ClientInfo,
 ) -> TokenPair:
     """Finish a 2FA login: the pending token and a valid code give the token pair."""
+    await guard.attempt("otp", account=None, address=client.ip)
     try:
         claims = decode_token(
             otp_token, secret=settings.JWT_SECRET_KEY, token_type=OTP_PENDING_TOKEN
@@ -303,7 +310,12 @@ async def verify_login(
         or not user.is_active
     ):
         raise InvalidOtpToken()
-    await _redeem(db, settings, user, challenge, code, client)
+    await guard.attempt("otp", account=user.uuid, address=None)
+    try:
+        await _redeem(db, settings, user, challenge, code, client)
+    except InvalidOtpCode:
+        await guard.failed("otp", account=claims["sub"])
+        raise
     return await start_session(db, settings, user, client)
 
 

@@ -54,7 +54,17 @@ def spawn_server(env: dict[str, str], log_path: Path) -> LiveServer:
     port = sock.getsockname()[1]
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--fd", str(sock.fileno())],
+            # The same proxy-header stance as `make run`: the app reads X-Forwarded-For
+            # itself, from FORWARDED_ALLOW_IPS only.
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:app",
+                "--fd",
+                str(sock.fileno()),
+                "--no-proxy-headers",
+            ],
             cwd=ROOT,
             env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
             stdout=log,

@@ -55,6 +55,8 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         ("file", "read"): ANY_FILE,
         ("file", "update"): ANY_FILE,
         ("file", "delete"): ANY_FILE,
+        ("feature_flags", "read"): EVERYONE,
+        ("feature_flags", "update"): EVERYONE,
         ("docs", "read"): EVERYONE,
     },
     "moderator": {

@@ -1,0 +1,316 @@
+"""Feature flags: the flag file, rule evaluation, and FeatureFlagMiddleware.
+
+The file (DATA_DIR/FEATURE_FLAGS_FILE) maps a flag to ``true``, ``false`` or a list
+of rules. Within a rule every condition must hold (``percentageOfUsers`` and
+``userRoles``); across the list any rule is enough. Rule lists are off for
+anonymous requests. A flag missing from the file is on.
+
+Percentages use a stable bucket per (flag, user): SHA-256 of both, as an integer
+out of 10,000. Raising a percentage keeps everyone who had the feature, and two
+flags at the same percentage pick different users.
+
+Every endpoint has a flag named after its function, upper-cased; ``@feature_flag``
+adds more. The middleware checks them before the endpoint runs; a disabled
+feature answers 403 ``FEATURE_DISABLED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from redis.asyncio import Redis
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.core.errors import error_body
+
+BUCKETS = 10_000
+FLAG_ATTRIBUTE = "__feature_flags__"
+#: Redis channel on which flag changes are announced to every replica.
+FLAGS_CHANNEL = "user-manager:feature-flags"
+
+
+class FlagRule(BaseModel):
+    """One rule: every condition given must hold."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    percentage_of_users: float | None = Field(default=None, alias="percentageOfUsers", ge=0, le=1)
+    user_roles: list[str] | None = Field(default=None, alias="userRoles", min_length=1)
+
+
+FlagValue = bool | list[FlagRule]
+_FLAG_VALUE = TypeAdapter(FlagValue)
+
+
+class InvalidFlags(ValueError):
+    """A flag's value is not ``true``, ``false`` or a list of rules; names the flag."""
+
+
+def parse_flags(raw: object) -> dict[str, FlagValue]:
+    """Validate a flags mapping (as read from JSON)."""
+    if not isinstance(raw, dict):
+        raise InvalidFlags("the flags must be a JSON object of name -> value")
+    flags: dict[str, FlagValue] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidFlags(f"invalid flag name {name!r}")
+        try:
+            flags[name] = _FLAG_VALUE.validate_python(value)
+        except ValidationError as error:
+            problem = error.errors()[0]["msg"]
+            raise InvalidFlags(f"flag {name!r}: {problem}") from None
+    return flags
+
+
+def dump_flags(flags: dict[str, FlagValue]) -> dict[str, Any]:
+    """The JSON form of ``flags`` (rules with the seed's camelCase keys)."""
+    return {
+        name: value
+        if isinstance(value, bool)
+        else [rule.model_dump(by_alias=True, exclude_none=True) for rule in value]
+        for name, value in sorted(flags.items())
+    }
+
+
+def bucket(flag: str, user_uuid: str) -> int:
+    """The user's stable bucket (0-9999) for a flag."""
+    digest = hashlib.sha256(f"{flag}:{user_uuid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def rule_matches(rule: FlagRule, flag: str, user_uuid: str, roles: Iterable[str]) -> bool:
+    """Every condition of ``rule`` holds for the user."""
+    if rule.user_roles is not None and not set(rule.user_roles) & set(roles):
+        return False
+    if rule.percentage_of_users is not None:
+        threshold = round(rule.percentage_of_users * BUCKETS)
+        if bucket(flag, user_uuid) >= threshold:
+            return False
+    return True
+
+
+def evaluate(flags: dict[str, FlagValue], name: str, user: tuple[str, list[str]] | None) -> bool:
+    """Whether ``name`` is on for ``user`` ((uuid, roles), or None when anonymous)."""
+    value = flags.get(name, True)
+    if isinstance(value, bool):
+        return value
+    if user is None:
+        return False
+    user_uuid, roles = user
+    return any(rule_matches(rule, name, user_uuid, roles) for rule in value)
+
+
+def feature_flag(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Put an endpoint behind a custom flag (on until the file says otherwise).
+
+    Works above or below the route decorator.
+    """
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        names = [*getattr(function, FLAG_ATTRIBUTE, []), name.upper()]
+        setattr(function, FLAG_ATTRIBUTE, names)
+        return function
+
+    return decorate
+
+
+def endpoint_flags(endpoint: Callable[..., Any]) -> list[str]:
+    """The flags an endpoint is behind: its own name's, then its custom ones."""
+    return [endpoint.__name__.upper(), *getattr(endpoint, FLAG_ATTRIBUTE, [])]
+
+
+class FlagStore:
+    """The flags in memory, backed by the JSON file; reloaded when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.flags: dict[str, FlagValue] = {}
+        self._mtime: float | None = None
+
+    def load(self) -> bool:
+        """Read the file; a malformed one keeps the last good flags. True when read."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return False
+        try:
+            flags = parse_flags(json.loads(self.path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, InvalidFlags, UnicodeDecodeError) as error:
+            logger.error(
+                "feature flag file {} is malformed, keeping the last good flags: {}",
+                self.path,
+                error,
+            )
+            self._mtime = stat.st_mtime
+            return False
+        self.flags = flags
+        self._mtime = stat.st_mtime
+        return True
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the file when its modification time moved."""
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if mtime == self._mtime:
+            return False
+        return self.load()
+
+    def save(self) -> None:
+        """Write the flags atomically: a temporary file in the same folder, then rename."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(dump_flags(self.flags), indent=2) + "\n"
+        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".flags-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        self._mtime = self.path.stat().st_mtime
+
+    def register(self, names: Iterable[str]) -> list[str]:
+        """Add each missing flag as ``true``; save when something was added."""
+        added = [name for name in dict.fromkeys(names) if name not in self.flags]
+        for name in added:
+            self.flags[name] = True
+        if added or not self.path.exists():
+            self.save()
+        return added
+
+    def replace(self, flags: dict[str, FlagValue]) -> None:
+        """Take a complete set of flags (from an admin change or another replica)."""
+        self.flags = dict(flags)
+        self.save()
+
+    def is_enabled(self, name: str, user: tuple[str, list[str]] | None) -> bool:
+        """See :func:`evaluate`."""
+        return evaluate(self.flags, name, user)
+
+
+class FeatureFlagMiddleware:
+    """Refuse a request whose endpoint is behind a disabled flag (pure ASGI).
+
+    The endpoint is found by matching the app's routes. The user (for rule-based
+    flags only) is resolved by ``resolve_user``, which returns ``(uuid, roles)``
+    or None.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: FlagStore,
+        routes: list[BaseRoute],
+        resolve_user: Callable[[Scope], Awaitable[tuple[str, list[str]] | None]],
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.routes = routes
+        self.resolve_user = resolve_user
+
+    def _flags_for(self, scope: Scope) -> list[str]:
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                endpoint = getattr(route, "endpoint", None)
+                return endpoint_flags(endpoint) if endpoint is not None else []
+        return []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        names = self._flags_for(scope)
+        values = [self.store.flags.get(name, True) for name in names]
+        if any(value is False for value in values):
+            await self._refuse(scope, receive, send)
+            return
+        if any(isinstance(value, list) for value in values):
+            user = await self.resolve_user(scope)
+            if not all(self.store.is_enabled(name, user) for name in names):
+                await self._refuse(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            error_body("This feature is disabled", "FEATURE_DISABLED"), status_code=403
+        )
+        await response(scope, receive, send)
+
+
+async def watch_flag_file(store: FlagStore, interval_seconds: float = 2.0) -> None:
+    """Re-read the flag file whenever it changes (a lost announcement only delays)."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            if await asyncio.to_thread(store.reload_if_changed):
+                logger.info("feature flags reloaded from {}", store.path)
+        except Exception as error:  # keep watching whatever happened
+            logger.error("feature flag watcher: {}: {}", type(error).__name__, error)
+
+
+class FlagBroadcaster:
+    """Announces flag changes over Redis pub/sub and applies other replicas' changes."""
+
+    def __init__(self, redis: Redis, store: FlagStore) -> None:
+        self.redis = redis
+        self.store = store
+        self.origin = uuid.uuid4().hex
+
+    async def publish(self) -> None:
+        """Tell the other replicas the complete set of flags (failures are logged)."""
+        message = json.dumps({"origin": self.origin, "flags": dump_flags(self.store.flags)})
+        try:
+            await self.redis.publish(FLAGS_CHANNEL, message)
+        except Exception as error:  # the file watcher still converges
+            logger.warning("feature flags not announced over Redis: {}", type(error).__name__)
+
+    async def listen(self, retry_seconds: float = 2.0) -> None:
+        """Apply announcements from other replicas until cancelled; reconnect on errors."""
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(FLAGS_CHANNEL)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            await self._apply(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                logger.warning(
+                    "feature flag subscription lost ({}); retrying", type(error).__name__
+                )
+                await asyncio.sleep(retry_seconds)
+
+    async def _apply(self, data: bytes | str) -> None:
+        try:
+            payload = json.loads(data)
+            if payload.get("origin") == self.origin:
+                return
+            flags = parse_flags(payload.get("flags"))
+        except (json.JSONDecodeError, InvalidFlags, AttributeError) as error:
+            logger.error("ignoring a malformed feature flag announcement: {}", error)
+            return
+        await asyncio.to_thread(self.store.replace, flags)
+        logger.info("feature flags updated by another replica")

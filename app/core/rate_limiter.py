@@ -1,0 +1,279 @@
+"""Rate limiting with the ``limits`` package: storage, the client's address, middleware.
+
+One storage serves everything: Redis when REDIS_URL is set (so replicas share their
+counts), else memory. The global limit (RATE_LIMITER_*) is applied by
+``RateLimitMiddleware`` per user (a request with a validly signed access token) or
+per client address. The brute-force guard (login, OTP, forgotten password) is
+applied by the services, per account and per address, whether or not the global
+limiter is on.
+
+If the storage fails (Redis down) the limiter lets requests through and logs a
+warning at most once a minute: an outage of the limiter must not become an outage
+of the service.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from dataclasses import dataclass
+
+import jwt
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from loguru import logger
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.core.config import Settings
+from app.core.errors import AppError, error_body
+from app.core.security import JWT_ALGORITHM
+
+_WARNING_INTERVAL_SECONDS = 60
+#: Paths never limited (load balancers poll them).
+EXEMPT_PATHS = frozenset({"/health", "/health/ready", "/metrics"})
+
+
+class RateLimited(AppError):
+    """Too many requests; carries Retry-After and RateLimit headers."""
+
+    status_code = 429
+    code = "RATE_LIMITED"
+    detail = "Too many requests; try again later"
+
+
+def create_storage(redis_url: str | None) -> Storage:
+    """Redis storage (shared by replicas) when configured, else in-memory."""
+    if redis_url:
+        scheme, sep, rest = redis_url.partition("://")
+        return RedisStorage(
+            f"async+{scheme}{sep}{rest}",
+            implementation="redispy",
+            wrap_exceptions=True,
+            socket_connect_timeout=1,
+            socket_timeout=1,
+        )
+    return MemoryStorage()
+
+
+@dataclass(frozen=True)
+class LimitResult:
+    """The outcome of one hit."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_in_seconds: int
+
+    def headers(self) -> dict[str, str]:
+        """Retry-After and the RateLimit-* headers."""
+        return {
+            "Retry-After": str(max(1, self.reset_in_seconds)),
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(max(1, self.reset_in_seconds)),
+        }
+
+
+class Limiter:
+    """A moving-window limiter over one storage, failing open."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.strategy = MovingWindowRateLimiter(storage)
+        self._last_warning = 0.0
+
+    async def hit(self, item: RateLimitItem, *key: str) -> LimitResult:
+        """Count one request for ``key`` against ``item``."""
+        try:
+            allowed = await self.strategy.hit(item, *key)
+            stats = await self.strategy.get_window_stats(item, *key)
+        except Exception as error:  # storage down: let the request through
+            now = time.monotonic()
+            if now - self._last_warning > _WARNING_INTERVAL_SECONDS:
+                self._last_warning = now
+                logger.warning(
+                    "rate limiter storage unavailable ({}): requests are not limited",
+                    type(error).__name__,
+                )
+            return LimitResult(True, item.amount, item.amount, 0)
+        reset = max(0, math.ceil(stats.reset_time - time.time()))
+        return LimitResult(allowed, item.amount, max(0, stats.remaining), reset)
+
+    async def test(self, item: RateLimitItem, *key: str) -> LimitResult:
+        """Would one more request for ``key`` be allowed? (Counts nothing.)"""
+        try:
+            allowed = await self.strategy.test(item, *key)
+            if allowed:
+                return LimitResult(True, item.amount, item.amount, 0)
+            stats = await self.strategy.get_window_stats(item, *key)
+        except Exception:  # storage down: fail open (hit() logs it)
+            return LimitResult(True, item.amount, item.amount, 0)
+        reset = max(0, math.ceil(stats.reset_time - time.time()))
+        return LimitResult(False, item.amount, 0, reset)
+
+    async def check(self, item: RateLimitItem, *key: str) -> None:
+        """Count one request; raise :class:`RateLimited` over the limit."""
+        result = await self.hit(item, *key)
+        if not result.allowed:
+            raise RateLimited(headers=result.headers())
+
+    async def reset(self) -> None:
+        """Forget every count (tests, admin tools)."""
+        try:
+            await self.storage.reset()
+        except Exception as error:  # nothing to forget when the storage is down
+            logger.warning("rate limiter reset failed: {}", type(error).__name__)
+
+
+def window_item(max_requests: int, window_seconds: int) -> RateLimitItem:
+    """``max_requests`` per ``window_seconds``."""
+    return parse(f"{max_requests} per {window_seconds} seconds")
+
+
+# Client address ------------------------------------------------------------------------
+
+
+class TrustedProxies:
+    """Addresses (or networks) whose X-Forwarded-For is believed; ``*`` trusts all."""
+
+    def __init__(self, entries: list[str]) -> None:
+        self.trust_all = "*" in entries
+        self.networks = [
+            ipaddress.ip_network(entry, strict=False) for entry in entries if entry != "*"
+        ]
+
+    def __contains__(self, address: str | None) -> bool:
+        if address is None:
+            return False
+        if self.trust_all:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+
+def client_address(scope: Scope, proxies: TrustedProxies) -> str | None:
+    """The client's address: the peer, or, behind trusted proxies, the first untrusted hop.
+
+    X-Forwarded-For is read right to left, skipping trusted proxies; a forged
+    header from an untrusted peer changes nothing.
+    """
+    peer = scope.get("client")
+    address = peer[0] if peer else None
+    if address not in proxies:
+        return address
+    forwarded = [
+        value.decode("latin-1")
+        for name, value in scope.get("headers", [])
+        if name == b"x-forwarded-for"
+    ]
+    hops = [hop.strip() for header in forwarded for hop in header.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if hop not in proxies:
+            return hop
+        address = hop
+    return address
+
+
+class ClientAddressMiddleware:
+    """Set the ASGI client address from trusted proxies' X-Forwarded-For (pure ASGI).
+
+    Replaces uvicorn's own proxy-header handling (which is turned off) so that
+    FORWARDED_ALLOW_IPS means the same everywhere and defaults to trusting nobody.
+    """
+
+    def __init__(self, app: ASGIApp, *, proxies: TrustedProxies) -> None:
+        self.app = app
+        self.proxies = proxies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("client") and scope["client"][0] in self.proxies:
+            address = client_address(scope, self.proxies)
+            if address is not None:
+                scope = {**scope, "client": (address, 0)}
+        await self.app(scope, receive, send)
+
+
+# Global limit --------------------------------------------------------------------------
+
+
+def token_subject(scope: Scope, secret: str) -> str | None:
+    """The user of a validly signed access token in the request, or None (no DB lookup)."""
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                return None
+            try:
+                claims = jwt.decode(
+                    token, secret, algorithms=[JWT_ALGORITHM], options={"require": ["exp", "sub"]}
+                )
+            except jwt.PyJWTError:
+                return None
+            subject = claims.get("sub")
+            return subject if claims.get("typ") == "access" and isinstance(subject, str) else None
+    return None
+
+
+class BruteForceGuard:
+    """Limits on guessing: per account and per address, whatever the global switch says.
+
+    Addresses are counted on every attempt; accounts on failures only, so that a
+    user who logs in successfully is never locked out by the count.
+    """
+
+    def __init__(self, limiter: Limiter, account_item: RateLimitItem, address_item: RateLimitItem):
+        self.limiter = limiter
+        self.account_item = account_item
+        self.address_item = address_item
+
+    async def attempt(self, action: str, *, account: str | None, address: str | None) -> None:
+        """Count an attempt from ``address``; refuse when it or ``account`` is over its limit."""
+        if address:
+            await self.limiter.check(self.address_item, action, "address", address)
+        if account:
+            result = await self.limiter.test(self.account_item, action, "account", account.lower())
+            if not result.allowed:
+                raise RateLimited(headers=result.headers())
+
+    async def failed(self, action: str, *, account: str) -> None:
+        """Count a failure against ``account``."""
+        await self.limiter.hit(self.account_item, action, "account", account.lower())
+
+
+class RateLimitMiddleware:
+    """The global limit: per user with a valid token, else per client address (pure ASGI)."""
+
+    def __init__(
+        self, app: ASGIApp, *, limiter: Limiter, item: RateLimitItem, settings: Settings
+    ) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.item = item
+        self.settings = settings  # the JWT secret may be generated at start, so read it late
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        subject = token_subject(scope, self.settings.JWT_SECRET_KEY or "")
+        if subject is not None:
+            key = f"user:{subject}"
+        else:
+            client = scope.get("client")
+            key = f"ip:{client[0] if client else 'unknown'}"
+        result = await self.limiter.hit(self.item, "global", key)
+        if not result.allowed:
+            response = JSONResponse(
+                error_body("Too many requests; try again later", "RATE_LIMITED"),
+                status_code=429,
+                headers=result.headers(),
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

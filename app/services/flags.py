@@ -1,0 +1,65 @@
+"""Feature flags as admins see and change them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from loguru import logger
+
+from app.core.errors import AppError
+from app.core.feature_flags import (
+    FlagBroadcaster,
+    FlagStore,
+    FlagValue,
+    InvalidFlags,
+    dump_flags,
+    parse_flags,
+)
+from app.core.permissions import require_permission
+from app.models import User
+
+
+class InvalidFlagChange(AppError):
+    """A flag's new value is not ``true``, ``false`` or a list of rules."""
+
+    status_code = 422
+    code = "INVALID_FLAG"
+
+
+def read_flags(store: FlagStore, actor: User) -> dict:
+    """Every flag and its value (admins)."""
+    require_permission(actor, "feature_flags", "read")
+    return dump_flags(store.flags)
+
+
+async def change_flags(
+    store: FlagStore,
+    broadcaster: FlagBroadcaster | None,
+    actor: User,
+    *,
+    add: dict[str, object] | list[str] | None,
+    remove: list[str] | None,
+) -> dict:
+    """Add (or overwrite) and remove flags; applied at once, saved, announced, logged.
+
+    ``add`` maps names to values; a plain list of names means ``true``. A removed
+    flag is on again (a flag missing from the file is on).
+    """
+    require_permission(actor, "feature_flags", "update")
+    raw = {name: True for name in add} if isinstance(add, list) else dict(add or {})
+    try:
+        added: dict[str, FlagValue] = parse_flags(raw)
+    except InvalidFlags as error:
+        raise InvalidFlagChange(str(error)) from None
+    flags = {name: value for name, value in store.flags.items() if name not in set(remove or [])}
+    flags.update(added)
+    await asyncio.to_thread(store.replace, flags)
+    if broadcaster is not None:
+        await broadcaster.publish()
+    logger.info(
+        "feature flags changed by {}: added/updated {}, removed {}",
+        actor.uuid,
+        sorted(added),
+        sorted(remove or []),
+    )
+    return dump_flags(store.flags)
