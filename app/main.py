@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 from limits import parse
 from loguru import logger
 
@@ -24,7 +23,7 @@ from app.core.feature_flags import (
     FeatureFlagMiddleware,
     FlagBroadcaster,
     FlagStore,
-    endpoint_flags,
+    flagged_routes,
     watch_flag_file,
 )
 from app.core.logging import setup_logging
@@ -104,12 +103,7 @@ async def _start_feature_flags(app: FastAPI, settings: Settings) -> list[asyncio
     if app.state.flag_broadcaster is not None:
         tasks.append(asyncio.create_task(app.state.flag_broadcaster.listen()))
     if settings.FEATURE_FLAGS_ENABLED:
-        names = [
-            name
-            for route in app.routes
-            if isinstance(route, APIRoute)
-            for name in endpoint_flags(route.endpoint)
-        ]
+        names = [name for route in flagged_routes(app.routes) for name in route.flags]
         added = await asyncio.to_thread(store.register, names)
         if added:
             logger.info("feature flags added to {}: {}", store.path, ", ".join(added))

@@ -21,17 +21,20 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastapi.routing import APIRoute, iter_route_contexts
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.errors import error_body
@@ -51,7 +54,7 @@ class FlagRule(BaseModel):
     user_roles: list[str] | None = Field(default=None, alias="userRoles", min_length=1)
 
 
-FlagValue = bool | list[FlagRule]
+FlagValue = StrictBool | list[FlagRule]
 _FLAG_VALUE = TypeAdapter(FlagValue)
 
 
@@ -206,12 +209,39 @@ class FlagStore:
         return evaluate(self.flags, name, user)
 
 
+@dataclass(frozen=True)
+class EndpointRoute:
+    """One endpoint as the flag middleware matches it: method, full path, its flags."""
+
+    methods: frozenset[str]
+    path_regex: re.Pattern[str]
+    flags: tuple[str, ...]
+
+
+def flagged_routes(routes: list[BaseRoute]) -> list[EndpointRoute]:
+    """Every endpoint of the app with its full path (included routers' prefixes too)."""
+    found = []
+    for context in iter_route_contexts(routes):
+        endpoint, path = context.endpoint, context.path
+        if endpoint is None or path is None or not isinstance(context.original_route, APIRoute):
+            continue
+        regex, _, _ = compile_path(path)
+        found.append(
+            EndpointRoute(
+                methods=frozenset(context.methods or ()),
+                path_regex=regex,
+                flags=tuple(endpoint_flags(endpoint)),
+            )
+        )
+    return found
+
+
 class FeatureFlagMiddleware:
     """Refuse a request whose endpoint is behind a disabled flag (pure ASGI).
 
-    The endpoint is found by matching the app's routes. The user (for rule-based
-    flags only) is resolved by ``resolve_user``, which returns ``(uuid, roles)``
-    or None.
+    The endpoint is found by matching the app's routes (built on the first request,
+    once every route is in place). The user, needed by rule-based flags only, is
+    resolved by ``resolve_user``, which returns ``(uuid, roles)`` or None.
     """
 
     def __init__(
@@ -226,14 +256,18 @@ class FeatureFlagMiddleware:
         self.store = store
         self.routes = routes
         self.resolve_user = resolve_user
+        self._endpoints: list[EndpointRoute] | None = None
 
-    def _flags_for(self, scope: Scope) -> list[str]:
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
-                endpoint = getattr(route, "endpoint", None)
-                return endpoint_flags(endpoint) if endpoint is not None else []
-        return []
+    def _flags_for(self, scope: Scope) -> tuple[str, ...]:
+        if self._endpoints is None:
+            self._endpoints = flagged_routes(self.routes)
+        method, path = scope["method"], scope["path"]
+        for endpoint in self._endpoints:
+            if (method in endpoint.methods or not endpoint.methods) and endpoint.path_regex.match(
+                path
+            ):
+                return endpoint.flags
+        return ()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

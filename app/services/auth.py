@@ -59,16 +59,28 @@ class InvalidLink(AppError):
 
 
 async def check_credentials(
-    db: AsyncSession, settings: Settings, identifier: str, password: str, client: ClientInfo
+    db: AsyncSession,
+    settings: Settings,
+    guard: BruteForceGuard,
+    identifier: str,
+    password: str,
+    client: ClientInfo,
 ) -> User:
     """The active user that ``identifier`` and ``password`` name, or InvalidCredentials.
 
     The time taken does not depend on whether the account exists: an unknown account
-    (or one without a password) gets a dummy bcrypt check.
+    (or one without a password) gets a dummy bcrypt check. Failures are counted per
+    account (by UUID, whether it was named by username or email) and an account over
+    its limit is refused before its password is even checked.
     """
+    await guard.attempt("login", account=None, address=client.ip)
     user = await find_user_by_login(db, identifier)
+    account = user.uuid if user is not None else identifier.strip().lower()
+    await guard.attempt("login", account=account, address=None)
     hashed = user.hashed_password if user is not None else None
     valid = await verify_password(password, hashed, settings.PASSWORD_BCRYPT_ROUNDS)
+    if not valid or user is None or not user.is_active:
+        await guard.failed("login", account=account)
     if user is None:
         raise InvalidCredentials()
     if not valid or not user.is_active:
@@ -98,12 +110,7 @@ async def login(
     the token pair at ``/auth/otp/verify`` (see ``app.services.otp``). Attempts are
     limited per address, failures per account (429 ``RATE_LIMITED``).
     """
-    await guard.attempt("login", account=identifier, address=client.ip)
-    try:
-        user = await check_credentials(db, settings, identifier, password, client)
-    except InvalidCredentials:
-        await guard.failed("login", account=identifier)
-        raise
+    user = await check_credentials(db, settings, guard, identifier, password, client)
     if user.otp_method != "none":
         return await otp.begin_login(db, settings, mailer, user, client)
     return await start_session(db, settings, user, client)

@@ -1,0 +1,269 @@
+"""Feature flags: the seed's semantics, sticky buckets, registration, middleware, admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.core.feature_flags import FlagStore, bucket, evaluate, parse_flags
+from app.core.permissions import feature_flag
+from app.test.factories import bearer, user_with_tokens
+from app.test.server import ROOT
+
+SEED_FLAGS = {
+    "FEATURE_FLAG_1": True,
+    "FEATURE_FLAG_2": False,
+    "DANGEROUS_AB_TEST_FEATURE": [{"percentageOfUsers": 0.25}],
+    "AB_TEST_FEATURE": [{"percentageOfUsers": 0.25}, {"userRoles": ["admin"]}],
+    "ROLE_BASED_FEATURE": [{"userRoles": ["tester", "admin"]}],
+    "MULTIPLE_ACCESS_FEATURE": [
+        {"percentageOfUsers": 0.30, "userRoles": ["user"]},
+        {"userRoles": ["admin", "tester"]},
+    ],
+}
+
+# flag -> roles held -> expected share of users with the feature (percent)
+EXPECTED_SHARES = {
+    "FEATURE_FLAG_1": {("user",): 100, ("admin",): 100},
+    "FEATURE_FLAG_2": {("user",): 0, ("admin",): 0},
+    "DANGEROUS_AB_TEST_FEATURE": {("user",): 25, ("admin",): 25, ("moderator",): 25},
+    "AB_TEST_FEATURE": {("user",): 25, ("moderator",): 25, ("admin",): 100},
+    "ROLE_BASED_FEATURE": {("tester",): 100, ("admin",): 100, ("user",): 0, ("moderator",): 0},
+    "MULTIPLE_ACCESS_FEATURE": {
+        ("user",): 30,
+        ("admin",): 100,
+        ("tester",): 100,
+        ("moderator",): 0,
+        ("moderator", "user"): 30,
+    },
+}
+USERS = [str(uuid.uuid4()) for _ in range(20_000)]
+
+
+@pytest.mark.parametrize("flag", sorted(EXPECTED_SHARES))
+def test_seed_flags_match_their_description(flag: str) -> None:
+    flags = parse_flags(SEED_FLAGS)
+    for roles, expected in EXPECTED_SHARES[flag].items():
+        enabled = sum(evaluate(flags, flag, (user, list(roles))) for user in USERS)
+        share = 100 * enabled / len(USERS)
+        assert abs(share - expected) <= 1.5, (flag, roles, share)
+
+
+def test_rule_based_flags_are_off_for_anonymous_requests() -> None:
+    flags = parse_flags(SEED_FLAGS)
+    assert evaluate(flags, "FEATURE_FLAG_1", None) is True
+    assert evaluate(flags, "NOT_IN_THE_FILE", None) is True
+    for flag in ("DANGEROUS_AB_TEST_FEATURE", "AB_TEST_FEATURE", "ROLE_BASED_FEATURE"):
+        assert evaluate(flags, flag, None) is False
+
+
+def test_raising_a_percentage_keeps_everyone_who_had_it() -> None:
+    quarter = parse_flags({"ROLLOUT": [{"percentageOfUsers": 0.25}]})
+    half = parse_flags({"ROLLOUT": [{"percentageOfUsers": 0.50}]})
+    before = {u for u in USERS if evaluate(quarter, "ROLLOUT", (u, ["user"]))}
+    after = {u for u in USERS if evaluate(half, "ROLLOUT", (u, ["user"]))}
+    assert before < after
+    assert abs(100 * len(after) / len(USERS) - 50) <= 1.5
+
+
+def test_two_flags_at_the_same_percentage_pick_different_users() -> None:
+    flags = parse_flags({"A": [{"percentageOfUsers": 0.25}], "B": [{"percentageOfUsers": 0.25}]})
+    a = {u for u in USERS if evaluate(flags, "A", (u, ["user"]))}
+    b = {u for u in USERS if evaluate(flags, "B", (u, ["user"]))}
+    overlap = 100 * len(a & b) / len(USERS)
+    assert 4.5 <= overlap <= 8.0  # independent: about 25% of 25%
+
+
+def test_buckets_do_not_depend_on_the_hash_seed() -> None:
+    sample = USERS[:200]
+    script = (
+        "import json, sys\n"
+        "from app.core.feature_flags import bucket\n"
+        "print(json.dumps([bucket('AB_TEST_FEATURE', u) for u in json.load(sys.stdin)]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        input=json.dumps(sample),
+        cwd=ROOT,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(result.stdout) == [bucket("AB_TEST_FEATURE", u) for u in sample]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"X": "yes"}, "flag 'X'"),
+        ({"X": [{"percentageOfUsers": 1.5}]}, "flag 'X'"),
+        ({"X": [{"userRoles": []}]}, "flag 'X'"),
+        ({"X": [{"someOtherRule": 1}]}, "flag 'X'"),
+        (["X"], "JSON object"),
+    ],
+)
+def test_invalid_flags_name_the_flag(flags: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_flags(flags)
+
+
+def test_a_malformed_file_keeps_the_last_good_flags(
+    tmp_path: Path, captured_logs: list[str]
+) -> None:
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps({"A": False}))
+    store = FlagStore(path)
+    assert store.load()
+    path.write_text("{not json")
+    os.utime(path, (1, 1))
+    assert not store.reload_if_changed()
+    assert store.flags == {"A": False}
+    assert any("malformed" in line and "ERROR" in line for line in captured_logs)
+
+
+def test_saving_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    store = FlagStore(tmp_path / "flags.json")
+    store.register(["A", "B"])
+    store.replace({"A": False})
+    assert json.loads((tmp_path / "flags.json").read_text()) == {"A": False}
+    assert [p.name for p in tmp_path.iterdir()] == ["flags.json"]
+
+
+# With the app --------------------------------------------------------------------------
+
+
+class TestEnabled:
+    """FEATURE_FLAGS_ENABLED=True."""
+
+    @pytest.fixture
+    def settings_overrides(self, tmp_path: Path) -> dict[str, object]:
+        data_dir = tmp_path / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "feature_flags.json").write_text(json.dumps({"SIGNUP": False}))
+        return {"FEATURE_FLAGS_ENABLED": True}
+
+    @pytest.fixture
+    def app_with_custom_flag(self, settings) -> FastAPI:
+        from app.main import create_app
+
+        application = create_app(settings)
+
+        @feature_flag("DISABLE_FEATURE")
+        @application.get("/ping", tags=["debug"])
+        async def _ping() -> str:
+            return "pong"
+
+        return application
+
+    async def test_every_endpoint_gets_a_flag(self, app: FastAPI) -> None:
+        path = app.state.settings.DATA_DIR / "feature_flags.json"
+        flags = json.loads(path.read_text())
+        assert flags["SIGNUP"] is False  # kept from the file
+        for name in ("LOGIN", "READ_ME", "HEALTH", "UPDATE_FEATURE_FLAGS", "READ_FILE"):
+            assert flags[name] is True
+
+    async def test_a_disabled_endpoint_answers_403(self, client: httpx.AsyncClient) -> None:
+        response = await client.post("/api/auth/signup", json={})
+        assert response.status_code == 403
+        assert response.json() == {"detail": "This feature is disabled", "code": "FEATURE_DISABLED"}
+
+    async def test_custom_flags_from_the_decorator(self, app_with_custom_flag: FastAPI) -> None:
+        application = app_with_custom_flag
+        async with application.router.lifespan_context(application):
+            flags = json.loads(
+                (application.state.settings.DATA_DIR / "feature_flags.json").read_text()
+            )
+            assert flags["_PING"] is True
+            assert flags["DISABLE_FEATURE"] is True
+            transport = httpx.ASGITransport(app=application)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                assert (await client.get("/ping")).json() == "pong"
+                application.state.flag_store.replace(
+                    {**application.state.flag_store.flags, "DISABLE_FEATURE": False}
+                )
+                assert (await client.get("/ping")).status_code == 403
+
+    async def test_admin_api_and_rules_apply_at_once(
+        self, app: FastAPI, client: httpx.AsyncClient, captured_logs: list[str]
+    ) -> None:
+        admin, admin_tokens = await user_with_tokens(app, client, ("admin", "user"))
+        _, user_tokens = await user_with_tokens(app, client)
+        assert (
+            await client.get("/api/admin/feature-flags", headers=bearer(user_tokens))
+        ).status_code == 403
+        listed = await client.get("/api/admin/feature-flags", headers=bearer(admin_tokens))
+        assert listed.json()["enabled"] is True
+        assert listed.json()["flags"]["SIGNUP"] is False
+
+        changed = await client.patch(
+            "/api/admin/feature-flags",
+            json={"add": {"READ_ME": [{"userRoles": ["admin"]}]}, "remove": ["SIGNUP"]},
+            headers=bearer(admin_tokens),
+        )
+        assert changed.status_code == 200
+        assert changed.json()["flags"]["READ_ME"] == [{"userRoles": ["admin"]}]
+        assert "SIGNUP" not in changed.json()["flags"]
+        assert (await client.get("/api/users/me", headers=bearer(admin_tokens))).status_code == 200
+        refused = await client.get("/api/users/me", headers=bearer(user_tokens))
+        assert refused.status_code == 403
+        assert refused.json()["code"] == "FEATURE_DISABLED"
+        assert (await client.get("/api/users/me")).status_code == 403  # anonymous
+        assert (await client.post("/api/auth/signup", json={})).status_code == 422  # on again
+        assert any(f"feature flags changed by {admin.uuid}" in line for line in captured_logs)
+
+        as_list = await client.patch(
+            "/api/admin/feature-flags", json={"add": ["READ_ME"]}, headers=bearer(admin_tokens)
+        )
+        assert as_list.json()["flags"]["READ_ME"] is True
+        saved = json.loads((app.state.settings.DATA_DIR / "feature_flags.json").read_text())
+        assert saved["READ_ME"] is True
+
+        invalid = await client.patch(
+            "/api/admin/feature-flags",
+            json={"add": {"BROKEN": [{"percentageOfUsers": 2}]}},
+            headers=bearer(admin_tokens),
+        )
+        assert invalid.status_code == 422
+        assert invalid.json()["code"] == "INVALID_FLAG"
+        assert "BROKEN" in invalid.json()["detail"]
+
+    async def test_a_changed_file_is_read_again(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        path = app.state.settings.DATA_DIR / "feature_flags.json"
+        flags = json.loads(path.read_text())
+        flags["HEALTH"] = False
+        path.write_text(json.dumps(flags))
+        for _ in range(50):
+            if (await client.get("/health")).status_code == 403:
+                break
+            await asyncio.sleep(0.1)
+        assert (await client.get("/health")).status_code == 403
+
+
+class TestDisabled:
+    """FEATURE_FLAGS_ENABLED=False (the default): the file is neither written nor obeyed."""
+
+    @pytest.fixture
+    def settings_overrides(self, tmp_path: Path) -> dict[str, object]:
+        data_dir = tmp_path / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "feature_flags.json").write_text(json.dumps({"SIGNUP": False}))
+        return {}
+
+    async def test_flags_are_ignored(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        response = await client.post("/api/auth/signup", json={})
+        assert response.status_code == 422
+        saved = json.loads((app.state.settings.DATA_DIR / "feature_flags.json").read_text())
+        assert saved == {"SIGNUP": False}
