@@ -27,7 +27,12 @@ from app.core.feature_flags import (
     watch_flag_file,
 )
 from app.core.logging import setup_logging
-from app.core.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from app.core.middleware import (
+    BodySizeLimitMiddleware,
+    OAuthSessionMiddleware,
+    RequestIdMiddleware,
+)
+from app.core.oauth import create_oauth
 from app.core.openapi import install_openapi
 from app.core.rate_limiter import (
     BruteForceGuard,
@@ -39,7 +44,7 @@ from app.core.rate_limiter import (
     window_item,
 )
 from app.core.redis_client import create_redis
-from app.routers import admin, auth, files, pages, users
+from app.routers import admin, auth, files, oauth, pages, users
 from app.routers.deps import resolve_flag_user
 from app.services.users import ensure_first_admin
 
@@ -132,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.guard = BruteForceGuard(
         limiter, parse(settings.AUTH_RATE_LIMIT_ACCOUNT), parse(settings.AUTH_RATE_LIMIT_ADDRESS)
     )
+    app.state.oauth = create_oauth(settings)
     store = FlagStore(settings.DATA_DIR / settings.FEATURE_FLAGS_FILE)
     app.state.flag_store = store
     app.state.flag_broadcaster = (
@@ -142,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router, prefix=settings.API_STR)
     app.include_router(users.router, prefix=settings.API_STR)
     app.include_router(files.router, prefix=settings.API_STR)
+    app.include_router(oauth.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
     install_openapi(app, settings.API_STR)
 
@@ -153,6 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             routes=app.routes,
             resolve_user=partial(resolve_flag_user, app),
         )
+    app.add_middleware(OAuthSessionMiddleware, settings=settings)
     app.add_middleware(
         BodySizeLimitMiddleware,
         limit_bytes=JSON_BODY_LIMIT_BYTES,

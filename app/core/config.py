@@ -143,6 +143,7 @@ class Settings(BaseSettings):
     API_CLIENT_SECRET_REDDIT: str | None = Field(default=None, repr=False)
     API_CLIENT_ID_TWITTER: str | None = None
     API_CLIENT_SECRET_TWITTER: str | None = Field(default=None, repr=False)
+    OAUTH_PROVIDER_URLS: dict[str, dict[str, str]] = {}
 
     # Settings the seed does not name (DESIGN.md §5)
     PASSWORD_BCRYPT_ROUNDS: int = Field(default=12, ge=4, le=31)
@@ -217,6 +218,19 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"FORWARDED_ALLOW_IPS entries must be addresses, networks or *, got {entry!r}"
                 ) from None
+        return value
+
+    @field_validator("OAUTH_PROVIDER_URLS")
+    @classmethod
+    def _provider_urls(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        allowed = {"authorize_url", "access_token_url", "api_base_url", "userinfo_url", "jwks_uri"}
+        for provider, urls in value.items():
+            if provider not in OAUTH_PROVIDERS:
+                raise ValueError(f"OAUTH_PROVIDER_URLS: unknown provider {provider!r}")
+            for key, url in urls.items():
+                if key not in allowed:
+                    raise ValueError(f"OAUTH_PROVIDER_URLS: {provider}.{key} is not a URL setting")
+                _check_http_url(f"OAUTH_PROVIDER_URLS.{provider}.{key}", url)
         return value
 
     @field_validator("REDIS_URL")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import uuid
@@ -9,9 +10,11 @@ import uuid
 from loguru import logger
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.config import Settings
 from app.core.errors import error_body
 from app.core.logging import request_id_var
 
@@ -147,3 +150,31 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class OAuthSessionMiddleware:
+    """Starlette's signed-cookie session, for the OAuth paths only (Authlib keeps ``state``
+    there), built on first use so that a JWT secret generated at start can sign it."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.prefix = f"{settings.API_STR}/oauth/"
+        self._sessions: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        if self._sessions is None:
+            key = hashlib.sha256(f"oauth-session:{self.settings.JWT_SECRET_KEY}".encode())
+            self._sessions = SessionMiddleware(
+                self.app,
+                secret_key=key.hexdigest(),
+                session_cookie="user_manager_oauth",
+                max_age=600,
+                path=self.prefix,
+                same_site="lax",
+                https_only=self.settings.is_production,
+            )
+        await self._sessions(scope, receive, send)

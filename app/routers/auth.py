@@ -10,6 +10,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from app.routers.deps import AuthDep, ClientDep, GuardDep, MailerDep, SessionDep, SettingsDep
 from app.schemas.auth import (
     EmailRequest,
+    ExchangeRequest,
     Message,
     PasswordChangeRequest,
     PasswordResetRequest,
@@ -31,6 +32,7 @@ from app.schemas.otp import (
 )
 from app.schemas.users import UserPrivate, private_view
 from app.services import auth as auth_service
+from app.services import oauth as oauth_service
 from app.services import otp as otp_service
 from app.services import sessions as session_service
 from app.services import users as user_service
@@ -514,3 +516,34 @@ async def request_verification_email(
     """
     await auth_service.request_verification_email(db, settings, mailer, body.email)
     return Message(detail="If an unverified account has this email, a link is on its way")
+
+
+@router.post(
+    "/token/exchange",
+    response_model=TokenPair | OtpChallengeResponse,
+    responses=error_responses(400, 403, 422),
+)
+async def exchange_token(
+    body: ExchangeRequest,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    client: ClientDep,
+) -> TokenPair | OtpChallengeResponse:
+    """Trade the one-time ``code`` of a third-party login redirect for the login answer.
+
+    The code works once, for two minutes.
+
+    Returns
+    -------
+    TokenPair or OtpChallengeResponse
+        As from /auth/login.
+
+    Raises
+    ------
+    400
+        ``INVALID_CODE``.
+    403
+        ``ACCOUNT_INACTIVE``.
+    """
+    return await oauth_service.exchange(db, settings, mailer, body.code, client)

@@ -122,3 +122,11 @@ class Message(BaseModel):
     """A plain acknowledgement."""
 
     detail: str
+
+
+class ExchangeRequest(BaseModel):
+    """The one-time code from a third-party login redirect."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=1, max_length=1024)

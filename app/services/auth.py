@@ -190,7 +190,7 @@ async def request_password_reset(
     )
 
 
-async def _consume(
+async def consume_link(
     db: AsyncSession, settings: Settings, purpose: str, token: str, max_age_seconds: int
 ) -> tuple[User, dict]:
     """Verify a one-time link and mark it used (in the caller's transaction)."""
@@ -225,7 +225,7 @@ async def reset_password(
 
     The link proves the email is the user's, so it also marks the email verified.
     """
-    user, payload = await _consume(
+    user, payload = await consume_link(
         db, settings, PASSWORD_RESET_PURPOSE, token, PASSWORD_RESET_MAX_AGE_SECONDS
     )
     if payload.get("pwd") != password_fingerprint(user.hashed_password):
@@ -252,7 +252,7 @@ async def verify_email(
     db: AsyncSession, settings: Settings, token: str, client: ClientInfo
 ) -> User:
     """Mark the user's email verified from a link mailed to that same address."""
-    user, _ = await _consume(
+    user, _ = await consume_link(
         db, settings, EMAIL_VERIFY_PURPOSE, token, EMAIL_VERIFY_MAX_AGE_SECONDS
     )
     user.email_verified = True

@@ -131,6 +131,7 @@ async def create_user(
     is_external_only: bool = False,
     client: ClientInfo = SYSTEM,
     created_by: str | None = None,
+    check_email_deliverability: bool = True,
 ) -> User:
     """Create a user after checking that username and email are free.
 
@@ -138,7 +139,8 @@ async def create_user(
     constraints let one through, the other gets :class:`UsernameTaken` or
     :class:`EmailTaken`.
     """
-    await check_deliverability(settings, email)
+    if check_email_deliverability:
+        await check_deliverability(settings, email)
     await _ensure_available(db, username, email)
     hashed = await hash_password(password, settings.PASSWORD_BCRYPT_ROUNDS) if password else None
     user = User(

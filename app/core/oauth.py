@@ -1,0 +1,277 @@
+"""Third-party login: the provider table, Authlib's client, each provider's profile shape.
+
+A provider is enabled when API_CLIENT_ID_<PROVIDER> and API_CLIENT_SECRET_<PROVIDER>
+are set. Its endpoint URLs come from ``PROVIDERS`` and may be overridden, per
+provider, by OAUTH_PROVIDER_URLS (GitHub Enterprise, a test provider).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from authlib.integrations.starlette_client import OAuth
+from loguru import logger
+
+from app.core.config import Settings
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """Where a provider's OAuth 2 endpoints are and what to ask for."""
+
+    authorize_url: str
+    access_token_url: str
+    api_base_url: str
+    scope: str
+    userinfo_url: str | None = None
+    jwks_uri: str | None = None
+    client_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+PROVIDERS: dict[str, ProviderSpec] = {
+    "github": ProviderSpec(
+        authorize_url="https://github.com/login/oauth/authorize",
+        access_token_url="https://github.com/login/oauth/access_token",
+        api_base_url="https://api.github.com/",
+        scope="read:user user:email",
+    ),
+    "discord": ProviderSpec(
+        authorize_url="https://discord.com/oauth2/authorize",
+        access_token_url="https://discord.com/api/oauth2/token",
+        api_base_url="https://discord.com/api/",
+        scope="identify email",
+    ),
+    "twitch": ProviderSpec(
+        authorize_url="https://id.twitch.tv/oauth2/authorize",
+        access_token_url="https://id.twitch.tv/oauth2/token",
+        api_base_url="https://api.twitch.tv/helix/",
+        scope="user:read:email",
+        client_kwargs={"token_endpoint_auth_method": "client_secret_post"},
+    ),
+    "google": ProviderSpec(
+        authorize_url="https://accounts.google.com/o/oauth2/v2/auth",
+        access_token_url="https://oauth2.googleapis.com/token",
+        api_base_url="https://openidconnect.googleapis.com/v1/",
+        userinfo_url="https://openidconnect.googleapis.com/v1/userinfo",
+        jwks_uri="https://www.googleapis.com/oauth2/v3/certs",
+        scope="openid email profile",
+    ),
+    "reddit": ProviderSpec(
+        authorize_url="https://www.reddit.com/api/v1/authorize",
+        access_token_url="https://www.reddit.com/api/v1/access_token",
+        api_base_url="https://oauth.reddit.com/",
+        scope="identity",
+    ),
+    "twitter": ProviderSpec(
+        authorize_url="https://twitter.com/i/oauth2/authorize",
+        access_token_url="https://api.twitter.com/2/oauth2/token",
+        api_base_url="https://api.twitter.com/2/",
+        scope="users.read tweet.read offline.access",
+        client_kwargs={"code_challenge_method": "S256"},
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ExternalProfile:
+    """What a provider tells about its user, in one shape for every provider."""
+
+    provider: str
+    external_id: str
+    username: str | None
+    display_name: str | None
+    email: str | None
+    email_verified: bool
+    picture_url: str | None
+
+
+def provider_spec(settings: Settings, provider: str) -> ProviderSpec:
+    """The provider's URLs, with OAUTH_PROVIDER_URLS' overrides applied."""
+    spec = PROVIDERS[provider]
+    overrides = settings.OAUTH_PROVIDER_URLS.get(provider, {})
+    if not overrides:
+        return spec
+    values = {**spec.__dict__, **overrides}
+    return ProviderSpec(**values)
+
+
+def enabled_providers(settings: Settings) -> list[str]:
+    """The providers with a client id and secret, in table order."""
+    return [name for name in PROVIDERS if settings.oauth_client(name)]
+
+
+def create_oauth(settings: Settings) -> OAuth:
+    """Authlib's registry with every enabled provider."""
+    oauth = OAuth()
+    for name in enabled_providers(settings):
+        client_id, client_secret = settings.oauth_client(name)  # type: ignore[misc]
+        spec = provider_spec(settings, name)
+        options: dict[str, Any] = {
+            "client_id": client_id,
+            "client_secret": client_secret,
+            "authorize_url": spec.authorize_url,
+            "access_token_url": spec.access_token_url,
+            "api_base_url": spec.api_base_url,
+            "client_kwargs": {"scope": spec.scope, "timeout": 10, **spec.client_kwargs},
+        }
+        if spec.userinfo_url:
+            options["userinfo_endpoint"] = spec.userinfo_url
+        if spec.jwks_uri:
+            options["jwks_uri"] = spec.jwks_uri
+        oauth.register(name, **options)
+    return oauth
+
+
+async def fetch_profile(client: Any, provider: str, token: dict[str, Any]) -> ExternalProfile:
+    """Ask the provider who signed in, and read its answer in its own shape."""
+
+    async def get(path: str, **kwargs: Any) -> Any:
+        response = await client.get(path, token=token, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    if provider == "github":
+        user = await get("user")
+        emails = await get("user/emails")
+        primary = next((e for e in emails if e.get("primary")), None) or {}
+        return ExternalProfile(
+            provider,
+            str(user["id"]),
+            user.get("login"),
+            user.get("name") or user.get("login"),
+            primary.get("email") or user.get("email"),
+            bool(primary.get("verified")),
+            user.get("avatar_url"),
+        )
+    if provider == "discord":
+        user = await get("users/@me")
+        avatar = user.get("avatar")
+        picture = (
+            f"https://cdn.discordapp.com/avatars/{user['id']}/{avatar}.png" if avatar else None
+        )
+        return ExternalProfile(
+            provider,
+            str(user["id"]),
+            user.get("username"),
+            user.get("global_name") or user.get("username"),
+            user.get("email"),
+            bool(user.get("verified")) and bool(user.get("email")),
+            picture,
+        )
+    if provider == "twitch":
+        data = (await get("users", headers={"Client-Id": client.client_id}))["data"][0]
+        # Twitch only gives an email once the user has verified it.
+        return ExternalProfile(
+            provider,
+            str(data["id"]),
+            data.get("login"),
+            data.get("display_name"),
+            data.get("email"),
+            bool(data.get("email")),
+            data.get("profile_image_url"),
+        )
+    if provider == "google":
+        info = token.get("userinfo") or await client.userinfo(token=token)
+        return ExternalProfile(
+            provider,
+            str(info["sub"]),
+            (info.get("email") or "").split("@")[0] or None,
+            info.get("name"),
+            info.get("email"),
+            bool(info.get("email_verified")),
+            info.get("picture"),
+        )
+    if provider == "reddit":
+        user = await get("api/v1/me")
+        picture = (user.get("icon_img") or "").split("?")[0] or None
+        return ExternalProfile(
+            provider, str(user["id"]), user.get("name"), user.get("name"), None, False, picture
+        )
+    if provider == "twitter":
+        data = (await get("users/me", params={"user.fields": "profile_image_url"}))["data"]
+        return ExternalProfile(
+            provider,
+            str(data["id"]),
+            data.get("username"),
+            data.get("name"),
+            None,
+            False,
+            data.get("profile_image_url"),
+        )
+    raise ValueError(f"unknown provider {provider!r}")
+
+
+# Provider pictures ---------------------------------------------------------------------
+
+PICTURE_FETCH_MAX_BYTES = 5 * 1024 * 1024
+PICTURE_FETCH_TIMEOUT_SECONDS = 5
+
+
+class UnsafeUrl(ValueError):
+    """A URL the server must not fetch (not https, or pointing inside our network)."""
+
+
+def _public_address(host: str) -> str:
+    """Resolve ``host`` and return an address only if every answer is public."""
+    infos = socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+    addresses = {info[4][0] for info in infos}
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        if not ip.is_global or ip.is_multicast:
+            raise UnsafeUrl(f"{host} resolves to a non-public address")
+    return sorted(addresses)[0]
+
+
+def check_picture_url(url: str) -> str:
+    """Refuse anything but https to a host that resolves to public addresses only."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
+        raise UnsafeUrl("only plain https URLs are fetched")
+    try:
+        literal = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        literal = None
+    if literal is not None and not literal.is_global:
+        raise UnsafeUrl("the URL points at a non-public address")
+    return _public_address(parts.hostname)
+
+
+async def fetch_picture(url: str) -> bytes | None:
+    """Download a provider's picture: https only, public hosts only, bounded, time-boxed.
+
+    Returns None (and logs why) when the URL is refused or the download fails.
+    The bytes still go through the profile-picture validation afterwards.
+    """
+    try:
+        await asyncio.to_thread(check_picture_url, url)
+    except (UnsafeUrl, OSError) as error:
+        logger.warning("provider picture not fetched: {}", error)
+        return None
+    try:
+        async with (
+            httpx.AsyncClient(
+                timeout=PICTURE_FETCH_TIMEOUT_SECONDS, follow_redirects=False
+            ) as http,
+            http.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                return None
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > PICTURE_FETCH_MAX_BYTES:
+                    logger.warning(
+                        "provider picture over {} bytes: ignored", PICTURE_FETCH_MAX_BYTES
+                    )
+                    return None
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except httpx.HTTPError as error:
+        logger.warning("provider picture download failed: {}", type(error).__name__)
+        return None

@@ -1,0 +1,226 @@
+"""Login with third-party accounts (GitHub, Discord, Twitch, Google, Reddit, X)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+import httpx
+from authlib.integrations.base_client.errors import MismatchingStateError, OAuthError
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import RedirectResponse
+from pydantic import BaseModel
+
+from app.core.config import Settings
+from app.core.oauth import PROVIDERS, enabled_providers, fetch_profile
+from app.routers.deps import (
+    AuthDep,
+    ClientDep,
+    CurrentUser,
+    MailerDep,
+    SessionDep,
+    SettingsDep,
+)
+from app.schemas.auth import Message, TokenPair
+from app.schemas.common import ErrorResponse, error_responses
+from app.schemas.otp import OtpChallengeResponse
+from app.services import oauth as oauth_service
+
+router = APIRouter(prefix="/oauth", tags=["oauth"])
+
+RedirectUri = Annotated[
+    str | None,
+    Query(
+        max_length=2048,
+        description="Where to send the browser afterwards (an allowed origin); the "
+        "redirect carries a one-time `code` for /auth/token/exchange.",
+    ),
+]
+_REDIRECT = {302: {"description": "To the provider's consent page"}}
+_SESSION_KEY = "oauth_flow"
+
+
+class ProviderList(BaseModel):
+    """The login providers this server offers."""
+
+    providers: list[str]
+
+
+def _callback_url(settings: Settings, provider: str) -> str:
+    # From BASE_URL, never from the request's Host header.
+    return f"{settings.BASE_URL}{settings.API_STR}/oauth/{provider}/callback"
+
+
+def _client(request: Request, provider: str) -> Any:
+    if provider not in PROVIDERS:
+        raise oauth_service.ProviderNotEnabled()
+    client = request.app.state.oauth.create_client(provider)
+    if client is None:
+        raise oauth_service.ProviderNotEnabled()
+    return client
+
+
+@router.get("/providers", response_model=ProviderList)
+async def list_providers(settings: SettingsDep) -> ProviderList:
+    """The login providers enabled on this server (client id and secret configured).
+
+    Returns
+    -------
+    ProviderList
+        Provider names, for instance ``["github", "google"]``.
+    """
+    return ProviderList(providers=enabled_providers(settings))
+
+
+async def _start(
+    request: Request, settings: Settings, provider: str, flow: dict[str, Any]
+) -> Response:
+    client = _client(request, provider)
+    if flow.get("redirect_uri"):
+        oauth_service.check_redirect_uri(settings, flow["redirect_uri"])
+    request.session[_SESSION_KEY] = {"provider": provider, **flow}
+    return await client.authorize_redirect(request, _callback_url(settings, provider))
+
+
+@router.get(
+    "/{provider}",
+    response_class=RedirectResponse,
+    status_code=status.HTTP_302_FOUND,
+    responses={**_REDIRECT, **error_responses(400, 404, 422)},
+)
+async def oauth_login(
+    provider: str, request: Request, settings: SettingsDep, redirect_uri: RedirectUri = None
+) -> Response:
+    """Start logging in with a provider: redirects to its consent page.
+
+    Raises
+    ------
+    400
+        ``INVALID_REDIRECT_URI``: not on BASE_URL's, FRONTEND_URL's or an allowed origin.
+    404
+        ``PROVIDER_NOT_ENABLED``.
+    """
+    return await _start(
+        request, settings, provider, {"mode": "login", "redirect_uri": redirect_uri}
+    )
+
+
+@router.get(
+    "/{provider}/link",
+    response_class=RedirectResponse,
+    status_code=status.HTTP_302_FOUND,
+    responses={**_REDIRECT, **error_responses(400, 401, 404, 422)},
+)
+async def oauth_link(
+    provider: str,
+    request: Request,
+    auth: AuthDep,
+    settings: SettingsDep,
+    redirect_uri: RedirectUri = None,
+) -> Response:
+    """Start linking a provider account to the signed-in user (any email).
+
+    Raises
+    ------
+    401
+        Not authenticated.
+    404
+        ``PROVIDER_NOT_ENABLED``.
+    """
+    flow = {"mode": "link", "user": auth.user.uuid, "redirect_uri": redirect_uri}
+    return await _start(request, settings, provider, flow)
+
+
+@router.get(
+    "/{provider}/callback",
+    response_model=TokenPair | OtpChallengeResponse | Message,
+    responses={
+        303: {"description": "To redirect_uri, with a one-time `code`"},
+        **error_responses(400, 403, 404, 409, 422),
+        502: {"model": ErrorResponse, "description": "The provider failed"},
+    },
+)
+async def oauth_callback(
+    provider: str,
+    request: Request,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    client_info: ClientDep,
+) -> Any:
+    """Where the provider sends the browser back; completes the login or the link.
+
+    A linked account logs in; else a local account with the same verified email is
+    linked; else a new account is created. With ``redirect_uri`` the answer is a
+    redirect carrying a one-time ``code`` (tokens never travel in a URL); without,
+    the login answer itself, as from /auth/login.
+
+    Returns
+    -------
+    TokenPair or OtpChallengeResponse or Message
+        The login answer, or a confirmation for a link.
+
+    Raises
+    ------
+    400
+        ``INVALID_STATE`` (missing, forged or replayed state) or ``OAUTH_FAILED``.
+    403
+        ``ACCOUNT_INACTIVE``.
+    409
+        ``EMAIL_NOT_VERIFIED``, ``OAUTH_ACCOUNT_LINKED_TO_ANOTHER_USER``,
+        ``OAUTH_ACCOUNT_ALREADY_LINKED``.
+    502
+        ``PROVIDER_ERROR``.
+    """
+    client = _client(request, provider)
+    flow = request.session.pop(_SESSION_KEY, None)
+    if not flow or flow.get("provider") != provider:
+        raise oauth_service.InvalidOAuthState()
+    try:
+        token = await client.authorize_access_token(request)
+    except MismatchingStateError:
+        raise oauth_service.InvalidOAuthState() from None
+    except OAuthError as error:
+        raise oauth_service.OAuthFailed(f"The provider refused: {error.error}") from None
+    except httpx.HTTPError:
+        raise oauth_service.ProviderUnavailable() from None
+    try:
+        profile = await fetch_profile(client, provider, token)
+    except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError):
+        raise oauth_service.ProviderUnavailable() from None
+
+    if flow.get("mode") == "link":
+        user = await oauth_service.link_account(db, flow["user"], profile, token, client_info)
+    else:
+        user = await oauth_service.resolve_login(db, settings, profile, token, client_info)
+    await oauth_service.adopt_picture(db, settings, user, profile, client_info)
+
+    if flow.get("redirect_uri"):
+        code = oauth_service.exchange_code(settings, user)
+        separator = "&" if "?" in flow["redirect_uri"] else "?"
+        target = f"{flow['redirect_uri']}{separator}{urlencode({'code': code})}"
+        return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
+    if flow.get("mode") == "link":
+        return Message(detail=f"{provider} account linked")
+    return await oauth_service.finish_login(db, settings, mailer, user, client_info)
+
+
+@router.delete(
+    "/{provider}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(401, 404, 409),
+)
+async def oauth_unlink(
+    provider: str, user: CurrentUser, db: SessionDep, client_info: ClientDep
+) -> None:
+    """Unlink the signed-in user's account of a provider.
+
+    Raises
+    ------
+    404
+        ``OAUTH_ACCOUNT_NOT_LINKED``.
+    409
+        ``LAST_LOGIN_METHOD``: the account has no password and no other provider.
+    """
+    await oauth_service.unlink(db, user, provider, client_info)

@@ -1,0 +1,410 @@
+"""Third-party accounts: who logs in, what gets linked, what gets created.
+
+The router drives the OAuth protocol (Authlib needs the request); these functions
+apply the account rules once the provider has said who its user is:
+
+1. an external account already linked logs its local user in;
+2. else a local account with the same email is linked, when the provider says the
+   email is verified and the local one is verified too (or, with EMAIL_METHOD=none,
+   the local password is removed and its sessions ended first);
+3. else a new local account is created (external only).
+
+Users are found by (provider, external id), never by email alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from loguru import logger
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.config import Settings
+from app.core.email import Mailer
+from app.core.errors import AppError, Conflict, NotFound
+from app.core.images import InvalidImage, process_picture
+from app.core.oauth import ExternalProfile, fetch_picture
+from app.core.security import create_one_time_token
+from app.models import ExternalAccount, OAuthToken, User, now_epoch
+from app.schemas.auth import TokenPair
+from app.schemas.otp import OtpChallengeResponse
+from app.services import otp
+from app.services.auth import InvalidLink, consume_link
+from app.services.context import ClientInfo
+from app.services.files import store_picture
+from app.services.history import record_event
+from app.services.sessions import revoke_sessions, start_session
+from app.services.users import create_user
+
+EXCHANGE_PURPOSE = "oauth-exchange"
+EXCHANGE_MAX_AGE_SECONDS = 120
+_USERNAME_CHARACTERS = re.compile(r"[^a-z0-9_]+")
+
+
+class ProviderNotEnabled(NotFound):
+    """The provider is unknown or not configured."""
+
+    code = "PROVIDER_NOT_ENABLED"
+    detail = "This login provider is not enabled"
+
+
+class InvalidRedirectUri(AppError):
+    """``redirect_uri`` is not on an allowed origin."""
+
+    status_code = 400
+    code = "INVALID_REDIRECT_URI"
+    detail = "redirect_uri must be an http(s) URL on an allowed origin"
+
+
+class InvalidOAuthState(AppError):
+    """The callback's ``state`` is missing, forged or already used."""
+
+    status_code = 400
+    code = "INVALID_STATE"
+    detail = "This sign-in cannot be completed (missing or invalid state); start again"
+
+
+class OAuthFailed(AppError):
+    """The provider refused or failed."""
+
+    status_code = 400
+    code = "OAUTH_FAILED"
+    detail = "The provider did not complete the sign-in"
+
+
+class ProviderUnavailable(AppError):
+    """The provider's API answered badly."""
+
+    status_code = 502
+    code = "PROVIDER_ERROR"
+    detail = "The login provider did not answer as expected"
+
+
+class LinkedToAnotherUser(Conflict):
+    """The external account belongs to another local account."""
+
+    code = "OAUTH_ACCOUNT_LINKED_TO_ANOTHER_USER"
+    detail = "This account is already linked to another user"
+
+
+class AlreadyLinked(Conflict):
+    """The external account, or one of this provider, is already linked to this user."""
+
+    code = "OAUTH_ACCOUNT_ALREADY_LINKED"
+    detail = "An account of this provider is already linked to you"
+
+
+class EmailNotVerified(Conflict):
+    """Linking by email needs verified emails."""
+
+    code = "EMAIL_NOT_VERIFIED"
+    detail = (
+        "A local account has this email, but the emails are not both verified: "
+        "log in and link the account instead"
+    )
+
+
+class LastLoginMethod(Conflict):
+    """Unlinking would leave the user no way to log in."""
+
+    code = "LAST_LOGIN_METHOD"
+    detail = "Set a password before unlinking your only login method"
+
+
+class InvalidExchangeCode(AppError):
+    """The code from a login redirect is forged, expired or already used."""
+
+    status_code = 400
+    code = "INVALID_CODE"
+    detail = "This code is invalid, expired or already used; sign in again"
+
+
+class AccountInactive(AppError):
+    """The local account is banned or being deleted."""
+
+    status_code = 403
+    code = "ACCOUNT_INACTIVE"
+    detail = "This account is inactive"
+
+
+# redirect_uri --------------------------------------------------------------------------
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def check_redirect_uri(settings: Settings, redirect_uri: str) -> str:
+    """Accept only an absolute http(s) URL whose origin is BASE_URL's, FRONTEND_URL's
+    or one of ALLOWED_REDIRECT_ORIGINS; no credentials, backslashes or controls."""
+    if any(ch in redirect_uri for ch in "\\\r\n\t ") or len(redirect_uri) > 2048:
+        raise InvalidRedirectUri()
+    try:
+        parts = urlsplit(redirect_uri)
+        origin = _origin(redirect_uri)
+    except ValueError:
+        raise InvalidRedirectUri() from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        raise InvalidRedirectUri()
+    allowed = {
+        _origin(url)
+        for url in (settings.BASE_URL, settings.FRONTEND_URL, *settings.ALLOWED_REDIRECT_ORIGINS)
+    }
+    if origin not in allowed:
+        raise InvalidRedirectUri()
+    return redirect_uri
+
+
+# Accounts ------------------------------------------------------------------------------
+
+
+async def _free_username(db: AsyncSession, profile: ExternalProfile) -> str:
+    base = (profile.username or profile.display_name or profile.provider).lower()
+    base = _USERNAME_CHARACTERS.sub("_", base).strip("_")[:31] or profile.provider
+    taken = set(await db.scalars(select(User.username).where(User.username.like(f"{base[:24]}%"))))
+    if base not in taken:
+        return base
+    number = 2
+    while (candidate := f"{base[: 31 - len(str(number)) - 1]}_{number}") in taken:
+        number += 1
+    return candidate
+
+
+async def _save_token(
+    db: AsyncSession, user_uuid: str, provider: str, token: dict[str, Any]
+) -> None:
+    row = await db.scalar(
+        select(OAuthToken).where(OAuthToken.user_uuid == user_uuid, OAuthToken.provider == provider)
+    )
+    if row is None:
+        row = OAuthToken(user_uuid=user_uuid, provider=provider, oauth_version=2)
+        db.add(row)
+    row.token_type = token.get("token_type")
+    row.access_token = token.get("access_token")
+    row.refresh_token = token.get("refresh_token") or row.refresh_token
+    expires_at = token.get("expires_at")
+    row.expires_at = int(expires_at) if expires_at else None
+
+
+def _link(user: User, profile: ExternalProfile) -> ExternalAccount:
+    return ExternalAccount(
+        provider=profile.provider,
+        external_id=profile.external_id,
+        username=profile.username,
+        display_name=profile.display_name,
+        email=profile.email.lower() if profile.email else None,
+        picture_url=profile.picture_url,
+        user_uuid=user.uuid,
+        created_at=now_epoch(),
+    )
+
+
+async def _linked_account(db: AsyncSession, profile: ExternalProfile) -> ExternalAccount | None:
+    return await db.scalar(
+        select(ExternalAccount).where(
+            ExternalAccount.provider == profile.provider,
+            ExternalAccount.external_id == profile.external_id,
+        )
+    )
+
+
+async def resolve_login(
+    db: AsyncSession,
+    settings: Settings,
+    profile: ExternalProfile,
+    token: dict[str, Any],
+    client: ClientInfo,
+) -> User:
+    """The local user a provider login stands for: linked, linked by email, or new."""
+    linked = await _linked_account(db, profile)
+    if linked is not None:
+        user = await db.get(User, linked.user_uuid)
+        if user is None or not user.is_active:
+            raise AccountInactive()
+        await _save_token(db, user.uuid, profile.provider, token)
+        await db.commit()
+        return user
+
+    email = profile.email.lower() if profile.email else None
+    local = await db.scalar(select(User).where(User.email == email)) if email else None
+    if local is not None:
+        email_off = settings.EMAIL_METHOD == "none"
+        if not profile.email_verified or not (local.email_verified or email_off):
+            raise EmailNotVerified()
+        if not local.is_active:
+            raise AccountInactive()
+        if not local.email_verified:
+            # Email is off, so nobody proved owning this local account's address: the
+            # provider did. Whoever set the local password loses it, and its sessions.
+            local.hashed_password = None
+            local.is_external_only = True
+            local.email_verified = True
+            await revoke_sessions(db, local.uuid)
+        db.add(_link(local, profile))
+        await _save_token(db, local.uuid, profile.provider, token)
+        record_event(local, "oauth_linked", client=client, details={"provider": profile.provider})
+        await db.commit()
+        return local
+
+    # An unverified provider email is not taken over: it could be anyone's address.
+    own_email = email if email and profile.email_verified else None
+    user = await create_user(
+        db,
+        settings,
+        username=await _free_username(db, profile),
+        email=own_email or f"{profile.provider}_{profile.external_id}@users.noreply.invalid",
+        password=None,
+        email_verified=own_email is not None,
+        is_external_only=True,
+        client=client,
+        check_email_deliverability=False,
+    )
+    db.add(_link(user, profile))
+    await _save_token(db, user.uuid, profile.provider, token)
+    record_event(user, "oauth_linked", client=client, details={"provider": profile.provider})
+    await db.commit()
+    return user
+
+
+async def link_account(
+    db: AsyncSession,
+    user_uuid: str,
+    profile: ExternalProfile,
+    token: dict[str, Any],
+    client: ClientInfo,
+) -> User:
+    """Link a provider account to a signed-in user, whatever its email."""
+    user = await db.get(User, user_uuid)
+    if user is None or not user.is_active:
+        raise AccountInactive()
+    linked = await _linked_account(db, profile)
+    if linked is not None:
+        raise AlreadyLinked() if linked.user_uuid == user.uuid else LinkedToAnotherUser()
+    same_provider = await db.scalar(
+        select(ExternalAccount.id).where(
+            ExternalAccount.user_uuid == user.uuid, ExternalAccount.provider == profile.provider
+        )
+    )
+    if same_provider is not None:
+        raise AlreadyLinked()
+    db.add(_link(user, profile))
+    await _save_token(db, user.uuid, profile.provider, token)
+    record_event(
+        user, "oauth_linked", by=user.uuid, client=client, details={"provider": profile.provider}
+    )
+    await db.commit()
+    return user
+
+
+async def unlink(db: AsyncSession, user: User, provider: str, client: ClientInfo) -> None:
+    """Remove the user's account of ``provider``, unless it is their only way in."""
+    account = await db.scalar(
+        select(ExternalAccount).where(
+            ExternalAccount.user_uuid == user.uuid, ExternalAccount.provider == provider
+        )
+    )
+    if account is None:
+        raise NotFound("No account of this provider is linked", code="OAUTH_ACCOUNT_NOT_LINKED")
+    others = await db.scalar(
+        select(func.count())
+        .select_from(ExternalAccount)
+        .where(ExternalAccount.user_uuid == user.uuid, ExternalAccount.id != account.id)
+    )
+    if user.hashed_password is None and not others:
+        raise LastLoginMethod()
+    await db.delete(account)
+    token = await db.scalar(
+        select(OAuthToken).where(OAuthToken.user_uuid == user.uuid, OAuthToken.provider == provider)
+    )
+    if token is not None:
+        await db.delete(token)
+    record_event(
+        user, "oauth_unlinked", by=user.uuid, client=client, details={"provider": provider}
+    )
+    await db.commit()
+
+
+async def adopt_picture(
+    db: AsyncSession, settings: Settings, user: User, profile: ExternalProfile, client: ClientInfo
+) -> None:
+    """Use the provider's picture when the user has none (fetched safely, validated)."""
+    if user.profile_picture_id is not None or not profile.picture_url:
+        return
+    data = await fetch_picture(profile.picture_url)
+    if data is None:
+        return
+    extension = urlsplit(profile.picture_url).path.rsplit(".", 1)[-1].lower()
+    try:
+        picture = await asyncio.to_thread(
+            process_picture,
+            data,
+            extension if extension in ("png", "jpg", "jpeg", "gif", "bmp") else "png",
+        )
+    except InvalidImage as error:
+        logger.warning("provider picture refused: {}", error)
+        return
+    await store_picture(
+        db, settings, user, user.uuid, picture.data, picture.extension, picture.mime, client
+    )
+
+
+# Finishing the login -------------------------------------------------------------------
+
+
+async def finish_login(
+    db: AsyncSession, settings: Settings, mailer: Mailer, user: User, client: ClientInfo
+) -> TokenPair | OtpChallengeResponse:
+    """A session, or the second-factor challenge when the user has 2FA on."""
+    if user.otp_method != "none":
+        return await otp.begin_login(db, settings, mailer, user, client)
+    return await start_session(db, settings, user, client)
+
+
+def exchange_code(settings: Settings, user: User) -> str:
+    """A one-time code, valid two minutes, that the redirect carries instead of tokens."""
+    return create_one_time_token(
+        settings.JWT_SECRET_KEY, EXCHANGE_PURPOSE, {"uuid": user.uuid, "email": user.email}
+    )
+
+
+async def exchange(
+    db: AsyncSession, settings: Settings, mailer: Mailer, code: str, client: ClientInfo
+) -> TokenPair | OtpChallengeResponse:
+    """Trade a redirect's one-time code for the login answer (works once)."""
+    try:
+        user, _ = await consume_link(db, settings, EXCHANGE_PURPOSE, code, EXCHANGE_MAX_AGE_SECONDS)
+    except InvalidLink:
+        raise InvalidExchangeCode() from None
+    await db.commit()
+    if not user.is_active:
+        raise AccountInactive()
+    return await finish_login(db, settings, mailer, user, client)
+
+
+async def refresh_provider_token(
+    db: AsyncSession, oauth_client: Any, user_uuid: str, provider: str, *, margin_seconds: int = 60
+) -> OAuthToken | None:
+    """Renew a stored provider token through Authlib when it is (nearly) expired.
+
+    Returns the stored token (renewed or not), or None when there is none.
+    """
+    row = await db.scalar(
+        select(OAuthToken).where(OAuthToken.user_uuid == user_uuid, OAuthToken.provider == provider)
+    )
+    if row is None or row.expires_at is None or row.expires_at > now_epoch() + margin_seconds:
+        return row
+    if not row.refresh_token:
+        return row
+    token = await oauth_client.fetch_access_token(
+        grant_type="refresh_token", refresh_token=row.refresh_token
+    )
+    await _save_token(db, user_uuid, provider, token)
+    await db.commit()
+    logger.info("{} token of user {} refreshed", provider, user_uuid)
+    return row

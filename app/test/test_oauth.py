@@ -1,0 +1,384 @@
+"""Third-party login through a real local provider: create, link, refuse, unlink, redirects."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from app.core.oauth import UnsafeUrl, check_picture_url
+from app.models import ExternalAccount, OAuthToken, User
+from app.services.oauth import refresh_provider_token
+from app.test.factories import PASSWORD, bearer, create_user, login, user_with_tokens
+from app.test.oauth_provider import FakeProvider, ProviderServer, ProviderUser
+
+PROVIDERS = ["github", "discord", "twitch", "google"]
+FRONTEND = "https://app.example.com"
+_ids = itertools.count(1000)
+
+
+@pytest.fixture
+def fake_provider() -> Iterator[FakeProvider]:
+    server = ProviderServer()
+    provider = server.start()
+    try:
+        yield provider
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def settings_overrides(fake_provider: FakeProvider) -> dict[str, object]:
+    clients = {}
+    for name in PROVIDERS:
+        clients[f"API_CLIENT_ID_{name.upper()}"] = f"{name}-client"
+        clients[f"API_CLIENT_SECRET_{name.upper()}"] = f"{name}-secret"
+    return {
+        **clients,
+        "OAUTH_PROVIDER_URLS": fake_provider.overrides(),
+        "BASE_URL": "http://testserver",
+        "FRONTEND_URL": FRONTEND,
+    }
+
+
+def _person(**overrides) -> ProviderUser:
+    number = next(_ids)
+    values = {
+        "id": str(number),
+        "username": f"Octo-Cat.{number}",
+        "email": f"octo{number}@example.org",
+        "name": f"Octo Cat {number}",
+    }
+    values.update(overrides)
+    return ProviderUser(**values)
+
+
+async def _flow(
+    client: httpx.AsyncClient,
+    provider: str,
+    *,
+    link: bool = False,
+    headers: dict | None = None,
+    params: dict | None = None,
+) -> httpx.Response:
+    """Start at our API, consent at the provider (real HTTP), come back to the callback."""
+    start = await client.get(
+        f"/api/oauth/{provider}{'/link' if link else ''}", params=params, headers=headers
+    )
+    assert start.status_code == 302, start.text
+    async with httpx.AsyncClient() as browser:
+        consent = await browser.get(start.headers["location"])
+    assert consent.status_code in (302, 307), consent.text
+    callback = consent.headers["location"]
+    assert callback.startswith(f"http://testserver/api/oauth/{provider}/callback?")
+    return await client.get(callback.removeprefix("http://testserver"))
+
+
+async def _me(client: httpx.AsyncClient, tokens: dict) -> dict:
+    return (await client.get("/api/users/me", headers=bearer(tokens))).json()
+
+
+async def test_enabled_providers_are_listed(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/oauth/providers")
+    assert response.json() == {"providers": PROVIDERS}
+    unknown = await client.get("/api/oauth/myspace")
+    assert unknown.status_code == 404
+    assert unknown.json()["code"] == "PROVIDER_NOT_ENABLED"
+    not_configured = await client.get("/api/oauth/reddit")
+    assert not_configured.status_code == 404
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_new_account_is_created(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider, provider: str
+) -> None:
+    person = _person()
+    fake_provider.next_user = person
+    response = await _flow(client, provider)
+    assert response.status_code == 200, response.text
+    me = await _me(client, response.json())
+    assert me["email"] == person.email
+    assert me["email_verified"] is True
+    assert me["is_external_only"] is True
+    # A username made of the provider's (Google has none: the email's local part).
+    expected = f"octo{person.id}" if provider == "google" else f"octo_cat_{person.id}"
+    assert me["username"] == expected
+    async with app.state.session_factory() as session:
+        account = await session.scalar(
+            select(ExternalAccount).where(ExternalAccount.user_uuid == me["uuid"])
+        )
+        token = await session.scalar(select(OAuthToken).where(OAuthToken.user_uuid == me["uuid"]))
+    assert (account.provider, account.external_id) == (provider, person.id)
+    assert token.access_token
+    assert token.refresh_token
+    # Logging in again finds the same account by (provider, id).
+    fake_provider.next_user = person
+    again = await _flow(client, provider)
+    assert (await _me(client, again.json()))["uuid"] == me["uuid"]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_verified_email_links_the_local_account(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider, provider: str
+) -> None:
+    local = await create_user(app.state.session_factory, password=PASSWORD, email_verified=True)
+    fake_provider.next_user = _person(email=local.email.upper())
+    response = await _flow(client, provider)
+    assert response.status_code == 200, response.text
+    me = await _me(client, response.json())
+    assert me["uuid"] == local.uuid
+    assert me["is_external_only"] is False
+    await login(client, local.username)  # the password still works
+
+
+@pytest.mark.parametrize("provider", ["github", "discord", "google"])
+async def test_an_unverified_provider_email_is_refused(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider, provider: str
+) -> None:
+    local = await create_user(app.state.session_factory, password=PASSWORD, email_verified=True)
+    fake_provider.next_user = _person(email=local.email, email_verified=False)
+    response = await _flow(client, provider)
+    assert response.status_code == 409
+    assert response.json()["code"] == "EMAIL_NOT_VERIFIED"
+    async with app.state.session_factory() as session:
+        linked = (await session.scalars(select(ExternalAccount))).all()
+    assert linked == []
+
+
+async def test_twitch_never_shows_an_unverified_email(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+) -> None:
+    local = await create_user(app.state.session_factory, password=PASSWORD, email_verified=True)
+    fake_provider.next_user = _person(email=local.email, email_verified=False)
+    response = await _flow(client, "twitch")
+    assert response.status_code == 200
+    me = await _me(client, response.json())
+    assert me["uuid"] != local.uuid  # not linked: a separate, external-only account
+    assert me["email_verified"] is False
+
+
+class TestEmailOn:
+    """With email on, an unverified local email blocks linking by email."""
+
+    @pytest.fixture
+    def settings_overrides(self, fake_provider, smtp_server) -> dict[str, object]:
+        clients = {"API_CLIENT_ID_GITHUB": "id", "API_CLIENT_SECRET_GITHUB": "secret"}
+        return {
+            **clients,
+            **smtp_server.settings(),
+            "OAUTH_PROVIDER_URLS": fake_provider.overrides(),
+            "BASE_URL": "http://testserver",
+        }
+
+    async def test_unverified_local_email_is_refused(
+        self, app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+    ) -> None:
+        local = await create_user(app.state.session_factory, password=PASSWORD)
+        fake_provider.next_user = _person(email=local.email)
+        response = await _flow(client, "github")
+        assert response.status_code == 409
+        assert response.json()["code"] == "EMAIL_NOT_VERIFIED"
+
+
+async def test_with_email_off_an_unverified_local_account_loses_its_password(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+) -> None:
+    local, local_tokens = await user_with_tokens(app, client)
+    fake_provider.next_user = _person(email=local.email)
+    response = await _flow(client, "github")
+    assert response.status_code == 200
+    assert (await _me(client, response.json()))["uuid"] == local.uuid
+    # Whoever set that password is out: sessions ended, password gone.
+    assert (await client.get("/api/users/me", headers=bearer(local_tokens))).status_code == 401
+    refused = await client.post(
+        "/api/auth/login", data={"username": local.username, "password": PASSWORD}
+    )
+    assert refused.status_code == 401
+
+
+async def test_explicit_link_and_unlink(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+) -> None:
+    user, tokens = await user_with_tokens(app, client)
+    person = _person(email="someone.else@example.org")
+    fake_provider.next_user = person
+    linked = await _flow(client, "discord", link=True, headers=bearer(tokens))
+    assert linked.status_code == 200, linked.text
+    assert linked.json() == {"detail": "discord account linked"}
+
+    fake_provider.next_user = person
+    login_with_it = await _flow(client, "discord")
+    assert (await _me(client, login_with_it.json()))["uuid"] == user.uuid
+
+    fake_provider.next_user = person
+    twice = await _flow(client, "discord", link=True, headers=bearer(tokens))
+    assert twice.status_code == 409
+    assert twice.json()["code"] == "OAUTH_ACCOUNT_ALREADY_LINKED"
+
+    _, other_tokens = await user_with_tokens(app, client)
+    fake_provider.next_user = person
+    stolen = await _flow(client, "discord", link=True, headers=bearer(other_tokens))
+    assert stolen.status_code == 409
+    assert stolen.json()["code"] == "OAUTH_ACCOUNT_LINKED_TO_ANOTHER_USER"
+
+    unlinked = await client.delete("/api/oauth/discord", headers=bearer(tokens))
+    assert unlinked.status_code == 204
+    missing = await client.delete("/api/oauth/discord", headers=bearer(tokens))
+    assert missing.status_code == 404
+
+
+async def test_the_only_way_in_cannot_be_unlinked(
+    client: httpx.AsyncClient, fake_provider: FakeProvider
+) -> None:
+    fake_provider.next_user = _person()
+    tokens = (await _flow(client, "google")).json()
+    response = await client.delete("/api/oauth/google", headers=bearer(tokens))
+    assert response.status_code == 409
+    assert response.json()["code"] == "LAST_LOGIN_METHOD"
+
+
+async def test_missing_forged_and_replayed_state(
+    client: httpx.AsyncClient, fake_provider: FakeProvider
+) -> None:
+    no_flow = await client.get("/api/oauth/github/callback?code=x&state=y")
+    assert no_flow.status_code == 400
+    assert no_flow.json()["code"] == "INVALID_STATE"
+
+    fake_provider.next_user = _person()
+    start = await client.get("/api/oauth/github")
+    async with httpx.AsyncClient() as browser:
+        callback = (await browser.get(start.headers["location"])).headers["location"]
+    path = callback.removeprefix("http://testserver")
+    forged = path.replace("state=", "state=forged")
+    assert (await client.get(forged)).json()["code"] == "INVALID_STATE"
+
+    fake_provider.next_user = _person()
+    start = await client.get("/api/oauth/github")
+    async with httpx.AsyncClient() as browser:
+        callback = (await browser.get(start.headers["location"])).headers["location"]
+    path = callback.removeprefix("http://testserver")
+    assert (await client.get(path)).status_code == 200
+    replayed = await client.get(path)
+    assert replayed.status_code == 400
+    assert replayed.json()["code"] == "INVALID_STATE"
+
+
+async def test_a_refusal_at_the_provider(client: httpx.AsyncClient, fake_provider) -> None:
+    fake_provider.next_user = None  # the user says no
+    response = await _flow(client, "github")
+    assert response.status_code == 400
+    assert response.json()["code"] == "OAUTH_FAILED"
+
+
+@pytest.mark.parametrize(
+    "redirect_uri",
+    [
+        "https://evil.test",
+        "//evil.test",
+        "/\\evil.test",
+        "https://app.example.com.evil.test",
+        "https://app.example.com@evil.test",
+        "javascript:alert(1)",
+        "http://app.example.com/callback",  # wrong scheme for the origin
+        "https://app.example.com:8443/callback",
+    ],
+)
+async def test_foreign_redirect_uris_are_refused(
+    client: httpx.AsyncClient, redirect_uri: str
+) -> None:
+    response = await client.get("/api/oauth/github", params={"redirect_uri": redirect_uri})
+    assert response.status_code == 400
+    assert response.json()["code"] == "INVALID_REDIRECT_URI"
+
+
+async def test_a_redirect_carries_a_one_time_code_not_tokens(
+    client: httpx.AsyncClient, fake_provider: FakeProvider, captured_logs: list[str]
+) -> None:
+    fake_provider.next_user = _person()
+    response = await _flow(
+        client, "twitch", params={"redirect_uri": f"{FRONTEND}/signed-in?from=twitch"}
+    )
+    assert response.status_code == 303
+    target = urlsplit(response.headers["location"])
+    assert f"{target.scheme}://{target.netloc}{target.path}" == f"{FRONTEND}/signed-in"
+    query = parse_qs(target.query)
+    assert set(query) == {"from", "code"}
+    exchanged = await client.post("/api/auth/token/exchange", json={"code": query["code"][0]})
+    assert exchanged.status_code == 200
+    tokens = exchanged.json()
+    assert (await client.get("/api/users/me", headers=bearer(tokens))).status_code == 200
+    reused = await client.post("/api/auth/token/exchange", json={"code": query["code"][0]})
+    assert reused.status_code == 400
+    assert reused.json()["code"] == "INVALID_CODE"
+    logs = "".join(captured_logs)
+    assert tokens["access_token"] not in logs
+    assert tokens["refresh_token"] not in logs
+    assert query["code"][0] not in logs
+
+
+async def test_a_2fa_account_still_needs_its_code(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+) -> None:
+    local = await create_user(
+        app.state.session_factory,
+        password=PASSWORD,
+        email_verified=True,
+        otp_method="authenticator",
+        otp_secret="JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP",
+    )
+    fake_provider.next_user = _person(email=local.email)
+    response = await _flow(client, "github")
+    assert response.status_code == 200
+    assert response.json()["otp_required"] is True
+
+
+async def test_a_picture_on_a_loopback_address_is_never_fetched(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+) -> None:
+    fake_provider.next_user = _person(picture_url=f"{fake_provider.url}/picture.png")
+    tokens = (await _flow(client, "github")).json()
+    me = await _me(client, tokens)
+    assert "picture" not in fake_provider.requests
+    async with app.state.session_factory() as session:
+        assert (await session.get(User, me["uuid"])).profile_picture_id is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/a.png",
+        "https://127.0.0.1/a.png",
+        "https://localhost/a.png",
+        "https://10.0.0.5/a.png",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::1]/a.png",
+        "https://user:pass@example.com/a.png",
+        "file:///etc/passwd",
+    ],
+)
+def test_unsafe_picture_urls(url: str) -> None:
+    with pytest.raises(UnsafeUrl):
+        check_picture_url(url)
+
+
+async def test_an_expired_provider_token_is_refreshed_through_authlib(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+) -> None:
+    fake_provider.next_user = _person()
+    me = await _me(client, (await _flow(client, "github")).json())
+    async with app.state.session_factory() as session:
+        row = await session.scalar(select(OAuthToken).where(OAuthToken.user_uuid == me["uuid"]))
+        old_access = row.access_token
+        row.expires_at = 1  # long expired
+        await session.commit()
+    async with app.state.session_factory() as session:
+        github = app.state.oauth.create_client("github")
+        row = await refresh_provider_token(session, github, me["uuid"], "github")
+    assert row.access_token != old_access
+    assert row.expires_at > 1
+    assert "github token refresh_token" in fake_provider.requests
