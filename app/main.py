@@ -126,7 +126,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=API_DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
-        openapi_url="/openapi.json",
+        # Served by app.routers.pages, protected by PROTECTED_INTERACTIVE_DOCS.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
         license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
     )
     app.state.settings = settings
@@ -144,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         FlagBroadcaster(app.state.redis, store) if app.state.redis is not None else None
     )
     install_error_handlers(app)
+    app.mount("/docs-static", pages.DOCS_STATIC, name="docs-static")
     app.include_router(pages.router)
     app.include_router(auth.router, prefix=settings.API_STR)
     app.include_router(users.router, prefix=settings.API_STR)
