@@ -6,13 +6,17 @@ They use the same settings (environment, ``.env``) as the service.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import typer
 
 from app.core.config import ConfigError, Settings, ensure_jwt_secret, load_settings
 from app.core.database import create_engine, create_session_factory, upgrade_database
 from app.core.errors import AppError
+from app.core.feature_flags import FlagStore, InvalidFlags, dump_flags, parse_flags
 from app.core.logging import setup_logging
+from app.core.scheduler import JobScheduler
+from app.services.maintenance import maintenance_jobs
 from app.services.users import create_admin
 
 cli = typer.Typer(help="UserManager administration.", no_args_is_help=True, add_completion=False)
@@ -75,6 +79,56 @@ def create_admin_command(
         typer.echo(f"Admin not created: {error.detail}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"Admin {username!r} created ({user_uuid}).")
+
+
+flags_cli = typer.Typer(help="Feature flags.", no_args_is_help=True)
+cli.add_typer(flags_cli, name="flags")
+
+
+@flags_cli.command("list")
+def flags_list() -> None:
+    """Print every flag of the flag file as JSON."""
+    settings = _settings()
+    store = FlagStore(settings.DATA_DIR / settings.FEATURE_FLAGS_FILE)
+    store.load()
+    typer.echo(json.dumps(dump_flags(store.flags), indent=2))
+
+
+@flags_cli.command("set")
+def flags_set(
+    name: str,
+    value: str = typer.Argument(..., help="true, false, or a JSON list of rules"),
+) -> None:
+    """Set one flag in the flag file (running replicas pick it up within seconds)."""
+    settings = _settings()
+    store = FlagStore(settings.DATA_DIR / settings.FEATURE_FLAGS_FILE)
+    store.load()
+    try:
+        parsed = parse_flags({name: json.loads(value)})
+    except (json.JSONDecodeError, InvalidFlags) as error:
+        typer.echo(f"Invalid flag value: {error}", err=True)
+        raise typer.Exit(1) from None
+    store.replace({**store.flags, **parsed})
+    typer.echo(f"{name} = {json.dumps(dump_flags(parsed)[name])}")
+
+
+@cli.command()
+def purge() -> None:
+    """Run every maintenance job now (expired data, pending deletions, orphaned files)."""
+    settings = _settings()
+
+    async def run() -> dict[str, dict[str, int] | None]:
+        engine = create_engine(settings.database_url)
+        try:
+            await upgrade_database(engine)
+            factory = create_session_factory(engine)
+            scheduler = JobScheduler(factory, maintenance_jobs(factory, settings))
+            return {name: await scheduler.run(name, force=True) for name in scheduler.jobs}
+        finally:
+            await engine.dispose()
+
+    for name, result in asyncio.run(run()).items():
+        typer.echo(f"{name}: {json.dumps(result)}")
 
 
 if __name__ == "__main__":

@@ -44,8 +44,10 @@ from app.core.rate_limiter import (
     window_item,
 )
 from app.core.redis_client import create_redis
+from app.core.scheduler import JobScheduler
 from app.routers import admin, auth, files, oauth, pages, users
 from app.routers.deps import resolve_flag_user
+from app.services.maintenance import maintenance_jobs
 from app.services.users import ensure_first_admin
 
 #: Largest non-upload request body (JSON, forms).
@@ -81,6 +83,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await upgrade_database(engine)
         await ensure_first_admin(app.state.session_factory, settings)
         tasks = await _start_feature_flags(app, settings)
+        scheduler = JobScheduler(
+            app.state.session_factory, maintenance_jobs(app.state.session_factory, settings)
+        )
+        app.state.scheduler = scheduler
+        await scheduler.start()
         logger.info(
             "{} ready (environment={}, database={}, redis={})",
             settings.PROJECT_NAME,
@@ -90,6 +97,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         yield
     finally:
+        if getattr(app.state, "scheduler", None) is not None:
+            app.state.scheduler.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -133,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
     )
     app.state.settings = settings
+    app.state.scheduler = None
     # Clients connect lazily: creating them here starts no connection.
     app.state.redis = create_redis(settings.REDIS_URL) if settings.REDIS_URL else None
     limiter = Limiter(create_storage(settings.REDIS_URL))

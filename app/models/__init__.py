@@ -5,6 +5,7 @@ from app.models.external_account import ExternalAccount
 from app.models.file import File, user_file
 from app.models.oauth_token import OAuthToken
 from app.models.otp_challenge import OtpChallenge
+from app.models.scheduled_job import ScheduledJob
 from app.models.session import Session
 from app.models.used_token import UsedToken
 from app.models.user import User
@@ -15,6 +16,7 @@ __all__ = [
     "File",
     "OAuthToken",
     "OtpChallenge",
+    "ScheduledJob",
     "Session",
     "UsedToken",
     "User",

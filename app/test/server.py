@@ -96,3 +96,20 @@ def start_server(env: dict[str, str], log_path: Path) -> LiveServer:
     server = spawn_server(env, log_path)
     wait_ready(server)
     return server
+
+
+def run_cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """Run ``python -m app.cli`` with ``env`` on top of this process's environment."""
+    from app.core.config import Settings
+
+    base = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        env={**base, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import httpx
 from sqlalchemy import select
@@ -14,7 +12,7 @@ from app.main import create_app
 from app.models import User
 from app.test.conftest import settings_env
 from app.test.factories import PASSWORD, bearer, login
-from app.test.server import ROOT
+from app.test.server import run_cli
 
 ADMIN = {
     "FIRST_ADMIN_USERNAME": "root_admin",
@@ -65,20 +63,7 @@ async def test_incomplete_or_invalid_first_admin_creates_nothing(
 
 
 def _cli(settings: Settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in Settings.model_fields},
-        **settings_env(settings),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        cwd=ROOT,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(settings_env(settings), *args, stdin=stdin)
 
 
 async def test_cli_create_admin_prompts_for_the_password(settings: Settings) -> None:

@@ -1,0 +1,40 @@
+"""The admin command line: flags and purge (create-admin is in test_first_admin)."""
+
+from __future__ import annotations
+
+import json
+
+from app.core.config import Settings
+from app.test.conftest import settings_env
+from app.test.server import run_cli
+
+
+def test_flags_set_and_list(settings: Settings) -> None:
+    env = settings_env(settings)
+    added = run_cli(env, "flags", "set", "AB_TEST", '[{"percentageOfUsers": 0.25}]')
+    assert added.returncode == 0, added.stderr
+    assert run_cli(env, "flags", "set", "OLD", "false").returncode == 0
+    listed = run_cli(env, "flags", "list")
+    assert json.loads(listed.stdout) == {
+        "AB_TEST": [{"percentageOfUsers": 0.25}],
+        "OLD": False,
+    }
+    bad = run_cli(env, "flags", "set", "BROKEN", '[{"percentageOfUsers": 3}]')
+    assert bad.returncode == 1
+    assert "BROKEN" in bad.stderr
+
+
+def test_purge_runs_every_job(settings: Settings) -> None:
+    result = run_cli(settings_env(settings), "purge")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "purge_expired",
+        "finish_deletions",
+        "remove_orphan_files",
+    ]
+    assert json.loads(lines[0].split(": ", 1)[1]) == {
+        "sessions": 0,
+        "used_tokens": 0,
+        "otp_challenges": 0,
+    }
