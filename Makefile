@@ -7,7 +7,7 @@ PORT ?= 8000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format reports clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -25,8 +25,7 @@ $(VENV)/.test-installed: app/requirements.txt app/test/requirements.txt | $(BIN)
 
 ## run: serve the API on http://$(HOST):$(PORT) (SQLite in ./data unless configured)
 run: $(VENV)/.runtime-installed
-	$(BIN)/fastapi run app/main.py --host $(HOST) --port $(PORT) --workers $(WORKERS) \
-		--no-proxy-headers
+	PATH="$(CURDIR)/$(BIN):$$PATH" HOST=$(HOST) PORT=$(PORT) WORKERS=$(WORKERS) sh scripts/serve.sh
 
 ## test: install everything, lint, run the suite with coverage
 test: $(VENV)/.test-installed
@@ -41,6 +40,15 @@ lint: $(VENV)/.test-installed
 format: $(VENV)/.test-installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+## reports: the pytest, coverage and lint reports, written into reports/
+reports: $(VENV)/.test-installed
+	mkdir -p reports
+	-$(BIN)/python -m pytest --cov --cov-report=term --md-report --md-report-flavor gfm \
+		--md-report-output reports/pytest.md $(PYTEST_ARGS) | tee reports/pytest.txt
+	$(BIN)/coverage report > reports/coverage.txt
+	-$(BIN)/ruff check . --output-format concise > reports/lint.txt
+	@echo "reports written to reports/"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage htmlcov

@@ -27,6 +27,7 @@ from app.core.feature_flags import (
     watch_flag_file,
 )
 from app.core.logging import setup_logging
+from app.core.metrics import MetricsMiddleware
 from app.core.middleware import (
     BodySizeLimitMiddleware,
     OAuthSessionMiddleware,
@@ -189,6 +190,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
             settings=settings,
         )
+    if settings.METRICS_ENABLED:
+        app.add_middleware(MetricsMiddleware)
     app.add_middleware(
         ClientAddressMiddleware, proxies=TrustedProxies(settings.FORWARDED_ALLOW_IPS)
     )

@@ -15,16 +15,20 @@ from urllib.parse import quote
 import fastapi_offline
 from fastapi import APIRouter, Form, Request, Response, status
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.core.errors import error_body
+from app.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from app.core.metrics import exposition
 from app.core.permissions import check_permission
+from app.core.rate_limiter import TrustedProxies
 from app.models import User, now_epoch
 from app.routers.deps import EngineDep, RedisDep, SessionDep, SettingsDep
+from app.schemas.common import ErrorResponse
 from app.schemas.health import HealthResponse, NotReadyResponse, ReadinessResponse
 from app.services.health import check_readiness
 from app.services.sessions import InvalidToken, authenticate
@@ -77,6 +81,34 @@ async def health_ready(engine: EngineDep, redis: RedisDep) -> ReadinessResponse:
         503 with code ``NOT_READY`` and the failing dependency named.
     """
     return ReadinessResponse(checks=await check_readiness(engine, redis))
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    tags=["health"],
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+        403: {"model": ErrorResponse, "description": "Not from METRICS_ALLOW_IPS"},
+        404: {"model": ErrorResponse, "description": "METRICS_ENABLED is off"},
+    },
+)
+async def metrics(request: Request, settings: SettingsDep) -> Response:
+    """Prometheus metrics: requests per route, latencies, login outcomes.
+
+    Only with METRICS_ENABLED, and only for clients in METRICS_ALLOW_IPS.
+
+    Returns
+    -------
+    PlainTextResponse
+        The metrics in Prometheus' text format.
+    """
+    if not settings.METRICS_ENABLED:
+        return JSONResponse(error_body("Not Found", "NOT_FOUND"), status_code=404)
+    address = request.client.host if request.client else None
+    if address not in TrustedProxies(settings.METRICS_ALLOW_IPS):
+        return JSONResponse(error_body("Not allowed", "FORBIDDEN"), status_code=403)
+    return Response(exposition(), media_type=METRICS_CONTENT_TYPE)
 
 
 # Sign-in and the docs gate ----------------------------------------------------------------

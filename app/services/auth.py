@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.errors import AppError, Unauthorized
+from app.core.metrics import LOGINS
 from app.core.rate_limiter import BruteForceGuard
 from app.core.security import (
     TokenError,
@@ -110,9 +111,15 @@ async def login(
     the token pair at ``/auth/otp/verify`` (see ``app.services.otp``). Attempts are
     limited per address, failures per account (429 ``RATE_LIMITED``).
     """
-    user = await check_credentials(db, settings, guard, identifier, password, client)
+    try:
+        user = await check_credentials(db, settings, guard, identifier, password, client)
+    except InvalidCredentials:
+        LOGINS.labels("failure").inc()
+        raise
     if user.otp_method != "none":
+        LOGINS.labels("otp_required").inc()
         return await otp.begin_login(db, settings, mailer, user, client)
+    LOGINS.labels("success").inc()
     return await start_session(db, settings, user, client)
 
 

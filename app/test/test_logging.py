@@ -106,23 +106,22 @@ def test_rotation_and_retention_values_are_accepted(tmp_path: Path, rotation: st
 
 
 def test_make_runs_command_logs_through_us(tmp_path: Path) -> None:
-    """`fastapi run` (what `make run` and the image use) keeps our access log, not uvicorn's."""
+    """scripts/serve.sh (`make run` and the image) keeps our access log, not uvicorn's."""
     sock = listening_socket()
     port = sock.getsockname()[1]
     sock.close()
     log_path = tmp_path / "run.log"
-    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "DATA_DIR": str(tmp_path / "data"),
+        "PYTHONUNBUFFERED": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+    }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "fastapi"),
-                "run",
-                "app/main.py",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            ["sh", "scripts/serve.sh"],
             cwd=ROOT,
             env=env,
             stdout=log,

@@ -192,3 +192,40 @@ def test_a_browser_with_a_plain_user_is_refused(live_server: LiveServer, browser
     _sign_in(page, live_server.url, "plain_reader")
     page.wait_for_selector("text=Not allowed")
     assert "plain_reader" in page.content()
+
+
+class TestMetrics:
+    """METRICS_ENABLED with the default METRICS_ALLOW_IPS (127.0.0.1)."""
+
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {"METRICS_ENABLED": True}
+
+    async def test_requests_and_logins_are_counted(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        user, _ = await user_with_tokens(app, client)
+        await client.post("/api/auth/login", data={"username": user.username, "password": "x" * 9})
+        await client.get("/api/user/00000000-0000-4000-8000-000000000000")
+        response = await client.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        text = response.text
+        assert 'route="/auth/login",status="200"' in text
+        assert (
+            'user_manager_http_request_duration_seconds_count{method="POST",route="/auth/login"}'
+            in text
+        )
+        assert 'user_manager_logins_total{result="success"}' in text
+        assert 'user_manager_logins_total{result="failure"}' in text
+        assert 'route="/user/{uuid}",status="401"' in text  # templates, not raw paths
+
+    async def test_only_allowed_addresses(self, app: FastAPI) -> None:
+        transport = httpx.ASGITransport(app=app, client=("198.51.100.3", 1234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as outsider:
+            response = await outsider.get("/metrics")
+        assert response.status_code == 403
+
+
+async def test_metrics_are_off_by_default(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/metrics")).status_code == 404
