@@ -118,7 +118,7 @@ async def _start_feature_flags(app: FastAPI, settings: Settings) -> list[asyncio
     if app.state.flag_broadcaster is not None:
         tasks.append(asyncio.create_task(app.state.flag_broadcaster.listen()))
     if settings.FEATURE_FLAGS_ENABLED:
-        names = [name for route in flagged_routes(app.routes) for name in route.flags]
+        names = [name for _, flags in flagged_routes(app.routes) for name in flags]
         added = await asyncio.to_thread(store.register, names)
         if added:
             logger.info("feature flags added to {}: {}", store.path, ", ".join(added))

@@ -14,7 +14,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from loguru import logger
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.core.routes import allowed_methods, endpoint_table
 
 #: Default ``code`` for an HTTP status when the raiser gave none.
 STATUS_CODES: dict[int, str] = {
@@ -116,19 +120,32 @@ def _code_for(status_code: int) -> str:
 
 
 async def _app_error(_request: Request, exc: AppError) -> JSONResponse:
+    extra = dict(exc.extra)
+    if exc.status_code == 422:
+        # Every 422 has the field list, even when the rule is about the whole request.
+        extra.setdefault("errors", [{"loc": [], "msg": exc.detail, "type": exc.code.lower()}])
     return JSONResponse(
-        error_body(exc.detail, exc.code, **exc.extra),
+        error_body(exc.detail, exc.code, **extra),
         status_code=exc.status_code,
         headers=exc.headers,
     )
 
 
-async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        # Starlette names only the first route that matched the path; list them all.
+        table = getattr(request.app.state, "endpoint_table", None)
+        if table is None:
+            table = request.app.state.endpoint_table = endpoint_table(request.app.routes)
+        methods = allowed_methods(table, request.url.path)
+        if methods:
+            headers["Allow"] = ", ".join(methods)
     return JSONResponse(
         error_body(detail, _code_for(exc.status_code)),
         status_code=exc.status_code,
-        headers=getattr(exc, "headers", None),
+        headers=headers or None,
     )
 
 
@@ -153,6 +170,17 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
     )
 
 
+async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+    # The database went away (restart, network): say so, and recover once it is back
+    # (the pool pre-pings and replaces dead connections).
+    logger.error("database unavailable: {}", type(exc).__name__)
+    return JSONResponse(
+        error_body("The database is unavailable; try again shortly", "DATABASE_UNAVAILABLE"),
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that give every error the common shape.
 
@@ -162,3 +190,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(OperationalError, _database_error)
+    app.add_exception_handler(InterfaceError, _database_error)

@@ -21,23 +21,21 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi.routing import APIRoute, iter_route_contexts
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, compile_path
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.errors import error_body
+from app.core.routes import Endpoint, endpoint_table
 
 BUCKETS = 10_000
 FLAG_ATTRIBUTE = "__feature_flags__"
@@ -209,31 +207,11 @@ class FlagStore:
         return evaluate(self.flags, name, user)
 
 
-@dataclass(frozen=True)
-class EndpointRoute:
-    """One endpoint as the flag middleware matches it: method, full path, its flags."""
-
-    methods: frozenset[str]
-    path_regex: re.Pattern[str]
-    flags: tuple[str, ...]
-
-
-def flagged_routes(routes: list[BaseRoute]) -> list[EndpointRoute]:
-    """Every endpoint of the app with its full path (included routers' prefixes too)."""
-    found = []
-    for context in iter_route_contexts(routes):
-        endpoint, path = context.endpoint, context.path
-        if endpoint is None or path is None or not isinstance(context.original_route, APIRoute):
-            continue
-        regex, _, _ = compile_path(path)
-        found.append(
-            EndpointRoute(
-                methods=frozenset(context.methods or ()),
-                path_regex=regex,
-                flags=tuple(endpoint_flags(endpoint)),
-            )
-        )
-    return found
+def flagged_routes(routes: list[BaseRoute]) -> list[tuple[Endpoint, tuple[str, ...]]]:
+    """Every endpoint with the flags it is behind."""
+    return [
+        (endpoint, tuple(endpoint_flags(endpoint.function))) for endpoint in endpoint_table(routes)
+    ]
 
 
 class FeatureFlagMiddleware:
@@ -256,17 +234,15 @@ class FeatureFlagMiddleware:
         self.store = store
         self.routes = routes
         self.resolve_user = resolve_user
-        self._endpoints: list[EndpointRoute] | None = None
+        self._endpoints: list[tuple[Endpoint, tuple[str, ...]]] | None = None
 
     def _flags_for(self, scope: Scope) -> tuple[str, ...]:
         if self._endpoints is None:
             self._endpoints = flagged_routes(self.routes)
         method, path = scope["method"], scope["path"]
-        for endpoint in self._endpoints:
-            if (method in endpoint.methods or not endpoint.methods) and endpoint.path_regex.match(
-                path
-            ):
-                return endpoint.flags
+        for endpoint, flags in self._endpoints:
+            if method in endpoint.methods and endpoint.path_regex.match(path):
+                return flags
         return ()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -11,10 +11,16 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.schemas.common import ValidationErrorResponse
+from app.schemas.common import ErrorResponse, ValidationErrorResponse
 
 _VALIDATION_CONTENT = {
     "application/json": {"schema": {"$ref": "#/components/schemas/ValidationErrorResponse"}}
+}
+
+
+_MALFORMED_BODY = {
+    "description": "The body cannot be decoded",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
 }
 
 
@@ -33,6 +39,10 @@ def install_openapi(app: FastAPI, api_prefix: str) -> None:
         )
         components = schema.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
+        schemas.setdefault(
+            "ErrorResponse",
+            ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}"),
+        )
         model_schema = ValidationErrorResponse.model_json_schema(
             ref_template="#/components/schemas/{model}"
         )
@@ -41,9 +51,12 @@ def install_openapi(app: FastAPI, api_prefix: str) -> None:
         schemas["ValidationErrorResponse"] = model_schema
         for path_item in schema.get("paths", {}).values():
             for operation in path_item.values():
-                response = operation.get("responses", {}).get("422")
-                if response is not None:
-                    response["content"] = _VALIDATION_CONTENT
+                responses = operation.setdefault("responses", {})
+                if "422" in responses:
+                    responses["422"]["content"] = _VALIDATION_CONTENT
+                if "requestBody" in operation:
+                    # A body that cannot be decoded at all (bad bytes, broken multipart).
+                    responses.setdefault("400", _MALFORMED_BODY)
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
         for scheme in components.get("securitySchemes", {}).values():

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import fastapi_offline
 from fastapi import APIRouter, Form, Request, Response, status
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -85,7 +85,7 @@ async def health_ready(engine: EngineDep, redis: RedisDep) -> ReadinessResponse:
 
 @router.get(
     "/metrics",
-    response_class=PlainTextResponse,
+    response_class=Response,
     tags=["health"],
     responses={
         200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
@@ -100,7 +100,7 @@ async def metrics(request: Request, settings: SettingsDep) -> Response:
 
     Returns
     -------
-    PlainTextResponse
+    Response
         The metrics in Prometheus' text format.
     """
     if not settings.METRICS_ENABLED:

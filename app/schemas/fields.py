@@ -13,7 +13,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
 
-from app.core.security import PASSWORD_MAX_LENGTH, password_problem
+from app.core.security import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, password_problem
 from app.models.user import DESCRIPTION_MAX_LENGTH, USERNAME_MAX_LENGTH
 
 USERNAME_PATTERN = re.compile(rf"^[a-z0-9_]{{1,{USERNAME_MAX_LENGTH}}}$")
@@ -61,13 +61,23 @@ def check_description(value: str | None) -> str | None:
     return value
 
 
-Username = Annotated[str, AfterValidator(check_username), Field(examples=["john_doe"])]
+Username = Annotated[
+    str,
+    # Documented in the schema; checked by check_username (its own error type).
+    Field(examples=["john_doe"], json_schema_extra={"pattern": USERNAME_PATTERN.pattern}),
+    AfterValidator(check_username),
+]
 Email = Annotated[
-    str, Field(max_length=320, examples=["john@example.com"]), AfterValidator(check_email)
+    str,
+    Field(max_length=320, examples=["john@example.com"], json_schema_extra={"format": "email"}),
+    AfterValidator(check_email),
 ]
 NewPassword = Annotated[
     str,
-    Field(description="8 to 128 characters; common passwords are refused."),
+    Field(
+        description="8 to 128 characters; common passwords are refused.",
+        json_schema_extra={"minLength": PASSWORD_MIN_LENGTH, "maxLength": PASSWORD_MAX_LENGTH},
+    ),
     AfterValidator(check_password),
 ]
 # A password being checked (not set): any length up to a bound, so a login never

@@ -86,14 +86,6 @@ class InvalidPicture(AppError):
     code = "INVALID_IMAGE"
 
 
-class EmptyUpload(AppError):
-    """An upload without content."""
-
-    status_code = 422
-    code = "EMPTY_FILE"
-    detail = "The file is empty"
-
-
 # Names ---------------------------------------------------------------------------------
 
 
@@ -238,8 +230,6 @@ def _check_size(settings: Settings, data: bytes) -> None:
     limit = settings.MAX_UPLOAD_SIZE_MB * 1024 * 1024
     if len(data) > limit:
         raise FileTooLarge(f"The file is over the {settings.MAX_UPLOAD_SIZE_MB} MB limit")
-    if not data:
-        raise EmptyUpload()
 
 
 async def upload_file(

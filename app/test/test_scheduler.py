@@ -23,7 +23,6 @@ from app.models import (
 from app.services.maintenance import purge_expired, remove_orphan_files
 from app.test.factories import create_user
 
-NOW = now_epoch()
 
 
 async def _count(app: FastAPI, model) -> int:
@@ -32,19 +31,20 @@ async def _count(app: FastAPI, model) -> int:
 
 
 async def test_purge_expired(app: FastAPI) -> None:
+    now = now_epoch()
     user = await create_user(app.state.session_factory)
     rows = {
-        "live": dict(expires_at=NOW + 3600),
-        "expired": dict(expires_at=NOW - 1),
-        "revoked_long_ago": dict(expires_at=NOW + 3600, revoked_at=NOW - 2 * 86400),
-        "revoked_just_now": dict(expires_at=NOW + 3600, revoked_at=NOW - 60),
+        "live": dict(expires_at=now + 3600),
+        "expired": dict(expires_at=now - 1),
+        "revoked_long_ago": dict(expires_at=now + 3600, revoked_at=now - 2 * 86400),
+        "revoked_just_now": dict(expires_at=now + 3600, revoked_at=now - 60),
     }
     async with app.state.session_factory() as db:
         for name, values in rows.items():
             db.add(Session(id=name, user_uuid=user.uuid, refresh_token_hash=name, **values))
-        db.add(UsedToken(token_id="old", purpose="x", expires_at=NOW - 1))
-        db.add(UsedToken(token_id="fresh", purpose="x", expires_at=NOW + 60))
-        for name, created in (("old", NOW - 2 * 86400), ("recent", NOW - 60)):
+        db.add(UsedToken(token_id="old", purpose="x", expires_at=now - 1))
+        db.add(UsedToken(token_id="fresh", purpose="x", expires_at=now + 60))
+        for name, created in (("old", now - 2 * 86400), ("recent", now - 60)):
             db.add(
                 OtpChallenge(
                     id=name,
