@@ -24,7 +24,6 @@ from app.services.maintenance import purge_expired, remove_orphan_files
 from app.test.factories import create_user
 
 
-
 async def _count(app: FastAPI, model) -> int:
     async with app.state.session_factory() as db:
         return await db.scalar(select(func.count()).select_from(model))
