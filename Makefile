@@ -7,7 +7,7 @@ PORT ?= 8000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format reports clean
+.PHONY: run test lint format reports audit clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -49,6 +49,10 @@ reports: $(VENV)/.test-installed
 	$(BIN)/coverage report > reports/coverage.txt
 	-$(BIN)/ruff check . --output-format concise > reports/lint.txt
 	@echo "reports written to reports/"
+
+## audit: known vulnerabilities in the pinned requirements (needs PyPI's JSON API)
+audit: $(VENV)/.test-installed
+	$(BIN)/pip-audit --strict --disable-pip --no-deps -r app/requirements.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage htmlcov

@@ -39,10 +39,15 @@ def endpoint_table(routes: list[BaseRoute]) -> list[Endpoint]:
 
 
 def allowed_methods(table: list[Endpoint], path: str) -> list[str]:
-    """Every method some endpoint accepts on ``path`` (for a 405's Allow header)."""
+    """The methods of the path template that ``path`` belongs to (for a 405's Allow).
+
+    The template is the first one matching, as in routing; its methods are gathered
+    from every endpoint declared on it.
+    """
+    template = next((e.path for e in table if e.path_regex.match(path)), None)
     methods: set[str] = set()
     for endpoint in table:
-        if endpoint.path_regex.match(path):
+        if endpoint.path == template:
             methods |= endpoint.methods
     if "GET" in methods:
         methods.add("HEAD")
