@@ -65,7 +65,8 @@ def password_problem(password: str) -> tuple[str, str] | None:
 
 
 def _prehash(password: str) -> bytes:
-    digest = hashlib.sha256(normalize_password(password).encode("utf-8")).digest()
+    # surrogatepass: a password with a lone surrogate is odd, but it hashes like any other.
+    digest = hashlib.sha256(normalize_password(password).encode("utf-8", "surrogatepass")).digest()
     return base64.b64encode(digest)
 
 
@@ -113,7 +114,7 @@ def _dummy_hash(rounds: int) -> str:
 
 def hash_secret(value: str) -> str:
     """SHA-256 hex digest of a high-entropy secret (refresh tokens, email codes)."""
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def secrets_match(a: str, b: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
@@ -21,7 +22,7 @@ from app.schemas.auth import (
     TokenPair,
     TokenValidation,
 )
-from app.schemas.common import error_responses
+from app.schemas.common import Text, error_responses
 from app.schemas.otp import (
     OtpChallengeResponse,
     OtpDisableRequest,
@@ -356,7 +357,9 @@ async def list_sessions(auth: AuthDep, db: SessionDep) -> SessionList:
     response_class=Response,
     responses=error_responses(401, 404, 422),
 )
-async def revoke_session(session_id: str, auth: AuthDep, db: SessionDep, client: ClientDep) -> None:
+async def revoke_session(
+    session_id: UUID, auth: AuthDep, db: SessionDep, client: ClientDep
+) -> None:
     """End one of the current user's sessions (log out another device).
 
     Raises
@@ -366,7 +369,7 @@ async def revoke_session(session_id: str, auth: AuthDep, db: SessionDep, client:
     404
         ``SESSION_NOT_FOUND``: no open session of yours has this id.
     """
-    await session_service.revoke_own_session(db, auth, session_id, client)
+    await session_service.revoke_own_session(db, auth, str(session_id), client)
 
 
 @router.get("/token/validate", response_model=TokenValidation, responses=error_responses(401))
@@ -477,7 +480,7 @@ async def reset_password(
 
 @router.get("/email/verify", response_model=Message, responses=error_responses(400, 422))
 async def verify_email(
-    token: Annotated[str, Query(min_length=1, max_length=1024)],
+    token: Annotated[Text, Query(min_length=1, max_length=1024)],
     db: SessionDep,
     settings: SettingsDep,
     client: ClientDep,

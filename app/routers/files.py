@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.config import Settings
 from app.models import User
 from app.routers.deps import ClientDep, CurrentUser, PageDep, SessionDep, SettingsDep, UserUuid
-from app.schemas.common import error_responses
+from app.schemas.common import Text, error_responses
 from app.schemas.files import FileInfo, FilePage, FileUpdate, file_info
 from app.services import files as file_service
 from app.services.context import ClientInfo
@@ -20,7 +20,7 @@ router = APIRouter(tags=["files"])
 
 FileId = Annotated[int, Path(ge=1, le=2_147_483_647, description="The file's id.")]
 Upload = Annotated[UploadFile, File(description="The file (multipart/form-data).")]
-Description = Annotated[str | None, Form(max_length=256)]
+Description = Annotated[Text | None, Form(max_length=256)]
 
 _NOSNIFF = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-cache"}
 _IMAGE_RESPONSES = {

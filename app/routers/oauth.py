@@ -22,14 +22,14 @@ from app.routers.deps import (
     SettingsDep,
 )
 from app.schemas.auth import Message, TokenPair
-from app.schemas.common import ErrorResponse, error_responses
+from app.schemas.common import ErrorResponse, Text, error_responses
 from app.schemas.otp import OtpChallengeResponse
 from app.services import oauth as oauth_service
 
 router = APIRouter(prefix="/oauth", tags=["oauth"])
 
 RedirectUri = Annotated[
-    str | None,
+    Text | None,
     Query(
         max_length=2048,
         description="Where to send the browser afterwards (an allowed origin); the "

@@ -28,7 +28,7 @@ from app.core.permissions import check_permission
 from app.core.rate_limiter import TrustedProxies
 from app.models import User, now_epoch
 from app.routers.deps import EngineDep, RedisDep, SessionDep, SettingsDep
-from app.schemas.common import ErrorResponse
+from app.schemas.common import ErrorResponse, Text
 from app.schemas.health import HealthResponse, NotReadyResponse, ReadinessResponse
 from app.services.health import check_readiness
 from app.services.sessions import InvalidToken, authenticate
@@ -210,7 +210,7 @@ async def interactive_docs(request: Request, db: SessionDep, settings: SettingsD
 )
 async def interactive_docs_sign_in(
     request: Request,
-    token: Annotated[str, Form(max_length=4096)],
+    token: Annotated[Text, Form(max_length=4096)],
     db: SessionDep,
     settings: SettingsDep,
 ) -> Response:

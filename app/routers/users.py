@@ -15,7 +15,7 @@ from app.routers.deps import (
     SettingsDep,
     UserUuid,
 )
-from app.schemas.common import error_responses
+from app.schemas.common import Text, error_responses
 from app.schemas.users import (
     HistoryEntry,
     HistoryPage,
@@ -89,7 +89,7 @@ async def list_users(
     settings: SettingsDep,
     page: PageDep,
     search: Annotated[
-        str | None,
+        Text | None,
         Query(max_length=100, description="Part of a username, email or display name."),
     ] = None,
     role: Annotated[Role | None, Query(description="Only users holding this role.")] = None,

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from app.schemas.common import RequestModel
 from app.schemas.fields import (
     Description,
     Email,
@@ -17,10 +18,8 @@ from app.schemas.fields import (
 )
 
 
-class SignupRequest(BaseModel):
+class SignupRequest(RequestModel):
     """A new local account."""
-
-    model_config = ConfigDict(extra="forbid")
 
     username: Username
     display_name: str | None = Field(
@@ -55,10 +54,8 @@ class TokenPair(BaseModel):
     expires_in: int = Field(description="Seconds until the access token expires.")
 
 
-class RefreshRequest(BaseModel):
+class RefreshRequest(RequestModel):
     """A refresh token to trade for a new pair."""
-
-    model_config = ConfigDict(extra="forbid")
 
     refresh_token: str = Field(min_length=1, max_length=256)
 
@@ -92,27 +89,21 @@ class TokenValidation(BaseModel):
     expires_at: int = Field(description="Epoch seconds at which the access token expires.")
 
 
-class PasswordChangeRequest(BaseModel):
+class PasswordChangeRequest(RequestModel):
     """Change one's password (every session ends)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     current_password: GivenPassword
     new_password: NewPassword
 
 
-class EmailRequest(BaseModel):
+class EmailRequest(RequestModel):
     """An email address to send a link to."""
-
-    model_config = ConfigDict(extra="forbid")
 
     email: Email
 
 
-class PasswordResetRequest(BaseModel):
+class PasswordResetRequest(RequestModel):
     """The token from a reset email, and the new password."""
-
-    model_config = ConfigDict(extra="forbid")
 
     token: str = Field(min_length=1, max_length=1024)
     new_password: NewPassword
@@ -124,9 +115,7 @@ class Message(BaseModel):
     detail: str
 
 
-class ExchangeRequest(BaseModel):
+class ExchangeRequest(RequestModel):
     """The one-time code from a third-party login redirect."""
-
-    model_config = ConfigDict(extra="forbid")
 
     code: str = Field(min_length=1, max_length=1024)

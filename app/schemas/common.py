@@ -2,9 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+
+def check_text(value: str) -> str:
+    """Refuse text no database stores faithfully: NUL characters and lone surrogates."""
+    if "\x00" in value:
+        raise PydanticCustomError("text_nul", "text must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError(
+            "text_invalid_unicode", "text must be valid Unicode (no lone surrogates)"
+        ) from None
+    return value
+
+
+def _check_nested(value: Any) -> Any:
+    if isinstance(value, str):
+        return check_text(value)
+    if isinstance(value, list):
+        return [_check_nested(item) for item in value]
+    if isinstance(value, dict):
+        return {_check_nested(key): _check_nested(item) for key, item in value.items()}
+    return value
+
+
+#: A query or form string held to the same rule as request bodies.
+Text = Annotated[str, AfterValidator(check_text)]
+
+
+class RequestModel(BaseModel):
+    """Base of every request body: unknown fields refused, every string checked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return _check_nested(value)
 
 
 class ErrorResponse(BaseModel):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from app.core.config import Settings
 from app.models import File
+from app.schemas.common import RequestModel
 
 
 class FileInfo(BaseModel):
@@ -33,10 +34,8 @@ def file_info(file: File, settings: Settings) -> FileInfo:
     )
 
 
-class FileUpdate(BaseModel):
+class FileUpdate(RequestModel):
     """Rename a file or change its description."""
-
-    model_config = ConfigDict(extra="forbid")
 
     file_name: str | None = Field(default=None, min_length=1, max_length=255)
     description: str | None = Field(default=None, max_length=256)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from app.schemas.common import RequestModel
 
 FLAG_EXAMPLE = {
     "AB_TEST_FEATURE": [{"percentageOfUsers": 0.25}, {"userRoles": ["admin"]}],
@@ -19,10 +21,8 @@ class FeatureFlags(BaseModel):
     flags: dict[str, Any] = Field(examples=[FLAG_EXAMPLE])
 
 
-class FeatureFlagChange(BaseModel):
+class FeatureFlagChange(RequestModel):
     """Flags to add or overwrite, and flags to remove (which makes them on again)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     add: dict[str, Any] | list[str] | None = Field(
         default=None,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from app.schemas.common import RequestModel
 from app.schemas.fields import GivenPassword
 
 OtpMethod = Literal["authenticator", "email"]
@@ -24,19 +25,15 @@ class OtpChallengeResponse(BaseModel):
     expires_in: int = Field(description="Seconds left to give the code.")
 
 
-class OtpVerifyRequest(BaseModel):
+class OtpVerifyRequest(RequestModel):
     """The second login step."""
-
-    model_config = ConfigDict(extra="forbid")
 
     otp_token: str = Field(min_length=1, max_length=2048)
     code: str = OtpCode
 
 
-class OtpSetupRequest(BaseModel):
+class OtpSetupRequest(RequestModel):
     """Start enrolling a second factor (the password confirms it is the owner)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     method: OtpMethod
     password: GivenPassword
@@ -55,19 +52,15 @@ class OtpSetupResponse(BaseModel):
     )
 
 
-class OtpEnableRequest(BaseModel):
+class OtpEnableRequest(RequestModel):
     """Confirm enrolment with a code from the app or the email."""
-
-    model_config = ConfigDict(extra="forbid")
 
     method: OtpMethod
     code: str = OtpCode
 
 
-class OtpDisableRequest(BaseModel):
+class OtpDisableRequest(RequestModel):
     """Turn 2FA off: the password and a current code."""
-
-    model_config = ConfigDict(extra="forbid")
 
     password: GivenPassword
     code: str = OtpCode

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from app.core.config import Settings
 from app.models import User
+from app.schemas.common import RequestModel
 from app.schemas.fields import Description, Email
 
 Role = Literal["admin", "moderator", "tester", "user"]
@@ -67,20 +68,16 @@ def private_view(user: User, settings: Settings) -> UserPrivate:
     )
 
 
-class UserSelfUpdate(BaseModel):
+class UserSelfUpdate(RequestModel):
     """Fields a user may change on their own account; anything else is refused (422)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     display_name: str | None = Field(default=None, max_length=31)
     email: Email | None = None
     description: Description = None
 
 
-class AdminUserUpdate(BaseModel):
+class AdminUserUpdate(RequestModel):
     """What staff may change: roles (admins) and the active flag (ban / unban)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     roles: list[Role] | None = Field(default=None, min_length=1, max_length=4)
     is_active: bool | None = None

@@ -20,6 +20,7 @@ from app.core.otp import new_otp_secret
 from app.core.permissions import ALL_ROLES, check_permission, require_permission, ungivable_roles
 from app.core.security import create_one_time_token, hash_password, password_problem
 from app.models import File, User, new_uuid
+from app.schemas.common import check_text
 from app.schemas.fields import check_email, check_username, display_name_matches
 from app.services.context import SYSTEM, ClientInfo
 from app.services.history import record_event
@@ -73,6 +74,10 @@ class InvalidDisplayName(AppError):
 async def find_user_by_login(db: AsyncSession, identifier: str) -> User | None:
     """The user whose username or email is ``identifier`` (case-insensitive)."""
     value = identifier.strip().lower()
+    try:
+        check_text(value)
+    except ValueError:
+        return None  # no account is named with a NUL or a lone surrogate
     column = User.email if "@" in value else User.username
     return await db.scalar(select(User).where(column == value))
 

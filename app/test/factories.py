@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.otp import new_otp_secret
 from app.core.security import hash_password
 from app.models import User
 
@@ -30,6 +31,7 @@ def make_user(**overrides: Any) -> User:
         "display_name": username,
         "email": f"{username}@example.com",
         "roles": ["user"],
+        "otp_secret": new_otp_secret(),
         "user_history": [],
         "blocked_uuids": [],
     }

@@ -1,0 +1,337 @@
+"""The abuse catalogue: hostile input of every kind gets a 4xx in the common shape."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from urllib.parse import quote
+
+import httpx
+import jwt
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select
+
+from app.core.security import create_one_time_token, create_token
+from app.models import User
+from app.test.factories import PASSWORD, bearer, signup_body, user_with_tokens
+
+ANY_UUID = "4b7e1c9a-2f3d-4e5a-9b8c-7d6e5f4a3b2c"
+
+
+def _assert_error_shape(response: httpx.Response, where: str) -> None:
+    assert 400 <= response.status_code < 500, (where, response.status_code, response.text)
+    body = response.json()
+    assert isinstance(body.get("detail"), str), where
+    assert isinstance(body.get("code"), str), where
+    assert body["code"] == body["code"].upper(), where
+
+
+def _operations(app: FastAPI) -> list[tuple[str, str, bool]]:
+    """Every (method, concrete path, needs a body) of the API, with harmless path values."""
+    found = []
+    for path, item in app.openapi()["paths"].items():
+        concrete = (
+            path.replace("{uuid}", ANY_UUID)
+            .replace("{file_id}", "1")
+            .replace("{session_id}", ANY_UUID)
+            .replace("{provider}", "github")
+        )
+        for method, operation in item.items():
+            found.append((method.upper(), concrete, "requestBody" in operation))
+    return found
+
+
+# Bodies --------------------------------------------------------------------------------
+
+JSON_ENDPOINTS = [
+    "/api/auth/signup",
+    "/api/auth/refresh",
+    "/api/auth/password/forgot",
+    "/api/auth/password/reset",
+    "/api/auth/otp/verify",
+    "/api/auth/token/exchange",
+    "/api/auth/email/verify/request",
+]
+
+
+@pytest.mark.parametrize("path", JSON_ENDPOINTS)
+async def test_malformed_and_mistyped_bodies(client: httpx.AsyncClient, path: str) -> None:
+    bodies = [
+        (b"{not json", "application/json"),
+        (b"\xff\xfe\x00garbage", "application/json"),
+        (b"[]", "application/json"),
+        (b'"just a string"', "application/json"),
+        (b"null", "application/json"),
+        (b'{"a": 1}', "text/plain"),
+        (b"a=1&b=2", "application/x-www-form-urlencoded"),
+        (b"", "application/json"),
+    ]
+    for content, content_type in bodies:
+        response = await client.post(path, content=content, headers={"Content-Type": content_type})
+        _assert_error_shape(response, f"{path} {content_type} {content[:10]!r}")
+
+
+async def test_a_huge_body_is_413(client: httpx.AsyncClient) -> None:
+    body = json.dumps(signup_body(description="x" * 3_000_000))
+    response = await client.post(
+        "/api/auth/signup", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    _assert_error_shape(response, "huge body")
+
+
+async def test_huge_headers_are_harmless(client: httpx.AsyncClient) -> None:
+    response = await client.get(
+        "/api/users/me",
+        headers={"X-Padding": "x" * 60_000, "Authorization": "Bearer " + "a" * 20_000},
+    )
+    assert response.status_code == 401
+    _assert_error_shape(response, "huge headers")
+
+
+# Text fields ---------------------------------------------------------------------------
+
+HOSTILE_TEXT = [
+    "\x00",
+    "abc\x00def",
+    "\ud800",  # a lone surrogate
+    "\u202eevil\u202c",  # right-to-left override
+    "e\u0301" * 20,  # combining marks
+    "👩‍👩‍👧‍👦" * 10,
+    "' OR 1=1 --",
+    '\'; DROP TABLE "user"; --',
+    "{{7*7}} ${7*7} <%= 7*7 %>",
+    "<script>alert(1)</script>",
+    "../../../etc/passwd",
+    "%00%2e%2e%2f",
+    "\u0000\u0001\u001f\u007f",
+    "\uffff\ufffe",
+]
+
+
+def _json(body: dict) -> bytes:
+    # ensure_ascii keeps lone surrogates as \\ud800 escapes, as a hostile client would send.
+    return json.dumps(body, ensure_ascii=True).encode()
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXT)
+async def test_hostile_text_in_every_field(
+    app: FastAPI, client: httpx.AsyncClient, text: str
+) -> None:
+    _, tokens = await user_with_tokens(app, client)
+    headers = {**bearer(tokens), "Content-Type": "application/json"}
+    requests = [
+        ("POST", "/api/auth/signup", signup_body(username=text)),
+        ("POST", "/api/auth/signup", signup_body(display_name=text)),
+        ("POST", "/api/auth/signup", signup_body(email=f"{text}@example.com")),
+        ("POST", "/api/auth/signup", signup_body(password=text * 8)),
+        ("POST", "/api/auth/signup", signup_body(description=text)),
+        ("PATCH", "/api/users/me", {"description": text}),
+        ("PATCH", "/api/users/me", {"display_name": text}),
+        ("POST", "/api/auth/password/forgot", {"email": text}),
+        ("POST", "/api/auth/refresh", {"refresh_token": text}),
+        ("POST", "/api/auth/password/reset", {"token": text, "new_password": PASSWORD}),
+        ("POST", "/api/auth/otp/verify", {"otp_token": text, "code": text}),
+        ("POST", "/api/auth/token/exchange", {"code": text}),
+        ("POST", "/api/auth/password/change", {"current_password": text, "new_password": text}),
+    ]
+    for method, path, body in requests:
+        response = await client.request(method, path, content=_json(body), headers=headers)
+        assert response.status_code < 500, (method, path, body, response.text)
+        if response.status_code >= 400:
+            _assert_error_shape(response, f"{method} {path}")
+    # Query strings and forms carry the raw bytes (httpx will not encode a lone surrogate).
+    raw = quote(text.encode("utf-8", "surrogatepass"))
+    for name in ("search", "role"):
+        response = await client.get(f"/api/users?{name}={raw}", headers=bearer(tokens))
+        assert response.status_code in (403, 422), response.text
+    login = await client.post(
+        "/api/auth/login",
+        content=f"username={raw}&password={raw}".encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert login.status_code in (401, 422), login.text
+    verify = await client.get(f"/api/auth/email/verify?token={raw}")
+    _assert_error_shape(verify, "email verify")
+    safe = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    upload = await client.post(
+        "/api/file",
+        files={"file": (safe, b"content", "text/plain")},
+        data={"description": safe},
+        headers=bearer(tokens),
+    )
+    assert upload.status_code in (201, 422), upload.text
+
+
+async def test_injection_strings_are_stored_as_text(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, tokens = await user_with_tokens(app, client)
+    for text in ("' OR 1=1 --", "{{7*7}}", "<script>alert(1)</script>"):
+        response = await client.patch(
+            "/api/users/me", json={"description": text}, headers=bearer(tokens)
+        )
+        assert response.json()["description"] == text
+    async with app.state.session_factory() as session:
+        assert await session.scalar(select(func.count()).select_from(User)) == 1
+
+
+# Paths ---------------------------------------------------------------------------------
+
+TRAVERSALS = ["..", "..%2F..%2Fetc%2Fpasswd", "%2e%2e", "..\\..\\windows", "%00", "-1", "9" * 40]
+
+
+async def test_path_traversal_in_every_path_parameter(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, tokens = await user_with_tokens(app, client, ("admin", "user"))
+    templates = [
+        path
+        for path in app.openapi()["paths"]
+        if "{" in path and not path.startswith("/api/oauth/{provider}")
+    ]
+    assert len(templates) >= 8
+    for template in templates:
+        methods = app.openapi()["paths"][template].keys()
+        for value in TRAVERSALS:
+            path = (
+                template.replace("{uuid}", value)
+                .replace("{file_id}", value)
+                .replace("{session_id}", value)
+            )
+            for method in methods:
+                response = await client.request(method.upper(), path, headers=bearer(tokens))
+                _assert_error_shape(response, f"{method} {path}")
+    for value in TRAVERSALS:
+        response = await client.get(f"/api/oauth/{value}")
+        _assert_error_shape(response, f"oauth {value}")
+
+
+# Tokens --------------------------------------------------------------------------------
+
+
+async def test_bad_tokens_on_every_endpoint(
+    app: FastAPI, client: httpx.AsyncClient, settings
+) -> None:
+    user, tokens = await user_with_tokens(app, client)
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    secret = settings.JWT_SECRET_KEY
+    _, payload, _ = tokens["access_token"].split(".")
+    bad_tokens = {
+        "expired": jwt.encode({**claims, "exp": int(time.time()) - 1}, secret, algorithm="HS256"),
+        "forged": jwt.encode(claims, "not-our-secret-" * 3, algorithm="HS256"),
+        "alg_none": base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').decode().rstrip("=")
+        + f".{payload}.",
+        "otp_pending": create_token(
+            subject=user.uuid, token_type="otp_pending", secret=secret, expires_in_seconds=60
+        ),
+        "email_link": create_one_time_token(secret, "email-verify", {"uuid": user.uuid}),
+        "refresh_token": tokens["refresh_token"],
+        "unknown_session": create_token(
+            subject=user.uuid,
+            token_type="access",
+            secret=secret,
+            expires_in_seconds=60,
+            session_id=str(uuid.uuid4()),
+        ),
+    }
+    public = {
+        ("POST", "/api/auth/signup"),
+        ("POST", "/api/auth/login"),
+        ("POST", "/api/auth/refresh"),
+        ("POST", "/api/auth/password/forgot"),
+        ("POST", "/api/auth/password/reset"),
+        ("POST", "/api/auth/otp/verify"),
+        ("POST", "/api/auth/token/exchange"),
+        ("POST", "/api/auth/email/verify/request"),
+        ("GET", "/api/auth/email/verify"),
+        ("GET", "/api/oauth/providers"),
+    }
+    checked = 0
+    for method, path, has_body in _operations(app):
+        if not path.startswith("/api/") or (method, path) in public or "/oauth/github" in path:
+            continue
+        for name, token in bad_tokens.items():
+            response = await client.request(
+                method,
+                path,
+                headers=bearer(token),
+                json={} if has_body and "file" not in path and "pfp" not in path else None,
+            )
+            assert response.status_code in (401, 422), (name, method, path, response.text)
+            _assert_error_shape(response, f"{name} {method} {path}")
+            checked += 1
+    assert checked > 100
+
+
+# Roles against admin endpoints ---------------------------------------------------------
+
+
+async def test_each_role_against_every_admin_endpoint(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    target, _ = await user_with_tokens(app, client, ("moderator", "user"))
+    calls = [
+        ("GET", "/api/admin/feature-flags", None),
+        ("PATCH", "/api/admin/feature-flags", {"add": ["X"]}),
+        ("PATCH", f"/api/admin/user/{target.uuid}", {"roles": ["user"]}),
+        ("PATCH", f"/api/admin/user/{target.uuid}", {"is_active": False}),
+        ("GET", "/api/users", None),
+    ]
+    expectations = {
+        ("user",): {403},
+        ("tester", "user"): {403},
+        ("moderator", "user"): {403, 200},  # moderators may list users, not change staff
+    }
+    for roles, allowed in expectations.items():
+        _, tokens = await user_with_tokens(app, client, roles)
+        for method, path, body in calls:
+            response = await client.request(method, path, json=body, headers=bearer(tokens))
+            if response.status_code == 200:
+                assert (method, path) == ("GET", "/api/users")
+                assert "moderator" in roles
+            else:
+                assert response.status_code in allowed, (roles, method, path, response.text)
+                _assert_error_shape(response, f"{roles} {method} {path}")
+
+
+# Concurrency ---------------------------------------------------------------------------
+
+
+async def test_fifty_parallel_signups_on_ten_usernames(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    names = [f"crowd_{i}" for i in range(10)]
+    bodies = [signup_body(username=names[i % 10], email=f"crowd{i}@example.com") for i in range(50)]
+    responses = await asyncio.gather(
+        *(client.post("/api/auth/signup", json=body) for body in bodies)
+    )
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(201) == 10
+    assert statuses.count(409) == 40
+    async with app.state.session_factory() as session:
+        usernames = list(await session.scalars(select(User.username)))
+    assert sorted(usernames) == sorted(names)
+
+
+async def test_responses_never_carry_secrets(app: FastAPI, client: httpx.AsyncClient) -> None:
+    user, tokens = await user_with_tokens(app, client, ("admin", "user"))
+    async with app.state.session_factory() as session:
+        row = await session.get(User, user.uuid)
+    texts = [
+        (await client.get("/api/users/me", headers=bearer(tokens))).text,
+        (await client.get(f"/api/user/{user.uuid}", headers=bearer(tokens))).text,
+        (await client.get("/api/users", headers=bearer(tokens))).text,
+        (await client.get(f"/api/user/{user.uuid}/history", headers=bearer(tokens))).text,
+        (await client.get("/api/auth/sessions", headers=bearer(tokens))).text,
+    ]
+    for text in texts:
+        assert row.hashed_password not in text
+        assert row.otp_secret not in text
+        assert tokens["refresh_token"] not in text
+        assert "hashed_password" not in text
+        assert "otp_secret" not in text
