@@ -7,7 +7,7 @@ PORT ?= 8000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format reports audit clean
+.PHONY: run test lint format reports bench audit clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -49,6 +49,12 @@ reports: $(VENV)/.test-installed
 	$(BIN)/coverage report > reports/coverage.txt
 	-$(BIN)/ruff check . --output-format concise > reports/lint.txt
 	@echo "reports written to reports/"
+
+## bench: the benchmark of DESIGN.md §7 into reports/benchmark.md
+## (BENCH_DATABASE_URL / BENCH_REDIS_URL add a PostgreSQL + Redis run)
+bench: $(VENV)/.test-installed
+	bash scripts/install-bench-tools.sh
+	$(BIN)/python load-test/bench.py $(BENCH_ARGS)
 
 ## audit: known vulnerabilities in the pinned requirements (needs PyPI's JSON API)
 audit: $(VENV)/.test-installed
