@@ -1,4 +1,5 @@
-"""A local OAuth 2 provider on loopback that speaks like GitHub, Discord, Twitch and Google.
+"""A local OAuth 2 provider on loopback that speaks like GitHub, Discord, Twitch, Google,
+Reddit and X.
 
 Each provider has an authorize endpoint (redirects straight back with a code, as if
 the user consented), a token endpoint, and its user endpoints in that provider's own
@@ -55,7 +56,7 @@ class FakeProvider:
                 "api_base_url": f"{self.url}/{name}/api/",
                 **({"userinfo_url": f"{self.url}/google/userinfo"} if name == "google" else {}),
             }
-            for name in ("github", "discord", "twitch", "google")
+            for name in ("github", "discord", "twitch", "google", "reddit", "twitter")
         }
 
     # Endpoints -----------------------------------------------------------------------
@@ -152,6 +153,17 @@ class FakeProvider:
                         "profile_image_url": user.picture_url,
                     }
                 ]
+            }
+        if provider == "reddit" and path == "api/v1/me":
+            return {"id": user.id, "name": user.username, "icon_img": user.picture_url}
+        if provider == "twitter" and path == "users/me":
+            return {
+                "data": {
+                    "id": user.id,
+                    "name": user.name,
+                    "username": user.username,
+                    "profile_image_url": user.picture_url,
+                }
             }
         if provider == "google" and path == "userinfo":
             return {

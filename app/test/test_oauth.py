@@ -83,6 +83,36 @@ async def _me(client: httpx.AsyncClient, tokens: dict) -> dict:
     return (await client.get("/api/users/me", headers=bearer(tokens))).json()
 
 
+class TestWithoutEmail:
+    """Reddit and X give no email: they create accounts (or log into linked ones)."""
+
+    @pytest.fixture
+    def settings_overrides(self, fake_provider: FakeProvider) -> dict[str, object]:
+        return {
+            "API_CLIENT_ID_REDDIT": "r-id",
+            "API_CLIENT_SECRET_REDDIT": "r-secret",
+            "API_CLIENT_ID_TWITTER": "x-id",
+            "API_CLIENT_SECRET_TWITTER": "x-secret",
+            "OAUTH_PROVIDER_URLS": fake_provider.overrides(),
+            "BASE_URL": "http://testserver",
+        }
+
+    @pytest.mark.parametrize("provider", ["reddit", "twitter"])
+    async def test_login_creates_then_finds_the_account(
+        self, client: httpx.AsyncClient, fake_provider: FakeProvider, provider: str
+    ) -> None:
+        person = _person()
+        fake_provider.next_user = person
+        first = await _flow(client, provider)
+        assert first.status_code == 200, first.text
+        me = await _me(client, first.json())
+        assert me["email_verified"] is False
+        assert me["email"] == f"{provider}_{person.id}@users.noreply.invalid"
+        fake_provider.next_user = person
+        again = await _flow(client, provider)
+        assert (await _me(client, again.json()))["uuid"] == me["uuid"]
+
+
 async def test_enabled_providers_are_listed(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/oauth/providers")
     assert response.json() == {"providers": PROVIDERS}
