@@ -44,7 +44,7 @@ format: $(VENV)/.test-installed
 ## reports: the pytest, coverage and lint reports, written into reports/
 reports: $(VENV)/.test-installed
 	mkdir -p reports
-	-$(BIN)/python -m pytest --cov --cov-report=term --md-report --md-report-flavor gfm \
+	-$(BIN)/python -m pytest --cov --cov-report=term --md-report --md-report-flavor common_mark \
 		--md-report-output reports/pytest.md $(PYTEST_ARGS) | tee reports/pytest.txt
 	$(BIN)/coverage report > reports/coverage.txt
 	-$(BIN)/ruff check . --output-format concise > reports/lint.txt
