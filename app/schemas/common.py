@@ -36,9 +36,13 @@ Text = Annotated[str, AfterValidator(check_text)]
 
 
 class RequestModel(BaseModel):
-    """Base of every request body: unknown fields refused, every string checked."""
+    """Base of every request body: unknown fields refused, types strict, strings checked.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict: ``0.0`` is not ``false`` and ``"1"`` is not ``1``; a request means what it
+    says or is refused.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @field_validator("*", mode="after")
     @classmethod
