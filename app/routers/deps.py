@@ -1,4 +1,8 @@
-"""Typed dependencies shared by the routers: a route reads as its signature."""
+"""Typed dependencies shared by the routers: a route reads as its signature.
+
+Every dependency is ``async def``, even the trivial ones: FastAPI runs a plain
+``def`` dependency in a worker thread, a hop that costs more than the work.
+"""
 
 from __future__ import annotations
 
@@ -25,37 +29,37 @@ from app.services.sessions import Auth, InvalidToken, authenticate
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/login", auto_error=False)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The settings of the running app."""
     return request.app.state.settings
 
 
-def get_engine(request: Request) -> AsyncEngine:
+async def get_engine(request: Request) -> AsyncEngine:
     """The app's database engine."""
     return request.app.state.engine
 
 
-def get_redis(request: Request) -> Redis | None:
+async def get_redis(request: Request) -> Redis | None:
     """The app's Redis client, or None when REDIS_URL is not set."""
     return request.app.state.redis
 
 
-def get_flag_store(request: Request) -> FlagStore:
+async def get_flag_store(request: Request) -> FlagStore:
     """The app's feature flags."""
     return request.app.state.flag_store
 
 
-def get_flag_broadcaster(request: Request) -> FlagBroadcaster | None:
+async def get_flag_broadcaster(request: Request) -> FlagBroadcaster | None:
     """Announces flag changes to other replicas (None without Redis)."""
     return request.app.state.flag_broadcaster
 
 
-def get_guard(request: Request) -> BruteForceGuard:
+async def get_guard(request: Request) -> BruteForceGuard:
     """The brute-force guard (login, 2FA, password reset)."""
     return request.app.state.guard
 
 
-def get_mailer(request: Request) -> Mailer:
+async def get_mailer(request: Request) -> Mailer:
     """The app's outbox."""
     return request.app.state.mailer
 
@@ -66,7 +70,7 @@ async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_client(request: Request) -> ClientInfo:
+async def get_client(request: Request) -> ClientInfo:
     """The caller's address and user agent."""
     return ClientInfo(
         ip=request.client.host if request.client else None,
@@ -126,7 +130,7 @@ class Page:
     limit: int
 
 
-def get_page(
+async def get_page(
     offset: Annotated[int, Query(ge=0, le=10_000_000, description="Items to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=100, description="Items to return (1-100).")] = 50,
 ) -> Page:
@@ -134,7 +138,7 @@ def get_page(
     return Page(offset=offset, limit=limit)
 
 
-def get_user_uuid(user_uuid: Annotated[UUID, Path(alias="uuid")]) -> str:
+async def get_user_uuid(user_uuid: Annotated[UUID, Path(alias="uuid")]) -> str:
     """A user UUID from the path, canonical (lower-case, hyphenated)."""
     return str(user_uuid)
 
