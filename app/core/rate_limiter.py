@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.config import Settings
 from app.core.errors import AppError, error_body
-from app.core.security import JWT_ALGORITHM
+from app.core.security import JWT_ALGORITHM, bearer_token
 
 _WARNING_INTERVAL_SECONDS = 60
 #: Paths never limited (load balancers poll them).
@@ -204,20 +204,17 @@ class ClientAddressMiddleware:
 
 def token_subject(scope: Scope, secret: str) -> str | None:
     """The user of a validly signed access token in the request, or None (no DB lookup)."""
-    for name, value in scope.get("headers", []):
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not token:
-                return None
-            try:
-                claims = jwt.decode(
-                    token, secret, algorithms=[JWT_ALGORITHM], options={"require": ["exp", "sub"]}
-                )
-            except jwt.PyJWTError:
-                return None
-            subject = claims.get("sub")
-            return subject if claims.get("typ") == "access" and isinstance(subject, str) else None
-    return None
+    token = bearer_token(scope.get("headers", []))
+    if token is None:
+        return None
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[JWT_ALGORITHM], options={"require": ["exp", "sub"]}
+        )
+    except jwt.PyJWTError:
+        return None
+    subject = claims.get("sub")
+    return subject if claims.get("typ") == "access" and isinstance(subject, str) else None
 
 
 class BruteForceGuard:

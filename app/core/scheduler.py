@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from loguru import logger
-from sqlalchemy import Select, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.models import ScheduledJob, now_epoch
@@ -33,7 +33,9 @@ async def ensure_job_rows(
 ) -> None:
     """Create the bookkeeping row of each job (never run yet)."""
     async with session_factory() as db:
-        existing = {row.name for row in (await db.scalars(_select_jobs(names)))}
+        existing = set(
+            await db.scalars(select(ScheduledJob.name).where(ScheduledJob.name.in_(names)))
+        )
         for name in names:
             if name not in existing:
                 db.add(ScheduledJob(name=name, last_run_at=0))
@@ -41,10 +43,6 @@ async def ensure_job_rows(
             await db.commit()
         except Exception:  # another replica inserted them at the same moment
             await db.rollback()
-
-
-def _select_jobs(names: list[str]) -> Select[tuple[ScheduledJob]]:
-    return select(ScheduledJob).where(ScheduledJob.name.in_(names))
 
 
 async def claim_run(

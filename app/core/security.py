@@ -130,6 +130,17 @@ def new_refresh_token() -> str:
 # Access tokens -------------------------------------------------------------------------
 
 
+def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The token of an ``Authorization: Bearer ...`` header (raw ASGI headers), or None."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer":
+                return None
+            return token.strip() or None
+    return None
+
+
 class TokenError(Exception):
     """A token is malformed, forged, expired, or of the wrong kind."""
 

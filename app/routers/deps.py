@@ -21,6 +21,7 @@ from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.feature_flags import FlagBroadcaster, FlagStore
 from app.core.rate_limiter import BruteForceGuard
+from app.core.security import bearer_token
 from app.models import User
 from app.services.context import ClientInfo
 from app.services.sessions import Auth, InvalidToken, authenticate
@@ -149,15 +150,12 @@ UserUuid = Annotated[str, Depends(get_user_uuid)]
 
 async def resolve_flag_user(app: Any, scope: Scope) -> tuple[str, list[str]] | None:
     """The (uuid, roles) behind a request's access token, for rule-based flags."""
-    for name, value in scope.get("headers", []):
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not token:
-                return None
-            async with app.state.session_factory() as db:
-                try:
-                    auth = await authenticate(db, app.state.settings, token)
-                except InvalidToken:
-                    return None
-            return auth.user.uuid, list(auth.user.roles)
-    return None
+    token = bearer_token(scope.get("headers", []))
+    if token is None:
+        return None
+    async with app.state.session_factory() as db:
+        try:
+            auth = await authenticate(db, app.state.settings, token)
+        except InvalidToken:
+            return None
+    return auth.user.uuid, list(auth.user.roles)

@@ -26,6 +26,7 @@ from app.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.core.metrics import exposition
 from app.core.permissions import check_permission
 from app.core.rate_limiter import TrustedProxies
+from app.core.security import bearer_token
 from app.models import User, now_epoch
 from app.routers.deps import EngineDep, RedisDep, SessionDep, SettingsDep
 from app.schemas.common import ErrorResponse, Text
@@ -116,10 +117,7 @@ async def metrics(request: Request, settings: SettingsDep) -> Response:
 
 async def _docs_user(request: Request, db: AsyncSession, settings: Settings) -> User | None:
     """The user behind the docs cookie (or a bearer token), or None."""
-    token = request.cookies.get(DOCS_COOKIE)
-    header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        token = header[7:]
+    token = bearer_token(request.scope["headers"]) or request.cookies.get(DOCS_COOKIE)
     if not token:
         return None
     try:
