@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import typer
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import ConfigError, Settings, ensure_jwt_secret, load_settings
 from app.core.database import create_engine, create_session_factory, upgrade_database
 from app.core.errors import AppError
 from app.core.feature_flags import FlagStore, InvalidFlags, dump_flags, parse_flags
 from app.core.logging import setup_logging
+from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
+from app.services.auth_cache import AuthCache, session_options
 from app.services.maintenance import maintenance_jobs
 from app.services.users import create_admin
 
@@ -32,6 +37,21 @@ def _settings() -> Settings:
     settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
     ensure_jwt_secret(settings)
     return settings
+
+
+@asynccontextmanager
+async def _database(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on the migrated database; with Redis, their commits are announced to
+    the running replicas' auth caches (a command's changes are seen at once)."""
+    engine = create_engine(settings.database_url)
+    redis = create_redis(settings.REDIS_URL) if settings.REDIS_URL else None
+    try:
+        await upgrade_database(engine)
+        yield create_session_factory(engine, **session_options(AuthCache(0, redis=redis)))
+    finally:
+        if redis is not None:
+            await redis.aclose()
+        await engine.dispose()
 
 
 @cli.command()
@@ -62,16 +82,11 @@ def create_admin_command(
     settings = _settings()
 
     async def run() -> str:
-        engine = create_engine(settings.database_url)
-        try:
-            await upgrade_database(engine)
-            async with create_session_factory(engine)() as db:
-                user = await create_admin(
-                    db, settings, username=username, email=email, password=password
-                )
-            return user.uuid
-        finally:
-            await engine.dispose()
+        async with _database(settings) as factory, factory() as db:
+            user = await create_admin(
+                db, settings, username=username, email=email, password=password
+            )
+        return user.uuid
 
     try:
         user_uuid = asyncio.run(run())
@@ -118,14 +133,9 @@ def purge() -> None:
     settings = _settings()
 
     async def run() -> dict[str, dict[str, int] | None]:
-        engine = create_engine(settings.database_url)
-        try:
-            await upgrade_database(engine)
-            factory = create_session_factory(engine)
+        async with _database(settings) as factory:
             scheduler = JobScheduler(factory, maintenance_jobs(factory, settings))
             return {name: await scheduler.run(name, force=True) for name in scheduler.jobs}
-        finally:
-            await engine.dispose()
 
     for name, result in asyncio.run(run()).items():
         typer.echo(f"{name}: {json.dumps(result)}")

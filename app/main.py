@@ -6,6 +6,7 @@ Start it with ``make run`` (``fastapi run app/main.py``) or ``uvicorn app.main:a
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,6 +49,7 @@ from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
 from app.routers import admin, auth, files, oauth, pages, users
 from app.routers.deps import resolve_flag_user
+from app.services.auth_cache import AuthCache, session_options
 from app.services.maintenance import maintenance_jobs
 from app.services.users import ensure_first_admin
 
@@ -77,13 +79,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     engine = create_engine(settings.database_url)
     app.state.engine = engine
-    app.state.session_factory = create_session_factory(engine)
+    cache = app.state.auth_cache = _create_auth_cache(app, settings, engine.dialect.name)
+    app.state.session_factory = create_session_factory(engine, **session_options(cache))
     app.state.mailer = Mailer(settings)
     tasks: list[asyncio.Task[None]] = []
     try:
         await upgrade_database(engine)
         await ensure_first_admin(app.state.session_factory, settings)
         tasks = await _start_feature_flags(app, settings)
+        if cache.redis is not None:
+            tasks.append(asyncio.create_task(cache.listen()))
         scheduler = JobScheduler(
             app.state.session_factory, maintenance_jobs(app.state.session_factory, settings)
         )
@@ -100,13 +105,40 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if getattr(app.state, "scheduler", None) is not None:
             app.state.scheduler.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_background_tasks(tasks)
         await app.state.mailer.drain()
         if app.state.redis is not None:
             await app.state.redis.aclose()
         await engine.dispose()
+
+
+async def stop_background_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel background tasks and wait for them to end.
+
+    A cancel can be lost: redis-py swallows one that lands during a pub/sub
+    subscription handshake (seen with redis 8.1), so it is repeated until it takes.
+    """
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _create_auth_cache(app: FastAPI, settings: Settings, dialect: str) -> AuthCache:
+    """The session cache, kept only where every process hears every invalidation:
+    with Redis, or in the one process of a SQLite deployment."""
+    redis = app.state.redis
+    ttl = settings.AUTH_CACHE_SECONDS
+    several_processes = settings.WORKERS > 1 or multiprocessing.parent_process() is not None
+    if ttl and redis is None and (dialect != "sqlite" or several_processes):
+        logger.info(
+            "auth cache off: without REDIS_URL, {} could not tell each other about logouts",
+            "workers" if several_processes else "replicas",
+        )
+        ttl = 0
+    return AuthCache(ttl, redis=redis)
 
 
 async def _start_feature_flags(app: FastAPI, settings: Settings) -> list[asyncio.Task[None]]:
@@ -158,14 +190,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         FlagBroadcaster(app.state.redis, store) if app.state.redis is not None else None
     )
     install_error_handlers(app)
-    app.mount("/docs-static", pages.DOCS_STATIC, name="docs-static")
-    app.include_router(pages.router)
-    app.include_router(auth.router, prefix=settings.API_STR)
+    # Routing tries routes in order, one by one: the busiest routers go first.
     app.include_router(users.router, prefix=settings.API_STR)
+    app.include_router(auth.router, prefix=settings.API_STR)
     app.include_router(files.router, prefix=settings.API_STR)
     app.include_router(oauth.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
-    install_openapi(app, settings.API_STR)
+    app.include_router(pages.router)
+    app.mount("/docs-static", pages.DOCS_STATIC, name="docs-static")
+    install_openapi(
+        app,
+        settings.API_STR,
+        reading_order=[pages.router, auth.router, users.router, files.router, oauth.router],
+    )
 
     # Middleware, innermost first: each add_middleware wraps what is already there.
     if settings.FEATURE_FLAGS_ENABLED:

@@ -156,6 +156,10 @@ class Settings(BaseSettings):
     FIRST_ADMIN_PASSWORD: str | None = Field(default=None, repr=False)
     METRICS_ENABLED: bool = False
     METRICS_ALLOW_IPS: Annotated[list[str], NoDecode] = ["127.0.0.1"]
+    # Sessions and users kept in memory between requests (0 turns the cache off).
+    AUTH_CACHE_SECONDS: int = Field(default=60, ge=0)
+    # Server processes (scripts/serve.sh): several need Redis to share cache invalidations.
+    WORKERS: int = Field(default=1, gt=0)
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
 

@@ -13,6 +13,7 @@ import fcntl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -63,9 +64,12 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
-def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    """Sessions that keep loaded values after commit (responses are built after it)."""
-    return async_sessionmaker(engine, expire_on_commit=False)
+def create_session_factory(engine: AsyncEngine, **options: Any) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded values after commit (responses are built after it).
+
+    ``options`` go to ``async_sessionmaker`` (the auth cache's session class and info).
+    """
+    return async_sessionmaker(engine, expire_on_commit=False, **options)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -319,7 +319,7 @@ class FlagBroadcaster:
             if payload.get("origin") == self.origin:
                 return
             flags = parse_flags(payload.get("flags"))
-        except (json.JSONDecodeError, InvalidFlags, AttributeError) as error:
+        except (ValueError, AttributeError) as error:  # not JSON, not UTF-8, bad flags
             logger.error("ignoring a malformed feature flag announcement: {}", error)
             return
         await asyncio.to_thread(self.store.replace, flags)

@@ -9,6 +9,7 @@ from app.routers.deps import (
     CurrentUser,
     FlagBroadcasterDep,
     FlagStoreDep,
+    Reader,
     SessionDep,
     SettingsDep,
     UserUuid,
@@ -63,7 +64,7 @@ async def admin_update_user(
 
 @router.get("/feature-flags", response_model=FeatureFlags, responses=error_responses(401, 403))
 async def read_feature_flags(
-    actor: CurrentUser, store: FlagStoreDep, settings: SettingsDep
+    actor: Reader, store: FlagStoreDep, settings: SettingsDep
 ) -> FeatureFlags:
     """Every feature flag and its value (admins).
 

@@ -8,7 +8,15 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from app.routers.deps import AuthDep, ClientDep, GuardDep, MailerDep, SessionDep, SettingsDep
+from app.routers.deps import (
+    AuthDep,
+    ClientDep,
+    GuardDep,
+    MailerDep,
+    ReaderAuth,
+    SessionDep,
+    SettingsDep,
+)
 from app.schemas.auth import (
     EmailRequest,
     ExchangeRequest,
@@ -329,7 +337,7 @@ async def logout_all(auth: AuthDep, db: SessionDep, client: ClientDep) -> None:
 
 
 @router.get("/sessions", response_model=SessionList, responses=error_responses(401))
-async def list_sessions(auth: AuthDep, db: SessionDep) -> SessionList:
+async def list_sessions(auth: ReaderAuth, db: SessionDep) -> SessionList:
     """List the current user's open sessions, newest first.
 
     Returns
@@ -373,7 +381,7 @@ async def revoke_session(
 
 
 @router.get("/token/validate", response_model=TokenValidation, responses=error_responses(401))
-async def validate_token(auth: AuthDep) -> TokenValidation:
+async def validate_token(auth: ReaderAuth) -> TokenValidation:
     """Check an access token.
 
     Returns

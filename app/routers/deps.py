@@ -23,8 +23,9 @@ from app.core.feature_flags import FlagBroadcaster, FlagStore
 from app.core.rate_limiter import BruteForceGuard
 from app.core.security import bearer_token
 from app.models import User
+from app.services.auth_cache import AuthCache
 from app.services.context import ClientInfo
-from app.services.sessions import Auth, InvalidToken, authenticate
+from app.services.sessions import Auth, InvalidToken, authenticate, authenticate_reader
 
 # The token URL is rewritten to API_STR's in the OpenAPI document (app.core.openapi).
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/login", auto_error=False)
@@ -123,6 +124,38 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 OptionalUser = Annotated[User | None, Depends(get_optional_user)]
 
 
+async def get_auth_cache(request: Request) -> AuthCache:
+    """The app's cache of sessions and users."""
+    return request.app.state.auth_cache
+
+
+AuthCacheDep = Annotated[AuthCache, Depends(get_auth_cache)]
+
+
+async def get_reader_auth(
+    request: Request,
+    settings: SettingsDep,
+    cache: AuthCacheDep,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+) -> Auth:
+    """The caller's authentication, for routes that only read: the user and session
+    are read-only copies, usually from the cache (no database trip); 401 as ``get_auth``.
+    """
+    if token is None:
+        raise InvalidToken("Not authenticated")
+    return await authenticate_reader(request.app.state.session_factory, settings, token, cache)
+
+
+async def get_reader(auth: Annotated[Auth, Depends(get_reader_auth)]) -> User:
+    """The authenticated user as a read-only copy (routes that only read)."""
+    return auth.user
+
+
+#: ``AuthDep`` / ``CurrentUser`` for routes that only read; writing to them raises.
+ReaderAuth = Annotated[Auth, Depends(get_reader_auth)]
+Reader = Annotated[User, Depends(get_reader)]
+
+
 @dataclass(frozen=True)
 class Page:
     """Which slice of a list to return."""
@@ -153,9 +186,11 @@ async def resolve_flag_user(app: Any, scope: Scope) -> tuple[str, list[str]] | N
     token = bearer_token(scope.get("headers", []))
     if token is None:
         return None
-    async with app.state.session_factory() as db:
-        try:
-            auth = await authenticate(db, app.state.settings, token)
-        except InvalidToken:
-            return None
+    state = app.state
+    try:
+        auth = await authenticate_reader(
+            state.session_factory, state.settings, token, state.auth_cache
+        )
+    except InvalidToken:
+        return None
     return auth.user.uuid, list(auth.user.roles)

@@ -10,7 +10,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.models import User
-from app.routers.deps import ClientDep, CurrentUser, PageDep, SessionDep, SettingsDep, UserUuid
+from app.routers.deps import (
+    ClientDep,
+    CurrentUser,
+    PageDep,
+    Reader,
+    SessionDep,
+    SettingsDep,
+    UserUuid,
+)
 from app.schemas.common import Text, error_responses
 from app.schemas.files import FileInfo, FilePage, FileUpdate, file_info
 from app.services import files as file_service
@@ -120,7 +128,7 @@ async def upload_user_file(
 
 @router.get("/file/{file_id}", response_model=FileInfo, responses=error_responses(401, 404, 422))
 async def read_file(
-    file_id: FileId, actor: CurrentUser, db: SessionDep, settings: SettingsDep
+    file_id: FileId, actor: Reader, db: SessionDep, settings: SettingsDep
 ) -> FileInfo:
     """A file's metadata (linked users and staff).
 
@@ -146,7 +154,7 @@ async def read_file(
     },
 )
 async def read_file_content(
-    file_id: FileId, actor: CurrentUser, db: SessionDep, settings: SettingsDep
+    file_id: FileId, actor: Reader, db: SessionDep, settings: SettingsDep
 ) -> FileResponse:
     """The file's bytes, streamed.
 
@@ -224,7 +232,7 @@ async def delete_file(
     "/user/{uuid}/files", response_model=FilePage, responses=error_responses(401, 403, 404, 422)
 )
 async def list_user_files(
-    user_uuid: UserUuid, actor: CurrentUser, db: SessionDep, settings: SettingsDep, page: PageDep
+    user_uuid: UserUuid, actor: Reader, db: SessionDep, settings: SettingsDep, page: PageDep
 ) -> FilePage:
     """The files linked to a user, newest first (the user and staff).
 
@@ -325,7 +333,7 @@ async def delete_profile_picture(
 )
 async def read_profile_picture(
     user_uuid: UserUuid,
-    actor: CurrentUser,
+    actor: Reader,
     db: SessionDep,
     settings: SettingsDep,
     if_none_match: Annotated[str | None, Header()] = None,

@@ -7,10 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from app.routers.deps import (
+    AuthCacheDep,
     ClientDep,
     CurrentUser,
     MailerDep,
     PageDep,
+    Reader,
     SessionDep,
     SettingsDep,
     UserUuid,
@@ -33,7 +35,7 @@ router = APIRouter(tags=["users"])
 
 
 @router.get("/users/me", response_model=UserPrivate, responses=error_responses(401))
-async def read_me(user: CurrentUser, settings: SettingsDep) -> UserPrivate:
+async def read_me(user: Reader, settings: SettingsDep) -> UserPrivate:
     """The current user's own account.
 
     Returns
@@ -84,7 +86,7 @@ async def update_me(
 
 @router.get("/users", response_model=UserPage, responses=error_responses(401, 403, 422))
 async def list_users(
-    actor: CurrentUser,
+    actor: Reader,
     db: SessionDep,
     settings: SettingsDep,
     page: PageDep,
@@ -133,7 +135,11 @@ async def list_users(
     responses=error_responses(401, 404, 422),
 )
 async def read_user(
-    user_uuid: UserUuid, actor: CurrentUser, db: SessionDep, settings: SettingsDep
+    user_uuid: UserUuid,
+    actor: Reader,
+    db: SessionDep,
+    settings: SettingsDep,
+    cache: AuthCacheDep,
 ) -> UserPrivate | UserPublic:
     """A user's profile.
 
@@ -152,7 +158,7 @@ async def read_user(
         ``USER_NOT_FOUND``: no such user, or one who blocked the caller, or an
         inactive account (for non-staff).
     """
-    user, private = await user_service.get_visible_user(db, actor, user_uuid)
+    user, private = await user_service.get_visible_user(db, actor, user_uuid, cache)
     return private_view(user, settings) if private else public_view(user, settings)
 
 

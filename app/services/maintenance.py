@@ -33,12 +33,15 @@ async def purge_expired(session_factory: async_sessionmaker[AsyncSession]) -> di
     now = now_epoch()
     async with session_factory() as db:
         sessions = await db.execute(
-            delete(Session).where(
+            delete(Session)
+            .where(
                 or_(
                     Session.expires_at <= now,
                     Session.revoked_at <= now - REVOKED_SESSION_KEEP_SECONDS,
                 )
             )
+            # Expired and revoked sessions are never in the auth cache.
+            .execution_options(auth_cache_users=[])
         )
         tokens = await db.execute(delete(UsedToken).where(UsedToken.expires_at <= now))
         challenges = await db.execute(

@@ -236,7 +236,8 @@ async def _redeem(
                 or_(User.otp_last_timestep.is_(None), User.otp_last_timestep < step),
             )
             .values(otp_last_timestep=step)
-            .execution_options(synchronize_session=False)
+            # The auth cache keeps no OTP column.
+            .execution_options(synchronize_session=False, auth_cache_users=[])
         )
         ok = advanced.rowcount == 1
     if ok:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.errors import NotFound, Unauthorized
@@ -26,6 +26,7 @@ from app.core.security import (
 )
 from app.models import Session, User, new_uuid, now_epoch
 from app.schemas.auth import TokenPair
+from app.services.auth_cache import SESSION_OMITTED, USER_OMITTED, AuthCache, snapshot
 from app.services.context import ClientInfo
 from app.services.history import record_event
 
@@ -111,6 +112,7 @@ async def revoke_sessions(
         update(Session)
         .where(Session.user_uuid == user_uuid, Session.revoked_at.is_(None))
         .values(revoked_at=now_epoch())
+        .execution_options(auth_cache_users=[user_uuid])
     )
     if keep_session_id is not None:
         statement = statement.where(Session.id != keep_session_id)
@@ -121,16 +123,14 @@ async def revoke_sessions(
 # Access tokens -------------------------------------------------------------------------
 
 
-async def authenticate(db: AsyncSession, settings: Settings, token: str) -> Auth:
-    """The user and session behind an access token, or InvalidToken.
-
-    Refused: a bad signature or kind, an expired token, a session that is revoked or
-    expired, a user who is inactive.
-    """
+def _claims(settings: Settings, token: str) -> AccessClaims:
     try:
-        claims = decode_access_token(token, settings.JWT_SECRET_KEY)
+        return decode_access_token(token, settings.JWT_SECRET_KEY)
     except TokenError:
         raise InvalidToken() from None
+
+
+async def _load(db: AsyncSession, claims: AccessClaims) -> Auth:
     row = (
         await db.execute(
             select(Session, User)
@@ -149,6 +149,45 @@ async def authenticate(db: AsyncSession, settings: Settings, token: str) -> Auth
     ):
         raise InvalidToken()
     return Auth(user=user, session=session, claims=claims)
+
+
+async def authenticate(db: AsyncSession, settings: Settings, token: str) -> Auth:
+    """The user and session behind an access token, or InvalidToken.
+
+    Refused: a bad signature or kind, an expired token, a session that is revoked or
+    expired, a user who is inactive. The objects are live in ``db``: for routes that
+    change something.
+    """
+    return await _load(db, _claims(settings, token))
+
+
+async def authenticate_reader(
+    session_factory: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    token: str,
+    cache: AuthCache,
+) -> Auth:
+    """As :func:`authenticate`, for routes that only read: the cache may answer.
+
+    The user and session are read-only copies (:mod:`app.services.auth_cache`), from
+    the cache or, on a miss, from one query whose result the cache keeps.
+    """
+    claims = _claims(settings, token)
+    hit = cache.session(claims.session_id)
+    if hit is not None:
+        session, user = hit
+        if session.user_uuid != claims.user_uuid or session.expires_at <= now_epoch():
+            raise InvalidToken()
+        return Auth(user=user, session=session, claims=claims)
+    generation = cache.generation
+    async with session_factory() as db:
+        auth = await _load(db, claims)
+    cache.store_session(generation, auth.session, auth.user)
+    return Auth(
+        user=snapshot(auth.user, USER_OMITTED),
+        session=snapshot(auth.session, SESSION_OMITTED),
+        claims=claims,
+    )
 
 
 # Refresh -------------------------------------------------------------------------------
@@ -190,7 +229,8 @@ async def refresh(
             previous_refresh_token_hash=presented,
             last_used_at=now,
         )
-        .execution_options(synchronize_session=False)
+        # A rotation leaves the session open: nothing cached changes.
+        .execution_options(synchronize_session=False, auth_cache_users=[])
     )
     if swapped.rowcount != 1:
         await db.rollback()
@@ -229,6 +269,7 @@ async def logout(db: AsyncSession, auth: Auth, client: ClientInfo) -> None:
         update(Session)
         .where(Session.id == auth.session.id, Session.revoked_at.is_(None))
         .values(revoked_at=now_epoch())
+        .execution_options(auth_cache_users=[auth.user.uuid])
     )
     record_event(auth.user, "logout", by=auth.user.uuid, client=client)
     await db.commit()
@@ -269,6 +310,7 @@ async def revoke_own_session(
             Session.revoked_at.is_(None),
         )
         .values(revoked_at=now_epoch())
+        .execution_options(auth_cache_users=[auth.user.uuid])
     )
     if result.rowcount != 1:
         raise NotFound("No such session", code="SESSION_NOT_FOUND")

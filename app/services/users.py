@@ -22,6 +22,7 @@ from app.core.security import create_one_time_token, hash_password, password_pro
 from app.models import File, User, new_uuid
 from app.schemas.common import check_text
 from app.schemas.fields import check_email, check_username, display_name_matches
+from app.services.auth_cache import AuthCache
 from app.services.context import SYSTEM, ClientInfo
 from app.services.history import record_event
 from app.services.sessions import revoke_sessions
@@ -352,15 +353,23 @@ class InvalidBlock(AppError):
     detail = "You cannot block yourself"
 
 
-async def get_visible_user(db: AsyncSession, actor: User, user_uuid: str) -> tuple[User, bool]:
+async def get_visible_user(
+    db: AsyncSession, actor: User, user_uuid: str, cache: AuthCache | None = None
+) -> tuple[User, bool]:
     """The user ``actor`` asks for, and whether the private view applies.
 
     Someone who blocked the actor, an inactive account (for non-staff) and a UUID
-    that does not exist all look the same: 404.
+    that does not exist all look the same: 404. With ``cache`` (routes that only
+    read), the user may be a read-only copy from it.
     """
-    user = await get_user(db, user_uuid)
+    user = cache.user(user_uuid) if cache is not None else None
     if user is None:
-        raise UserNotFound()
+        generation = cache.generation if cache is not None else 0
+        user = await get_user(db, user_uuid)
+        if user is None:
+            raise UserNotFound()
+        if cache is not None:
+            cache.store_user(generation, user)
     require_permission(actor, "user", "read", user, hide_as=UserNotFound)
     return user, bool(check_permission(actor, "user", "read_private", user))
 
@@ -587,7 +596,9 @@ async def purge_user(db: AsyncSession, settings: Settings, user_uuid: str) -> No
     paths = [settings.DATA_DIR / file.file_path for file in owned_files]
     for file in owned_files:
         await db.delete(file)
-    await db.execute(delete(User).where(User.uuid == user_uuid))
+    await db.execute(
+        delete(User).where(User.uuid == user_uuid).execution_options(auth_cache_users=[user_uuid])
+    )
     await db.commit()
     await asyncio.to_thread(_remove_paths, paths, user_data_dir(settings, user_uuid))
     logger.info("user {} deleted", user_uuid)

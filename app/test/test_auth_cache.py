@@ -1,0 +1,456 @@
+"""The auth cache: reads skip the database, and every change is still seen at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from fastapi import FastAPI
+from redis import Redis
+from sqlalchemy import text
+from sqlalchemy.orm.exc import DetachedInstanceError
+
+from app.core.config import Settings
+from app.core.database import is_sqlite
+from app.core.redis_client import create_redis
+from app.main import create_app, stop_background_tasks
+from app.models import Session, new_uuid, now_epoch
+from app.services.auth_cache import (
+    ALL,
+    USER_OMITTED,
+    AuthCache,
+    SnapshotWrite,
+    is_snapshot,
+    snapshot,
+)
+from app.test.conftest import TEST_JWT_SECRET, require_redis, settings_env
+from app.test.factories import (
+    PASSWORD,
+    bearer,
+    login,
+    make_user,
+    signup_and_login,
+    user_with_tokens,
+)
+from app.test.server import LiveServer, start_server
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _user_and_session(expires_in: int = 3600) -> tuple:
+    user = make_user(uuid=new_uuid(), hashed_password="$2b$04$not-a-real-hash", created_at=1)
+    session = Session(
+        id=new_uuid(),
+        user_uuid=user.uuid,
+        refresh_token_hash="f" * 64,
+        created_at=1,
+        last_used_at=1,
+        expires_at=now_epoch() + expires_in,
+    )
+    return user, session
+
+
+# The cache on its own -------------------------------------------------------------------
+
+
+def test_a_stored_session_is_answered_until_its_time_is_up() -> None:
+    clock = Clock()
+    cache = AuthCache(60, clock=clock)
+    user, session = _user_and_session()
+    cache.store_session(cache.generation, session, user)
+    cached_session, cached_user = cache.session(session.id)
+    assert (cached_session.id, cached_user.uuid) == (session.id, user.uuid)
+    clock.now += 59
+    assert cache.session(session.id) is not None
+    clock.now += 2
+    assert cache.session(session.id) is None
+    assert cache.user(user.uuid) is None
+
+
+def test_an_entry_never_outlives_its_session() -> None:
+    clock = Clock()
+    cache = AuthCache(600, clock=clock)
+    user, session = _user_and_session(expires_in=5)
+    cache.store_session(cache.generation, session, user)
+    clock.now += 6
+    assert cache.session(session.id) is None
+    user, expired = _user_and_session(expires_in=0)
+    cache.store_session(cache.generation, expired, user)
+    assert cache.session(expired.id) is None
+
+
+def test_a_fill_that_raced_an_invalidation_is_not_kept() -> None:
+    cache = AuthCache(60)
+    user, session = _user_and_session()
+    generation = cache.generation  # a reader starts its query...
+    cache.forget([user.uuid])  # ...a writer commits a change to that user...
+    cache.store_session(generation, session, user)  # ...the reader's old row arrives
+    assert cache.session(session.id) is None
+    cache.store_session(cache.generation, session, user)
+    assert cache.session(session.id) is not None
+
+
+def test_forgetting_a_user_drops_every_session_of_theirs_and_only_theirs() -> None:
+    cache = AuthCache(60)
+    user, first = _user_and_session()
+    _, second = _user_and_session()
+    second.user_uuid = user.uuid
+    other_user, other = _user_and_session()
+    for session, owner in ((first, user), (second, user), (other, other_user)):
+        cache.store_session(cache.generation, session, owner)
+    cache.forget([user.uuid])
+    assert cache.session(first.id) is None
+    assert cache.session(second.id) is None
+    assert cache.session(other.id) is not None
+    cache.forget([ALL])
+    assert len(cache) == 0
+
+
+def test_the_oldest_user_makes_room_with_their_sessions() -> None:
+    cache = AuthCache(60, max_users=2)
+    pairs = [_user_and_session() for _ in range(3)]
+    for user, session in pairs:
+        cache.store_session(cache.generation, session, user)
+    assert cache.session(pairs[0][1].id) is None
+    assert all(cache.session(session.id) is not None for _, session in pairs[1:])
+    assert len(cache) == 4
+
+
+def test_a_cache_without_lifetime_keeps_nothing() -> None:
+    cache = AuthCache(0)
+    user, session = _user_and_session()
+    cache.store_session(cache.generation, session, user)
+    assert cache.session(session.id) is None
+    assert len(cache) == 0
+
+
+def test_copies_are_read_only_and_carry_no_secrets_nor_history() -> None:
+    user, _session = _user_and_session()
+    user.user_history = [{"action": "login"}]
+    copy = snapshot(user, USER_OMITTED)
+    assert is_snapshot(copy)
+    assert not is_snapshot(user)
+    assert (copy.uuid, copy.username, copy.roles) == (user.uuid, user.username, user.roles)
+    for secret in ("hashed_password", "otp_secret", "user_history"):
+        with pytest.raises(DetachedInstanceError):
+            getattr(copy, secret)
+    with pytest.raises(SnapshotWrite):
+        copy.display_name = "changed"
+    user.display_name = "the original stays writable"
+    copy.roles.append("admin")  # a copy's list is its own
+    assert user.roles == ["user"]
+
+
+# Through the API --------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def cache_mode(request: pytest.FixtureRequest) -> str:
+    """The cache alone (one process), or fed by Redis pub/sub (replicas)."""
+    if request.param == "redis":
+        require_redis()
+    return request.param
+
+
+@pytest.fixture
+def settings_overrides(cache_mode: str) -> dict[str, object]:
+    return {"REDIS_URL": require_redis()} if cache_mode == "redis" else {}
+
+
+async def _until_available(app: FastAPI) -> AuthCache:
+    cache: AuthCache = app.state.auth_cache
+    if cache.redis is not None:
+        for _ in range(100):
+            if cache.available:
+                break
+            await asyncio.sleep(0.02)
+    return cache
+
+
+async def _me(client: httpx.AsyncClient, tokens: dict) -> httpx.Response:
+    return await client.get("/api/users/me", headers=bearer(tokens))
+
+
+async def test_reads_come_from_the_cache_and_show_every_change(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    cache = await _until_available(app)
+    user, tokens = await signup_and_login(client)
+    _, viewer = await signup_and_login(client)
+    assert (await _me(client, tokens)).status_code == 200
+    profile = await client.get(f"/api/user/{user['uuid']}", headers=bearer(viewer))
+    assert profile.json()["display_name"] == user["username"]
+    # Cached where a logout can be heard everywhere: SQLite, or anything with Redis.
+    assert cache.available == (is_sqlite(settings.database_url) or settings.REDIS_URL is not None)
+    assert (cache.session(_session_id(tokens)) is not None) == cache.available
+
+    changed = await client.patch(
+        "/api/users/me", json={"description": "Renamed"}, headers=bearer(tokens)
+    )
+    assert changed.status_code == 200
+    assert (await _me(client, tokens)).json()["description"] == "Renamed"
+    profile = await client.get(f"/api/user/{user['uuid']}", headers=bearer(viewer))
+    assert profile.json()["description"] == "Renamed"
+
+
+def _session_id(tokens: dict) -> str:
+    return jwt.decode(tokens["access_token"], options={"verify_signature": False})["sid"]
+
+
+async def test_every_way_of_ending_a_session_refuses_its_token_at_once(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await _until_available(app)
+    _, admin = await user_with_tokens(app, client, roles=("admin",))
+
+    async def cached_reader() -> tuple[dict, dict]:
+        user, tokens = await signup_and_login(client)
+        assert (await _me(client, tokens)).status_code == 200  # now in the cache
+        assert (
+            await client.get("/api/auth/token/validate", headers=bearer(tokens))
+        ).status_code == 200
+        return user, tokens
+
+    _, tokens = await cached_reader()
+    assert (await client.post("/api/auth/logout", headers=bearer(tokens))).status_code == 204
+    assert (await _me(client, tokens)).status_code == 401
+
+    user, tokens = await cached_reader()
+    other = await login(client, user["username"])
+    assert (await _me(client, other)).status_code == 200
+    assert (await client.post("/api/auth/logout-all", headers=bearer(tokens))).status_code == 204
+    assert (await _me(client, tokens)).status_code == 401
+    assert (await _me(client, other)).status_code == 401
+
+    user, tokens = await cached_reader()
+    other = await login(client, user["username"])
+    sessions = (await client.get("/api/auth/sessions", headers=bearer(tokens))).json()["items"]
+    other_id = next(item["id"] for item in sessions if not item["current"])
+    revoked = await client.delete(f"/api/auth/sessions/{other_id}", headers=bearer(tokens))
+    assert revoked.status_code == 204
+    assert (await _me(client, other)).status_code == 401
+    assert (await _me(client, tokens)).status_code == 200
+
+    user, tokens = await cached_reader()
+    changed = await client.post(
+        "/api/auth/password/change",
+        json={"current_password": PASSWORD, "new_password": "another fine passphrase"},
+        headers=bearer(tokens),
+    )
+    assert changed.status_code == 204
+    assert (await _me(client, tokens)).status_code == 401
+
+    user, tokens = await cached_reader()
+    banned = await client.patch(
+        f"/api/admin/user/{user['uuid']}", json={"is_active": False}, headers=bearer(admin)
+    )
+    assert banned.status_code == 200
+    assert (await _me(client, tokens)).status_code == 401
+
+    user, tokens = await cached_reader()
+    deleted = await client.delete(f"/api/user/{user['uuid']}", headers=bearer(tokens))
+    assert deleted.status_code == 204
+    assert (await _me(client, tokens)).status_code == 401
+
+
+async def test_a_role_change_is_read_at_once(app: FastAPI, client: httpx.AsyncClient) -> None:
+    await _until_available(app)
+    _, admin = await user_with_tokens(app, client, roles=("admin", "moderator"))
+    user, tokens = await signup_and_login(client)
+    assert (await _me(client, tokens)).json()["roles"] == ["user"]
+    assert (await client.get("/api/users", headers=bearer(tokens))).status_code == 403
+    promoted = await client.patch(
+        f"/api/admin/user/{user['uuid']}", json={"roles": ["moderator"]}, headers=bearer(admin)
+    )
+    assert promoted.status_code == 200
+    assert (await _me(client, tokens)).json()["roles"] == ["moderator"]
+    assert (await client.get("/api/users", headers=bearer(tokens))).status_code == 200
+
+
+class TestChangesTheServiceDoesNotMake:
+    """Hand-written SQL passes no hook: the cache lifetime bounds how long it is missed."""
+
+    @pytest.fixture
+    def settings_overrides(self, cache_mode: str) -> dict[str, object]:
+        redis = {"REDIS_URL": require_redis()} if cache_mode == "redis" else {}
+        return {"AUTH_CACHE_SECONDS": 1, **redis}
+
+    async def test_are_seen_when_the_entry_expires(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        cache = await _until_available(app)
+        user, tokens = await signup_and_login(client)
+        assert (await _me(client, tokens)).status_code == 200
+        async with app.state.engine.begin() as connection:
+            await connection.execute(
+                text('UPDATE "user" SET is_active = false WHERE uuid = :uuid'),
+                {"uuid": user["uuid"]},
+            )
+        # Cached: the old answer, at most AUTH_CACHE_SECONDS; uncached: refused now.
+        assert (await _me(client, tokens)).status_code == (200 if cache.available else 401)
+        await asyncio.sleep(1.1)
+        assert (await _me(client, tokens)).status_code == 401
+
+
+class TestCacheOff:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {"AUTH_CACHE_SECONDS": 0}
+
+    async def test_every_read_asks_the_database(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        user, tokens = await signup_and_login(client)
+        assert (await _me(client, tokens)).status_code == 200
+        assert len(app.state.auth_cache) == 0
+        async with app.state.engine.begin() as connection:
+            await connection.execute(
+                text('UPDATE "user" SET description = :name WHERE uuid = :uuid'),
+                {"name": "Changed by hand", "uuid": user["uuid"]},
+            )
+        assert (await _me(client, tokens)).json()["description"] == "Changed by hand"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cached"),
+    [
+        ({}, "sqlite"),  # one process: cached on SQLite only
+        ({"WORKERS": 2}, None),  # several processes, no Redis: never
+        ({"WORKERS": 2, "REDIS_URL": "redis"}, "always"),
+    ],
+)
+async def test_the_cache_is_on_only_where_every_logout_is_heard(
+    settings: Settings, overrides: dict, cached: str | None
+) -> None:
+    if overrides.get("REDIS_URL"):
+        overrides = {**overrides, "REDIS_URL": require_redis()}
+    application = create_app(settings.model_copy(update={"REDIS_URL": None, **overrides}))
+    async with application.router.lifespan_context(application):
+        ttl = application.state.auth_cache.ttl
+    expected = cached == "always" or (cached == "sqlite" and is_sqlite(settings.database_url))
+    assert (ttl > 0) == expected
+
+
+# Redis: replicas and a lost subscription ---------------------------------------------------
+
+
+@pytest.fixture
+async def redis_cache() -> AsyncIterator[tuple[AuthCache, asyncio.Task]]:
+    cache = AuthCache(60, redis=create_redis(require_redis()))
+    task = asyncio.create_task(cache.listen(retry_seconds=0.2))
+    try:
+        yield cache, task
+    finally:
+        await stop_background_tasks([task])
+        await cache.redis.aclose()
+
+
+async def _wait_for(condition, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_an_announcement_reaches_the_other_caches_only(redis_cache) -> None:
+    listener, _ = redis_cache
+    await _wait_for(lambda: listener.available)
+    user, session = _user_and_session()
+    listener.store_session(listener.generation, session, user)
+    sender = AuthCache(60, redis=create_redis(require_redis()))
+    try:
+        await sender.announce([new_uuid()])
+        await asyncio.sleep(0.2)
+        assert listener.session(session.id) is not None  # someone else's change
+        await sender.announce([user.uuid])
+        await _wait_for(lambda: listener.session(session.id) is None)
+        # Its own announcements come back too, and are not applied twice.
+        listener.store_session(listener.generation, session, user)
+        generation = listener.generation
+        await listener.announce([user.uuid])
+        await asyncio.sleep(0.2)
+        assert listener.generation == generation
+    finally:
+        await sender.redis.aclose()
+
+
+async def test_a_garbled_announcement_empties_the_cache(redis_cache) -> None:
+    listener, _ = redis_cache
+    await _wait_for(lambda: listener.available)
+    user, session = _user_and_session()
+    listener.store_session(listener.generation, session, user)
+    with Redis.from_url(require_redis()) as redis:
+        redis.publish("user_manager:auth_cache", b"\xff not json")
+    await _wait_for(lambda: listener.session(session.id) is None)
+    assert listener.available
+
+
+async def test_a_lost_subscription_stops_the_cache_until_it_is_back(redis_cache) -> None:
+    cache, _ = redis_cache
+    await _wait_for(lambda: cache.available)
+    user, session = _user_and_session()
+    cache.store_session(cache.generation, session, user)
+    with Redis.from_url(require_redis()) as redis:
+        redis.client_kill_filter(_type="pubsub")
+    # Meanwhile nothing is answered from memory: a logout elsewhere could be missed.
+    await _wait_for(lambda: not cache.available)
+    assert cache.session(session.id) is None
+    assert len(cache) == 0
+    await _wait_for(lambda: cache.available)
+    assert len(cache) == 0
+
+
+@pytest.fixture
+def two_replicas(settings: Settings, tmp_path: Path) -> Iterator[list[LiveServer]]:
+    """Two server processes on one database, caching, told of changes through Redis."""
+    redis_url = require_redis()
+    servers: list[LiveServer] = []
+    try:
+        for index in range(2):
+            env = {
+                **settings_env(settings),
+                "DATA_DIR": str(tmp_path / f"replica{index}"),
+                "REDIS_URL": redis_url,
+                "JWT_SECRET_KEY": TEST_JWT_SECRET,
+            }
+            servers.append(start_server(env, tmp_path / f"replica{index}.log"))
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_a_logout_on_one_replica_is_refused_by_the_other(
+    two_replicas: list[LiveServer],
+) -> None:
+    first, second = two_replicas
+    body = {"username": "replicated", "email": "replicated@example.com", "password": PASSWORD}
+    assert httpx.post(f"{first.url}/api/auth/signup", json=body).status_code == 201
+    tokens = httpx.post(
+        f"{first.url}/api/auth/login", data={"username": "replicated", "password": PASSWORD}
+    ).json()
+    for server in (first, second):  # both replicas now hold the session
+        assert httpx.get(f"{server.url}/api/users/me", headers=bearer(tokens)).status_code == 200
+
+    renamed = httpx.patch(
+        f"{second.url}/api/users/me", json={"description": "Seen by both"}, headers=bearer(tokens)
+    )
+    assert renamed.status_code == 200
+    me = httpx.get(f"{first.url}/api/users/me", headers=bearer(tokens))
+    assert me.json()["description"] == "Seen by both"
+
+    assert httpx.post(f"{first.url}/api/auth/logout", headers=bearer(tokens)).status_code == 204
+    assert httpx.get(f"{second.url}/api/users/me", headers=bearer(tokens)).status_code == 401
