@@ -23,7 +23,6 @@ from app.core.feature_flags import FlagBroadcaster, FlagStore
 from app.core.rate_limiter import BruteForceGuard
 from app.core.security import bearer_token
 from app.models import User
-from app.services.auth_cache import AuthCache
 from app.services.context import ClientInfo
 from app.services.sessions import Auth, InvalidToken, authenticate, authenticate_reader
 
@@ -124,31 +123,31 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 OptionalUser = Annotated[User | None, Depends(get_optional_user)]
 
 
-async def get_auth_cache(request: Request) -> AuthCache:
-    """The app's cache of sessions and users."""
-    return request.app.state.auth_cache
+async def _reader_auth(request: Request, token: str | None) -> Auth:
+    if token is None:
+        raise InvalidToken("Not authenticated")
+    state = request.app.state
+    return await authenticate_reader(state.session_factory, state.settings, token, state.auth_cache)
 
 
-AuthCacheDep = Annotated[AuthCache, Depends(get_auth_cache)]
+# The two below read the app's state themselves rather than through SettingsDep: they
+# run on every hot read, and each sub-dependency costs FastAPI more than a cache hit.
 
 
 async def get_reader_auth(
-    request: Request,
-    settings: SettingsDep,
-    cache: AuthCacheDep,
-    token: Annotated[str | None, Depends(oauth2_scheme)],
+    request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> Auth:
     """The caller's authentication, for routes that only read: the user and session
     are read-only copies, usually from the cache (no database trip); 401 as ``get_auth``.
     """
-    if token is None:
-        raise InvalidToken("Not authenticated")
-    return await authenticate_reader(request.app.state.session_factory, settings, token, cache)
+    return await _reader_auth(request, token)
 
 
-async def get_reader(auth: Annotated[Auth, Depends(get_reader_auth)]) -> User:
+async def get_reader(
+    request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]
+) -> User:
     """The authenticated user as a read-only copy (routes that only read)."""
-    return auth.user
+    return (await _reader_auth(request, token)).user
 
 
 #: ``AuthDep`` / ``CurrentUser`` for routes that only read; writing to them raises.

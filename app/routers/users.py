@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from app.routers.deps import (
-    AuthCacheDep,
     ClientDep,
     CurrentUser,
     MailerDep,
@@ -135,11 +134,7 @@ async def list_users(
     responses=error_responses(401, 404, 422),
 )
 async def read_user(
-    user_uuid: UserUuid,
-    actor: Reader,
-    db: SessionDep,
-    settings: SettingsDep,
-    cache: AuthCacheDep,
+    user_uuid: UserUuid, actor: Reader, request: Request
 ) -> UserPrivate | UserPublic:
     """A user's profile.
 
@@ -158,8 +153,13 @@ async def read_user(
         ``USER_NOT_FOUND``: no such user, or one who blocked the caller, or an
         inactive account (for non-staff).
     """
-    user, private = await user_service.get_visible_user(db, actor, user_uuid, cache)
-    return private_view(user, settings) if private else public_view(user, settings)
+    # A hot read: the app state is read directly (each dependency costs more than a
+    # cache hit), and a database session is opened only on a miss.
+    state = request.app.state
+    user, private = await user_service.read_visible_user(
+        state.session_factory, state.auth_cache, actor, user_uuid
+    )
+    return private_view(user, state.settings) if private else public_view(user, state.settings)
 
 
 @router.patch(

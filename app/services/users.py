@@ -22,7 +22,7 @@ from app.core.security import create_one_time_token, hash_password, password_pro
 from app.models import File, User, new_uuid
 from app.schemas.common import check_text
 from app.schemas.fields import check_email, check_username, display_name_matches
-from app.services.auth_cache import AuthCache
+from app.services.auth_cache import USER_OMITTED, AuthCache, snapshot
 from app.services.context import SYSTEM, ClientInfo
 from app.services.history import record_event
 from app.services.sessions import revoke_sessions
@@ -353,23 +353,35 @@ class InvalidBlock(AppError):
     detail = "You cannot block yourself"
 
 
-async def get_visible_user(
-    db: AsyncSession, actor: User, user_uuid: str, cache: AuthCache | None = None
-) -> tuple[User, bool]:
+async def get_visible_user(db: AsyncSession, actor: User, user_uuid: str) -> tuple[User, bool]:
     """The user ``actor`` asks for, and whether the private view applies.
 
     Someone who blocked the actor, an inactive account (for non-staff) and a UUID
-    that does not exist all look the same: 404. With ``cache`` (routes that only
-    read), the user may be a read-only copy from it.
+    that does not exist all look the same: 404.
     """
-    user = cache.user(user_uuid) if cache is not None else None
+    user = await get_user(db, user_uuid)
     if user is None:
-        generation = cache.generation if cache is not None else 0
-        user = await get_user(db, user_uuid)
-        if user is None:
+        raise UserNotFound()
+    return _visible(actor, user)
+
+
+async def read_visible_user(
+    session_factory: async_sessionmaker[AsyncSession], cache: AuthCache, actor: User, user_uuid: str
+) -> tuple[User, bool]:
+    """:func:`get_visible_user` for routes that only read: a read-only copy, from the
+    cache or, on a miss, from a session opened only then."""
+    user = cache.user(user_uuid)
+    if user is None:
+        generation = cache.generation
+        async with session_factory() as db:
+            loaded = await get_user(db, user_uuid)
+        if loaded is None:
             raise UserNotFound()
-        if cache is not None:
-            cache.store_user(generation, user)
+        user = cache.store_user(generation, loaded) or snapshot(loaded, USER_OMITTED)
+    return _visible(actor, user)
+
+
+def _visible(actor: User, user: User) -> tuple[User, bool]:
     require_permission(actor, "user", "read", user, hide_as=UserNotFound)
     return user, bool(check_permission(actor, "user", "read_private", user))
 
