@@ -127,6 +127,9 @@ class AuthCache:
         #: Whether lookups may be answered; with Redis, only while subscribed.
         self.available = ttl_seconds > 0 and redis is None
         self.origin = uuid.uuid4().hex
+        #: Whether :meth:`listen` runs (a server; the CLI only announces).
+        self.listening = False
+        self._background: set[asyncio.Task[None]] = set()
         self._users: dict[str, tuple[float, User]] = {}
         self._sessions: dict[str, tuple[float, Session]] = {}
         self._sessions_of: dict[str, set[str]] = {}
@@ -174,16 +177,24 @@ class AuthCache:
         self._users[user.uuid] = (self.clock() + self.ttl, copy)
         return copy
 
-    def store_session(self, generation: int, session: Session, user: User) -> None:
-        """Keep copies of an open session and its user, read at ``generation``."""
+    def store_session(
+        self, generation: int, session: Session, user: User
+    ) -> tuple[Session, User] | None:
+        """Keep copies of an open session and its user, read at ``generation``;
+        return them (None if not kept)."""
         remaining = session.expires_at - now_epoch()
-        if remaining <= 0 or self.store_user(generation, user) is None:
-            return
+        if remaining <= 0:
+            return None
+        user_copy = self.store_user(generation, user)
+        if user_copy is None:
+            return None
         if session.id not in self._sessions and len(self._sessions) >= self.max_sessions:
             self._drop_session(next(iter(self._sessions)))
         until = self.clock() + min(self.ttl, remaining)
-        self._sessions[session.id] = (until, snapshot(session, SESSION_OMITTED))
+        session_copy = snapshot(session, SESSION_OMITTED)
+        self._sessions[session.id] = (until, session_copy)
         self._sessions_of.setdefault(session.user_uuid, set()).add(session.id)
+        return session_copy, user_copy
 
     # Invalidation -----------------------------------------------------------------------
 
@@ -214,10 +225,24 @@ class AuthCache:
     # Replicas ---------------------------------------------------------------------------
 
     async def announce(self, marks: Iterable[str]) -> None:
-        """Tell the other replicas to drop ``marks`` (failures are logged)."""
+        """Tell the other replicas to drop ``marks`` (failures are logged).
+
+        Awaited while this process is subscribed (Redis answers: the message is out
+        before the caller goes on). While its subscription is down Redis may not
+        answer for seconds, so the message is sent in the background instead of
+        holding up the request.
+        """
         if self.redis is None:
             return
         message = json.dumps({"origin": self.origin, "users": sorted(set(marks))})
+        if self.listening and not self.available:
+            task = asyncio.create_task(self._publish(message))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
+        await self._publish(message)
+
+    async def _publish(self, message: str) -> None:
         try:
             await self.redis.publish(CHANNEL, message)
         except Exception as error:  # their subscriptions fail too; the TTL bounds the rest
@@ -233,6 +258,13 @@ class AuthCache:
         """
         if self.redis is None:
             return
+        self.listening = True
+        try:
+            await self._listen(retry_seconds)
+        finally:
+            self.listening = False
+
+    async def _listen(self, retry_seconds: float) -> None:
         while True:
             try:
                 async with self.redis.pubsub() as pubsub:

@@ -182,12 +182,11 @@ async def authenticate_reader(
     generation = cache.generation
     async with session_factory() as db:
         auth = await _load(db, claims)
-    cache.store_session(generation, auth.session, auth.user)
-    return Auth(
-        user=snapshot(auth.user, USER_OMITTED),
-        session=snapshot(auth.session, SESSION_OMITTED),
-        claims=claims,
+    copies = cache.store_session(generation, auth.session, auth.user) or (
+        snapshot(auth.session, SESSION_OMITTED),
+        snapshot(auth.user, USER_OMITTED),
     )
+    return Auth(user=copies[1], session=copies[0], claims=claims)
 
 
 # Refresh -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -136,6 +137,28 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
+
+
+@contextmanager
+def replicas(settings: Settings, redis_url: str, tmp_path: Path) -> Iterator[list[LiveServer]]:
+    """Two server processes on one database and one Redis, each with its own DATA_DIR.
+
+    Started one after the other: the first migrates (and creates a first admin).
+    """
+    servers: list[LiveServer] = []
+    try:
+        for index in range(2):
+            env = {
+                **settings_env(settings),
+                "DATA_DIR": str(tmp_path / f"replica{index}"),
+                "REDIS_URL": redis_url,
+                "JWT_SECRET_KEY": TEST_JWT_SECRET,
+            }
+            servers.append(start_server(env, tmp_path / f"replica{index}.log"))
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from app.services.auth_cache import (
     is_snapshot,
     snapshot,
 )
-from app.test.conftest import TEST_JWT_SECRET, require_redis, settings_env
+from app.test.conftest import TEST_JWT_SECRET, replicas, require_redis
 from app.test.factories import (
     PASSWORD,
     bearer,
@@ -38,7 +39,7 @@ from app.test.factories import (
     signup_and_login,
     user_with_tokens,
 )
-from app.test.server import LiveServer, start_server
+from app.test.server import LiveServer
 
 
 class Clock:
@@ -98,10 +99,12 @@ def test_a_fill_that_raced_an_invalidation_is_not_kept() -> None:
     user, session = _user_and_session()
     generation = cache.generation  # a reader starts its query...
     cache.forget([user.uuid])  # ...a writer commits a change to that user...
-    cache.store_session(generation, session, user)  # ...the reader's old row arrives
+    # ...the reader's old row arrives, and is not kept.
+    assert cache.store_session(generation, session, user) is None
     assert cache.session(session.id) is None
-    cache.store_session(cache.generation, session, user)
-    assert cache.session(session.id) is not None
+    kept = cache.store_session(cache.generation, session, user)
+    assert kept is not None
+    assert cache.session(session.id) == kept
 
 
 def test_forgetting_a_user_drops_every_session_of_theirs_and_only_theirs() -> None:
@@ -417,21 +420,8 @@ async def test_a_lost_subscription_stops_the_cache_until_it_is_back(redis_cache)
 @pytest.fixture
 def two_replicas(settings: Settings, tmp_path: Path) -> Iterator[list[LiveServer]]:
     """Two server processes on one database, caching, told of changes through Redis."""
-    redis_url = require_redis()
-    servers: list[LiveServer] = []
-    try:
-        for index in range(2):
-            env = {
-                **settings_env(settings),
-                "DATA_DIR": str(tmp_path / f"replica{index}"),
-                "REDIS_URL": redis_url,
-                "JWT_SECRET_KEY": TEST_JWT_SECRET,
-            }
-            servers.append(start_server(env, tmp_path / f"replica{index}.log"))
+    with replicas(settings, require_redis(), tmp_path) as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def test_a_logout_on_one_replica_is_refused_by_the_other(
@@ -460,14 +450,18 @@ def test_a_logout_on_one_replica_is_refused_by_the_other(
 # Verified access tokens -------------------------------------------------------------------
 
 
-def test_a_verified_token_is_still_refused_once_expired() -> None:
-    token = create_token(
+def _access_token(expires_in_seconds: int) -> str:
+    return create_token(
         subject="u",
         token_type="access",
         secret=TEST_JWT_SECRET,
-        expires_in_seconds=1,
+        expires_in_seconds=expires_in_seconds,
         session_id="s",
     )
+
+
+def test_a_verified_token_is_still_refused_once_expired() -> None:
+    token = _access_token(1)
     assert decode_access_token(token, TEST_JWT_SECRET).session_id == "s"
     assert decode_access_token(token, TEST_JWT_SECRET).session_id == "s"  # remembered
     time.sleep(1.05)
@@ -476,13 +470,7 @@ def test_a_verified_token_is_still_refused_once_expired() -> None:
 
 
 def test_a_remembered_token_vouches_for_no_other() -> None:
-    token = create_token(
-        subject="u",
-        token_type="access",
-        secret=TEST_JWT_SECRET,
-        expires_in_seconds=60,
-        session_id="s",
-    )
+    token = _access_token(60)
     decode_access_token(token, TEST_JWT_SECRET)
     header, payload, signature = token.split(".")
     forged_signature = ("A" if signature[0] != "A" else "B") + signature[1:]
@@ -491,3 +479,20 @@ def test_a_remembered_token_vouches_for_no_other() -> None:
             decode_access_token(forged, TEST_JWT_SECRET)
     with pytest.raises(TokenError):  # the same token under another secret
         decode_access_token(token, "another-secret-" + "x" * 32)
+
+
+async def test_an_announcement_to_a_silent_redis_does_not_hold_up_a_commit() -> None:
+    silent = socket.socket()  # accepts connections (the backlog), never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    cache = AuthCache(60, redis=create_redis(f"redis://127.0.0.1:{silent.getsockname()[1]}/0"))
+    cache.listening = True  # a server whose subscription is down
+    try:
+        started = time.monotonic()
+        await cache.announce(["someone"])
+        assert time.monotonic() - started < 0.1
+        assert len(cache._background) == 1  # still trying, in the background
+    finally:
+        await stop_background_tasks(list(cache._background))
+        await cache.redis.aclose()
+        silent.close()

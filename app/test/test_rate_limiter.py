@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from redis import Redis
 
 from app.core.config import Settings
-from app.test.conftest import TEST_JWT_SECRET, require_redis, settings_env
+from app.test.conftest import replicas, require_redis
 from app.test.factories import PASSWORD, bearer, login, signup, user_with_tokens
-from app.test.server import LiveServer, start_server
+from app.test.server import LiveServer
 
 
 @pytest.fixture
@@ -201,18 +201,9 @@ class TestRedisDown:
 # Two replicas sharing Redis ------------------------------------------------------------
 
 
-def _replica_env(settings: Settings, redis_url: str, data_dir: Path) -> dict[str, str]:
-    return {
-        **settings_env(settings),
-        "DATA_DIR": str(data_dir),
-        "REDIS_URL": redis_url,
-        "JWT_SECRET_KEY": TEST_JWT_SECRET,
-    }
-
-
 @pytest.fixture
 def two_replicas(settings: Settings, redis_url: str, tmp_path: Path) -> Iterator[list[LiveServer]]:
-    """Two uvicorn processes on one database and one Redis, each with its own DATA_DIR."""
+    """Two replicas with flags and the global limit on, and a first admin."""
     configured = settings.model_copy(
         update={
             "FEATURE_FLAGS_ENABLED": True,
@@ -224,15 +215,8 @@ def two_replicas(settings: Settings, redis_url: str, tmp_path: Path) -> Iterator
             "FIRST_ADMIN_PASSWORD": PASSWORD,
         }
     )
-    servers: list[LiveServer] = []
-    try:
-        for index in range(2):  # one after the other: the first migrates and creates the admin
-            env = _replica_env(configured, redis_url, tmp_path / f"replica{index}")
-            servers.append(start_server(env, tmp_path / f"replica{index}.log"))
+    with replicas(configured, redis_url, tmp_path) as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def test_replicas_share_flags_and_limits(
