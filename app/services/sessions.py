@@ -176,7 +176,11 @@ async def authenticate_reader(
     hit = cache.session(claims.session_id)
     if hit is not None:
         session, user = hit
-        if session.user_uuid != claims.user_uuid or session.expires_at <= now_epoch():
+        if (
+            session.user_uuid != claims.user_uuid
+            or session.expires_at <= now_epoch()
+            or not user.is_active  # the user's copy may be newer than the session's
+        ):
             raise InvalidToken()
         return Auth(user=user, session=session, claims=claims)
     generation = cache.generation

@@ -21,7 +21,7 @@ from app.core.database import is_sqlite
 from app.core.redis_client import create_redis
 from app.core.security import TokenError, create_token, decode_access_token
 from app.main import create_app, stop_background_tasks
-from app.models import Session, new_uuid, now_epoch
+from app.models import Session, User, new_uuid, now_epoch
 from app.services.auth_cache import (
     ALL,
     USER_OMITTED,
@@ -306,6 +306,22 @@ class TestChangesTheServiceDoesNotMake:
         # Cached: the old answer, at most AUTH_CACHE_SECONDS; uncached: refused now.
         assert (await _me(client, tokens)).status_code == (200 if cache.available else 401)
         await asyncio.sleep(1.1)
+        assert (await _me(client, tokens)).status_code == 401
+
+    async def test_an_inactive_copy_of_the_user_refuses_a_cached_session(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        cache = await _until_available(app)
+        user, tokens = await signup_and_login(client)
+        assert (await _me(client, tokens)).status_code == 200
+        async with app.state.engine.begin() as connection:
+            await connection.execute(
+                text('UPDATE "user" SET is_active = false WHERE uuid = :uuid'),
+                {"uuid": user["uuid"]},
+            )
+        # A profile read refreshes the user's copy before the session's entry expires.
+        async with app.state.session_factory() as db:
+            cache.store_user(cache.generation, await db.get(User, user["uuid"]))
         assert (await _me(client, tokens)).status_code == 401
 
 
