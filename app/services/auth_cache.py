@@ -89,11 +89,6 @@ def snapshot(instance: _Model, omitted: frozenset[str]) -> _Model:
     return copy
 
 
-def is_snapshot(instance: object) -> bool:
-    """Whether ``instance`` is a cached, read-only copy."""
-    return bool(sa_inspect(instance).info.get(_SNAPSHOT))
-
-
 class AuthCache:
     """Copies of open sessions and their users, dropped when the database changes.
 
