@@ -281,6 +281,14 @@ async def test_a_role_change_is_read_at_once(app: FastAPI, client: httpx.AsyncCl
     assert (await client.get("/api/users", headers=bearer(tokens))).status_code == 200
 
 
+async def _change_by_hand(app: FastAPI, user_uuid: str, assignment: str) -> None:
+    """Update a user row with hand-written SQL, which no hook of the service sees."""
+    async with app.state.engine.begin() as connection:
+        await connection.execute(
+            text(f'UPDATE "user" SET {assignment} WHERE uuid = :uuid'), {"uuid": user_uuid}
+        )
+
+
 class TestChangesTheServiceDoesNotMake:
     """Hand-written SQL passes no hook: the cache lifetime bounds how long it is missed."""
 
@@ -295,11 +303,7 @@ class TestChangesTheServiceDoesNotMake:
         cache = await _until_available(app)
         user, tokens = await signup_and_login(client)
         assert (await _me(client, tokens)).status_code == 200
-        async with app.state.engine.begin() as connection:
-            await connection.execute(
-                text('UPDATE "user" SET is_active = false WHERE uuid = :uuid'),
-                {"uuid": user["uuid"]},
-            )
+        await _change_by_hand(app, user["uuid"], "is_active = false")
         # Cached: the old answer, at most AUTH_CACHE_SECONDS; uncached: refused now.
         assert (await _me(client, tokens)).status_code == (200 if cache.available else 401)
         await asyncio.sleep(1.1)
@@ -311,11 +315,7 @@ class TestChangesTheServiceDoesNotMake:
         cache = await _until_available(app)
         user, tokens = await signup_and_login(client)
         assert (await _me(client, tokens)).status_code == 200
-        async with app.state.engine.begin() as connection:
-            await connection.execute(
-                text('UPDATE "user" SET is_active = false WHERE uuid = :uuid'),
-                {"uuid": user["uuid"]},
-            )
+        await _change_by_hand(app, user["uuid"], "is_active = false")
         # A profile read refreshes the user's copy before the session's entry expires.
         async with app.state.session_factory() as db:
             cache.store_user(cache.generation, await db.get(User, user["uuid"]))
@@ -333,11 +333,7 @@ class TestCacheOff:
         user, tokens = await signup_and_login(client)
         assert (await _me(client, tokens)).status_code == 200
         assert len(app.state.auth_cache) == 0
-        async with app.state.engine.begin() as connection:
-            await connection.execute(
-                text('UPDATE "user" SET description = :name WHERE uuid = :uuid'),
-                {"name": "Changed by hand", "uuid": user["uuid"]},
-            )
+        await _change_by_hand(app, user["uuid"], "description = 'Changed by hand'")
         assert (await _me(client, tokens)).json()["description"] == "Changed by hand"
 
 
