@@ -21,6 +21,7 @@ from loguru import logger
 from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -81,12 +82,12 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
-def _upgrade(connection: Connection) -> None:
+def _upgrade(connection: Connection, revision: str = "head") -> None:
     if connection.dialect.name == "postgresql":
         # Held until the transaction ends: a second replica waits here, then finds
         # the schema already at head.
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-    command.upgrade(alembic_config(connection), "head")
+    command.upgrade(alembic_config(connection), revision)
 
 
 @asynccontextmanager
@@ -100,15 +101,42 @@ async def _file_lock(path: Path) -> AsyncIterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-async def upgrade_database(engine: AsyncEngine) -> None:
-    """Bring the schema to Alembic's head, one process at a time."""
+async def upgrade_database(engine: AsyncEngine, revision: str = "head") -> None:
+    """Bring the schema to Alembic's head (or ``revision``), one process at a time."""
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         lock = _file_lock(Path(f"{engine.url.database}.migrate-lock"))
     else:
         lock = _no_lock()
-    async with lock, engine.begin() as connection:
-        await connection.run_sync(_upgrade)
-    logger.info("database schema is at head ({})", engine.dialect.name)
+    async with lock, engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            await _upgrade_sqlite(connection, revision)
+        else:
+            await connection.run_sync(_upgrade, revision)
+            await connection.commit()
+    logger.info("database schema is at {} ({})", revision, engine.dialect.name)
+
+
+async def _upgrade_sqlite(connection: AsyncConnection, revision: str) -> None:
+    """Upgrade with foreign keys off, as SQLite asks for when a table is rebuilt.
+
+    SQLite alters most things by copying a table, dropping the old one and renaming
+    the copy; with foreign keys on, dropping the old table would fire ``ON DELETE``
+    actions on every row that refers to it (links deleted, pictures unset). The pragma
+    only takes effect outside a transaction, hence the commits around it; the check at
+    the end refuses an upgrade that left a dangling reference.
+    """
+    await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    await connection.commit()
+    try:
+        await connection.run_sync(_upgrade, revision)
+        dangling = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
+        if dangling:
+            raise RuntimeError(f"the upgrade left dangling foreign keys: {dangling[:5]}")
+        await connection.commit()
+    finally:
+        await connection.rollback()
+        await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        await connection.commit()
 
 
 @asynccontextmanager

@@ -9,6 +9,7 @@ from app.models.scheduled_job import ScheduledJob
 from app.models.session import Session
 from app.models.used_token import UsedToken
 from app.models.user import User
+from app.models.user_event import UserEvent
 
 __all__ = [
     "Base",
@@ -20,6 +21,7 @@ __all__ = [
     "Session",
     "UsedToken",
     "User",
+    "UserEvent",
     "new_uuid",
     "now_epoch",
     "user_file",

@@ -1,8 +1,8 @@
-"""The ``user`` table: identity, credentials, 2FA settings, roles and history."""
+"""The ``user`` table: identity, credentials, 2FA settings and roles (history: ``user_event``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -43,7 +43,6 @@ class User(Base):
     # Why the account is inactive: banned, deleting, password_forgot. A password reset
     # reactivates only an account that the forgot-password flow deactivated.
     deactivated_reason: Mapped[str | None] = mapped_column(String(32))
-    user_history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     blocked_uuids: Mapped[list[str]] = mapped_column(JSON, default=list)
     # user -> file -> user is a cycle; the migration adds this key after both tables.
     profile_picture_id: Mapped[int | None] = mapped_column(

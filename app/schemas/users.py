@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.config import Settings
 from app.models import User
@@ -94,6 +94,8 @@ class UserPage(BaseModel):
 
 class HistoryEntry(BaseModel):
     """One event of a user's history."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     action: str
     at: int = Field(description="Epoch seconds.")

@@ -86,7 +86,8 @@ async def check_credentials(
         raise InvalidCredentials()
     if not valid or not user.is_active:
         record_event(
-            user,
+            db,
+            user.uuid,
             "login_failed",
             client=client,
             details={"reason": "inactive" if valid else "wrong_password"},
@@ -139,13 +140,13 @@ async def change_password(
     if not await verify_password(
         current_password, user.hashed_password, settings.PASSWORD_BCRYPT_ROUNDS
     ):
-        record_event(user, "password_change_failed", by=user.uuid, client=client)
+        record_event(db, user.uuid, "password_change_failed", by=user.uuid, client=client)
         await db.commit()
         raise WrongPassword()
     user.hashed_password = await hash_password(new_password, settings.PASSWORD_BCRYPT_ROUNDS)
     user.is_external_only = False
     await revoke_sessions(db, user.uuid)
-    record_event(user, "password_changed", by=user.uuid, client=client)
+    record_event(db, user.uuid, "password_changed", by=user.uuid, client=client)
     await db.commit()
 
 
@@ -183,7 +184,7 @@ async def request_password_reset(
         user.is_active = False
         user.deactivated_reason = "password_forgot"
         await revoke_sessions(db, user.uuid)
-    record_event(user, "password_forgot", client=client)
+    record_event(db, user.uuid, "password_forgot", client=client)
     await db.commit()
     mailer.send_later(
         mailer.render(
@@ -248,7 +249,7 @@ async def reset_password(
         user.is_active = True
         user.deactivated_reason = None
     await revoke_sessions(db, user.uuid)
-    record_event(user, "password_reset", client=client)
+    record_event(db, user.uuid, "password_reset", client=client)
     await db.commit()
 
 
@@ -263,7 +264,9 @@ async def verify_email(
         db, settings, EMAIL_VERIFY_PURPOSE, token, EMAIL_VERIFY_MAX_AGE_SECONDS
     )
     user.email_verified = True
-    record_event(user, "email_verified", by=user.uuid, client=client, details={"email": user.email})
+    record_event(
+        db, user.uuid, "email_verified", by=user.uuid, client=client, details={"email": user.email}
+    )
     await db.commit()
     return user
 

@@ -53,10 +53,10 @@ from app.models import Session, User, now_epoch
 CHANNEL = "user_manager:auth_cache"
 #: The mark that empties the whole cache.
 ALL = "*"
-#: Columns a copy does not carry: secrets, the (large) history, the picture id (the
-#: database clears it when the file goes, which no hook sees).
+#: Columns a copy does not carry: secrets, the picture id (the database clears it when
+#: the file goes, which no hook sees).
 USER_OMITTED = frozenset(
-    {"hashed_password", "otp_secret", "otp_last_timestep", "user_history", "profile_picture_id"}
+    {"hashed_password", "otp_secret", "otp_last_timestep", "profile_picture_id"}
 )
 SESSION_OMITTED = frozenset({"refresh_token_hash", "previous_refresh_token_hash"})
 

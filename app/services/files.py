@@ -257,7 +257,9 @@ async def upload_file(
         file_type=_content_type(data, name),
         description=description,
     )
-    record_event(owner, "file_uploaded", by=actor.uuid, client=client, details={"file": file.id})
+    record_event(
+        db, owner.uuid, "file_uploaded", by=actor.uuid, client=client, details={"file": file.id}
+    )
     await db.commit()
     logger.info("file {} stored for user {}", file.id, owner.uuid)
     return file
@@ -322,7 +324,9 @@ async def update_file(
             if await db.scalar(select(File.id).where(File.file_name == name)):
                 raise FileNameTaken()
             file.file_name = name
-    record_event(actor, "file_updated", by=actor.uuid, client=client, details={"file": file_id})
+    record_event(
+        db, actor.uuid, "file_updated", by=actor.uuid, client=client, details={"file": file_id}
+    )
     try:
         await db.commit()
     except IntegrityError:
@@ -338,7 +342,9 @@ async def delete_file(
     file = await get_file(db, actor, file_id, "delete")
     path = _absolute(settings, file.file_path)
     await db.delete(file)
-    record_event(actor, "file_deleted", by=actor.uuid, client=client, details={"file": file_id})
+    record_event(
+        db, actor.uuid, "file_deleted", by=actor.uuid, client=client, details={"file": file_id}
+    )
     await db.commit()
     await _unlink([path])
 
@@ -407,7 +413,7 @@ async def store_picture(
         exact_name=True,
     )
     user.profile_picture_id = file.id
-    record_event(user, "picture_changed", by=actor_uuid, client=client)
+    record_event(db, user.uuid, "picture_changed", by=actor_uuid, client=client)
     await db.commit()
     if old is not None:
         await _unlink([_absolute(settings, old)])
@@ -435,7 +441,7 @@ async def delete_profile_picture(
     old = await _remove_picture_row(db, user)
     if old is None:
         return
-    record_event(user, "picture_removed", by=actor.uuid, client=client)
+    record_event(db, user.uuid, "picture_removed", by=actor.uuid, client=client)
     await db.commit()
     await _unlink([_absolute(settings, old)])
 

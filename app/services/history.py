@@ -1,29 +1,36 @@
-"""The one place that writes ``user_history``."""
+"""The one place that writes and reads a user's history (the ``user_event`` table)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from app.models import User, now_epoch
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import UserEvent, now_epoch
 from app.services.context import ClientInfo
 
-#: Entries kept per user; older ones are dropped (failed logins must not grow a row forever).
+#: Entries kept per user; the retention job drops older ones (failed logins must not
+#: grow a user's history forever).
 HISTORY_MAX_ENTRIES = 500
 
 
 def record_event(
-    user: User,
+    db: AsyncSession,
+    user_uuid: str,
     action: str,
     *,
     by: str | None = None,
     client: ClientInfo | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """Append ``{action, at, by, ip, details}`` to the user's history (caller commits).
+    """Append an event to the user's history, in the caller's transaction (it commits).
 
     Parameters
     ----------
-    user
+    db
+        The session whose commit records the event with the change it describes.
+    user_uuid
         Whose history it is.
     action
         What happened, snake_case (``login``, ``password_changed``, ...).
@@ -34,12 +41,44 @@ def record_event(
     details
         Extra facts; never secrets.
     """
-    entry = {
-        "action": action,
-        "at": now_epoch(),
-        "by": by,
-        "ip": client.ip if client else None,
-        "details": details or {},
-    }
-    history = list(user.user_history or [])[-(HISTORY_MAX_ENTRIES - 1) :]
-    user.user_history = [*history, entry]
+    db.add(
+        UserEvent(
+            user_uuid=user_uuid,
+            action=action,
+            at=now_epoch(),
+            by=by,
+            ip=client.ip if client else None,
+            details=details or {},
+        )
+    )
+
+
+async def read_events(
+    db: AsyncSession, user_uuid: str, *, offset: int, limit: int
+) -> tuple[list[UserEvent], int]:
+    """A page of the user's history, newest first, and how many events it holds."""
+    total = await db.scalar(
+        select(func.count()).select_from(UserEvent).where(UserEvent.user_uuid == user_uuid)
+    )
+    events = await db.scalars(
+        select(UserEvent)
+        .where(UserEvent.user_uuid == user_uuid)
+        .order_by(UserEvent.id.desc())
+        .offset(offset)
+        .limit(limit)
+    )
+    return list(events), total or 0
+
+
+async def trim_history(db: AsyncSession, keep: int = HISTORY_MAX_ENTRIES) -> int:
+    """Delete all but the newest ``keep`` events of every user (the caller commits)."""
+    ranked = select(
+        UserEvent.id,
+        func.row_number()
+        .over(partition_by=UserEvent.user_uuid, order_by=UserEvent.id.desc())
+        .label("rank"),
+    ).subquery()
+    result = await db.execute(
+        delete(UserEvent).where(UserEvent.id.in_(select(ranked.c.id).where(ranked.c.rank > keep)))
+    )
+    return result.rowcount or 0

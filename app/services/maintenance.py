@@ -1,4 +1,4 @@
-"""Maintenance jobs: purge what expired, finish deletions, remove orphaned files.
+"""Maintenance jobs: purge what expired, finish deletions, trim histories, remove orphans.
 
 Each returns what it did, for the log. The scheduler (``app.core.scheduler``) runs
 them periodically; ``python -m app.cli purge`` runs them at once.
@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.config import Settings
 from app.core.scheduler import Job
 from app.models import File, OtpChallenge, Session, UsedToken, User, now_epoch
+from app.services.history import trim_history
 from app.services.users import finish_pending_deletions
 
 #: Revoked sessions are kept a day (for the user's own session list), then purged.
@@ -62,6 +63,14 @@ async def finish_deletions(
     return {"users_deleted": await finish_pending_deletions(session_factory, settings)}
 
 
+async def trim_histories(session_factory: async_sessionmaker[AsyncSession]) -> dict[str, int]:
+    """Keep each user's newest HISTORY_MAX_ENTRIES history events, delete the older ones."""
+    async with session_factory() as db:
+        trimmed = await trim_history(db)
+        await db.commit()
+    return {"events": trimmed}
+
+
 async def remove_orphan_files(
     session_factory: async_sessionmaker[AsyncSession],
     settings: Settings,
@@ -104,4 +113,5 @@ def maintenance_jobs(
         Job("purge_expired", 3600, partial(purge_expired, session_factory)),
         Job("finish_deletions", 600, partial(finish_deletions, session_factory, settings)),
         Job("remove_orphan_files", 86400, partial(remove_orphan_files, session_factory, settings)),
+        Job("trim_history", 3600, partial(trim_histories, session_factory)),
     ]

@@ -248,7 +248,9 @@ async def resolve_login(
             await revoke_sessions(db, local.uuid)
         db.add(_link(local, profile))
         await _save_token(db, local.uuid, profile.provider, token)
-        record_event(local, "oauth_linked", client=client, details={"provider": profile.provider})
+        record_event(
+            db, local.uuid, "oauth_linked", client=client, details={"provider": profile.provider}
+        )
         await db.commit()
         return local
 
@@ -267,7 +269,9 @@ async def resolve_login(
     )
     db.add(_link(user, profile))
     await _save_token(db, user.uuid, profile.provider, token)
-    record_event(user, "oauth_linked", client=client, details={"provider": profile.provider})
+    record_event(
+        db, user.uuid, "oauth_linked", client=client, details={"provider": profile.provider}
+    )
     await db.commit()
     return user
 
@@ -296,7 +300,12 @@ async def link_account(
     db.add(_link(user, profile))
     await _save_token(db, user.uuid, profile.provider, token)
     record_event(
-        user, "oauth_linked", by=user.uuid, client=client, details={"provider": profile.provider}
+        db,
+        user.uuid,
+        "oauth_linked",
+        by=user.uuid,
+        client=client,
+        details={"provider": profile.provider},
     )
     await db.commit()
     return user
@@ -325,7 +334,7 @@ async def unlink(db: AsyncSession, user: User, provider: str, client: ClientInfo
     if token is not None:
         await db.delete(token)
     record_event(
-        user, "oauth_unlinked", by=user.uuid, client=client, details={"provider": provider}
+        db, user.uuid, "oauth_unlinked", by=user.uuid, client=client, details={"provider": provider}
     )
     await db.commit()
 

@@ -251,7 +251,8 @@ async def _redeem(
     failed_user = await db.get(User, user_uuid)
     if failed_user is not None:
         record_event(
-            failed_user,
+            db,
+            failed_user.uuid,
             "otp_failed",
             client=client,
             details={"purpose": purpose, "method": method},
@@ -270,7 +271,7 @@ async def begin_login(
     await _check_throttle(db, user.uuid)
     method = user.otp_method
     challenge, code = await _new_challenge(db, settings, user, "login", method)
-    record_event(user, "login_otp_required", client=client, details={"method": method})
+    record_event(db, user.uuid, "login_otp_required", client=client, details={"method": method})
     await db.commit()
     _mail_code(settings, mailer, user, "login", code)
     lifetime = challenge.expires_at - challenge.created_at
@@ -353,7 +354,9 @@ async def setup(
         )
     user.otp_secret = new_otp_secret()
     user.otp_last_timestep = None
-    record_event(user, "otp_setup", by=user.uuid, client=client, details={"method": method})
+    record_event(
+        db, user.uuid, "otp_setup", by=user.uuid, client=client, details={"method": method}
+    )
     await db.commit()
     uri = provisioning_uri(user.otp_secret, user.username, settings)
     png = await qr_png(uri)
@@ -412,7 +415,9 @@ async def enable(
     await _redeem(db, settings, user, challenge, code, client)
     user.otp_method = method
     await revoke_sessions(db, user.uuid, keep_session_id=auth.session.id)
-    record_event(user, "otp_enabled", by=user.uuid, client=client, details={"method": method})
+    record_event(
+        db, user.uuid, "otp_enabled", by=user.uuid, client=client, details={"method": method}
+    )
     await db.commit()
 
 
@@ -449,5 +454,7 @@ async def disable(
     await _redeem(db, settings, user, challenge, code, client)
     user.otp_method = "none"
     await revoke_sessions(db, user.uuid, keep_session_id=auth.session.id)
-    record_event(user, "otp_disabled", by=user.uuid, client=client, details={"method": method})
+    record_event(
+        db, user.uuid, "otp_disabled", by=user.uuid, client=client, details={"method": method}
+    )
     await db.commit()

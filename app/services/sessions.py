@@ -99,7 +99,9 @@ async def start_session(
         ip=client.ip,
     )
     db.add(session)
-    record_event(user, "login", by=user.uuid, client=client, details={"session": session.id})
+    record_event(
+        db, user.uuid, "login", by=user.uuid, client=client, details={"session": session.id}
+    )
     await db.commit()
     return _token_pair(settings, session, refresh_token)
 
@@ -256,7 +258,11 @@ async def _end_session_of_reused_token(
         user = await db.get(User, session.user_uuid)
         if user is not None:
             record_event(
-                user, "refresh_token_reused", client=client, details={"session": session.id}
+                db,
+                user.uuid,
+                "refresh_token_reused",
+                client=client,
+                details={"session": session.id},
             )
         await db.commit()
         logger.warning("refresh token reuse: session {} ended", session.id)
@@ -274,7 +280,7 @@ async def logout(db: AsyncSession, auth: Auth, client: ClientInfo) -> None:
         .values(revoked_at=now_epoch())
         .execution_options(auth_cache_users=[auth.user.uuid])
     )
-    record_event(auth.user, "logout", by=auth.user.uuid, client=client)
+    record_event(db, auth.user.uuid, "logout", by=auth.user.uuid, client=client)
     await db.commit()
 
 
@@ -282,7 +288,12 @@ async def logout_all(db: AsyncSession, auth: Auth, client: ClientInfo) -> None:
     """End every session of the current user, this one included."""
     ended = await revoke_sessions(db, auth.user.uuid)
     record_event(
-        auth.user, "logout_all", by=auth.user.uuid, client=client, details={"sessions": ended}
+        db,
+        auth.user.uuid,
+        "logout_all",
+        by=auth.user.uuid,
+        client=client,
+        details={"sessions": ended},
     )
     await db.commit()
 
@@ -318,7 +329,8 @@ async def revoke_own_session(
     if result.rowcount != 1:
         raise NotFound("No such session", code="SESSION_NOT_FOUND")
     record_event(
-        auth.user,
+        db,
+        auth.user.uuid,
         "session_revoked",
         by=auth.user.uuid,
         client=client,

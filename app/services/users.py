@@ -19,12 +19,12 @@ from app.core.errors import AppError, Conflict, NotFound, PermissionDenied
 from app.core.otp import new_otp_secret
 from app.core.permissions import ALL_ROLES, check_permission, require_permission, ungivable_roles
 from app.core.security import create_one_time_token, hash_password, password_problem
-from app.models import File, User, new_uuid
+from app.models import File, User, UserEvent, new_uuid
 from app.schemas.common import check_text
 from app.schemas.fields import check_email, check_username, display_name_matches
 from app.services.auth_cache import USER_OMITTED, AuthCache, snapshot
 from app.services.context import SYSTEM, ClientInfo
-from app.services.history import record_event
+from app.services.history import read_events, record_event
 from app.services.sessions import revoke_sessions
 
 EMAIL_VERIFY_PURPOSE = "email-verify"
@@ -160,11 +160,10 @@ async def create_user(
         description=description,
         is_external_only=is_external_only,
         otp_secret=new_otp_secret(),
-        user_history=[],
         blocked_uuids=[],
     )
     db.add(user)
-    record_event(user, "signup", by=created_by or user.uuid, client=client)
+    record_event(db, user.uuid, "signup", by=created_by or user.uuid, client=client)
     await commit_or_conflict(db)
     logger.info("user {} created ({})", user.uuid, ",".join(user.roles))
     return user
@@ -251,7 +250,12 @@ async def update_own_profile(
         changed.append("email")
     if changed:
         record_event(
-            user, "profile_updated", by=user.uuid, client=client, details={"fields": changed}
+            db,
+            user.uuid,
+            "profile_updated",
+            by=(actor or user).uuid,
+            client=client,
+            details={"fields": changed},
         )
         await commit_or_conflict(db)
     if email_changed:
@@ -455,11 +459,10 @@ async def list_users(
 
 async def read_history(
     db: AsyncSession, actor: User, user_uuid: str, *, offset: int, limit: int
-) -> tuple[list[dict], int]:
+) -> tuple[list[UserEvent], int]:
     """A page of the user's history, newest first (owner and staff)."""
     user = await _target(db, actor, user_uuid, "read_history")
-    history = list(reversed(user.user_history or []))
-    return history[offset : offset + limit], len(history)
+    return await read_events(db, user.uuid, offset=offset, limit=limit)
 
 
 async def set_blocked(
@@ -479,7 +482,8 @@ async def set_blocked(
     else:
         return
     record_event(
-        actor,
+        db,
+        actor.uuid,
         "user_blocked" if blocked else "user_unblocked",
         by=actor.uuid,
         client=client,
@@ -535,7 +539,8 @@ async def admin_update(
             await _guard_last_admin(db, user)
         if set(new_roles) != set(user.roles):
             record_event(
-                user,
+                db,
+                user.uuid,
                 "roles_changed",
                 by=actor.uuid,
                 client=client,
@@ -551,11 +556,11 @@ async def admin_update(
             user.is_active = False
             user.deactivated_reason = "banned"
             await revoke_sessions(db, user.uuid)
-            record_event(user, "banned", by=actor.uuid, client=client)
+            record_event(db, user.uuid, "banned", by=actor.uuid, client=client)
         else:
             user.is_active = True
             user.deactivated_reason = None
-            record_event(user, "unbanned", by=actor.uuid, client=client)
+            record_event(db, user.uuid, "unbanned", by=actor.uuid, client=client)
     await db.commit()
     return user
 
@@ -585,7 +590,7 @@ async def delete_user(
     user.is_active = False
     user.deactivated_reason = "deleting"
     await revoke_sessions(db, user.uuid)
-    record_event(user, "deletion_requested", by=actor.uuid, client=client)
+    record_event(db, user.uuid, "deletion_requested", by=actor.uuid, client=client)
     await db.commit()
     try:
         await purge_user(db, settings, user_uuid)

@@ -6,11 +6,12 @@ import itertools
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.otp import new_otp_secret
 from app.core.security import hash_password
-from app.models import User
+from app.models import User, UserEvent
 
 _counter = itertools.count(1)
 
@@ -32,7 +33,6 @@ def make_user(**overrides: Any) -> User:
         "email": f"{username}@example.com",
         "roles": ["user"],
         "otp_secret": new_otp_secret(),
-        "user_history": [],
         "blocked_uuids": [],
     }
     values.update(overrides)
@@ -99,3 +99,14 @@ async def user_with_tokens(
         app.state.session_factory, password=PASSWORD, roles=list(roles), **overrides
     )
     return user, await login(client, user.username)
+
+
+async def history(
+    session_factory: async_sessionmaker[AsyncSession], user_uuid: str
+) -> list[UserEvent]:
+    """A user's history events, oldest first, read from the database."""
+    async with session_factory() as session:
+        events = await session.scalars(
+            select(UserEvent).where(UserEvent.user_uuid == user_uuid).order_by(UserEvent.id)
+        )
+        return list(events)

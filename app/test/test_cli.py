@@ -32,6 +32,7 @@ def test_purge_runs_every_job(settings: Settings) -> None:
         "purge_expired",
         "finish_deletions",
         "remove_orphan_files",
+        "trim_history",
     ]
     assert json.loads(lines[0].split(": ", 1)[1]) == {
         "sessions": 0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,10 +14,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from fastapi import FastAPI
-from sqlalchemy import select, text
+from sqlalchemy import inspect, select, text
 
 from app.core.config import Settings
-from app.core.database import alembic_config, create_engine
+from app.core.database import alembic_config, create_engine, upgrade_database
 from app.main import create_app
 from app.models import Base, User
 from app.test.conftest import settings_env
@@ -102,6 +103,52 @@ async def test_sqlite_pragmas(tmp_path: Path) -> None:
     assert journal == "wal"
     assert foreign_keys == 1
     assert busy_timeout >= 1000
+
+
+async def test_history_is_carried_into_its_own_table(db_backend: str) -> None:
+    """Upgrading past 0005 moves each user's JSON history into ``user_event``, in order."""
+    entries = [
+        {"action": "signup", "at": 100, "by": "u1", "ip": None, "details": {}},
+        {"action": "login_failed", "at": 101, "by": None, "ip": "10.0.0.1", "details": {"n": 1}},
+        {"action": "login", "at": 102, "by": "u1", "ip": "10.0.0.1", "details": {}},
+    ]
+    engine = create_engine(db_backend)
+    try:
+        await upgrade_database(engine, "0004")
+        async with engine.begin() as connection:
+            for uuid, history in (("u1", entries), ("u2", [])):
+                await connection.execute(
+                    text(
+                        'INSERT INTO "user" (uuid, username, display_name, email,'
+                        " email_verified, otp_method, roles, created_at, updated_at,"
+                        " is_external_only, is_active, user_history, blocked_uuids)"
+                        " VALUES (:uuid, :uuid, :uuid, :email, false, 'none', '[\"user\"]',"
+                        " 0, 0, false, true, :history, '[]')"
+                    ),
+                    {"uuid": uuid, "email": f"{uuid}@example.com", "history": json.dumps(history)},
+                )
+        await upgrade_database(engine)
+        async with engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    text(
+                        "SELECT user_uuid, action, at, by, ip, details FROM user_event ORDER BY id"
+                    )
+                )
+            ).all()
+            columns = await connection.run_sync(
+                lambda sync: [column["name"] for column in inspect(sync).get_columns("user")]
+            )
+    finally:
+        await engine.dispose()
+    assert [(row[0], row[1], row[2], row[3], row[4]) for row in rows] == [
+        ("u1", "signup", 100, "u1", None),
+        ("u1", "login_failed", 101, None, "10.0.0.1"),
+        ("u1", "login", 102, "u1", "10.0.0.1"),
+    ]
+    details = [row[5] if isinstance(row[5], dict) else json.loads(row[5]) for row in rows]
+    assert details == [{}, {"n": 1}, {}]
+    assert "user_history" not in columns
 
 
 def test_two_processes_starting_at_once_both_serve(settings: Settings, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from app.core.email import Mailer, MailjetEmailSender, OutgoingEmail
 from app.models import User
 from app.test.conftest import make_settings
-from app.test.factories import PASSWORD, bearer, login, signup, signup_and_login
+from app.test.factories import PASSWORD, bearer, history, login, signup, signup_and_login
 from app.test.mail import MailCatcher, html_body, link_in, text_body
 
 NEW_PASSWORD = "a completely new passphrase"
@@ -99,7 +99,7 @@ async def test_the_whole_journey(
 
     async with app.state.session_factory() as session:
         row = await session.scalar(select(User).where(User.uuid == user["uuid"]))
-    actions = [entry["action"] for entry in row.user_history]
+    actions = [event.action for event in await history(app.state.session_factory, user["uuid"])]
     assert actions == [
         "signup",
         "email_verified",

@@ -15,10 +15,9 @@ import pyotp
 import pytest
 from fastapi import FastAPI
 
-from app.models import User
 from app.services.otp import ACCOUNT_FAILURE_LIMIT, MAX_FAILED_ATTEMPTS
 from app.test.conftest import require_tool
-from app.test.factories import PASSWORD, bearer, login, signup_and_login
+from app.test.factories import PASSWORD, bearer, history, login, signup_and_login
 from app.test.mail import MailCatcher, text_body
 
 INTERVAL = 30
@@ -266,9 +265,7 @@ async def test_email_codes_through_smtp(
         headers=bearer(verified.json()),
     )
     assert disabled.status_code == 204
-    async with app.state.session_factory() as session:
-        row = await session.get(User, user["uuid"])
-    actions = [entry["action"] for entry in row.user_history]
+    actions = [event.action for event in await history(app.state.session_factory, user["uuid"])]
     assert "otp_enabled" in actions
     assert "otp_disabled" in actions
     assert actions.count("login_otp_required") == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid as uuid_module
 
 import httpx
@@ -11,7 +12,8 @@ from sqlalchemy import insert, select
 
 from app.models import Session, User
 from app.services import users as user_service
-from app.test.factories import PASSWORD, bearer, login, user_with_tokens
+from app.services.history import HISTORY_MAX_ENTRIES, record_event
+from app.test.factories import PASSWORD, bearer, history, login, user_with_tokens
 
 ALL_ROLES = ("admin", "moderator", "tester", "user")
 PUBLIC_KEYS = {"uuid", "username", "display_name", "description", "picture_url", "created_at"}
@@ -236,7 +238,6 @@ async def test_walking_ten_thousand_users_page_by_page(
             "updated_at": 1_700_000_000,
             "is_external_only": False,
             "is_active": True,
-            "user_history": [],
             "blocked_uuids": [],
         }
         for i in range(10_000)
@@ -279,6 +280,77 @@ async def test_history_is_for_the_owner_and_staff(client: httpx.AsyncClient, peo
     assert staff.json()["total"] == 2
     other = await client.get(f"/api/user/{alice.uuid}/history", headers=bearer(bob_tokens))
     assert other.status_code == 403
+
+
+async def test_parallel_events_are_all_recorded(
+    app: FastAPI, client: httpx.AsyncClient, people
+) -> None:
+    """Ten failed logins at once leave ten entries (a list rewritten per event lost nine)."""
+    alice, alice_tokens = people["alice"]
+    responses = await asyncio.gather(
+        *(
+            client.post(
+                "/api/auth/login", data={"username": alice.username, "password": f"wrong {i:04}"}
+            )
+            for i in range(10)
+        )
+    )
+    assert [response.status_code for response in responses] == [401] * 10
+    events = await history(app.state.session_factory, alice.uuid)
+    assert [event.action for event in events].count("login_failed") == 10
+    page = await client.get(f"/api/user/{alice.uuid}/history", headers=bearer(alice_tokens))
+    assert page.json()["total"] == len(events)
+
+
+async def test_history_names_the_admin_who_edited(client: httpx.AsyncClient, people) -> None:
+    alice, alice_tokens = people["alice"]
+    admin, admin_tokens = people["admin"]
+    edited = await client.patch(
+        f"/api/user/{alice.uuid}", json={"description": "by staff"}, headers=bearer(admin_tokens)
+    )
+    assert edited.status_code == 200
+    page = await client.get(f"/api/user/{alice.uuid}/history", headers=bearer(alice_tokens))
+    newest = page.json()["items"][0]
+    assert (newest["action"], newest["by"]) == ("profile_updated", admin.uuid)
+
+
+async def test_history_pages_newest_first(app: FastAPI, client: httpx.AsyncClient, people) -> None:
+    alice, alice_tokens = people["alice"]
+    for i in range(60):
+        await client.patch(
+            "/api/users/me", json={"description": f"v{i}"}, headers=bearer(alice_tokens)
+        )
+    url = f"/api/user/{alice.uuid}/history"
+    first = (await client.get(url, headers=bearer(alice_tokens))).json()
+    second = (await client.get(f"{url}?offset=50&limit=50", headers=bearer(alice_tokens))).json()
+    assert first["total"] == second["total"] == 61  # 60 edits and the login
+    assert len(first["items"]) == 50
+    assert len(second["items"]) == 11
+    assert first["items"][0]["details"] == {"fields": ["description"]}
+    assert first["items"][0]["at"] >= first["items"][-1]["at"]
+    assert second["items"][-1]["action"] == "login"
+
+
+async def test_retention_keeps_the_newest_entries(
+    app: FastAPI, client: httpx.AsyncClient, people
+) -> None:
+    alice, alice_tokens = people["alice"]
+    bob, _ = people["bob"]
+    async with app.state.session_factory() as session:
+        for i in range(HISTORY_MAX_ENTRIES + 10):
+            record_event(session, alice.uuid, "test_event", details={"n": i})
+        await session.commit()
+    result = await app.state.scheduler.run("trim_history", force=True)
+    assert result == {"events": 11}  # ten test events and the login, the oldest
+    page = (
+        await client.get(f"/api/user/{alice.uuid}/history", headers=bearer(alice_tokens))
+    ).json()
+    assert page["total"] == HISTORY_MAX_ENTRIES
+    assert page["items"][0]["details"] == {"n": HISTORY_MAX_ENTRIES + 9}
+    # Other users' short histories are untouched.
+    assert [event.action for event in await history(app.state.session_factory, bob.uuid)] == [
+        "login"
+    ]
 
 
 # Roles and bans ------------------------------------------------------------------------

@@ -1,0 +1,119 @@
+"""user history in a table of its own
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-28
+
+The history was a JSON list on the user row, read, appended and written back, so
+parallel events overwrote each other. Each event becomes a row of ``user_event``;
+existing entries are carried over in their order.
+"""
+
+import json
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0005"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+_BATCH = 1000
+
+
+def _event_table() -> sa.Table:
+    return sa.table(
+        "user_event",
+        sa.column("id", sa.BigInteger),
+        sa.column("user_uuid", sa.String),
+        sa.column("action", sa.String),
+        sa.column("at", sa.BigInteger),
+        sa.column("by", sa.String),
+        sa.column("ip", sa.String),
+        sa.column("details", sa.JSON),
+    )
+
+
+def _entries(value: object) -> list[dict]:
+    if isinstance(value, str):  # some drivers hand JSON back as text
+        value = json.loads(value or "[]")
+    return [entry for entry in value or [] if isinstance(entry, dict)]
+
+
+def upgrade() -> None:
+    op.create_table(
+        "user_event",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("user_uuid", sa.String(length=36), nullable=False),
+        sa.Column("action", sa.String(length=64), nullable=False),
+        sa.Column("at", sa.BigInteger(), nullable=False),
+        sa.Column("by", sa.String(length=36), nullable=True),
+        sa.Column("ip", sa.String(length=64), nullable=True),
+        sa.Column("details", sa.JSON(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_uuid"],
+            ["user.uuid"],
+            name=op.f("fk_user_event_user_uuid_user"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_user_event")),
+    )
+    op.create_index("ix_user_event_user_uuid_id", "user_event", ["user_uuid", "id"])
+
+    connection = op.get_bind()
+    user = sa.table("user", sa.column("uuid", sa.String), sa.column("user_history", sa.JSON))
+    events = _event_table()
+    rows = []
+    for uuid, history in connection.execute(sa.select(user.c.uuid, user.c.user_history)):
+        for entry in _entries(history):
+            rows.append(
+                {
+                    "user_uuid": uuid,
+                    "action": str(entry.get("action") or "unknown")[:64],
+                    "at": int(entry.get("at") or 0),
+                    "by": entry.get("by"),
+                    "ip": entry.get("ip"),
+                    "details": entry.get("details") or {},
+                }
+            )
+            if len(rows) >= _BATCH:
+                connection.execute(events.insert(), rows)
+                rows = []
+    if rows:
+        connection.execute(events.insert(), rows)
+
+    # A plain column: SQLite (3.35+) drops it in place, no table rebuild.
+    op.drop_column("user", "user_history")
+
+
+def downgrade() -> None:
+    op.add_column("user", sa.Column("user_history", sa.JSON(), nullable=False, server_default="[]"))
+    connection = op.get_bind()
+    events = _event_table()
+    user = sa.table("user", sa.column("uuid", sa.String), sa.column("user_history", sa.JSON))
+    histories: dict[str, list[dict]] = {}
+    query = sa.select(
+        events.c.user_uuid,
+        events.c.action,
+        events.c.at,
+        events.c.by,
+        events.c.ip,
+        events.c.details,
+    ).order_by(events.c.id)
+    for uuid, action, at, by, ip, details in connection.execute(query):
+        histories.setdefault(uuid, []).append(
+            {"action": action, "at": at, "by": by, "ip": ip, "details": details}
+        )
+    for uuid, history in histories.items():
+        connection.execute(
+            user.update().where(user.c.uuid == uuid).values(user_history=history[-500:])
+        )
+    op.drop_index("ix_user_event_user_uuid_id", table_name="user_event")
+    op.drop_table("user_event")
