@@ -6,12 +6,14 @@ import asyncio
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from loguru import logger
-from sqlalchemy import String, cast, delete, func, or_, select
+from sqlalchemy import String, cast, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
 from app.core.config import Settings
 from app.core.email import Mailer
@@ -415,9 +417,9 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _has_role(role: str):
+def _has_role(role: str, entity: Any = User):
     # Roles are a JSON list; its text form holds each role in double quotes on both backends.
-    return cast(User.roles, String).like(f'%"{role}"%')
+    return cast(entity.roles, String).like(f'%"{role}"%')
 
 
 async def list_users(
@@ -492,20 +494,60 @@ async def set_blocked(
     await db.commit()
 
 
-async def _other_active_admins(db: AsyncSession, user_uuid: str) -> int:
-    return (
-        await db.scalar(
-            select(func.count())
-            .select_from(User)
-            .where(_has_role("admin"), User.is_active.is_(True), User.uuid != user_uuid)
-        )
-        or 0
+#: Key of the PostgreSQL advisory lock taken by every change that may remove an admin.
+ADMIN_GUARD_LOCK_KEY = 0x55534144  # "USAD"
+
+
+def _removes_an_active_admin(user: User, values: dict[str, Any]) -> bool:
+    if "admin" not in user.roles or not user.is_active:
+        return False
+    return values.get("is_active") is False or (
+        "roles" in values and "admin" not in values["roles"]
     )
 
 
-async def _guard_last_admin(db: AsyncSession, user: User) -> None:
-    if "admin" in user.roles and user.is_active and not await _other_active_admins(db, user.uuid):
+async def _set_user_fields(db: AsyncSession, user: User, values: dict[str, Any]) -> None:
+    """Apply ``values`` to ``user`` unless that would leave no active admin (LastAdmin).
+
+    A change that demotes, bans or deletes an active admin is one conditional UPDATE
+    that applies only while another active admin exists, so that two admins removing
+    each other at the same moment cannot both succeed. On SQLite the statement runs
+    under the database's single write lock; on PostgreSQL each statement sees the data
+    committed when it starts, so such changes first take one advisory lock (held until
+    commit) and the second one counts after the first has committed.
+    """
+    if not _removes_an_active_admin(user, values):
+        for name, value in values.items():
+            setattr(user, name, value)
+        return
+    if db.get_bind().dialect.name == "postgresql":
+        await db.execute(select(func.pg_advisory_xact_lock(ADMIN_GUARD_LOCK_KEY)))
+    other = aliased(User)
+    another_admin = exists().where(
+        _has_role("admin", other), other.is_active.is_(True), other.uuid != user.uuid
+    )
+    result = await db.execute(
+        update(User)
+        .where(User.uuid == user.uuid, another_admin)
+        .values(**values)
+        .execution_options(synchronize_session="fetch", auth_cache_users=[user.uuid])
+    )
+    if result.rowcount != 1:
         raise LastAdmin()
+
+
+def _require_staff_action(actor: User, user: User, roles: bool, is_active: bool) -> None:
+    """The actor may do what the body asks; for an empty body, something at all here
+    (the answer shows the private view, so it must not come free with a no-op)."""
+    actions = [
+        action for action, asked in (("change_roles", roles), ("deactivate", is_active)) if asked
+    ]
+    if not actions and not any(
+        check_permission(actor, "user", action, user) for action in ("change_roles", "deactivate")
+    ):
+        raise PermissionDenied("Not allowed to change this user")
+    for action in actions:
+        require_permission(actor, "user", action, user)
 
 
 async def admin_update(
@@ -519,14 +561,15 @@ async def admin_update(
 ) -> User:
     """Change roles (admins) and ban or unban (admins; moderators for non-staff).
 
-    Nobody gives a role they do not hold, and the last active admin keeps the role
-    and the account. A ban ends every session of the user at once.
+    Permission is checked first, whatever the body asks, even when nothing would
+    change. Nobody gives a role they do not hold, and the last active admin keeps the
+    role and the account, also under concurrent changes. A ban ends every session of
+    the user at once.
     """
-    user = await get_user(db, user_uuid)
-    if user is None:
-        raise UserNotFound()
+    user, _ = await get_visible_user(db, actor, user_uuid)
+    _require_staff_action(actor, user, roles is not None, is_active is not None)
+    values: dict[str, Any] = {}
     if roles is not None:
-        require_permission(actor, "user", "change_roles", user)
         new_roles = list(dict.fromkeys(roles))
         added = [role for role in new_roles if role not in user.roles]
         refused = ungivable_roles(actor, added)
@@ -535,8 +578,6 @@ async def admin_update(
                 f"You cannot give roles you do not hold: {', '.join(refused)}",
                 code="ROLE_NOT_HELD",
             )
-        if "admin" in user.roles and "admin" not in new_roles:
-            await _guard_last_admin(db, user)
         if set(new_roles) != set(user.roles):
             record_event(
                 db,
@@ -546,21 +587,18 @@ async def admin_update(
                 client=client,
                 details={"from": list(user.roles), "to": new_roles},
             )
-            user.roles = new_roles
+            values["roles"] = new_roles
     if is_active is not None and is_active != user.is_active:
-        require_permission(actor, "user", "deactivate", user)
         if user.deactivated_reason == "deleting":
             raise Conflict("This account is being deleted", code="USER_BEING_DELETED")
-        if not is_active:
-            await _guard_last_admin(db, user)
-            user.is_active = False
-            user.deactivated_reason = "banned"
-            await revoke_sessions(db, user.uuid)
-            record_event(db, user.uuid, "banned", by=actor.uuid, client=client)
-        else:
-            user.is_active = True
-            user.deactivated_reason = None
-            record_event(db, user.uuid, "unbanned", by=actor.uuid, client=client)
+        values["is_active"] = is_active
+        values["deactivated_reason"] = None if is_active else "banned"
+        record_event(
+            db, user.uuid, "unbanned" if is_active else "banned", by=actor.uuid, client=client
+        )
+    await _set_user_fields(db, user, values)
+    if values.get("is_active") is False:
+        await revoke_sessions(db, user.uuid)
     await db.commit()
     return user
 
@@ -586,9 +624,7 @@ async def delete_user(
     inactive (its tokens refused) and :func:`finish_pending_deletions` completes it.
     """
     user = await _target(db, actor, user_uuid, "delete")
-    await _guard_last_admin(db, user)
-    user.is_active = False
-    user.deactivated_reason = "deleting"
+    await _set_user_fields(db, user, {"is_active": False, "deactivated_reason": "deleting"})
     await revoke_sessions(db, user.uuid)
     record_event(db, user.uuid, "deletion_requested", by=actor.uuid, client=client)
     await db.commit()

@@ -8,7 +8,7 @@ import uuid as uuid_module
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from app.models import Session, User
 from app.services import users as user_service
@@ -407,6 +407,93 @@ async def test_the_last_admin_stays(app: FastAPI, client: httpx.AsyncClient, peo
     )
     assert response.status_code == 200
     assert second.uuid
+
+
+@pytest.mark.parametrize("body", [{}, {"is_active": True}, {"roles": ["user"]}])
+async def test_a_no_op_admin_change_shows_nothing_to_a_plain_user(
+    client: httpx.AsyncClient, people, body: dict
+) -> None:
+    """A body that changes nothing used to skip the permission check and answer 200
+    with the target's private view."""
+    alice, alice_tokens = people["alice"]
+    bob, bob_tokens = people["bob"]
+    response = await client.patch(
+        f"/api/admin/user/{alice.uuid}", json=body, headers=bearer(bob_tokens)
+    )
+    assert response.status_code == 403
+    assert alice.email not in response.text
+    # Hidden targets (who blocked the caller, or banned) stay hidden: 404.
+    await client.post(f"/api/user/{bob.uuid}/block", headers=bearer(alice_tokens))
+    blocked = await client.patch(
+        f"/api/admin/user/{alice.uuid}", json=body, headers=bearer(bob_tokens)
+    )
+    assert blocked.status_code == 404
+    assert alice.email not in blocked.text
+
+
+async def test_a_no_op_admin_change_on_a_banned_user(client: httpx.AsyncClient, people) -> None:
+    alice, _ = people["alice"]
+    _, bob_tokens = people["bob"]
+    _, moderator_tokens = people["moderator"]
+    banned = await client.patch(
+        f"/api/admin/user/{alice.uuid}", json={"is_active": False}, headers=bearer(moderator_tokens)
+    )
+    assert banned.status_code == 200
+    for body in ({}, {"is_active": False}):
+        response = await client.patch(
+            f"/api/admin/user/{alice.uuid}", json=body, headers=bearer(bob_tokens)
+        )
+        assert response.status_code == 404
+        assert alice.email not in response.text
+
+
+async def test_an_empty_admin_change_is_for_who_could_change_something(
+    client: httpx.AsyncClient, people
+) -> None:
+    admin, _ = people["admin"]
+    alice, _ = people["alice"]
+    _, moderator_tokens = people["moderator"]
+    # A moderator may ban Alice, so an empty body shows her; not an admin.
+    shown = await client.patch(
+        f"/api/admin/user/{alice.uuid}", json={}, headers=bearer(moderator_tokens)
+    )
+    assert shown.status_code == 200
+    assert shown.json()["email"] == alice.email
+    refused = await client.patch(
+        f"/api/admin/user/{admin.uuid}", json={}, headers=bearer(moderator_tokens)
+    )
+    assert refused.status_code == 403
+    assert admin.email not in refused.text
+
+
+@pytest.mark.parametrize("body", [{"is_active": False}, {"roles": ["user"]}])
+async def test_two_admins_removing_each_other_leave_one(
+    app: FastAPI, client: httpx.AsyncClient, body: dict
+) -> None:
+    """Two admins banning (or demoting) each other at the same moment: one wins."""
+    for _ in range(3):
+        async with app.state.session_factory() as session:
+            await session.execute(
+                update(User).where(User.is_active.is_(True)).values(roles=["user"])
+            )
+            await session.commit()
+        first, first_tokens = await user_with_tokens(app, client, ALL_ROLES)
+        second, second_tokens = await user_with_tokens(app, client, ALL_ROLES)
+        responses = await asyncio.gather(
+            client.patch(f"/api/admin/user/{second.uuid}", json=body, headers=bearer(first_tokens)),
+            client.patch(f"/api/admin/user/{first.uuid}", json=body, headers=bearer(second_tokens)),
+        )
+        codes = sorted(response.status_code for response in responses)
+        assert codes[0] == 200, [response.text for response in responses]
+        # The loser is refused: LAST_ADMIN, or its token already ended by a ban.
+        assert codes[1] in (401, 409), [response.text for response in responses]
+        async with app.state.session_factory() as session:
+            admins = [
+                user
+                for user in await session.scalars(select(User).where(User.is_active.is_(True)))
+                if "admin" in user.roles
+            ]
+        assert len(admins) == 1
 
 
 async def test_ban_ends_sessions_and_unban_restores_login(
