@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     METRICS_ALLOW_IPS: Annotated[list[str], NoDecode] = ["127.0.0.1"]
     # Sessions and users kept in memory between requests (0 turns the cache off).
     AUTH_CACHE_SECONDS: int = Field(default=60, ge=0)
+    # How long a re-authentication (password, or 2FA code / provider login for accounts
+    # without a password) lets a session make sensitive changes.
+    REAUTH_WINDOW_SECONDS: int = Field(default=300, gt=0)
     # Server processes (scripts/serve.sh): several need Redis to share cache invalidations.
     WORKERS: int = Field(default=1, gt=0)
 

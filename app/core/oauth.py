@@ -34,6 +34,11 @@ class ProviderSpec:
     client_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+def provider_label(name: str) -> str:
+    """A provider's name as its users know it (``github`` -> ``GitHub``)."""
+    return {"github": "GitHub", "twitter": "X"}.get(name, name.capitalize())
+
+
 PROVIDERS: dict[str, ProviderSpec] = {
     "github": ProviderSpec(
         authorize_url="https://github.com/login/oauth/authorize",

@@ -30,6 +30,8 @@ class Session(Base):
     last_used_at: Mapped[int] = mapped_column(BigInteger, default=now_epoch)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger)
+    # When the user last proved who they are in this session (app.services.reauth).
+    reauthenticated_at: Mapped[int | None] = mapped_column(BigInteger)
     user_agent: Mapped[str | None] = mapped_column(String(512))
     ip: Mapped[str | None] = mapped_column(String(64))
 

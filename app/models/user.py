@@ -30,6 +30,9 @@ class User(Base):
     display_name: Mapped[str] = mapped_column(String(USERNAME_MAX_LENGTH))
     email: Mapped[str] = mapped_column(String(320), unique=True)
     email_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A new email waiting for its confirmation link to be followed; ``email`` stays in
+    # force (logins, resets, notices) until then.
+    pending_email: Mapped[str | None] = mapped_column(String(320))
     hashed_password: Mapped[str | None] = mapped_column(String(255))
     otp_method: Mapped[str] = mapped_column(String(16), default="none")
     otp_secret: Mapped[str | None] = mapped_column(String(64))

@@ -20,10 +20,14 @@ from app.routers.deps import (
 from app.schemas.auth import (
     EmailRequest,
     ExchangeRequest,
+    LinkTokenRequest,
     Message,
     PasswordChangeRequest,
     PasswordResetRequest,
+    ReauthRequest,
+    ReauthResponse,
     RefreshRequest,
+    ResetLinkInfo,
     SessionInfo,
     SessionList,
     SignupRequest,
@@ -171,7 +175,9 @@ async def verify_otp(
 
 
 @router.post(
-    "/otp/setup", response_model=OtpSetupResponse, responses=error_responses(400, 401, 409, 422)
+    "/otp/setup",
+    response_model=OtpSetupResponse,
+    responses=error_responses(400, 401, 403, 409, 422, 429),
 )
 async def setup_otp(
     body: OtpSetupRequest,
@@ -179,9 +185,13 @@ async def setup_otp(
     db: SessionDep,
     settings: SettingsDep,
     mailer: MailerDep,
+    guard: GuardDep,
     client: ClientDep,
 ) -> OtpSetupResponse:
-    """Start turning on two-factor authentication (the password confirms it is you).
+    """Start turning on two-factor authentication (a re-authentication confirms it is you).
+
+    Send ``password``, or leave it out when this session was re-authenticated in
+    the last minutes (see /auth/reauthenticate).
 
     ``authenticator``: a new secret, as an ``otpauth://`` URI and a QR code (PNG,
     base64) to scan. ``email``: a code is mailed. Either way, confirm with a code at
@@ -196,10 +206,16 @@ async def setup_otp(
     ------
     400
         ``WRONG_PASSWORD``, or ``EMAIL_DISABLED`` (email codes need email).
+    403
+        ``REAUTHENTICATION_REQUIRED``: no password and no recent re-authentication.
     409
         ``OTP_ALREADY_ENABLED``.
+    429
+        ``RATE_LIMITED``: too many wrong passwords for this account lately.
     """
-    return await otp_service.setup(db, settings, mailer, auth, body.method, body.password, client)
+    return await otp_service.setup(
+        db, settings, mailer, guard, auth, body.method, body.password, client
+    )
 
 
 @router.post(
@@ -209,9 +225,15 @@ async def setup_otp(
     responses=error_responses(400, 401, 409, 422, 429),
 )
 async def enable_otp(
-    body: OtpEnableRequest, auth: AuthDep, db: SessionDep, settings: SettingsDep, client: ClientDep
+    body: OtpEnableRequest,
+    auth: AuthDep,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    client: ClientDep,
 ) -> None:
-    """Turn on two-factor authentication with a valid code. Other sessions end.
+    """Turn on two-factor authentication with a valid code. Other sessions end, and the
+    account's verified email is told.
 
     Raises
     ------
@@ -224,7 +246,7 @@ async def enable_otp(
     429
         ``OTP_THROTTLED``.
     """
-    await otp_service.enable(db, settings, auth, body.method, body.code, client)
+    await otp_service.enable(db, settings, mailer, auth, body.method, body.code, client)
 
 
 @router.post(
@@ -249,7 +271,7 @@ async def send_otp_disable_code(
         ``OTP_NOT_ENABLED``, or ``OTP_METHOD_MISMATCH`` for authenticator users (use
         a code from the app).
     """
-    await otp_service.send_disable_code(db, settings, mailer, auth)
+    await otp_service.send_code(db, settings, mailer, auth, "disable")
     return Message(detail="A code was sent by email")
 
 
@@ -257,14 +279,21 @@ async def send_otp_disable_code(
     "/otp/disable",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(400, 401, 409, 422, 429),
+    responses=error_responses(400, 401, 403, 409, 422, 429),
 )
 async def disable_otp(
-    body: OtpDisableRequest, auth: AuthDep, db: SessionDep, settings: SettingsDep, client: ClientDep
+    body: OtpDisableRequest,
+    auth: AuthDep,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    guard: GuardDep,
+    client: ClientDep,
 ) -> None:
-    """Turn off two-factor authentication with the password and a current code.
+    """Turn off two-factor authentication with a re-authentication and a current code.
 
-    Other sessions end.
+    Send ``password`` (or leave it out after a recent re-authentication) and a code.
+    Other sessions end, and the account's verified email is told.
 
     Raises
     ------
@@ -272,12 +301,14 @@ async def disable_otp(
         ``WRONG_PASSWORD``, or ``NO_PENDING_CODE`` (email: ask /auth/otp/disable/code).
     401
         ``INVALID_OTP_CODE``.
+    403
+        ``REAUTHENTICATION_REQUIRED``.
     409
         ``OTP_NOT_ENABLED``.
     429
-        ``OTP_THROTTLED``.
+        ``OTP_THROTTLED`` or ``RATE_LIMITED``.
     """
-    await otp_service.disable(db, settings, auth, body.password, body.code, client)
+    await otp_service.disable(db, settings, mailer, guard, auth, body.password, body.code, client)
 
 
 @router.post("/refresh", response_model=TokenPair, responses=error_responses(401, 422))
@@ -406,16 +437,22 @@ async def validate_token(auth: ReaderAuth) -> TokenValidation:
     "/password/change",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(400, 401, 422),
+    responses=error_responses(400, 401, 403, 422, 429),
 )
 async def change_password(
     body: PasswordChangeRequest,
     auth: AuthDep,
     db: SessionDep,
     settings: SettingsDep,
+    mailer: MailerDep,
+    guard: GuardDep,
     client: ClientDep,
 ) -> None:
     """Change the current user's password. Every session ends; log in again.
+
+    ``current_password`` confirms it is you (an account without a password sets its
+    first one after a recent re-authentication: a provider login or a 2FA code).
+    Wrong passwords count like failed logins. The account's verified email is told.
 
     Raises
     ------
@@ -423,11 +460,15 @@ async def change_password(
         ``WRONG_PASSWORD``: the current password is incorrect.
     401
         Not authenticated.
+    403
+        ``REAUTHENTICATION_REQUIRED``: no password and no recent re-authentication.
     422
         The new password breaks the policy.
+    429
+        ``RATE_LIMITED``: too many wrong passwords for this account lately.
     """
     await auth_service.change_password(
-        db, settings, auth, body.current_password, body.new_password, client
+        db, settings, mailer, guard, auth, body.current_password, body.new_password, client
     )
 
 
@@ -447,8 +488,9 @@ async def forgot_password(
 ) -> Message:
     """Ask for a password-reset link by email.
 
-    The answer is the same whether or not an account has this email. The link
-    (``FRONTEND_URL/reset-password?token=...``) works once, for one hour.
+    The answer is the same whether or not an account has this email. A link is sent
+    only to a verified email; it (``FRONTEND_URL/reset-password?token=...``) works
+    once, for one hour, and the mail names the providers linked to the account.
 
     Returns
     -------
@@ -465,15 +507,48 @@ async def forgot_password(
 
 
 @router.post(
+    "/password/reset/info", response_model=ResetLinkInfo, responses=error_responses(400, 422)
+)
+async def read_reset_link(
+    body: LinkTokenRequest, db: SessionDep, settings: SettingsDep
+) -> ResetLinkInfo:
+    """What a reset page shows before the new password: the linked providers.
+
+    The token stays unused. A provider account linked by someone else would still
+    open the account after a reset: the page lets the owner unlink it
+    (``unlink_providers`` of /auth/password/reset).
+
+    Returns
+    -------
+    ResetLinkInfo
+        The providers whose accounts are linked.
+
+    Raises
+    ------
+    400
+        ``INVALID_LINK``.
+    """
+    providers = await auth_service.read_reset_link(db, settings, body.token)
+    return ResetLinkInfo(linked_providers=providers)
+
+
+@router.post(
     "/password/reset",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=error_responses(400, 422),
 )
 async def reset_password(
-    body: PasswordResetRequest, db: SessionDep, settings: SettingsDep, client: ClientDep
+    body: PasswordResetRequest,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    client: ClientDep,
 ) -> None:
     """Set a new password with the token from a reset email. Every session ends.
+
+    ``unlink_providers`` unlinks those providers' accounts at the same time. The
+    account's email is told of the reset.
 
     Raises
     ------
@@ -483,7 +558,9 @@ async def reset_password(
     422
         The new password breaks the policy.
     """
-    await auth_service.reset_password(db, settings, body.token, body.new_password, client)
+    await auth_service.reset_password(
+        db, settings, mailer, body.token, body.new_password, body.unlink_providers, client
+    )
 
 
 @router.get("/email/verify", response_model=Message, responses=error_responses(400, 422))
@@ -513,20 +590,156 @@ async def verify_email(
     "/email/verify/request",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Message,
-    responses=error_responses(422),
+    responses=error_responses(422, 429),
 )
 async def request_verification_email(
-    body: EmailRequest, db: SessionDep, settings: SettingsDep, mailer: MailerDep
+    body: EmailRequest,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    guard: GuardDep,
+    client: ClientDep,
 ) -> Message:
     """Ask for a new verification link. The answer never tells whether the account exists.
+
+    Limited per email and per address like /auth/password/forgot.
 
     Returns
     -------
     Message
         An acknowledgement.
+
+    Raises
+    ------
+    429
+        ``RATE_LIMITED``: too many requests for this email or from this address.
     """
-    await auth_service.request_verification_email(db, settings, mailer, body.email)
+    await auth_service.request_verification_email(db, settings, mailer, guard, body.email, client)
     return Message(detail="If an unverified account has this email, a link is on its way")
+
+
+@router.get(
+    "/email/change/confirm", response_model=Message, responses=error_responses(400, 409, 422)
+)
+async def confirm_email_change(
+    token: Annotated[Text, Query(min_length=1, max_length=1024)],
+    db: SessionDep,
+    settings: SettingsDep,
+    client: ClientDep,
+) -> Message:
+    """Confirm a new email with the link mailed to it: it becomes the account's email.
+
+    Returns
+    -------
+    Message
+        Confirmation.
+
+    Raises
+    ------
+    400
+        ``INVALID_LINK``: forged, expired, already used, or the change was cancelled
+        or replaced by another.
+    409
+        ``EMAIL_TAKEN``: another account took this email meanwhile.
+    """
+    await auth_service.confirm_email_change(db, settings, token, client)
+    return Message(detail="Email changed")
+
+
+@router.post(
+    "/email/change/undo",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(400, 409, 422),
+)
+async def undo_email_change(
+    body: LinkTokenRequest, db: SessionDep, settings: SettingsDep, client: ClientDep
+) -> None:
+    """Refuse an email change with the token mailed to the old address.
+
+    A pending change is cancelled; a change already confirmed is reverted. Either
+    way every session ends: whoever asked for the change knew the password or held a
+    fresh session, so reset the password next. The mail links to
+    ``FRONTEND_URL/undo-email-change?token=...``, a page that sends this request.
+
+    Raises
+    ------
+    400
+        ``INVALID_LINK``: forged, expired, already used, or the email changed again.
+    409
+        ``EMAIL_TAKEN``: another account took the old email meanwhile.
+    """
+    await auth_service.undo_email_change(db, settings, body.token, client)
+
+
+@router.post(
+    "/reauthenticate",
+    response_model=ReauthResponse,
+    responses=error_responses(400, 401, 422, 429),
+)
+async def reauthenticate(
+    body: ReauthRequest,
+    auth: AuthDep,
+    db: SessionDep,
+    settings: SettingsDep,
+    guard: GuardDep,
+    client: ClientDep,
+) -> ReauthResponse:
+    """Confirm it is you, so that this session may make sensitive changes for a while.
+
+    Changing the email or password, two-factor settings, linking a provider and
+    deleting an account need a proof of identity: the current password in the
+    request, or a session re-authenticated within REAUTH_WINDOW_SECONDS. Accounts
+    with a password send ``password``; accounts without one send a two-factor
+    ``code`` (email: ask /auth/reauthenticate/code first), or sign in again with
+    their provider (that login counts). Wrong passwords count like failed logins.
+
+    Returns
+    -------
+    ReauthResponse
+        Until when the session counts as re-authenticated.
+
+    Raises
+    ------
+    400
+        ``WRONG_PASSWORD``, ``SIGN_IN_AGAIN`` (no password nor 2FA: sign in with the
+        provider), ``NO_PENDING_CODE``.
+    401
+        ``INVALID_OTP_CODE``, or not authenticated.
+    422
+        ``PROOF_REQUIRED``: the password (or code) this account needs is missing.
+    429
+        ``RATE_LIMITED`` or ``OTP_THROTTLED``.
+    """
+    until = await auth_service.reauthenticate(
+        db, settings, guard, auth, body.password, body.code, client
+    )
+    return ReauthResponse(reauthenticated_until=until)
+
+
+@router.post(
+    "/reauthenticate/code",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Message,
+    responses=error_responses(401, 409),
+)
+async def send_reauthentication_code(
+    auth: AuthDep, db: SessionDep, settings: SettingsDep, mailer: MailerDep
+) -> Message:
+    """Mail a code for /auth/reauthenticate (accounts with email two-factor codes).
+
+    Returns
+    -------
+    Message
+        An acknowledgement.
+
+    Raises
+    ------
+    409
+        ``OTP_NOT_ENABLED``, or ``OTP_METHOD_MISMATCH`` for authenticator users.
+    """
+    await otp_service.send_code(db, settings, mailer, auth, "reauth")
+    return Message(detail="A code was sent by email")
 
 
 @router.post(

@@ -25,6 +25,7 @@ from app.schemas.auth import Message, TokenPair
 from app.schemas.common import ErrorResponse, Text, error_responses
 from app.schemas.otp import OtpChallengeResponse
 from app.services import oauth as oauth_service
+from app.services.reauth import require_fresh_session
 
 router = APIRouter(prefix="/oauth", tags=["oauth"])
 
@@ -109,7 +110,7 @@ async def oauth_login(
     "/{provider}/link",
     response_class=RedirectResponse,
     status_code=status.HTTP_302_FOUND,
-    responses={**_REDIRECT, **error_responses(400, 401, 404, 422)},
+    responses={**_REDIRECT, **error_responses(400, 401, 403, 404, 422)},
 )
 async def oauth_link(
     provider: str,
@@ -120,13 +121,20 @@ async def oauth_link(
 ) -> Response:
     """Start linking a provider account to the signed-in user (any email).
 
+    A linked account opens this one, so linking needs a session re-authenticated in
+    the last minutes (POST /auth/reauthenticate first). The account's verified email
+    is told which provider was linked.
+
     Raises
     ------
     401
         Not authenticated.
+    403
+        ``REAUTHENTICATION_REQUIRED``.
     404
         ``PROVIDER_NOT_ENABLED``.
     """
+    require_fresh_session(settings, auth.session)
     flow = {"mode": "link", "user": auth.user.uuid, "redirect_uri": redirect_uri}
     return await _start(request, settings, provider, flow)
 
@@ -190,9 +198,11 @@ async def oauth_callback(
         raise oauth_service.ProviderUnavailable() from None
 
     if flow.get("mode") == "link":
-        user = await oauth_service.link_account(db, flow["user"], profile, token, client_info)
+        user = await oauth_service.link_account(
+            db, settings, mailer, flow["user"], profile, token, client_info
+        )
     else:
-        user = await oauth_service.resolve_login(db, settings, profile, token, client_info)
+        user = await oauth_service.resolve_login(db, settings, mailer, profile, token, client_info)
     await oauth_service.adopt_picture(db, settings, user, profile, client_info)
 
     if flow.get("redirect_uri"):

@@ -7,8 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from app.routers.deps import (
+    AuthDep,
     ClientDep,
     CurrentUser,
+    GuardDep,
     MailerDep,
     PageDep,
     Reader,
@@ -18,6 +20,7 @@ from app.routers.deps import (
 )
 from app.schemas.common import Text, error_responses
 from app.schemas.users import (
+    DeleteAccountRequest,
     HistoryEntry,
     HistoryPage,
     Role,
@@ -50,19 +53,26 @@ async def read_me(user: Reader, settings: SettingsDep) -> UserPrivate:
     return private_view(user, settings)
 
 
-@router.patch("/users/me", response_model=UserPrivate, responses=error_responses(401, 409, 422))
+@router.patch(
+    "/users/me", response_model=UserPrivate, responses=error_responses(400, 401, 403, 409, 422, 429)
+)
 async def update_me(
     body: UserSelfUpdate,
-    user: CurrentUser,
+    auth: AuthDep,
     db: SessionDep,
     settings: SettingsDep,
     mailer: MailerDep,
+    guard: GuardDep,
     client: ClientDep,
 ) -> UserPrivate:
     """Change one's display name, email or description.
 
-    A new email is unverified until the link mailed to it is followed. Fields that
-    are not self-service (roles, flags, ...) are refused with 422.
+    A new email needs ``current_password`` (or a session re-authenticated in the last
+    minutes, see /auth/reauthenticate). It is ``pending_email`` until the link mailed
+    to it is followed; ``email`` stays in force meanwhile, and, when verified, is sent
+    a notice with a link that refuses the change. Sending the current email again
+    cancels a pending change. Fields that are not self-service (roles, flags, ...)
+    are refused with 422.
 
     Returns
     -------
@@ -71,16 +81,25 @@ async def update_me(
 
     Raises
     ------
+    400
+        ``WRONG_PASSWORD``.
     401
         Not authenticated.
+    403
+        ``REAUTHENTICATION_REQUIRED``: a new email without a password or a recent
+        re-authentication.
     409
         ``EMAIL_TAKEN``.
     422
         A field is invalid or not changeable here.
+    429
+        ``RATE_LIMITED``: too many wrong passwords for this account lately.
     """
     changes = body.model_dump(exclude_unset=True)
-    updated = await user_service.update_own_profile(db, settings, mailer, user, changes, client)
-    return private_view(updated, settings)
+    user = await user_service.update_profile(
+        db, settings, mailer, guard, auth, auth.user.uuid, changes, client
+    )
+    return private_view(user, settings)
 
 
 @router.get("/users", response_model=UserPage, responses=error_responses(401, 403, 422))
@@ -163,18 +182,24 @@ async def read_user(
 
 
 @router.patch(
-    "/user/{uuid}", response_model=UserPrivate, responses=error_responses(401, 403, 404, 409, 422)
+    "/user/{uuid}",
+    response_model=UserPrivate,
+    responses=error_responses(400, 401, 403, 404, 409, 422, 429),
 )
 async def update_user(
     user_uuid: UserUuid,
     body: UserSelfUpdate,
-    actor: CurrentUser,
+    auth: AuthDep,
     db: SessionDep,
     settings: SettingsDep,
     mailer: MailerDep,
+    guard: GuardDep,
     client: ClientDep,
 ) -> UserPrivate:
     """Change a user's display name, email or description (oneself, or as an admin).
+
+    The rules of ``PATCH /users/me`` apply; a new email needs the caller's own
+    re-authentication (an admin's password, for instance).
 
     Returns
     -------
@@ -183,16 +208,20 @@ async def update_user(
 
     Raises
     ------
+    400
+        ``WRONG_PASSWORD``.
     403
-        Not oneself and not an admin.
+        Not oneself and not an admin, or ``REAUTHENTICATION_REQUIRED``.
     404
         ``USER_NOT_FOUND``.
     409
         ``EMAIL_TAKEN``.
+    429
+        ``RATE_LIMITED``.
     """
     changes = body.model_dump(exclude_unset=True)
     user = await user_service.update_profile(
-        db, settings, mailer, actor, user_uuid, changes, client
+        db, settings, mailer, guard, auth, user_uuid, changes, client
     )
     return private_view(user, settings)
 
@@ -201,30 +230,39 @@ async def update_user(
     "/user/{uuid}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(400, 401, 403, 404, 409, 422, 429),
 )
 async def delete_user(
     user_uuid: UserUuid,
-    actor: CurrentUser,
+    auth: AuthDep,
     db: SessionDep,
     settings: SettingsDep,
+    guard: GuardDep,
     client: ClientDep,
+    body: DeleteAccountRequest | None = None,
 ) -> None:
     """Delete an account (oneself, or as an admin) with its files and links.
 
+    Deletion cannot be undone: the caller confirms with ``current_password`` in the
+    body, or after a recent re-authentication (/auth/reauthenticate) with no body.
     The account is deactivated first (its tokens stop working at once); if removing
     its data fails, it stays inactive and a scheduled job finishes the deletion.
 
     Raises
     ------
+    400
+        ``WRONG_PASSWORD``.
     403
-        Not oneself and not an admin.
+        Not oneself and not an admin, or ``REAUTHENTICATION_REQUIRED``.
     404
         ``USER_NOT_FOUND``.
     409
         ``LAST_ADMIN``: the only active admin cannot be deleted.
+    429
+        ``RATE_LIMITED``: too many wrong passwords for this account lately.
     """
-    await user_service.delete_user(db, settings, actor, user_uuid, client)
+    password = body.current_password if body is not None else None
+    await user_service.delete_user(db, settings, guard, auth, user_uuid, password, client)
 
 
 @router.get(

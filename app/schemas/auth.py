@@ -7,8 +7,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from app.core.oauth import PROVIDERS
 from app.schemas.common import RequestModel
 from app.schemas.fields import (
+    CurrentPassword,
     Description,
     Email,
     GivenPassword,
@@ -16,6 +18,9 @@ from app.schemas.fields import (
     Username,
     display_name_matches,
 )
+
+PROVIDER_NAMES = tuple(PROVIDERS)
+ProviderName = Literal[PROVIDER_NAMES]  # type: ignore[valid-type]
 
 
 class SignupRequest(RequestModel):
@@ -92,7 +97,7 @@ class TokenValidation(BaseModel):
 class PasswordChangeRequest(RequestModel):
     """Change one's password (every session ends)."""
 
-    current_password: GivenPassword
+    current_password: CurrentPassword = None
     new_password: NewPassword
 
 
@@ -102,11 +107,43 @@ class EmailRequest(RequestModel):
     email: Email
 
 
-class PasswordResetRequest(RequestModel):
-    """The token from a reset email, and the new password."""
+class LinkTokenRequest(RequestModel):
+    """The token of a link from an email."""
 
     token: str = Field(min_length=1, max_length=1024)
+
+
+class PasswordResetRequest(LinkTokenRequest):
+    """The token from a reset email, the new password, and providers to unlink."""
+
     new_password: NewPassword
+    unlink_providers: list[ProviderName] = Field(
+        default=[],
+        max_length=len(PROVIDER_NAMES),
+        description="Linked providers to unlink at the same time (see /auth/password/reset/info).",
+    )
+
+
+class ResetLinkInfo(BaseModel):
+    """What a reset page shows before the new password is chosen."""
+
+    linked_providers: list[str] = Field(
+        description="Providers whose accounts can open this account (GitHub, ...), by name."
+    )
+
+
+class ReauthRequest(RequestModel):
+    """Proof that the caller is the owner: the password, or for an account without one
+    a two-factor code."""
+
+    password: GivenPassword | None = None
+    code: str | None = Field(default=None, min_length=1, max_length=16, examples=["123456"])
+
+
+class ReauthResponse(BaseModel):
+    """Until when this session may make sensitive changes without another proof."""
+
+    reauthenticated_until: int = Field(description="Epoch seconds.")
 
 
 class Message(BaseModel):

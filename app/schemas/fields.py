@@ -83,6 +83,16 @@ NewPassword = Annotated[
 # A password being checked (not set): any length up to a bound, so a login never
 # reveals the policy and a huge body cannot make us hash megabytes.
 GivenPassword = Annotated[str, Field(max_length=PASSWORD_MAX_LENGTH * 4)]
+#: The caller's current password, confirming a sensitive change; it may be left out
+#: when the session was re-authenticated (/auth/reauthenticate) in the last minutes.
+CurrentPassword = Annotated[
+    GivenPassword | None,
+    Field(
+        description="The current password. Not needed when this session was "
+        "re-authenticated (POST /auth/reauthenticate) within REAUTH_WINDOW_SECONDS, nor "
+        "right after a provider login for an account without a password."
+    ),
+]
 Description = Annotated[str | None, AfterValidator(check_description)]
 
 

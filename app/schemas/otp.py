@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from app.schemas.common import RequestModel
-from app.schemas.fields import GivenPassword
+from app.schemas.fields import CurrentPassword
 
 OtpMethod = Literal["authenticator", "email"]
 #: A code as typed: checked against the challenge (a malformed one is a wrong one).
@@ -33,10 +33,10 @@ class OtpVerifyRequest(RequestModel):
 
 
 class OtpSetupRequest(RequestModel):
-    """Start enrolling a second factor (the password confirms it is the owner)."""
+    """Start enrolling a second factor (a re-authentication confirms it is the owner)."""
 
     method: OtpMethod
-    password: GivenPassword
+    password: CurrentPassword = None
 
 
 class OtpSetupResponse(BaseModel):
@@ -60,7 +60,7 @@ class OtpEnableRequest(RequestModel):
 
 
 class OtpDisableRequest(RequestModel):
-    """Turn 2FA off: the password and a current code."""
+    """Turn 2FA off: a re-authentication and a current code."""
 
-    password: GivenPassword
+    password: CurrentPassword = None
     code: str = OtpCode

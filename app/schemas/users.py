@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.core.config import Settings
 from app.models import User
 from app.schemas.common import RequestModel
-from app.schemas.fields import Description, Email
+from app.schemas.fields import CurrentPassword, Description, Email
 
 Role = Literal["admin", "moderator", "tester", "user"]
 
@@ -30,6 +30,10 @@ class UserPrivate(UserPublic):
 
     email: str
     email_verified: bool
+    pending_email: str | None = Field(
+        description="A new email waiting for the link mailed to it to be followed; "
+        "``email`` stays in force until then."
+    )
     roles: list[str]
     otp_method: str
     is_active: bool
@@ -60,6 +64,7 @@ def private_view(user: User, settings: Settings) -> UserPrivate:
         **public_view(user, settings).model_dump(),
         email=user.email,
         email_verified=user.email_verified,
+        pending_email=user.pending_email,
         roles=list(user.roles),
         otp_method=user.otp_method,
         is_active=user.is_active,
@@ -72,8 +77,19 @@ class UserSelfUpdate(RequestModel):
     """Fields a user may change on their own account; anything else is refused (422)."""
 
     display_name: str | None = Field(default=None, max_length=31)
-    email: Email | None = None
+    email: Email | None = Field(
+        default=None,
+        description="A new email: it applies once the link mailed to it is followed, "
+        "and needs ``current_password`` (or a re-authenticated session).",
+    )
     description: Description = None
+    current_password: CurrentPassword = None
+
+
+class DeleteAccountRequest(RequestModel):
+    """Confirms a deletion (or leave it out after a re-authentication)."""
+
+    current_password: CurrentPassword = None
 
 
 class AdminUserUpdate(RequestModel):

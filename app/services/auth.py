@@ -1,4 +1,4 @@
-"""Logins, password changes and resets, email verification.
+"""Logins, password changes and resets, email verification and change, re-authentication.
 
 Sessions and tokens live in ``app.services.sessions``; the second login step in
 ``app.services.otp``.
@@ -6,33 +6,37 @@ Sessions and tokens live in ``app.services.sessions``; the second login step in
 
 from __future__ import annotations
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.errors import AppError, Unauthorized
 from app.core.metrics import LOGINS
+from app.core.oauth import provider_label
 from app.core.rate_limiter import BruteForceGuard
 from app.core.security import (
-    TokenError,
     create_one_time_token,
     hash_password,
     password_fingerprint,
-    read_one_time_token,
     verify_password,
 )
-from app.models import UsedToken, User, now_epoch
+from app.models import User, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
-from app.services import otp
+from app.services import oauth, otp
 from app.services.context import ClientInfo
 from app.services.history import record_event
+from app.services.links import InvalidLink, consume_link, read_link
+from app.services.notices import send_security_notice
+from app.services.reauth import confirm_password, require_recent_auth
 from app.services.sessions import Auth, revoke_sessions, start_session
 from app.services.users import (
+    EMAIL_CHANGE_PURPOSE,
+    EMAIL_CHANGE_UNDO_MAX_AGE_SECONDS,
+    EMAIL_CHANGE_UNDO_PURPOSE,
     EMAIL_VERIFY_MAX_AGE_SECONDS,
     EMAIL_VERIFY_PURPOSE,
-    WrongPassword,
+    commit_or_conflict,
     find_user_by_login,
     send_verification_email,
 )
@@ -46,14 +50,6 @@ class InvalidCredentials(Unauthorized):
 
     code = "INVALID_CREDENTIALS"
     detail = "Incorrect username/email or password"
-
-
-class InvalidLink(AppError):
-    """A one-time link that is forged, expired, already used, or no longer applies."""
-
-    status_code = 400
-    code = "INVALID_LINK"
-    detail = "This link is invalid or has expired"
 
 
 # Login ---------------------------------------------------------------------------------
@@ -130,24 +126,28 @@ async def login(
 async def change_password(
     db: AsyncSession,
     settings: Settings,
+    mailer: Mailer,
+    guard: BruteForceGuard,
     auth: Auth,
-    current_password: str,
+    current_password: str | None,
     new_password: str,
     client: ClientInfo,
 ) -> None:
-    """Set a new password after checking the current one; every session ends."""
+    """Set a new password; every session ends and the verified address is told.
+
+    The current password confirms it is the owner (or, for an account without one,
+    a recently re-authenticated session: a provider login or a two-factor code).
+    """
     user = auth.user
-    if not await verify_password(
-        current_password, user.hashed_password, settings.PASSWORD_BCRYPT_ROUNDS
-    ):
-        record_event(db, user.uuid, "password_change_failed", by=user.uuid, client=client)
-        await db.commit()
-        raise WrongPassword()
+    await require_recent_auth(
+        db, settings, guard, user, auth.session, current_password, client, purpose="password_change"
+    )
     user.hashed_password = await hash_password(new_password, settings.PASSWORD_BCRYPT_ROUNDS)
     user.is_external_only = False
     await revoke_sessions(db, user.uuid)
     record_event(db, user.uuid, "password_changed", by=user.uuid, client=client)
     await db.commit()
+    send_security_notice(settings, mailer, user, what="Your password was changed")
 
 
 async def request_password_reset(
@@ -158,7 +158,8 @@ async def request_password_reset(
     email: str,
     client: ClientInfo,
 ) -> None:
-    """Mail a reset link when the account exists; say nothing either way.
+    """Mail a reset link when the account exists and its email is verified; say
+    nothing either way.
 
     With DEACTIVATE_ON_PASSWORD_FORGOT the account is also made inactive (and its
     sessions ended) until the reset, as the original service did. Requests are
@@ -171,6 +172,11 @@ async def request_password_reset(
         return
     if not user.is_active and user.deactivated_reason != "password_forgot":
         return  # banned or being deleted: a reset must not bring it back
+    if not user.email_verified:
+        # Nobody proved owning this address: it may be an address someone set on the
+        # account to take it over. Verify it first (the verification link says so).
+        return
+    providers = [provider_label(name) for name in await oauth.linked_providers(db, user.uuid)]
     token = create_one_time_token(
         settings.JWT_SECRET_KEY,
         PASSWORD_RESET_PURPOSE,
@@ -194,66 +200,70 @@ async def request_password_reset(
             display_name=user.display_name,
             link=f"{settings.FRONTEND_URL}/reset-password?token={token}",
             valid_minutes=PASSWORD_RESET_MAX_AGE_SECONDS // 60,
+            providers=providers,
         )
     )
 
 
-async def consume_link(
-    db: AsyncSession, settings: Settings, purpose: str, token: str, max_age_seconds: int
-) -> tuple[User, dict]:
-    """Verify a one-time link and mark it used (in the caller's transaction)."""
-    try:
-        verified = read_one_time_token(settings.JWT_SECRET_KEY, purpose, token, max_age_seconds)
-    except TokenError as error:
-        raise InvalidLink(f"This link is invalid or has expired ({error})") from None
-    user_uuid = verified.payload.get("uuid")
-    user = await db.get(User, user_uuid) if isinstance(user_uuid, str) else None
-    if user is None or verified.payload.get("email") != user.email:
-        raise InvalidLink()
-    db.add(
-        UsedToken(
-            token_id=verified.token_id,
-            purpose=purpose,
-            user_uuid=user.uuid,
-            expires_at=now_epoch() + max_age_seconds,
-        )
-    )
-    try:
-        await db.flush()
-    except IntegrityError:
-        await db.rollback()
-        raise InvalidLink("This link was already used") from None
-    return user, verified.payload
-
-
-async def reset_password(
-    db: AsyncSession, settings: Settings, token: str, new_password: str, client: ClientInfo
-) -> None:
-    """Set a new password from a reset link; end every session; reactivate if forgot did.
-
-    The link proves the email is the user's, so it also marks the email verified.
-    """
-    user, payload = await consume_link(
+async def _reset_link(db: AsyncSession, settings: Settings, token: str) -> tuple[User, dict, str]:
+    user, payload, token_id = await read_link(
         db, settings, PASSWORD_RESET_PURPOSE, token, PASSWORD_RESET_MAX_AGE_SECONDS
     )
     if payload.get("pwd") != password_fingerprint(user.hashed_password):
-        await db.rollback()
         raise InvalidLink("This link is no longer valid: the password changed since")
     if not user.is_active and user.deactivated_reason != "password_forgot":
-        await db.rollback()
         raise InvalidLink()
+    return user, payload, token_id
+
+
+async def read_reset_link(db: AsyncSession, settings: Settings, token: str) -> list[str]:
+    """The providers linked to the account of a valid reset link (the link stays unused).
+
+    A reset page shows them so that the owner can unlink one they do not know: a
+    provider linked by someone else would still open the account after the reset.
+    """
+    user, _, _ = await _reset_link(db, settings, token)
+    return await oauth.linked_providers(db, user.uuid)
+
+
+async def reset_password(
+    db: AsyncSession,
+    settings: Settings,
+    mailer: Mailer,
+    token: str,
+    new_password: str,
+    unlink_providers: list[str],
+    client: ClientInfo,
+) -> None:
+    """Set a new password from a reset link, unlink the providers asked for, end every
+    session, reactivate if forgot-password deactivated; the address is told.
+
+    The link proves the email is the user's, so it also marks the email verified.
+    """
+    await _reset_link(db, settings, token)
+    user, _ = await consume_link(
+        db, settings, PASSWORD_RESET_PURPOSE, token, PASSWORD_RESET_MAX_AGE_SECONDS
+    )
     user.hashed_password = await hash_password(new_password, settings.PASSWORD_BCRYPT_ROUNDS)
     user.is_external_only = False
     user.email_verified = True
     if user.deactivated_reason == "password_forgot":
         user.is_active = True
         user.deactivated_reason = None
+    unlinked = await oauth.remove_links(db, user.uuid, unlink_providers)
     await revoke_sessions(db, user.uuid)
-    record_event(db, user.uuid, "password_reset", client=client)
+    record_event(
+        db,
+        user.uuid,
+        "password_reset",
+        client=client,
+        details={"unlinked": unlinked} if unlinked else None,
+    )
     await db.commit()
+    send_security_notice(settings, mailer, user, what="Your password was reset")
 
 
-# Email verification --------------------------------------------------------------------
+# Email verification and change ---------------------------------------------------------
 
 
 async def verify_email(
@@ -272,9 +282,143 @@ async def verify_email(
 
 
 async def request_verification_email(
-    db: AsyncSession, settings: Settings, mailer: Mailer, email: str
+    db: AsyncSession,
+    settings: Settings,
+    mailer: Mailer,
+    guard: BruteForceGuard,
+    email: str,
+    client: ClientInfo,
 ) -> None:
-    """Mail a new verification link when such an unverified account exists; say nothing."""
+    """Mail a new verification link when such an unverified account exists; say nothing.
+
+    Limited like forgotten-password requests, per address and per email, so that
+    nobody can flood an inbox.
+    """
+    await guard.attempt("verify", account=email, address=client.ip)
+    await guard.failed("verify", account=email)
     user = await find_user_by_login(db, email)
     if user is not None and user.is_active:
         send_verification_email(settings, mailer, user)
+
+
+def _pending_change(user: User, payload: dict) -> bool:
+    return payload.get("email") == user.email and payload.get("new_email") == user.pending_email
+
+
+async def confirm_email_change(
+    db: AsyncSession, settings: Settings, token: str, client: ClientInfo
+) -> User:
+    """Make the pending email the account's (verified) email, from the link mailed to it.
+
+    The link applies only to the change it was sent for: not after the change was
+    cancelled, replaced by another, or once the email changed otherwise.
+    """
+    user, payload = await consume_link(
+        db, settings, EMAIL_CHANGE_PURPOSE, token, EMAIL_VERIFY_MAX_AGE_SECONDS, _pending_change
+    )
+    old_email = user.email
+    user.email = payload["new_email"]
+    user.email_verified = True
+    user.pending_email = None
+    record_event(
+        db,
+        user.uuid,
+        "email_changed",
+        by=user.uuid,
+        client=client,
+        details={"from": old_email, "to": user.email},
+    )
+    await commit_or_conflict(db)
+    return user
+
+
+def _change_to_undo(user: User, payload: dict) -> bool:
+    new_email = payload.get("new_email")
+    return user.pending_email == new_email or (
+        user.email == new_email and payload.get("email") != new_email
+    )
+
+
+async def undo_email_change(
+    db: AsyncSession, settings: Settings, token: str, client: ClientInfo
+) -> None:
+    """Cancel a pending email change, or put back the old email after it, from the link
+    mailed to the old address; every session ends (someone else asked for it).
+
+    The old address is the one the notice was sent to, so it is verified again.
+    """
+    user, payload = await consume_link(
+        db,
+        settings,
+        EMAIL_CHANGE_UNDO_PURPOSE,
+        token,
+        EMAIL_CHANGE_UNDO_MAX_AGE_SECONDS,
+        _change_to_undo,
+    )
+    user.email = payload["email"]
+    user.email_verified = True
+    user.pending_email = None
+    await revoke_sessions(db, user.uuid)
+    record_event(
+        db,
+        user.uuid,
+        "email_change_undone",
+        client=client,
+        details={"email": user.email, "refused": payload["new_email"]},
+    )
+    await commit_or_conflict(db)
+
+
+# Re-authentication ---------------------------------------------------------------------
+
+
+class NoWayToReauthenticate(AppError):
+    """An account with neither password nor second factor re-authenticates by logging in."""
+
+    status_code = 400
+    code = "SIGN_IN_AGAIN"
+    detail = (
+        "This account has no password nor two-factor authentication: sign in again with "
+        "your provider, then retry within a few minutes"
+    )
+
+
+async def reauthenticate(
+    db: AsyncSession,
+    settings: Settings,
+    guard: BruteForceGuard,
+    auth: Auth,
+    password: str | None,
+    code: str | None,
+    client: ClientInfo,
+) -> int:
+    """Mark the caller's session re-authenticated; returns until when (epoch seconds).
+
+    An account with a password proves it with the password (a code alone is not
+    enough: it is the second factor, not the first). An account without one gives a
+    two-factor code.
+    """
+    user = auth.user
+    if user.hashed_password is not None:
+        if password is None:
+            raise MissingProof("Give your password")
+        await confirm_password(db, settings, guard, user, password, client, purpose="reauth")
+    elif user.otp_method != "none":
+        if code is None:
+            raise MissingProof("Give a code from your second factor")
+        await otp.confirm_code(db, settings, guard, user, code, client, purpose="reauth")
+    else:
+        raise NoWayToReauthenticate()
+    now = now_epoch()
+    auth.session.reauthenticated_at = now
+    record_event(db, user.uuid, "reauthenticated", by=user.uuid, client=client)
+    await db.commit()
+    return now + settings.REAUTH_WINDOW_SECONDS
+
+
+class MissingProof(AppError):
+    """Neither the password nor the code the account needs was given."""
+
+    status_code = 422
+    code = "PROOF_REQUIRED"
+    detail = "Give your password, or a two-factor code"

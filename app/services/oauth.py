@@ -20,23 +20,24 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from loguru import logger
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.errors import AppError, Conflict, NotFound
 from app.core.images import InvalidImage, process_picture
-from app.core.oauth import ExternalProfile, fetch_picture
+from app.core.oauth import ExternalProfile, fetch_picture, provider_label
 from app.core.security import create_one_time_token
 from app.models import ExternalAccount, OAuthToken, User, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
 from app.services import otp
-from app.services.auth import InvalidLink, consume_link
 from app.services.context import ClientInfo
 from app.services.files import store_picture
 from app.services.history import record_event
+from app.services.links import InvalidLink, consume_link
+from app.services.notices import send_security_notice
 from app.services.sessions import revoke_sessions, start_session
 from app.services.users import create_user
 
@@ -217,6 +218,7 @@ async def _linked_account(db: AsyncSession, profile: ExternalProfile) -> Externa
 async def resolve_login(
     db: AsyncSession,
     settings: Settings,
+    mailer: Mailer,
     profile: ExternalProfile,
     token: dict[str, Any],
     client: ClientInfo,
@@ -252,6 +254,7 @@ async def resolve_login(
             db, local.uuid, "oauth_linked", client=client, details={"provider": profile.provider}
         )
         await db.commit()
+        _notice_link(settings, mailer, local, profile.provider)
         return local
 
     # An unverified provider email is not taken over: it could be anyone's address.
@@ -276,8 +279,22 @@ async def resolve_login(
     return user
 
 
+def _notice_link(settings: Settings, mailer: Mailer, user: User, provider: str) -> None:
+    label = provider_label(provider)
+    send_security_notice(
+        settings,
+        mailer,
+        user,
+        what=f"A {label} account was linked",
+        more=f"Signing in with that {label} account now opens yours. A password reset "
+        "shows your linked accounts and can unlink them.",
+    )
+
+
 async def link_account(
     db: AsyncSession,
+    settings: Settings,
+    mailer: Mailer,
     user_uuid: str,
     profile: ExternalProfile,
     token: dict[str, Any],
@@ -308,31 +325,49 @@ async def link_account(
         details={"provider": profile.provider},
     )
     await db.commit()
+    _notice_link(settings, mailer, user, profile.provider)
     return user
+
+
+async def linked_providers(db: AsyncSession, user_uuid: str) -> list[str]:
+    """The providers whose accounts are linked to the user, by name."""
+    return sorted(
+        await db.scalars(
+            select(ExternalAccount.provider).where(ExternalAccount.user_uuid == user_uuid)
+        )
+    )
+
+
+async def remove_links(db: AsyncSession, user_uuid: str, providers: list[str]) -> list[str]:
+    """Delete the user's accounts (and stored tokens) of ``providers``; the caller
+    commits. Returns the providers that were linked."""
+    accounts = list(
+        await db.scalars(
+            select(ExternalAccount).where(
+                ExternalAccount.user_uuid == user_uuid, ExternalAccount.provider.in_(providers)
+            )
+        )
+    )
+    for account in accounts:
+        await db.delete(account)
+    tokens = await db.scalars(
+        select(OAuthToken).where(
+            OAuthToken.user_uuid == user_uuid, OAuthToken.provider.in_(providers)
+        )
+    )
+    for token in tokens:
+        await db.delete(token)
+    return sorted(account.provider for account in accounts)
 
 
 async def unlink(db: AsyncSession, user: User, provider: str, client: ClientInfo) -> None:
     """Remove the user's account of ``provider``, unless it is their only way in."""
-    account = await db.scalar(
-        select(ExternalAccount).where(
-            ExternalAccount.user_uuid == user.uuid, ExternalAccount.provider == provider
-        )
-    )
-    if account is None:
+    linked = await linked_providers(db, user.uuid)
+    if provider not in linked:
         raise NotFound("No account of this provider is linked", code="OAUTH_ACCOUNT_NOT_LINKED")
-    others = await db.scalar(
-        select(func.count())
-        .select_from(ExternalAccount)
-        .where(ExternalAccount.user_uuid == user.uuid, ExternalAccount.id != account.id)
-    )
-    if user.hashed_password is None and not others:
+    if user.hashed_password is None and len(linked) == 1:
         raise LastLoginMethod()
-    await db.delete(account)
-    token = await db.scalar(
-        select(OAuthToken).where(OAuthToken.user_uuid == user.uuid, OAuthToken.provider == provider)
-    )
-    if token is not None:
-        await db.delete(token)
+    await remove_links(db, user.uuid, [provider])
     record_event(
         db, user.uuid, "oauth_unlinked", by=user.uuid, client=client, details={"provider": provider}
     )

@@ -29,14 +29,15 @@ from app.core.otp import (
     qr_png,
 )
 from app.core.rate_limiter import BruteForceGuard
-from app.core.security import TokenError, create_token, decode_token, secrets_match, verify_password
+from app.core.security import TokenError, create_token, decode_token, secrets_match
 from app.models import OtpChallenge, User, new_uuid, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse, OtpSetupResponse
 from app.services.context import ClientInfo
 from app.services.history import record_event
+from app.services.notices import send_security_notice
+from app.services.reauth import require_recent_auth
 from app.services.sessions import Auth, revoke_sessions, start_session
-from app.services.users import WrongPassword
 
 OtpMethod = Literal["authenticator", "email"]
 
@@ -328,21 +329,24 @@ async def setup(
     db: AsyncSession,
     settings: Settings,
     mailer: Mailer,
+    guard: BruteForceGuard,
     auth: Auth,
     method: OtpMethod,
-    password: str,
+    password: str | None,
     client: ClientInfo,
 ) -> OtpSetupResponse:
     """Start enrolling: a new authenticator secret (URI + QR code), or an email code.
 
-    The password is asked for so that a stolen access token alone cannot put a
-    second factor of the thief's choosing on the account.
+    A re-authentication (the password, or a recently re-authenticated session) is
+    asked for so that a stolen access token alone cannot put a second factor of the
+    thief's choosing on the account.
     """
     user = auth.user
     if user.otp_method != "none":
         raise OtpAlreadyEnabled()
-    if not await verify_password(password, user.hashed_password, settings.PASSWORD_BCRYPT_ROUNDS):
-        raise WrongPassword("The password is incorrect")
+    await require_recent_auth(
+        db, settings, guard, user, auth.session, password, client, purpose="otp_setup"
+    )
     if method == "email":
         if not mailer.enabled:
             raise EmailDisabled()
@@ -400,6 +404,7 @@ async def _challenge_for(
 async def enable(
     db: AsyncSession,
     settings: Settings,
+    mailer: Mailer,
     auth: Auth,
     method: OtpMethod,
     code: str,
@@ -419,42 +424,70 @@ async def enable(
         db, user.uuid, "otp_enabled", by=user.uuid, client=client, details={"method": method}
     )
     await db.commit()
+    send_security_notice(settings, mailer, user, what="Two-factor authentication was turned on")
 
 
-async def send_disable_code(
-    db: AsyncSession, settings: Settings, mailer: Mailer, auth: Auth
+async def send_code(
+    db: AsyncSession, settings: Settings, mailer: Mailer, auth: Auth, purpose: str
 ) -> None:
-    """Mail a code that confirms turning email 2FA off."""
+    """Mail a code that confirms turning email 2FA off (``disable``) or a
+    re-authentication (``reauth``)."""
     user = auth.user
     if user.otp_method == "none":
         raise OtpNotEnabled()
     if user.otp_method != "email":
         raise OtpMethodMismatch("Use a code from your authenticator app")
-    _, code = await _new_challenge(db, settings, user, "disable", "email")
+    _, code = await _new_challenge(db, settings, user, purpose, "email")
     await db.commit()
-    _mail_code(settings, mailer, user, "disable", code)
+    _mail_code(settings, mailer, user, purpose, code)
+
+
+async def confirm_code(
+    db: AsyncSession,
+    settings: Settings,
+    guard: BruteForceGuard,
+    user: User,
+    code: str,
+    client: ClientInfo,
+    *,
+    purpose: str,
+) -> None:
+    """Accept a current code of the user's second factor once, or raise (the caller
+    commits its change with it)."""
+    if user.otp_method == "none":
+        raise OtpNotEnabled()
+    await guard.attempt("otp", account=user.uuid, address=client.ip)
+    challenge = await _challenge_for(db, settings, user, purpose, user.otp_method)
+    try:
+        await _redeem(db, settings, user, challenge, code, client)
+    except InvalidOtpCode:
+        await guard.failed("otp", account=user.uuid)
+        raise
 
 
 async def disable(
     db: AsyncSession,
     settings: Settings,
+    mailer: Mailer,
+    guard: BruteForceGuard,
     auth: Auth,
-    password: str,
+    password: str | None,
     code: str,
     client: ClientInfo,
 ) -> None:
-    """Turn 2FA off with the password and a current code; other sessions end."""
+    """Turn 2FA off with a re-authentication and a current code; other sessions end."""
     user = auth.user
     if user.otp_method == "none":
         raise OtpNotEnabled()
-    if not await verify_password(password, user.hashed_password, settings.PASSWORD_BCRYPT_ROUNDS):
-        raise WrongPassword("The password is incorrect")
+    await require_recent_auth(
+        db, settings, guard, user, auth.session, password, client, purpose="otp_disable"
+    )
     method = user.otp_method
-    challenge = await _challenge_for(db, settings, user, "disable", method)
-    await _redeem(db, settings, user, challenge, code, client)
+    await confirm_code(db, settings, guard, user, code, client, purpose="disable")
     user.otp_method = "none"
     await revoke_sessions(db, user.uuid, keep_session_id=auth.session.id)
     record_event(
         db, user.uuid, "otp_disabled", by=user.uuid, client=client, details={"method": method}
     )
     await db.commit()
+    send_security_notice(settings, mailer, user, what="Two-factor authentication was turned off")

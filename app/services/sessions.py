@@ -85,7 +85,12 @@ def _token_pair(settings: Settings, session: Session, refresh_token: str) -> Tok
 async def start_session(
     db: AsyncSession, settings: Settings, user: User, client: ClientInfo
 ) -> TokenPair:
-    """Open a session for ``user`` (password checked by the caller) and commit."""
+    """Open a session for ``user`` (credentials checked by the caller) and commit.
+
+    An account without a password logs in only through a provider (or a provider and
+    a second factor): that login is as fresh a proof of identity as it can give, so
+    the session starts re-authenticated (``app.services.reauth``).
+    """
     refresh_token = new_refresh_token()
     now = now_epoch()
     session = Session(
@@ -97,6 +102,7 @@ async def start_session(
         expires_at=now + _refresh_lifetime_seconds(settings),
         user_agent=(client.user_agent or "")[:_USER_AGENT_MAX] or None,
         ip=client.ip,
+        reauthenticated_at=now if user.hashed_password is None else None,
     )
     db.add(session)
     record_event(

@@ -20,6 +20,7 @@ from app.core.email import Mailer
 from app.core.errors import AppError, Conflict, NotFound, PermissionDenied
 from app.core.otp import new_otp_secret
 from app.core.permissions import ALL_ROLES, check_permission, require_permission, ungivable_roles
+from app.core.rate_limiter import BruteForceGuard
 from app.core.security import create_one_time_token, hash_password, password_problem
 from app.models import File, User, UserEvent, new_uuid
 from app.schemas.common import check_text
@@ -27,10 +28,16 @@ from app.schemas.fields import check_email, check_username, display_name_matches
 from app.services.auth_cache import USER_OMITTED, AuthCache, snapshot
 from app.services.context import SYSTEM, ClientInfo
 from app.services.history import read_events, record_event
-from app.services.sessions import revoke_sessions
+from app.services.notices import send_security_notice
+from app.services.reauth import require_recent_auth
+from app.services.sessions import Auth, revoke_sessions
 
 EMAIL_VERIFY_PURPOSE = "email-verify"
 EMAIL_VERIFY_MAX_AGE_SECONDS = 48 * 3600
+EMAIL_CHANGE_PURPOSE = "email-change"
+EMAIL_CHANGE_UNDO_PURPOSE = "email-change-undo"
+#: The old address may undo a change for a week (it may be read late).
+EMAIL_CHANGE_UNDO_MAX_AGE_SECONDS = 7 * 86400
 
 
 class UsernameTaken(Conflict):
@@ -45,14 +52,6 @@ class EmailTaken(Conflict):
 
     code = "EMAIL_TAKEN"
     detail = "This email is already used by another account"
-
-
-class WrongPassword(AppError):
-    """A password given to confirm a sensitive change is wrong."""
-
-    status_code = 400
-    code = "WRONG_PASSWORD"
-    detail = "The current password is incorrect"
 
 
 class EmailUndeliverable(AppError):
@@ -218,19 +217,73 @@ async def signup(
     return user
 
 
-async def update_own_profile(
+def email_change_tokens(settings: Settings, user: User, new_email: str) -> tuple[str, str]:
+    """The confirmation token (for the new address) and the undo token (for the old)."""
+    payload = {"uuid": user.uuid, "email": user.email, "new_email": new_email}
+    return (
+        create_one_time_token(settings.JWT_SECRET_KEY, EMAIL_CHANGE_PURPOSE, payload),
+        create_one_time_token(settings.JWT_SECRET_KEY, EMAIL_CHANGE_UNDO_PURPOSE, payload),
+    )
+
+
+def _mail_email_change(settings: Settings, mailer: Mailer, user: User, new_email: str) -> None:
+    confirm, undo = email_change_tokens(settings, user, new_email)
+    mailer.send_later(
+        mailer.render(
+            "confirm_email_change",
+            to=new_email,
+            subject=f"Confirm your new email for {settings.PROJECT_NAME}",
+            display_name=user.display_name,
+            link=f"{settings.BASE_URL}{settings.API_STR}/auth/email/change/confirm?token={confirm}",
+            valid_hours=EMAIL_VERIFY_MAX_AGE_SECONDS // 3600,
+        )
+    )
+    send_security_notice(
+        settings,
+        mailer,
+        user,
+        what=f"A change of your account's email to {new_email} was asked for",
+        more=(
+            "It takes effect when the link mailed to the new address is followed; until "
+            "then this address stays the account's."
+        ),
+        action_link=f"{settings.FRONTEND_URL}/undo-email-change?token={undo}",
+        action_label="It was not me: cancel the change and sign out everywhere",
+        valid_days=EMAIL_CHANGE_UNDO_MAX_AGE_SECONDS // 86400,
+    )
+
+
+async def update_profile(
     db: AsyncSession,
     settings: Settings,
     mailer: Mailer,
-    user: User,
-    changes: dict[str, object],
+    guard: BruteForceGuard,
+    auth: Auth,
+    user_uuid: str,
+    changes: dict[str, Any],
     client: ClientInfo,
-    actor: User | None = None,
 ) -> User:
-    """Apply the whitelisted self-service changes (display name, email, description).
+    """Apply the self-service fields (display name, email, description) to a user the
+    caller may update (themself, or anyone for an admin).
 
-    A new email is unverified until its link is followed, and a link is mailed to it.
+    A new email needs the caller's re-authentication (``current_password``, or a
+    recently re-authenticated session). It is only pending until the link mailed to
+    it is followed: the current email stays in force meanwhile, and, when verified,
+    is told of the change with a link that undoes it. Without email (EMAIL_METHOD=none)
+    the new email applies at once, unverified. Setting the email back to the current
+    one cancels a pending change.
     """
+    actor = auth.user
+    user = await _target(db, actor, user_uuid, "update")
+    password = changes.pop("current_password", None)
+    new_email = changes.get("email")
+    asks_new_email = new_email is not None and new_email != user.email
+    if asks_new_email:
+        await require_recent_auth(
+            db, settings, guard, actor, auth.session, password, client, purpose="email_change"
+        )
+        await check_deliverability(settings, new_email)
+        await _ensure_available(db, None, new_email)
     changed: list[str] = []
     if "display_name" in changes:
         display_name = changes["display_name"] or user.username
@@ -240,28 +293,30 @@ async def update_own_profile(
             user.display_name = str(display_name)
             changed.append("display_name")
     if "description" in changes and changes["description"] != user.description:
-        user.description = changes["description"]  # type: ignore[assignment]
+        user.description = changes["description"]
         changed.append("description")
-    new_email = changes.get("email")
-    email_changed = bool(new_email) and new_email != user.email
-    if email_changed:
-        await check_deliverability(settings, str(new_email))
-        await _ensure_available(db, None, str(new_email))
-        user.email = str(new_email)
+    pending = asks_new_email and mailer.enabled
+    if asks_new_email and not pending:
+        user.email = new_email
         user.email_verified = False
+        user.pending_email = None
         changed.append("email")
+    elif pending:
+        user.pending_email = new_email
+        changed.append("pending_email")
+    elif new_email is not None and user.pending_email is not None:
+        user.pending_email = None  # back to the current email: the change is cancelled
+        changed.append("pending_email")
     if changed:
+        details: dict[str, Any] = {"fields": changed}
+        if asks_new_email:
+            details["email"] = new_email
         record_event(
-            db,
-            user.uuid,
-            "profile_updated",
-            by=(actor or user).uuid,
-            client=client,
-            details={"fields": changed},
+            db, user.uuid, "profile_updated", by=actor.uuid, client=client, details=details
         )
         await commit_or_conflict(db)
-    if email_changed:
-        send_verification_email(settings, mailer, user)
+    if pending:
+        _mail_email_change(settings, mailer, user, new_email)
     return user
 
 
@@ -397,20 +452,6 @@ async def _target(db: AsyncSession, actor: User, user_uuid: str, action: str) ->
     user, _ = await get_visible_user(db, actor, user_uuid)
     require_permission(actor, "user", action, user)
     return user
-
-
-async def update_profile(
-    db: AsyncSession,
-    settings: Settings,
-    mailer: Mailer,
-    actor: User,
-    user_uuid: str,
-    changes: dict[str, object],
-    client: ClientInfo,
-) -> User:
-    """Apply the self-service fields to a user the actor may update (self, or admin)."""
-    user = await _target(db, actor, user_uuid, "update")
-    return await update_own_profile(db, settings, mailer, user, changes, client, actor=actor)
 
 
 def _escape_like(text: str) -> str:
@@ -614,16 +655,24 @@ def user_data_dir(settings: Settings, user_uuid: str) -> Path:
 async def delete_user(
     db: AsyncSession,
     settings: Settings,
-    actor: User,
+    guard: BruteForceGuard,
+    auth: Auth,
     user_uuid: str,
+    password: str | None,
     client: ClientInfo,
 ) -> None:
     """Delete a user (self, or admin): deactivate first, then remove data, then the row.
 
-    The first step is committed on its own: if a later one fails, the account stays
-    inactive (its tokens refused) and :func:`finish_pending_deletions` completes it.
+    Deletion cannot be undone, so the caller re-authenticates (``password``, or a
+    recently re-authenticated session). The first step is committed on its own: if a
+    later one fails, the account stays inactive (its tokens refused) and
+    :func:`finish_pending_deletions` completes it.
     """
+    actor = auth.user
     user = await _target(db, actor, user_uuid, "delete")
+    await require_recent_auth(
+        db, settings, guard, actor, auth.session, password, client, purpose="account_deletion"
+    )
     await _set_user_fields(db, user, {"is_active": False, "deactivated_reason": "deleting"})
     await revoke_sessions(db, user.uuid)
     record_event(db, user.uuid, "deletion_requested", by=actor.uuid, client=client)

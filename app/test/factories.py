@@ -110,3 +110,28 @@ async def history(
             select(UserEvent).where(UserEvent.user_uuid == user_uuid).order_by(UserEvent.id)
         )
         return list(events)
+
+
+async def delete_user(
+    client: httpx.AsyncClient,
+    user_uuid: str,
+    tokens: dict[str, Any] | str,
+    password: str = PASSWORD,
+) -> httpx.Response:
+    """``DELETE /user/{uuid}`` as the holder of ``tokens``, confirmed with their password."""
+    return await client.request(
+        "DELETE",
+        f"/api/user/{user_uuid}",
+        json={"current_password": password},
+        headers=bearer(tokens),
+    )
+
+
+async def reauthenticate(
+    client: httpx.AsyncClient, tokens: dict[str, Any] | str, password: str = PASSWORD
+) -> None:
+    """Re-authenticate the session of ``tokens`` with its password (asserts 200)."""
+    response = await client.post(
+        "/api/auth/reauthenticate", json={"password": password}, headers=bearer(tokens)
+    )
+    assert response.status_code == 200, response.text

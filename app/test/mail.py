@@ -8,7 +8,9 @@ import threading
 import time
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 from aiosmtpd.controller import Controller
 
 from app.test.server import listening_socket
@@ -82,8 +84,27 @@ def html_body(message: EmailMessage) -> str:
     return message.get_body(preferencelist=("html",)).get_content()
 
 
+def links_in(message: EmailMessage) -> list[str]:
+    """Every link of the plain-text body, in order."""
+    return re.findall(r"https?://[^\s)]+", text_body(message))
+
+
 def link_in(message: EmailMessage) -> str:
     """The one link of the plain-text body."""
-    links = re.findall(r"https?://\S+", text_body(message))
+    links = links_in(message)
     assert len(links) == 1, links
     return links[0]
+
+
+def token_in(link: str) -> str:
+    """The ``token`` query parameter of a mailed link."""
+    return parse_qs(urlsplit(link).query)["token"][0]
+
+
+async def verify_address(
+    client: httpx.AsyncClient, catcher: MailCatcher, address: str, count: int = 1
+) -> None:
+    """Follow the verification link of the ``count``-th message to ``address``."""
+    link = link_in(await catcher.wait_for(address, count))
+    response = await client.get(urlsplit(link).path, params={"token": token_in(link)})
+    assert response.status_code == 200, response.text

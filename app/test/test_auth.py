@@ -445,7 +445,12 @@ async def test_update_own_profile(client: httpx.AsyncClient) -> None:
     _, tokens = await signup_and_login(client, username="jane_roe")
     response = await client.patch(
         "/api/users/me",
-        json={"display_name": "Jane Roe", "description": "hi", "email": "JANE@example.org"},
+        json={
+            "display_name": "Jane Roe",
+            "description": "hi",
+            "email": "JANE@example.org",
+            "current_password": PASSWORD,
+        },
         headers=bearer(tokens),
     )
     assert response.status_code == 200
@@ -482,7 +487,9 @@ async def test_update_own_email_to_a_taken_one(client: httpx.AsyncClient) -> Non
     other = await signup(client)
     _, tokens = await signup_and_login(client)
     response = await client.patch(
-        "/api/users/me", json={"email": other["email"]}, headers=bearer(tokens)
+        "/api/users/me",
+        json={"email": other["email"], "current_password": PASSWORD},
+        headers=bearer(tokens),
     )
     assert response.status_code == 409
     assert response.json()["code"] == "EMAIL_TAKEN"

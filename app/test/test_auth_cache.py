@@ -33,6 +33,7 @@ from app.test.conftest import TEST_JWT_SECRET, replicas, require_redis
 from app.test.factories import (
     PASSWORD,
     bearer,
+    delete_user,
     login,
     make_user,
     signup_and_login,
@@ -261,7 +262,7 @@ async def test_every_way_of_ending_a_session_refuses_its_token_at_once(
     assert (await _me(client, tokens)).status_code == 401
 
     user, tokens = await cached_reader()
-    deleted = await client.delete(f"/api/user/{user['uuid']}", headers=bearer(tokens))
+    deleted = await delete_user(client, user["uuid"], tokens)
     assert deleted.status_code == 204
     assert (await _me(client, tokens)).status_code == 401
 

@@ -17,7 +17,15 @@ from app.core.email import Mailer, MailjetEmailSender, OutgoingEmail
 from app.models import User
 from app.test.conftest import make_settings
 from app.test.factories import PASSWORD, bearer, history, login, signup, signup_and_login
-from app.test.mail import MailCatcher, html_body, link_in, text_body
+from app.test.mail import (
+    MailCatcher,
+    html_body,
+    link_in,
+    links_in,
+    text_body,
+    token_in,
+    verify_address,
+)
 
 NEW_PASSWORD = "a completely new passphrase"
 
@@ -154,22 +162,136 @@ async def test_verification_can_be_requested_again(
     assert unknown.status_code == 202
 
 
-async def test_changing_the_email_needs_a_new_verification(
+async def _verified_user(client: httpx.AsyncClient, smtp_server: MailCatcher) -> tuple[dict, dict]:
+    """A signed-up user whose email is verified, and a token pair."""
+    user = await signup(client)
+    await verify_address(client, smtp_server, user["email"])
+    return user, await login(client, user["username"])
+
+
+async def test_an_email_change_waits_for_the_new_address(
+    app: FastAPI, client: httpx.AsyncClient, smtp_server: MailCatcher
+) -> None:
+    """A stolen access token alone cannot move an account to the thief's address."""
+    user, tokens = await _verified_user(client, smtp_server)
+    old, new = user["email"], f"moved_{user['username']}@example.org"
+    for body, status, code in (
+        ({"email": new}, 403, "REAUTHENTICATION_REQUIRED"),
+        ({"email": new, "current_password": "not my password"}, 400, "WRONG_PASSWORD"),
+    ):
+        refused = await client.patch("/api/users/me", json=body, headers=bearer(tokens))
+        assert (refused.status_code, refused.json()["code"]) == (status, code)
+    asked = await client.patch(
+        "/api/users/me", json={"email": new, "current_password": PASSWORD}, headers=bearer(tokens)
+    )
+    assert asked.status_code == 200
+    assert (asked.json()["email"], asked.json()["pending_email"]) == (old, new)
+
+    # Until the new address confirms, the old one is the account's: logins, resets.
+    confirmation = await smtp_server.wait_for(new)
+    notice = await smtp_server.wait_for(old, 2)
+    assert new in text_body(notice)
+    undo_link = links_in(notice)[0]
+    assert undo_link.startswith("http://localhost:3000/undo-email-change?token=")
+    refused = await client.post("/api/auth/login", data={"username": new, "password": PASSWORD})
+    assert refused.status_code == 401
+    await client.post("/api/auth/password/forgot", json={"email": new})
+    await app.state.mailer.drain()
+    assert len(smtp_server.to(new)) == 1  # the confirmation only: no reset link
+
+    link = link_in(confirmation)
+    assert link.startswith("http://localhost:8000/api/auth/email/change/confirm?token=")
+    confirmed = await client.get(urlsplit(link).path, params={"token": token_in(link)})
+    assert confirmed.status_code == 200
+    me = (await client.get("/api/users/me", headers=bearer(tokens))).json()
+    assert (me["email"], me["email_verified"], me["pending_email"]) == (new, True, None)
+    again = await client.get(urlsplit(link).path, params={"token": token_in(link)})
+    assert again.status_code == 400
+    await login(client, new)
+
+    # The old address refuses the change: it is back, and every session ends.
+    undone = await client.post("/api/auth/email/change/undo", json={"token": token_in(undo_link)})
+    assert undone.status_code == 204
+    assert (await client.get("/api/users/me", headers=bearer(tokens))).status_code == 401
+    fresh = await login(client, old)
+    me = (await client.get("/api/users/me", headers=bearer(fresh))).json()
+    assert (me["email"], me["email_verified"], me["pending_email"]) == (old, True, None)
+    replay = await client.post("/api/auth/email/change/undo", json={"token": token_in(undo_link)})
+    assert replay.status_code == 400
+    actions = [event.action for event in await history(app.state.session_factory, user["uuid"])]
+    assert "email_changed" in actions
+    assert "email_change_undone" in actions
+
+
+async def test_refusing_a_pending_change_cancels_it(
     client: httpx.AsyncClient, smtp_server: MailCatcher
 ) -> None:
-    user, tokens = await signup_and_login(client)
-    old_link = await _mail_link(smtp_server, user["email"])
-    changed = await client.patch(
-        "/api/users/me", json={"email": "moved@example.org"}, headers=bearer(tokens)
+    user, tokens = await _verified_user(client, smtp_server)
+    new = f"thief_{user['username']}@example.org"
+    await client.patch(
+        "/api/users/me", json={"email": new, "current_password": PASSWORD}, headers=bearer(tokens)
     )
-    assert changed.json()["email_verified"] is False
-    new_link = await _mail_link(smtp_server, "moved@example.org")
-    stale = await client.get(urlsplit(old_link).path, params={"token": _token(old_link)})
-    assert stale.status_code == 400
-    fresh = await client.get(urlsplit(new_link).path, params={"token": _token(new_link)})
-    assert fresh.status_code == 200
-    me = await client.get("/api/users/me", headers=bearer(tokens))
-    assert me.json()["email_verified"] is True
+    confirmation = link_in(await smtp_server.wait_for(new))
+    undo_link = links_in(await smtp_server.wait_for(user["email"], 2))[0]
+    undone = await client.post("/api/auth/email/change/undo", json={"token": token_in(undo_link)})
+    assert undone.status_code == 204
+    assert (await client.get("/api/users/me", headers=bearer(tokens))).status_code == 401
+    late = await client.get(urlsplit(confirmation).path, params={"token": token_in(confirmation)})
+    assert late.status_code == 400
+    me = await client.get("/api/users/me", headers=bearer(await login(client, user["email"])))
+    assert (me.json()["email"], me.json()["pending_email"]) == (user["email"], None)
+
+
+async def test_the_current_email_again_cancels_a_pending_change(
+    client: httpx.AsyncClient, smtp_server: MailCatcher
+) -> None:
+    user, tokens = await _verified_user(client, smtp_server)
+    new = f"other_{user['username']}@example.org"
+    await client.patch(
+        "/api/users/me", json={"email": new, "current_password": PASSWORD}, headers=bearer(tokens)
+    )
+    confirmation = link_in(await smtp_server.wait_for(new))
+    back = await client.patch(
+        "/api/users/me", json={"email": user["email"]}, headers=bearer(tokens)
+    )
+    assert back.status_code == 200
+    assert back.json()["pending_email"] is None
+    late = await client.get(urlsplit(confirmation).path, params={"token": token_in(confirmation)})
+    assert late.status_code == 400
+
+
+async def test_an_unverified_address_gets_no_reset_link(
+    app: FastAPI, client: httpx.AsyncClient, smtp_server: MailCatcher
+) -> None:
+    """Reset links go only to an address that proved to be the owner's."""
+    user = await signup(client)
+    await smtp_server.wait_for(user["email"])  # the verification link
+    accepted = await client.post("/api/auth/password/forgot", json={"email": user["email"]})
+    assert accepted.status_code == 202  # the same answer as ever
+    await app.state.mailer.drain()
+    assert len(smtp_server.to(user["email"])) == 1
+    await verify_address(client, smtp_server, user["email"])
+    await client.post("/api/auth/password/forgot", json={"email": user["email"]})
+    reset = await smtp_server.wait_for(user["email"], 2)
+    assert "reset-password?token=" in link_in(reset)
+
+
+async def test_verification_requests_are_limited(
+    app: FastAPI, client: httpx.AsyncClient, smtp_server: MailCatcher
+) -> None:
+    """One address asking again and again may not flood an inbox."""
+    user = await signup(client)
+    statuses = [
+        (
+            await client.post("/api/auth/email/verify/request", json={"email": user["email"]})
+        ).status_code
+        for _ in range(12)
+    ]
+    assert statuses == [202] * 10 + [429] * 2
+    await app.state.mailer.drain()
+    assert len(smtp_server.to(user["email"])) == 11  # the sign-up's link and ten more
+    refused = await client.post("/api/auth/email/verify/request", json={"email": user["email"]})
+    assert "Retry-After" in refused.headers
 
 
 async def test_links_are_bound_to_their_purpose(
@@ -191,7 +313,7 @@ async def test_links_are_bound_to_their_purpose(
 async def test_a_reset_link_dies_when_the_password_changes(
     client: httpx.AsyncClient, smtp_server: MailCatcher
 ) -> None:
-    user, tokens = await signup_and_login(client)
+    user, tokens = await _verified_user(client, smtp_server)
     await client.post("/api/auth/password/forgot", json={"email": user["email"]})
     reset_link = await _mail_link(smtp_server, user["email"], count=2)
     await client.post(
@@ -217,7 +339,7 @@ class TestDeactivateOnForgot:
     async def test_forgot_deactivates_and_reset_reactivates(
         self, client: httpx.AsyncClient, smtp_server: MailCatcher
     ) -> None:
-        user, tokens = await signup_and_login(client)
+        user, tokens = await _verified_user(client, smtp_server)
         await client.post("/api/auth/password/forgot", json={"email": user["email"]})
         reset_link = await _mail_link(smtp_server, user["email"], count=2)
         assert (await client.get("/api/users/me", headers=bearer(tokens))).status_code == 401
@@ -239,7 +361,7 @@ class TestDeactivateOnForgot:
 async def test_a_banned_account_cannot_reset_its_way_back(
     app: FastAPI, client: httpx.AsyncClient, smtp_server: MailCatcher
 ) -> None:
-    user = await signup(client)
+    user, _ = await _verified_user(client, smtp_server)
     await client.post("/api/auth/password/forgot", json={"email": user["email"]})
     reset_link = await _mail_link(smtp_server, user["email"], count=2)
     async with app.state.session_factory() as session:

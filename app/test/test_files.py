@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from app.models import File, User
 from app.services.files import safe_file_name
 from app.test.conftest import require_tool
-from app.test.factories import bearer, user_with_tokens
+from app.test.factories import bearer, delete_user, user_with_tokens
 
 
 def _image(size: tuple[int, int], image_format: str, color=(200, 30, 30)) -> bytes:
@@ -425,9 +425,7 @@ async def test_deleting_a_user_removes_their_files(app: FastAPI, client: httpx.A
     )
     assert await _count_files(app) == 2
     assert len(_stored(app, user.uuid)) == 2
-    assert (
-        await client.delete(f"/api/user/{user.uuid}", headers=bearer(tokens))
-    ).status_code == 204
+    assert (await delete_user(client, user.uuid, tokens)).status_code == 204
     assert await _count_files(app) == 0
     assert not (app.state.settings.DATA_DIR / "users" / user.uuid).exists()
     async with app.state.session_factory() as session:

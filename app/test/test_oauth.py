@@ -9,12 +9,20 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.core.oauth import UnsafeUrl, check_picture_url
-from app.models import ExternalAccount, OAuthToken, User
+from app.models import ExternalAccount, OAuthToken, Session, User, now_epoch
 from app.services.oauth import refresh_provider_token
-from app.test.factories import PASSWORD, bearer, create_user, login, user_with_tokens
+from app.test.factories import (
+    PASSWORD,
+    bearer,
+    create_user,
+    login,
+    reauthenticate,
+    user_with_tokens,
+)
+from app.test.mail import MailCatcher, link_in, text_body, token_in
 from app.test.oauth_provider import FakeProvider, ProviderServer, ProviderUser
 
 PROVIDERS = ["github", "discord", "twitch", "google"]
@@ -214,6 +222,109 @@ class TestEmailOn:
         assert response.status_code == 409
         assert response.json()["code"] == "EMAIL_NOT_VERIFIED"
 
+    async def test_a_link_is_told_and_a_reset_can_undo_it(
+        self,
+        app: FastAPI,
+        client: httpx.AsyncClient,
+        fake_provider: FakeProvider,
+        smtp_server: MailCatcher,
+    ) -> None:
+        """A provider linked behind the owner's back does not survive their reset."""
+        user, tokens = await user_with_tokens(app, client, email_verified=True)
+        await reauthenticate(client, tokens)
+        intruder = _person(email="intruder@example.org")
+        fake_provider.next_user = intruder
+        linked = await _flow(client, "github", link=True, headers=bearer(tokens))
+        assert linked.status_code == 200, linked.text
+        notice = await smtp_server.wait_for(user.email)
+        assert "GitHub account was linked" in notice["Subject"]
+
+        await client.post("/api/auth/password/forgot", json={"email": user.email})
+        reset_mail = await smtp_server.wait_for(user.email, 2)
+        assert "GitHub" in text_body(reset_mail)
+        token = token_in(link_in(reset_mail))
+        info = await client.post("/api/auth/password/reset/info", json={"token": token})
+        assert info.json() == {"linked_providers": ["github"]}
+        reset = await client.post(
+            "/api/auth/password/reset",
+            json={
+                "token": token,
+                "new_password": "a brand new passphrase",
+                "unlink_providers": ["github"],
+            },
+        )
+        assert reset.status_code == 204
+        # Every session ended, and the intruder's GitHub login no longer opens the account.
+        assert (await client.get("/api/users/me", headers=bearer(tokens))).status_code == 401
+        fake_provider.next_user = intruder
+        elsewhere = await _flow(client, "github")
+        assert (await _me(client, elsewhere.json()))["uuid"] != user.uuid
+        assert "Your password was reset" in (await smtp_server.wait_for(user.email, 3))["Subject"]
+
+
+async def test_linking_needs_a_recent_reauthentication(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+) -> None:
+    """A stolen access token alone cannot plant a provider login on the account."""
+    user, tokens = await user_with_tokens(app, client)
+    refused = await client.get("/api/oauth/github/link", headers=bearer(tokens))
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "REAUTHENTICATION_REQUIRED"
+    wrong = await client.post(
+        "/api/auth/reauthenticate", json={"password": "guessing"}, headers=bearer(tokens)
+    )
+    assert (wrong.status_code, wrong.json()["code"]) == (400, "WRONG_PASSWORD")
+    assert (await client.get("/api/oauth/github/link", headers=bearer(tokens))).status_code == 403
+    await reauthenticate(client, tokens)
+    fake_provider.next_user = _person()
+    assert (await _flow(client, "github", link=True, headers=bearer(tokens))).status_code == 200
+    # The proof lasts REAUTH_WINDOW_SECONDS, and only for the session that gave it.
+    other = await login(client, user.username)
+    assert (await client.get("/api/oauth/discord/link", headers=bearer(other))).status_code == 403
+    async with app.state.session_factory() as session:
+        await session.execute(
+            update(Session)
+            .where(Session.user_uuid == user.uuid)
+            .values(reauthenticated_at=now_epoch() - 301)
+        )
+        await session.commit()
+    stale = await client.get("/api/oauth/discord/link", headers=bearer(tokens))
+    assert stale.status_code == 403
+
+
+async def test_a_provider_login_is_a_fresh_proof_for_an_account_without_password(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+) -> None:
+    fake_provider.next_user = _person()
+    tokens = (await _flow(client, "google")).json()
+    me = await _me(client, tokens)
+    moved = await client.patch(
+        "/api/users/me",
+        json={"email": f"moved{me['username']}@example.org"},
+        headers=bearer(tokens),
+    )
+    assert moved.status_code == 200, moved.text
+    first_password = await client.post(
+        "/api/auth/password/change",
+        json={"new_password": "my very first password"},
+        headers=bearer(tokens),
+    )
+    assert first_password.status_code == 204
+    # A provider login without password: the proof is the login, for a few minutes.
+    fake_provider.next_user = _person()
+    later = (await _flow(client, "google")).json()
+    async with app.state.session_factory() as session:
+        await session.execute(update(Session).values(reauthenticated_at=now_epoch() - 301))
+        await session.commit()
+    stale = await client.post(
+        "/api/auth/password/change",
+        json={"new_password": "my very first password"},
+        headers=bearer(later),
+    )
+    assert (stale.status_code, stale.json()["code"]) == (403, "REAUTHENTICATION_REQUIRED")
+    no_way = await client.post("/api/auth/reauthenticate", json={}, headers=bearer(later))
+    assert (no_way.status_code, no_way.json()["code"]) == (400, "SIGN_IN_AGAIN")
+
 
 async def test_with_email_off_an_unverified_local_account_loses_its_password(
     app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
@@ -235,6 +346,7 @@ async def test_explicit_link_and_unlink(
     app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
 ) -> None:
     user, tokens = await user_with_tokens(app, client)
+    await reauthenticate(client, tokens)
     person = _person(email="someone.else@example.org")
     fake_provider.next_user = person
     linked = await _flow(client, "discord", link=True, headers=bearer(tokens))
@@ -251,6 +363,7 @@ async def test_explicit_link_and_unlink(
     assert twice.json()["code"] == "OAUTH_ACCOUNT_ALREADY_LINKED"
 
     _, other_tokens = await user_with_tokens(app, client)
+    await reauthenticate(client, other_tokens)
     fake_provider.next_user = person
     stolen = await _flow(client, "discord", link=True, headers=bearer(other_tokens))
     assert stolen.status_code == 409

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from app.services.otp import ACCOUNT_FAILURE_LIMIT, MAX_FAILED_ATTEMPTS
 from app.test.conftest import require_tool
 from app.test.factories import PASSWORD, bearer, history, login, signup_and_login
-from app.test.mail import MailCatcher, text_body
+from app.test.mail import MailCatcher, text_body, verify_address
 
 INTERVAL = 30
 
@@ -275,9 +275,10 @@ async def test_a_password_reset_keeps_2fa(
     client: httpx.AsyncClient, smtp_server: MailCatcher, tmp_path: Path
 ) -> None:
     user, tokens = await signup_and_login(client)
+    await verify_address(client, smtp_server, user["email"])
     await _enrol_authenticator(client, tokens, tmp_path)
     await client.post("/api/auth/password/forgot", json={"email": user["email"]})
-    message = await smtp_server.wait_for(user["email"], 2)
+    message = await smtp_server.wait_for(user["email"], 3)  # after "2FA turned on"
     token = parse_qs(urlsplit(re.search(r"https?://\S+", text_body(message)).group()).query)
     reset = await client.post(
         "/api/auth/password/reset",

@@ -13,13 +13,14 @@ from sqlalchemy import insert, select, update
 from app.models import Session, User
 from app.services import users as user_service
 from app.services.history import HISTORY_MAX_ENTRIES, record_event
-from app.test.factories import PASSWORD, bearer, history, login, user_with_tokens
+from app.test.factories import PASSWORD, bearer, delete_user, history, login, user_with_tokens
 
 ALL_ROLES = ("admin", "moderator", "tester", "user")
 PUBLIC_KEYS = {"uuid", "username", "display_name", "description", "picture_url", "created_at"}
 PRIVATE_KEYS = PUBLIC_KEYS | {
     "email",
     "email_verified",
+    "pending_email",
     "roles",
     "otp_method",
     "is_active",
@@ -398,7 +399,7 @@ async def test_the_last_admin_stays(app: FastAPI, client: httpx.AsyncClient, peo
         )
         assert response.status_code == 409, body
         assert response.json()["code"] == "LAST_ADMIN"
-    deleted = await client.delete(f"/api/user/{admin.uuid}", headers=bearer(admin_tokens))
+    deleted = await delete_user(client, admin.uuid, admin_tokens)
     assert deleted.status_code == 409
     # With a second admin, the first may step down.
     second, _ = await user_with_tokens(app, client, ALL_ROLES)
@@ -535,7 +536,7 @@ async def test_deleting_oneself(app: FastAPI, client: httpx.AsyncClient, people)
     folder = app.state.settings.DATA_DIR / "users" / alice.uuid
     folder.mkdir(parents=True)
     (folder / "left-behind.txt").write_text("x")
-    response = await client.delete(f"/api/user/{alice.uuid}", headers=bearer(alice_tokens))
+    response = await delete_user(client, alice.uuid, alice_tokens)
     assert response.status_code == 204
     assert (await client.get("/api/users/me", headers=bearer(alice_tokens))).status_code == 401
     assert await _row(app, alice.uuid) is None
@@ -550,7 +551,7 @@ async def test_deleting_oneself(app: FastAPI, client: httpx.AsyncClient, people)
 async def test_admin_deletes_a_user(app: FastAPI, client: httpx.AsyncClient, people) -> None:
     bob, bob_tokens = people["bob"]
     _, admin_tokens = people["admin"]
-    response = await client.delete(f"/api/user/{bob.uuid}", headers=bearer(admin_tokens))
+    response = await delete_user(client, bob.uuid, admin_tokens)
     assert response.status_code == 204
     assert await _row(app, bob.uuid) is None
     assert (await client.get("/api/users/me", headers=bearer(bob_tokens))).status_code == 401
@@ -566,7 +567,7 @@ async def test_a_failed_deletion_leaves_the_user_inactive_and_finishable(
 
     real_purge = user_service.purge_user
     monkeypatch.setattr(user_service, "purge_user", disk_full)
-    response = await client.delete(f"/api/user/{alice.uuid}", headers=bearer(alice_tokens))
+    response = await delete_user(client, alice.uuid, alice_tokens)
     assert response.status_code == 204
     row = await _row(app, alice.uuid)
     assert row is not None

@@ -1,0 +1,27 @@
+"""re-authentication and pending email changes
+
+Revision ID: 0008
+Revises: 0005
+Create Date: 2026-11-28
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0008"
+down_revision: str | None = "0005"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    # Plain nullable columns: added in place on SQLite too, no table rebuild.
+    op.add_column("session", sa.Column("reauthenticated_at", sa.BigInteger(), nullable=True))
+    op.add_column("user", sa.Column("pending_email", sa.String(length=320), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("user", "pending_email")
+    op.drop_column("session", "reauthenticated_at")

@@ -1,0 +1,46 @@
+"""Security notices: the account's verified address hears of every sensitive change.
+
+Someone holding a stolen token or password should not be able to change an account
+quietly: a password change or reset, two-factor settings, a linked provider and an
+email change are each told to the address that is known to be the owner's.
+"""
+
+from __future__ import annotations
+
+from app.core.config import Settings
+from app.core.email import Mailer
+from app.models import User
+
+
+def send_security_notice(
+    settings: Settings,
+    mailer: Mailer,
+    user: User,
+    *,
+    what: str,
+    more: str | None = None,
+    action_link: str | None = None,
+    action_label: str | None = None,
+    valid_days: int | None = None,
+) -> None:
+    """Mail ``what`` happened to the account's email, when it is verified.
+
+    ``action_link`` is what to do if it was not the owner (else: reset the password).
+    Only a verified address is told: an unverified one may not be the owner's.
+    """
+    if not mailer.enabled or not user.email_verified:
+        return
+    mailer.send_later(
+        mailer.render(
+            "security_notice",
+            to=user.email,
+            subject=f"Security notice: {what}",
+            display_name=user.display_name,
+            what=what,
+            more=more,
+            action_link=action_link,
+            action_label=action_label,
+            valid_days=valid_days,
+            reset_link=f"{settings.FRONTEND_URL}/forgot-password",
+        )
+    )
