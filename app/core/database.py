@@ -3,7 +3,8 @@
 SQLite (the default, in DATA_DIR) gets WAL, foreign keys and a busy timeout on every
 connection. PostgreSQL is reached through psycopg 3. On start the schema is upgraded
 to Alembic's head, one process at a time: a PostgreSQL advisory lock, or a file lock
-beside the SQLite database.
+beside the SQLite database. On SQLite, migrations run with foreign keys off (see
+:func:`sqlite_foreign_keys_off`) and the references are checked before they commit.
 """
 
 from __future__ import annotations
@@ -49,6 +50,28 @@ def _set_sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def sqlite_foreign_keys_off(connection: Connection) -> None:
+    """Stop enforcing foreign keys on ``connection`` until it turns them back on.
+
+    To alter a table, SQLite (Alembic's batch mode) builds a copy, drops the original
+    and renames the copy. With foreign keys enforced, that drop runs the ``ON DELETE``
+    actions of every table that refers to it: rebuilding ``file`` would delete every
+    ``user_file`` link and clear every profile picture. SQLite ignores this pragma
+    inside a transaction, so it must come before the first write; checked here.
+    """
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    if connection.exec_driver_sql("PRAGMA foreign_keys").scalar():
+        raise RuntimeError("SQLite migrations must start before any write on their connection")
+
+
+def check_sqlite_foreign_keys(connection: Connection) -> None:
+    """Raise if any row refers to a row that does not exist (before a migration commits)."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        tables = sorted({row[0] for row in broken})
+        raise RuntimeError(f"migration left {len(broken)} broken references in {tables}")
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -106,8 +129,16 @@ async def upgrade_database(engine: AsyncEngine) -> None:
         lock = _file_lock(Path(f"{engine.url.database}.migrate-lock"))
     else:
         lock = _no_lock()
-    async with lock, engine.begin() as connection:
-        await connection.run_sync(_upgrade)
+    async with lock, engine.connect() as connection:
+        try:
+            async with connection.begin():
+                await connection.run_sync(_upgrade)
+        finally:
+            if engine.dialect.name == "sqlite":
+                # The migrations turned foreign keys off (app/alembic/env.py); the
+                # pragma only takes effect outside a transaction, which is now.
+                await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                await connection.commit()
     logger.info("database schema is at head ({})", engine.dialect.name)
 
 
