@@ -12,7 +12,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from app.core.config import get_settings
-from app.core.database import create_engine
+from app.core.database import check_sqlite_foreign_keys, create_engine, sqlite_foreign_keys_off
 from app.models import Base
 
 config = context.config
@@ -20,15 +20,26 @@ target_metadata = Base.metadata
 
 
 def run_migrations(connection: Connection) -> None:
-    """Run the migrations on ``connection`` (batch mode so SQLite can alter tables)."""
+    """Run the migrations on ``connection`` (batch mode so SQLite can alter tables).
+
+    On SQLite, foreign keys are not enforced while migrating (rebuilding a table would
+    otherwise cascade deletes into the tables that refer to it) and are checked as a
+    whole before the commit instead. The caller turns enforcement back on after the
+    commit when it keeps the connection (``upgrade_database`` does).
+    """
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        sqlite_foreign_keys_off(connection)
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        render_as_batch=connection.dialect.name == "sqlite",
+        render_as_batch=sqlite,
         compare_type=True,
     )
     with context.begin_transaction():
         context.run_migrations()
+        if sqlite:
+            check_sqlite_foreign_keys(connection)
 
 
 async def run_async_migrations() -> None:

@@ -3,7 +3,8 @@
 SQLite (the default, in DATA_DIR) gets WAL, foreign keys and a busy timeout on every
 connection. PostgreSQL is reached through psycopg 3. On start the schema is upgraded
 to Alembic's head, one process at a time: a PostgreSQL advisory lock, or a file lock
-beside the SQLite database.
+beside the SQLite database. On SQLite, migrations run with foreign keys off (see
+:func:`sqlite_foreign_keys_off`) and the references are checked before they commit.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from loguru import logger
 from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -50,6 +50,28 @@ def _set_sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def sqlite_foreign_keys_off(connection: Connection) -> None:
+    """Stop enforcing foreign keys on ``connection`` until it turns them back on.
+
+    To alter a table, SQLite (Alembic's batch mode) builds a copy, drops the original
+    and renames the copy. With foreign keys enforced, that drop runs the ``ON DELETE``
+    actions of every table that refers to it: rebuilding ``file`` would delete every
+    ``user_file`` link and clear every profile picture. SQLite ignores this pragma
+    inside a transaction, so it must come before the first write; checked here.
+    """
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    if connection.exec_driver_sql("PRAGMA foreign_keys").scalar():
+        raise RuntimeError("SQLite migrations must start before any write on their connection")
+
+
+def check_sqlite_foreign_keys(connection: Connection) -> None:
+    """Raise if any row refers to a row that does not exist (before a migration commits)."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        tables = sorted({row[0] for row in broken})
+        raise RuntimeError(f"migration left {len(broken)} broken references in {tables}")
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -108,35 +130,16 @@ async def upgrade_database(engine: AsyncEngine, revision: str = "head") -> None:
     else:
         lock = _no_lock()
     async with lock, engine.connect() as connection:
-        if engine.dialect.name == "sqlite":
-            await _upgrade_sqlite(connection, revision)
-        else:
-            await connection.run_sync(_upgrade, revision)
-            await connection.commit()
+        try:
+            async with connection.begin():
+                await connection.run_sync(_upgrade, revision)
+        finally:
+            if engine.dialect.name == "sqlite":
+                # The migrations turned foreign keys off (app/alembic/env.py); the
+                # pragma only takes effect outside a transaction, which is now.
+                await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                await connection.commit()
     logger.info("database schema is at {} ({})", revision, engine.dialect.name)
-
-
-async def _upgrade_sqlite(connection: AsyncConnection, revision: str) -> None:
-    """Upgrade with foreign keys off, as SQLite asks for when a table is rebuilt.
-
-    SQLite alters most things by copying a table, dropping the old one and renaming
-    the copy; with foreign keys on, dropping the old table would fire ``ON DELETE``
-    actions on every row that refers to it (links deleted, pictures unset). The pragma
-    only takes effect outside a transaction, hence the commits around it; the check at
-    the end refuses an upgrade that left a dangling reference.
-    """
-    await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-    await connection.commit()
-    try:
-        await connection.run_sync(_upgrade, revision)
-        dangling = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
-        if dangling:
-            raise RuntimeError(f"the upgrade left dangling foreign keys: {dangling[:5]}")
-        await connection.commit()
-    finally:
-        await connection.rollback()
-        await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
-        await connection.commit()
 
 
 @asynccontextmanager

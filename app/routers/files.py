@@ -76,7 +76,9 @@ async def upload_own_file(
     """Upload a file of one's own (multipart: ``file``, optional ``description``).
 
     The name is made safe (no path parts or control characters, bounded length)
-    and unique (``name_1.ext`` when taken). Images are typed by their content.
+    and unique among the caller's files (``name_1.ext`` when they already have
+    ``name.ext``, also when uploads race); other users' names never count. Images
+    are typed by their content.
 
     Returns
     -------
@@ -108,6 +110,8 @@ async def upload_user_file(
     description: Description = None,
 ) -> FileInfo:
     """Upload a file for a user: oneself, or anyone as an admin (who is linked to it too).
+
+    The file belongs to that user: its name is made unique among their files.
 
     Returns
     -------
@@ -189,6 +193,9 @@ async def update_file(
 ) -> FileInfo:
     """Rename a file or change its description (linked users and admins).
 
+    The name is made safe as on upload. It must be free among the owner's files of
+    the same kind; other users' names never count.
+
     Returns
     -------
     FileInfo
@@ -201,7 +208,7 @@ async def update_file(
     404
         ``FILE_NOT_FOUND``.
     409
-        ``FILE_NAME_TAKEN``.
+        ``FILE_NAME_TAKEN``: another of the owner's files has this name.
     """
     changes = body.model_dump(exclude_unset=True)
     return file_info(await file_service.update_file(db, actor, file_id, changes, client), settings)
@@ -277,7 +284,9 @@ async def set_profile_picture(
 
     A .png, .jpg, .jpeg, .gif or .bmp file whose content is that kind of image. It is
     decoded with a pixel limit, re-encoded (anything hidden in it is dropped) and
-    shrunk to fit 512x512, keeping its aspect.
+    shrunk to fit 512x512, keeping its aspect. It replaces any earlier picture and
+    is listed among the user's files as ``pfp_{uuid}.{ext}`` with kind ``picture``;
+    a plain file of that name does not stand in its way.
 
     Raises
     ------

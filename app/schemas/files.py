@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from app.core.config import Settings
@@ -13,6 +15,10 @@ class FileInfo(BaseModel):
     """A file's metadata; its bytes are at ``file_url``."""
 
     id: int
+    kind: Literal["file", "picture"] = Field(
+        description="``picture`` for a profile picture, ``file`` for anything else. Names "
+        "are unique per owner and kind, so a file and a picture may share one."
+    )
     file_name: str
     file_type: str = Field(description="MIME type; for images, sniffed from the content.")
     description: str | None
@@ -25,6 +31,7 @@ def file_info(file: File, settings: Settings) -> FileInfo:
     """The client's view of a file (never its path on disk)."""
     return FileInfo(
         id=file.id,
+        kind=file.kind,  # type: ignore[arg-type]
         file_name=file.file_name,
         file_type=file.file_type,
         description=file.description,

@@ -1,9 +1,13 @@
 """Files and profile pictures: storing, naming, access, and the generated avatar.
 
 Bytes live under ``DATA_DIR/users/{owner uuid}/`` with generated names; the
-``file`` row keeps the path relative to DATA_DIR (never shown to clients) and a
-unique, sanitised ``file_name`` derived from the upload. A file is linked to its
-owner and, when someone else (an admin) uploaded it, to them too.
+``file`` row keeps the path relative to DATA_DIR (never shown to clients), its owner,
+and a sanitised ``file_name`` derived from the upload. A file is linked to its owner
+and, when someone else (an admin) uploaded it, to them too.
+
+Names are unique per owner, never across users: another user's names can neither be
+probed nor taken away. A profile picture is named ``pfp_{uuid}.{ext}`` in a namespace
+of its own (``kind="picture"``), so a plain file of that name never blocks it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
 from loguru import logger
-from sqlalchemy import delete, func, insert, or_, select
+from sqlalchemy import delete, func, insert, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -42,6 +46,12 @@ from app.services.history import record_event
 from app.services.users import get_visible_user
 
 FILE_NAME_MAX_STEM = 100
+#: Looks for a free name before calling it a bug: under the name lock PostgreSQL needs
+#: one and SQLite at most two (see :func:`_store`).
+FILE_NAME_ATTEMPTS = 3
+#: First key of the PostgreSQL advisory lock held while choosing an owner's file names
+#: (the second is a hash of the owner's uuid). Any constant; "FILE".
+FILE_NAMES_LOCK_SPACE = 0x46494C45
 FILE_EXTENSION_MAX = 16
 _UNSAFE_NAME_CHARACTERS = re.compile(r'[<>:"|?*\x00-\x1f\x7f]')
 _EXTENSION_TYPES = {
@@ -73,10 +83,10 @@ class FileTooLarge(AppError):
 
 
 class FileNameTaken(Conflict):
-    """Another file has this name."""
+    """Another file of the same owner has this name."""
 
     code = "FILE_NAME_TAKEN"
-    detail = "Another file already has this name"
+    detail = "The owner already has a file with this name"
 
 
 class InvalidPicture(AppError):
@@ -113,13 +123,31 @@ def extension_of(name: str | None) -> str:
     return _split_extension(safe_file_name(name))[1].lstrip(".")
 
 
-async def _free_name(db: AsyncSession, wanted: str) -> str:
-    """``wanted``, or ``stem_N.ext`` with the smallest N that is free."""
+async def _lock_names(db: AsyncSession, owner_uuid: str) -> None:
+    """Make this transaction the only one changing ``owner_uuid``'s file names until it ends.
+
+    Without it, parallel uploads of one name all see the same free ``_N`` and all but
+    one lose the insert, again and again. PostgreSQL: an advisory lock per owner, held
+    to the commit, so the next upload looks only once the previous one is committed.
+    SQLite has one writer at a time: a second look from inside the write transaction
+    (see :func:`_store`) always sees every name.
+    """
+    if db.get_bind().dialect.name == "postgresql":
+        await db.execute(
+            text("SELECT pg_advisory_xact_lock(:space, hashtext(:owner))"),
+            {"space": FILE_NAMES_LOCK_SPACE, "owner": owner_uuid},
+        )
+
+
+async def _free_name(db: AsyncSession, owner_uuid: str, wanted: str) -> str:
+    """``wanted``, or ``stem_N.ext`` with the smallest N that is free among the owner's files."""
     stem, extension = _split_extension(wanted)
     taken = set(
         await db.scalars(
             select(File.file_name).where(
-                or_(File.file_name == wanted, File.file_name.like(f"{stem}\\_%", escape="\\"))
+                File.owner_uuid == owner_uuid,
+                File.kind == "file",
+                or_(File.file_name == wanted, File.file_name.like(f"{stem}\\_%", escape="\\")),
             )
         )
     )
@@ -176,24 +204,36 @@ async def _store(
     *,
     owner_uuid: str,
     actor_uuid: str,
+    kind: str,
     wanted_name: str,
     data: bytes,
     file_type: str,
     description: str | None,
-    exact_name: bool = False,
 ) -> File:
-    """Write the bytes, then insert the row and its links; a name taken meanwhile is retried."""
+    """Write the bytes, then insert the row and its links (the caller holds the name lock).
+
+    A plain file gets the first free name among its owner's files (``stem_N.ext``); a
+    picture gets exactly ``wanted_name`` (the caller removed the owner's pictures).
+    """
     disk_name = f"{uuid.uuid4().hex}{_split_extension(wanted_name)[1]}"
     relative = f"users/{owner_uuid}/{disk_name}"
     await _write(_absolute(settings, relative), data)
     try:
-        for _ in range(20):
-            name = wanted_name if exact_name else await _free_name(db, wanted_name)
+        # Under the name lock the first look is right on PostgreSQL. SQLite has no such
+        # lock, but one writer at a time: a look taken before this transaction first
+        # wrote can miss a parallel upload; the next, from inside the write transaction
+        # that the missed insert opened, sees every name.
+        for _ in range(FILE_NAME_ATTEMPTS):
+            name = (
+                wanted_name if kind == "picture" else await _free_name(db, owner_uuid, wanted_name)
+            )
             # ON CONFLICT DO NOTHING: a name taken meanwhile gives no row instead of an
             # error, so the session (and the objects it holds) need no rollback.
             file_id = await db.scalar(
                 _insert_ignoring_conflicts(db, File)
                 .values(
+                    owner_uuid=owner_uuid,
+                    kind=kind,
                     file_name=name,
                     file_type=file_type,
                     file_path=relative,
@@ -201,19 +241,16 @@ async def _store(
                     created_at=now_epoch(),
                     created_by_uuid=actor_uuid,
                 )
-                .on_conflict_do_nothing(index_elements=["file_name"])
+                .on_conflict_do_nothing(index_elements=["owner_uuid", "kind", "file_name"])
                 .returning(File.id)
             )
-            if file_id is None:
-                if exact_name:
-                    raise FileNameTaken()
-                continue
-            linked = {owner_uuid, actor_uuid}
-            await db.execute(
-                insert(user_file), [{"user_uuid": u, "file_id": file_id} for u in linked]
-            )
-            return await db.get_one(File, file_id)
-        raise Conflict("Could not find a free file name; try another name")
+            if file_id is not None:
+                linked = {owner_uuid, actor_uuid}
+                await db.execute(
+                    insert(user_file), [{"user_uuid": u, "file_id": file_id} for u in linked]
+                )
+                return await db.get_one(File, file_id)
+        raise RuntimeError(f"no free name for {wanted_name!r} after {FILE_NAME_ATTEMPTS} looks")
     except BaseException:
         await _unlink([_absolute(settings, relative)])
         raise
@@ -247,11 +284,13 @@ async def upload_file(
     owner, _ = await get_visible_user(db, actor, owner_uuid)
     require_permission(actor, "user_files", "create", owner)
     _check_size(settings, data)
+    await _lock_names(db, owner.uuid)
     file = await _store(
         db,
         settings,
         owner_uuid=owner.uuid,
         actor_uuid=actor.uuid,
+        kind="file",
         wanted_name=(name := safe_file_name(file_name)),
         data=data,
         file_type=_content_type(data, name),
@@ -313,7 +352,11 @@ async def update_file(
     changes: dict[str, object],
     client: ClientInfo,
 ) -> File:
-    """Rename a file or change its description (linked users and admins)."""
+    """Rename a file or change its description (linked users and admins).
+
+    The new name must be free among the owner's files of the same kind; other users'
+    names do not matter.
+    """
     file = await get_file(db, actor, file_id, "update")
     if "description" in changes:
         file.description = changes["description"]  # type: ignore[assignment]
@@ -321,7 +364,15 @@ async def update_file(
     if new_name:
         name = safe_file_name(str(new_name))
         if name != file.file_name:
-            if await db.scalar(select(File.id).where(File.file_name == name)):
+            await _lock_names(db, file.owner_uuid)
+            taken = await db.scalar(
+                select(File.id).where(
+                    File.owner_uuid == file.owner_uuid,
+                    File.kind == file.kind,
+                    File.file_name == name,
+                )
+            )
+            if taken is not None:
                 raise FileNameTaken()
             file.file_name = name
     record_event(
@@ -399,37 +450,42 @@ async def store_picture(
     mime: str,
     client: ClientInfo,
 ) -> User:
-    """Make already-validated picture bytes the user's profile picture."""
-    old = await _remove_picture_row(db, user)
+    """Make already-validated picture bytes the user's profile picture (OAuth adoption too).
+
+    Pictures are named apart from plain files (``kind="picture"``): a plain file called
+    ``pfp_{uuid}.png``, whoever uploaded it, cannot stop this. Under the name lock the
+    owner's pictures are removed first, so parallel uploads replace each other (the
+    last one stays) instead of failing on the name.
+    """
+    await _lock_names(db, user.uuid)
+    replaced = await _remove_pictures(db, user)
     file = await _store(
         db,
         settings,
         owner_uuid=user.uuid,
         actor_uuid=actor_uuid,
+        kind="picture",
         wanted_name=f"pfp_{user.uuid}.{extension}",
         data=data,
         file_type=mime,
         description="Profile picture",
-        exact_name=True,
     )
     user.profile_picture_id = file.id
     record_event(db, user.uuid, "picture_changed", by=actor_uuid, client=client)
     await db.commit()
-    if old is not None:
-        await _unlink([_absolute(settings, old)])
+    await _unlink([_absolute(settings, path) for path in replaced])
     return user
 
 
-async def _remove_picture_row(db: AsyncSession, user: User) -> str | None:
-    """Delete the user's picture row (the caller commits); return its path."""
-    if user.profile_picture_id is None:
-        return None
-    old = await db.get(File, user.profile_picture_id)
+async def _remove_pictures(db: AsyncSession, user: User) -> list[str]:
+    """Delete the user's picture rows (the caller commits); return their paths."""
     user.profile_picture_id = None
-    if old is None:
-        return None
-    await db.execute(delete(File).where(File.id == old.id))
-    return old.file_path
+    paths = await db.scalars(
+        delete(File)
+        .where(File.owner_uuid == user.uuid, File.kind == "picture")
+        .returning(File.file_path)
+    )
+    return list(paths)
 
 
 async def delete_profile_picture(
@@ -438,12 +494,12 @@ async def delete_profile_picture(
     """Go back to the generated picture."""
     user, _ = await get_visible_user(db, actor, user_uuid)
     require_permission(actor, "user", "update", user)
-    old = await _remove_picture_row(db, user)
-    if old is None:
+    removed = await _remove_pictures(db, user)
+    if not removed:
         return
     record_event(db, user.uuid, "picture_removed", by=actor.uuid, client=client)
     await db.commit()
-    await _unlink([_absolute(settings, old)])
+    await _unlink([_absolute(settings, path) for path in removed])
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,20 @@ import struct
 import subprocess
 import zlib
 from pathlib import Path
+from uuid import uuid4
 
 import httpx
 import pytest
+from alembic import command
 from fastapi import FastAPI
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 
+from app.core.database import alembic_config, create_engine, upgrade_database
 from app.models import File, User
-from app.services.files import safe_file_name
+from app.services.context import SYSTEM
+from app.services.files import safe_file_name, store_picture
 from app.test.conftest import require_tool
 from app.test.factories import bearer, delete_user, user_with_tokens
 
@@ -253,19 +258,154 @@ async def test_images_are_typed_by_content(app: FastAPI, client: httpx.AsyncClie
 
 async def test_names_are_unique_even_in_parallel(app: FastAPI, client: httpx.AsyncClient) -> None:
     user, tokens = await user_with_tokens(app, client)
-    first = await client.post("/api/file", files=_files("report.pdf", b"1"), headers=bearer(tokens))
+    first = await client.post("/api/file", files=_files("report.pdf", b"0"), headers=bearer(tokens))
     assert first.json()["file_name"] == "report.pdf"
     responses = await asyncio.gather(
         *(
             client.post("/api/file", files=_files("report.pdf", b"%d" % i), headers=bearer(tokens))
-            for i in range(5)
+            for i in range(1, 26)
         )
     )
-    assert [r.status_code for r in responses] == [201] * 5
+    assert [r.status_code for r in responses] == [201] * 25, [r.text for r in responses]
     names = {r.json()["file_name"] for r in responses}
-    assert names == {f"report_{i}.pdf" for i in range(1, 6)}
-    assert len(_stored(app, user.uuid)) == 6
-    assert await _count_files(app) == 6
+    assert names == {f"report_{i}.pdf" for i in range(1, 26)}
+    assert len(_stored(app, user.uuid)) == 26
+    assert await _count_files(app) == 26
+
+
+async def test_names_are_unique_per_owner(app: FastAPI, client: httpx.AsyncClient) -> None:
+    """Nobody learns which names other users hold: theirs never make a name taken."""
+    alice, alice_tokens = await user_with_tokens(app, client)
+    _, bob_tokens = await user_with_tokens(app, client)
+    alices = await client.post(
+        "/api/file", files=_files("plan.pdf", b"alice"), headers=bearer(alice_tokens)
+    )
+    assert alices.json()["file_name"] == "plan.pdf"
+
+    uploaded = await client.post(
+        "/api/file", files=_files("plan.pdf", b"bob"), headers=bearer(bob_tokens)
+    )
+    assert uploaded.status_code == 201
+    assert uploaded.json()["file_name"] == "plan.pdf"  # not plan_1.pdf
+    other = await client.post("/api/file", files=_files("x.txt", b"x"), headers=bearer(bob_tokens))
+    renamed = await client.patch(
+        f"/api/file/{other.json()['id']}",
+        json={"file_name": "budget.xlsx"},
+        headers=bearer(bob_tokens),
+    )
+    assert renamed.status_code == 200
+    alice_renamed = await client.patch(
+        f"/api/file/{alices.json()['id']}",
+        json={"file_name": "budget.xlsx"},
+        headers=bearer(alice_tokens),
+    )
+    assert alice_renamed.status_code == 200, alice_renamed.text
+    assert alice_renamed.json()["file_name"] == "budget.xlsx"
+
+    # Bob's own names still clash with each other.
+    clash = await client.patch(
+        f"/api/file/{uploaded.json()['id']}",
+        json={"file_name": "budget.xlsx"},
+        headers=bearer(bob_tokens),
+    )
+    assert clash.status_code == 409
+    assert clash.json()["code"] == "FILE_NAME_TAKEN"
+    listed = await client.get(f"/api/user/{alice.uuid}/files", headers=bearer(alice_tokens))
+    assert [item["file_name"] for item in listed.json()["items"]] == ["budget.xlsx"]
+    content = await client.get(
+        f"/api/file/{alices.json()['id']}/content", headers=bearer(alice_tokens)
+    )
+    assert content.content == b"alice"
+
+
+@pytest.mark.parametrize("squatter", ["someone else", "the user", "an admin for the user"])
+async def test_a_file_named_like_the_picture_does_not_block_it(
+    app: FastAPI, client: httpx.AsyncClient, squatter: str
+) -> None:
+    victim, victim_tokens = await user_with_tokens(app, client)
+    _, other_tokens = await user_with_tokens(app, client)
+    _, admin_tokens = await user_with_tokens(app, client, ("admin", "user"))
+    path, tokens = {
+        "someone else": ("/api/file", other_tokens),
+        "the user": ("/api/file", victim_tokens),
+        "an admin for the user": (f"/api/user/{victim.uuid}/file", admin_tokens),
+    }[squatter]
+    squat_name = f"pfp_{victim.uuid}.png"
+    squatted = await client.post(
+        path, files=_files(squat_name, _image((8, 8), "PNG", (0, 0, 255))), headers=bearer(tokens)
+    )
+    assert squatted.status_code == 201
+    assert squatted.json()["file_name"] == squat_name
+
+    for color, size in (((255, 0, 0), (40, 20)), ((0, 255, 0), (20, 40))):  # set, then replace
+        put = await client.put(
+            f"/api/user/{victim.uuid}/pfp",
+            files=_files("me.png", _image(size, "PNG", color), "image/png"),
+            headers=bearer(victim_tokens),
+        )
+        assert put.status_code == 204, put.text
+        served = await client.get(f"/api/user/{victim.uuid}/pfp", headers=bearer(victim_tokens))
+        assert served.headers["content-type"] == "image/png"
+        picture = Image.open(io.BytesIO(served.content))
+        assert picture.size == size
+        assert picture.convert("RGB").getpixel((1, 1)) == color
+
+    listed = await client.get(f"/api/user/{victim.uuid}/files", headers=bearer(victim_tokens))
+    expected = {("picture", squat_name)}
+    if squatter != "someone else":
+        expected.add(("file", squat_name))
+    assert {(item["kind"], item["file_name"]) for item in listed.json()["items"]} == expected
+    assert len(_stored(app, victim.uuid)) == len(expected)  # the first picture is gone
+    # The plain file is untouched.
+    kept = await client.get(f"/api/file/{squatted.json()['id']}/content", headers=bearer(tokens))
+    assert kept.status_code == 200
+    assert Image.open(io.BytesIO(kept.content)).convert("RGB").getpixel((1, 1)) == (0, 0, 255)
+
+
+async def test_parallel_pictures_leave_one(app: FastAPI, client: httpx.AsyncClient) -> None:
+    """Parallel picture uploads replace each other: all succeed, one picture stays."""
+    user, tokens = await user_with_tokens(app, client)
+    uploads = [
+        _files(f"me{i}.{kind}", _image((10 + i, 10), fmt))
+        for i, (kind, fmt) in enumerate([("png", "PNG"), ("jpeg", "JPEG")] * 4)
+    ]
+    responses = await asyncio.gather(
+        *(
+            client.put(f"/api/user/{user.uuid}/pfp", files=files, headers=bearer(tokens))
+            for files in uploads
+        )
+    )
+    assert [r.status_code for r in responses] == [204] * len(uploads), [r.text for r in responses]
+    listed = await client.get(f"/api/user/{user.uuid}/files", headers=bearer(tokens))
+    assert listed.json()["total"] == 1
+    assert len(_stored(app, user.uuid)) == 1
+    served = await client.get(f"/api/user/{user.uuid}/pfp", headers=bearer(tokens))
+    assert served.status_code == 200
+    assert served.content == _stored(app, user.uuid)[0].read_bytes()
+
+
+async def test_a_provider_picture_is_adopted_despite_a_file_with_its_name(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """OAuth picture adoption stores through ``store_picture``; a same-named file cannot stop it.
+
+    (The loopback test provider's pictures are never fetched, so the adoption's last step
+    is called directly, with bytes already validated.)
+    """
+    user, tokens = await user_with_tokens(app, client)
+    squatted = await client.post(
+        "/api/file", files=_files(f"pfp_{user.uuid}.png", b"not a picture"), headers=bearer(tokens)
+    )
+    assert squatted.status_code == 201
+    data = _image((30, 30), "PNG")
+    async with app.state.session_factory() as session:
+        owner = await session.get_one(User, user.uuid)
+        await store_picture(
+            session, app.state.settings, owner, owner.uuid, data, "png", "image/png", SYSTEM
+        )
+    served = await client.get(f"/api/user/{user.uuid}/pfp", headers=bearer(tokens))
+    assert served.headers["content-type"] == "image/png"
+    assert served.content == data
 
 
 class TestUploadCap:
@@ -430,3 +570,98 @@ async def test_deleting_a_user_removes_their_files(app: FastAPI, client: httpx.A
     assert not (app.state.settings.DATA_DIR / "users" / user.uuid).exists()
     async with app.state.session_factory() as session:
         assert await session.get(User, user.uuid) is None
+
+
+# Migration -----------------------------------------------------------------------------
+
+_USER_AT_0004 = text(
+    'INSERT INTO "user" (uuid, username, display_name, email, email_verified, otp_method,'
+    " roles, created_at, updated_at, is_external_only, is_active, user_history, blocked_uuids)"
+    " VALUES (:uuid, :name, :name, :email, false, 'none', '[\"user\"]', 0, 0, false, true,"
+    " '[]', '[]')"
+)
+_FILE_AT_0004 = text(
+    "INSERT INTO file (id, file_name, file_type, file_path, created_at, created_by_uuid)"
+    " VALUES (:id, :name, 'text/plain', :path, 0, :by)"
+)
+
+
+async def test_the_migration_gives_every_file_its_owner(db_backend: str) -> None:
+    """A database at 0004 with two users' files upgrades with every row, link and picture kept."""
+    alice, bob, gone = (str(uuid4()) for _ in range(3))
+    files = [
+        # id, name, owner folder, uploaded by, linked users
+        (1, "report.pdf", alice, alice, [alice]),
+        (2, "report_1.pdf", bob, bob, [bob]),
+        (3, f"pfp_{alice}.png", alice, alice, [alice]),
+        (4, "notice.txt", bob, alice, [alice, bob]),  # an admin's upload for bob
+        (5, "lost.txt", gone, None, []),  # left by a user deleted by hand
+    ]
+    engine = create_engine(db_backend)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(lambda c: command.upgrade(alembic_config(c), "0004"))
+            for user_uuid, name in ((alice, "alice"), (bob, "bob")):
+                await connection.execute(
+                    _USER_AT_0004, {"uuid": user_uuid, "name": name, "email": f"{name}@x.org"}
+                )
+            for file_id, name, folder, by, linked in files:
+                path = f"users/{folder}/{uuid4().hex}"
+                await connection.execute(
+                    _FILE_AT_0004, {"id": file_id, "name": name, "path": path, "by": by}
+                )
+                for user_uuid in linked:
+                    await connection.execute(
+                        text("INSERT INTO user_file (user_uuid, file_id) VALUES (:u, :f)"),
+                        {"u": user_uuid, "f": file_id},
+                    )
+            await connection.execute(
+                text('UPDATE "user" SET profile_picture_id = 3 WHERE uuid = :u'), {"u": alice}
+            )
+        await upgrade_database(engine)
+        async with engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    text("SELECT id, file_name, owner_uuid, kind FROM file ORDER BY id")
+                )
+            ).all()
+            links = (
+                await connection.execute(
+                    text("SELECT file_id, user_uuid FROM user_file ORDER BY file_id, user_uuid")
+                )
+            ).all()
+            picture = await connection.scalar(
+                text('SELECT profile_picture_id FROM "user" WHERE uuid = :u'), {"u": alice}
+            )
+        assert [tuple(row) for row in rows] == [
+            (1, "report.pdf", alice, "file"),
+            (2, "report_1.pdf", bob, "file"),
+            (3, f"pfp_{alice}.png", alice, "picture"),
+            (4, "notice.txt", bob, "file"),
+        ]
+        assert [tuple(link) for link in links] == sorted(
+            (file_id, user_uuid) for file_id, *_, linked in files for user_uuid in linked
+        )
+        assert picture == 3
+
+        # Names are now per owner: bob may take alice's name, but not hold it twice.
+        async with engine.begin() as connection:
+            await connection.execute(text("UPDATE file SET file_name = 'report.pdf' WHERE id = 2"))
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as connection:
+                await connection.execute(
+                    text("UPDATE file SET file_name = 'report.pdf' WHERE id = 4")
+                )
+
+        # Going back makes names unique across users again, without losing a row.
+        async with engine.begin() as connection:
+            await connection.run_sync(lambda c: command.downgrade(alembic_config(c), "0004"))
+            names = (await connection.execute(text("SELECT file_name FROM file ORDER BY id"))).all()
+        assert [name for (name,) in names] == [
+            "report.pdf",
+            "2_report.pdf",
+            f"pfp_{alice}.png",
+            "notice.txt",
+        ]
+    finally:
+        await engine.dispose()

@@ -95,6 +95,7 @@ async def test_remove_orphan_files(app: FastAPI) -> None:
     os.utime(gone_user / "left.txt", (old, old))
     async with app.state.session_factory() as db:
         file = File(
+            owner_uuid=user.uuid,
             file_name="kept.txt",
             file_type="text/plain",
             file_path=f"users/{user.uuid}/kept.txt",
