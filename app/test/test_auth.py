@@ -21,6 +21,7 @@ from app.test.factories import (
     bearer,
     create_user,
     login,
+    refreshed,
     signup,
     signup_and_login,
     signup_body,
@@ -383,6 +384,56 @@ async def test_a_reused_refresh_token_ends_the_session(client: httpx.AsyncClient
         "/api/auth/refresh", json={"refresh_token": renewed["refresh_token"]}
     )
     assert refused.status_code == 401
+
+
+async def _assert_session_ended(client: httpx.AsyncClient, tokens: dict) -> None:
+    """Neither the access token nor the refresh token of ``tokens`` works any more."""
+    assert (await client.get("/api/users/me", headers=bearer(tokens))).status_code == 401
+    refused = await client.post(
+        "/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+    )
+    assert refused.status_code == 401
+
+
+async def _history_actions(client: httpx.AsyncClient, user: dict) -> list[str]:
+    """The actions in ``user``'s history, read by the user after a new login."""
+    tokens = await login(client, user["username"])
+    response = await client.get(f"/api/user/{user['uuid']}/history", headers=bearer(tokens))
+    assert response.status_code == 200, response.text
+    return [entry["action"] for entry in response.json()["items"]]
+
+
+async def test_a_token_replaced_two_refreshes_ago_ends_the_session(
+    client: httpx.AsyncClient,
+) -> None:
+    """A thief who refreshed the stolen token twice is logged out by the victim's use."""
+    user, victim = await signup_and_login(client)
+    stolen_once = await refreshed(client, victim["refresh_token"])
+    thief = await refreshed(client, stolen_once["refresh_token"])
+    assert (await client.get("/api/users/me", headers=bearer(thief))).status_code == 200
+    reused = await client.post("/api/auth/refresh", json={"refresh_token": victim["refresh_token"]})
+    assert reused.status_code == 401
+    assert reused.json()["code"] == "REFRESH_TOKEN_REUSED"
+    await _assert_session_ended(client, thief)
+    assert (await client.get("/api/users/me", headers=bearer(victim))).status_code == 401
+    assert (await _history_actions(client, user)).count("refresh_token_reused") == 1
+
+
+@pytest.mark.parametrize("old", range(5))
+async def test_any_replaced_token_of_a_long_chain_ends_the_session(
+    client: httpx.AsyncClient, old: int
+) -> None:
+    _, tokens = await signup_and_login(client)
+    chain = [tokens]
+    for _ in range(5):
+        chain.append(await refreshed(client, chain[-1]["refresh_token"]))
+    reused = await client.post(
+        "/api/auth/refresh", json={"refresh_token": chain[old]["refresh_token"]}
+    )
+    assert reused.status_code == 401
+    assert reused.json()["code"] == "REFRESH_TOKEN_REUSED"
+    for pair in chain:
+        await _assert_session_ended(client, pair)
 
 
 async def test_unknown_refresh_token(client: httpx.AsyncClient) -> None:
