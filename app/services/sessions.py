@@ -260,8 +260,15 @@ async def _end_session_of_reused_token(
     )
     if session is None:
         return
-    if session.revoked_at is None:
-        session.revoked_at = now_epoch()
+    # Conditional, so that of many parallel reuses exactly one ends the session and
+    # records it.
+    ended = await db.execute(
+        update(Session)
+        .where(Session.id == session.id, Session.revoked_at.is_(None))
+        .values(revoked_at=now_epoch())
+        .execution_options(synchronize_session=False, auth_cache_users=[session.user_uuid])
+    )
+    if ended.rowcount == 1:
         user = await db.get(User, session.user_uuid)
         if user is not None:
             record_event(

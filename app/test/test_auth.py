@@ -455,6 +455,24 @@ async def test_parallel_use_of_one_refresh_token_succeeds_once(
     assert sorted(r.status_code for r in responses) == [200, 401, 401, 401]
 
 
+async def test_many_parallel_uses_of_one_refresh_token_end_the_session(
+    client: httpx.AsyncClient,
+) -> None:
+    """One use wins; every other one is a reuse, and it ends the winner's session too."""
+    user, tokens = await signup_and_login(client)
+    responses = await asyncio.gather(
+        *(
+            client.post("/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+            for _ in range(12)
+        )
+    )
+    assert sorted(r.status_code for r in responses) == [200] + [401] * 11
+    assert {r.json()["code"] for r in responses if r.status_code == 401} == {"REFRESH_TOKEN_REUSED"}
+    winner = next(r.json() for r in responses if r.status_code == 200)
+    await _assert_session_ended(client, winner)
+    assert (await _history_actions(client, user)).count("refresh_token_reused") == 1
+
+
 # Password change -----------------------------------------------------------------------
 
 
