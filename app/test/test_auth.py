@@ -436,6 +436,18 @@ async def test_any_replaced_token_of_a_long_chain_ends_the_session(
         await _assert_session_ended(client, pair)
 
 
+async def test_refreshing_does_not_extend_the_session(client: httpx.AsyncClient) -> None:
+    """A login lasts REFRESH_TOKEN_EXP_DAYS however often it refreshes (this also bounds
+    the replaced tokens a session remembers)."""
+    _, tokens = await signup_and_login(client)
+    before = (await client.get("/api/auth/sessions", headers=bearer(tokens))).json()["items"]
+    await asyncio.sleep(1.1)  # timestamps are whole seconds
+    renewed = await refreshed(client, tokens["refresh_token"])
+    after = (await client.get("/api/auth/sessions", headers=bearer(renewed))).json()["items"]
+    assert after[0]["last_used_at"] > before[0]["last_used_at"]
+    assert after[0]["expires_at"] == before[0]["expires_at"]
+
+
 async def test_unknown_refresh_token(client: httpx.AsyncClient) -> None:
     response = await client.post("/api/auth/refresh", json={"refresh_token": "made-up"})
     assert response.status_code == 401
