@@ -5,6 +5,7 @@ from app.models.external_account import ExternalAccount
 from app.models.file import File, user_file
 from app.models.oauth_token import OAuthToken
 from app.models.otp_challenge import OtpChallenge
+from app.models.rotated_refresh_token import RotatedRefreshToken
 from app.models.scheduled_job import ScheduledJob
 from app.models.session import Session
 from app.models.used_token import UsedToken
@@ -17,6 +18,7 @@ __all__ = [
     "File",
     "OAuthToken",
     "OtpChallenge",
+    "RotatedRefreshToken",
     "ScheduledJob",
     "Session",
     "UsedToken",

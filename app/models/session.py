@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 class Session(Base):
     """A login. Revoked (``revoked_at``) or expired sessions refuse their access tokens.
 
-    ``previous_refresh_token_hash`` is the token this one replaced: presenting it again
-    means the old token leaked, and the session is ended.
+    ``refresh_token_hash`` is the current refresh token; the ones it replaced are in
+    ``rotated_refresh_token``.
     """
 
     __tablename__ = "session"
@@ -25,7 +25,6 @@ class Session(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
     user_uuid: Mapped[str] = mapped_column(ForeignKey("user.uuid", ondelete="CASCADE"), index=True)
     refresh_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    previous_refresh_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now_epoch)
     last_used_at: Mapped[int] = mapped_column(BigInteger, default=now_epoch)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)

@@ -317,8 +317,9 @@ async def refresh(
 ) -> TokenPair:
     """Trade a refresh token for a new token pair.
 
-    Each refresh token works once. Presenting one that was already traded ends its
-    session: whoever holds either token must log in again.
+    Each refresh token works once. Presenting any token that its session already
+    traded, however long ago, ends that session: whoever holds any of its tokens
+    must log in again.
 
     Returns
     -------

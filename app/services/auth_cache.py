@@ -58,7 +58,7 @@ ALL = "*"
 USER_OMITTED = frozenset(
     {"hashed_password", "otp_secret", "otp_last_timestep", "profile_picture_id"}
 )
-SESSION_OMITTED = frozenset({"refresh_token_hash", "previous_refresh_token_hash"})
+SESSION_OMITTED = frozenset({"refresh_token_hash"})
 
 _INFO_CACHE = "auth_cache"
 _INFO_MARKS = "auth_cache_marks"

@@ -2,8 +2,9 @@
 
 A login opens a ``session`` row; its access JWT names the session (``sid``), and every
 request checks that session, so logout, password changes, bans and deletions refuse
-the token at once. Refresh tokens rotate on each use; presenting a replaced one ends
-the session (it was stolen, or the client is confused, and either way it must log in).
+the token at once. Refresh tokens rotate on each use, and a session remembers (hashed)
+every token it replaced: presenting any of them ends the session (one leaked, or the
+client is confused, and either way it must log in).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loguru import logger
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
@@ -24,7 +25,7 @@ from app.core.security import (
     hash_secret,
     new_refresh_token,
 )
-from app.models import Session, User, new_uuid, now_epoch
+from app.models import RotatedRefreshToken, Session, User, new_uuid, now_epoch
 from app.schemas.auth import TokenPair
 from app.services.auth_cache import SESSION_OMITTED, USER_OMITTED, AuthCache, snapshot
 from app.services.context import ClientInfo
@@ -210,7 +211,9 @@ async def refresh(
     """Trade a refresh token for a new pair; the old refresh token stops working.
 
     The swap is one conditional UPDATE, so two parallel uses of one token cannot both
-    succeed: the loser is treated as a reuse and the session ends.
+    succeed: the loser is treated as a reuse and the session ends. The replaced token
+    joins the session's rotated tokens in the same transaction, so no moment exists
+    in which it is neither current nor known as replaced.
     """
     presented = hash_secret(refresh_token)
     row = (
@@ -235,18 +238,21 @@ async def refresh(
             Session.refresh_token_hash == presented,
             Session.revoked_at.is_(None),
         )
-        .values(
-            refresh_token_hash=hash_secret(new_token),
-            previous_refresh_token_hash=presented,
-            last_used_at=now,
-        )
+        .values(refresh_token_hash=hash_secret(new_token), last_used_at=now)
         # A rotation leaves the session open: nothing cached changes.
         .execution_options(synchronize_session=False, auth_cache_users=[])
     )
     if swapped.rowcount != 1:
+        # Another use of this token won (then this one is a reuse), or the session
+        # was ended meanwhile.
         await db.rollback()
         await _end_session_of_reused_token(db, presented, client)
-        raise RefreshTokenReused()
+        raise InvalidRefreshToken()
+    await db.execute(
+        insert(RotatedRefreshToken).values(
+            token_hash=presented, session_id=session.id, rotated_at=now
+        )
+    )
     await db.commit()
     return _token_pair(settings, session, new_token)
 
@@ -254,13 +260,23 @@ async def refresh(
 async def _end_session_of_reused_token(
     db: AsyncSession, presented_hash: str, client: ClientInfo
 ) -> None:
+    """End the session that replaced this token and raise; return if none did."""
     session = await db.scalar(
-        select(Session).where(Session.previous_refresh_token_hash == presented_hash)
+        select(Session)
+        .join(RotatedRefreshToken, RotatedRefreshToken.session_id == Session.id)
+        .where(RotatedRefreshToken.token_hash == presented_hash)
     )
     if session is None:
         return
-    if session.revoked_at is None:
-        session.revoked_at = now_epoch()
+    # Conditional, so that of many parallel reuses exactly one ends the session and
+    # records it.
+    ended = await db.execute(
+        update(Session)
+        .where(Session.id == session.id, Session.revoked_at.is_(None))
+        .values(revoked_at=now_epoch())
+        .execution_options(synchronize_session=False, auth_cache_users=[session.user_uuid])
+    )
+    if ended.rowcount == 1:
         user = await db.get(User, session.user_uuid)
         if user is not None:
             record_event(

@@ -85,6 +85,13 @@ async def signup_and_login(client: httpx.AsyncClient, **overrides: Any) -> tuple
     return user, tokens
 
 
+async def refreshed(client: httpx.AsyncClient, refresh_token: str) -> dict[str, Any]:
+    """Trade ``refresh_token`` for a new pair through the API (asserts 200)."""
+    response = await client.post("/api/auth/refresh", json={"refresh_token": refresh_token})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def bearer(tokens: dict[str, Any] | str) -> dict[str, str]:
     """The Authorization header for an access token (or a token pair)."""
     token = tokens if isinstance(tokens, str) else tokens["access_token"]

@@ -22,6 +22,7 @@ from app.test.factories import (
     create_user,
     history,
     login,
+    refreshed,
     signup,
     signup_and_login,
     signup_body,
@@ -387,6 +388,68 @@ async def test_a_reused_refresh_token_ends_the_session(client: httpx.AsyncClient
     assert refused.status_code == 401
 
 
+async def _assert_session_ended(client: httpx.AsyncClient, tokens: dict) -> None:
+    """Neither the access token nor the refresh token of ``tokens`` works any more."""
+    assert (await client.get("/api/users/me", headers=bearer(tokens))).status_code == 401
+    refused = await client.post(
+        "/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+    )
+    assert refused.status_code == 401
+
+
+async def _history_actions(client: httpx.AsyncClient, user: dict) -> list[str]:
+    """The actions in ``user``'s history, read by the user after a new login."""
+    tokens = await login(client, user["username"])
+    response = await client.get(f"/api/user/{user['uuid']}/history", headers=bearer(tokens))
+    assert response.status_code == 200, response.text
+    return [entry["action"] for entry in response.json()["items"]]
+
+
+async def test_a_token_replaced_two_refreshes_ago_ends_the_session(
+    client: httpx.AsyncClient,
+) -> None:
+    """A thief who refreshed the stolen token twice is logged out by the victim's use."""
+    user, victim = await signup_and_login(client)
+    stolen_once = await refreshed(client, victim["refresh_token"])
+    thief = await refreshed(client, stolen_once["refresh_token"])
+    assert (await client.get("/api/users/me", headers=bearer(thief))).status_code == 200
+    reused = await client.post("/api/auth/refresh", json={"refresh_token": victim["refresh_token"]})
+    assert reused.status_code == 401
+    assert reused.json()["code"] == "REFRESH_TOKEN_REUSED"
+    await _assert_session_ended(client, thief)
+    assert (await client.get("/api/users/me", headers=bearer(victim))).status_code == 401
+    assert (await _history_actions(client, user)).count("refresh_token_reused") == 1
+
+
+@pytest.mark.parametrize("old", range(5))
+async def test_any_replaced_token_of_a_long_chain_ends_the_session(
+    client: httpx.AsyncClient, old: int
+) -> None:
+    _, tokens = await signup_and_login(client)
+    chain = [tokens]
+    for _ in range(5):
+        chain.append(await refreshed(client, chain[-1]["refresh_token"]))
+    reused = await client.post(
+        "/api/auth/refresh", json={"refresh_token": chain[old]["refresh_token"]}
+    )
+    assert reused.status_code == 401
+    assert reused.json()["code"] == "REFRESH_TOKEN_REUSED"
+    for pair in chain:
+        await _assert_session_ended(client, pair)
+
+
+async def test_refreshing_does_not_extend_the_session(client: httpx.AsyncClient) -> None:
+    """A login lasts REFRESH_TOKEN_EXP_DAYS however often it refreshes (this also bounds
+    the replaced tokens a session remembers)."""
+    _, tokens = await signup_and_login(client)
+    before = (await client.get("/api/auth/sessions", headers=bearer(tokens))).json()["items"]
+    await asyncio.sleep(1.1)  # timestamps are whole seconds
+    renewed = await refreshed(client, tokens["refresh_token"])
+    after = (await client.get("/api/auth/sessions", headers=bearer(renewed))).json()["items"]
+    assert after[0]["last_used_at"] > before[0]["last_used_at"]
+    assert after[0]["expires_at"] == before[0]["expires_at"]
+
+
 async def test_unknown_refresh_token(client: httpx.AsyncClient) -> None:
     response = await client.post("/api/auth/refresh", json={"refresh_token": "made-up"})
     assert response.status_code == 401
@@ -404,6 +467,24 @@ async def test_parallel_use_of_one_refresh_token_succeeds_once(
         )
     )
     assert sorted(r.status_code for r in responses) == [200, 401, 401, 401]
+
+
+async def test_many_parallel_uses_of_one_refresh_token_end_the_session(
+    client: httpx.AsyncClient,
+) -> None:
+    """One use wins; every other one is a reuse, and it ends the winner's session too."""
+    user, tokens = await signup_and_login(client)
+    responses = await asyncio.gather(
+        *(
+            client.post("/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+            for _ in range(12)
+        )
+    )
+    assert sorted(r.status_code for r in responses) == [200] + [401] * 11
+    assert {r.json()["code"] for r in responses if r.status_code == 401} == {"REFRESH_TOKEN_REUSED"}
+    winner = next(r.json() for r in responses if r.status_code == 200)
+    await _assert_session_ended(client, winner)
+    assert (await _history_actions(client, user)).count("refresh_token_reused") == 1
 
 
 # Password change -----------------------------------------------------------------------

@@ -14,12 +14,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from fastapi import FastAPI
-from sqlalchemy import inspect, select, text
+from sqlalchemy import MetaData, insert, inspect, select, text
 
 from app.core.config import Settings
 from app.core.database import alembic_config, create_engine, upgrade_database
+from app.core.security import create_token, hash_secret, new_refresh_token
 from app.main import create_app
-from app.models import Base, User
+from app.models import Base, User, now_epoch
 from app.test.conftest import settings_env
 from app.test.factories import create_user
 from app.test.server import ROOT, spawn_server, wait_ready
@@ -73,8 +74,85 @@ async def test_migrations_downgrade_and_upgrade_again(app: FastAPI) -> None:
     assert diff == []
 
 
+def _session_at_0004(
+    connection, user_uuid: str, session_id: str, previous_token: str, current_token: str
+) -> None:
+    """Migrate to 0004 and store a user with a session that has refreshed once."""
+    command.upgrade(alembic_config(connection), "0004")
+    tables = MetaData()
+    tables.reflect(connection, only=["user", "session"])
+    now = now_epoch()
+    connection.execute(
+        insert(tables.tables["user"]).values(
+            uuid=user_uuid,
+            username="before_upgrade",
+            display_name="before_upgrade",
+            email="before_upgrade@example.com",
+            email_verified=False,
+            otp_method="none",
+            roles=["user"],
+            created_at=now,
+            updated_at=now,
+            is_external_only=False,
+            is_active=True,
+            user_history=[],
+            blocked_uuids=[],
+        )
+    )
+    connection.execute(
+        insert(tables.tables["session"]).values(
+            id=session_id,
+            user_uuid=user_uuid,
+            refresh_token_hash=hash_secret(current_token),
+            previous_refresh_token_hash=hash_secret(previous_token),
+            created_at=now,
+            last_used_at=now,
+            expires_at=now + 3600,
+        )
+    )
+
+
+async def test_a_token_replaced_before_the_upgrade_still_ends_its_session(
+    settings: Settings,
+) -> None:
+    """The one replaced refresh token a session remembered at 0004 is kept by the upgrade."""
+    user_uuid, session_id = "0a0a0a0a-0000-4000-8000-000000000001", "s-before-upgrade"
+    previous_token, current_token = new_refresh_token(), new_refresh_token()
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(
+                _session_at_0004, user_uuid, session_id, previous_token, current_token
+            )
+    finally:
+        await engine.dispose()
+    access_token = create_token(
+        subject=user_uuid,
+        token_type="access",
+        secret=settings.JWT_SECRET_KEY,
+        expires_in_seconds=600,
+        session_id=session_id,
+    )
+    headers = {"Authorization": f"Bearer {access_token}"}
+    app = create_app(settings)  # upgrades to head on start
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        ) as client,
+    ):
+        assert (await client.get("/api/users/me", headers=headers)).status_code == 200
+        reused = await client.post("/api/auth/refresh", json={"refresh_token": previous_token})
+        assert reused.status_code == 401
+        assert reused.json()["code"] == "REFRESH_TOKEN_REUSED"
+        assert (await client.get("/api/users/me", headers=headers)).status_code == 401
+        current = await client.post("/api/auth/refresh", json={"refresh_token": current_token})
+        assert current.status_code == 401
+
+
 async def test_foreign_keys_are_enforced(app: FastAPI) -> None:
-    """Deleting a user removes its sessions (ON DELETE CASCADE works on both backends)."""
+    """Deleting a user removes its sessions and their replaced tokens (ON DELETE CASCADE
+    works on both backends, two levels deep)."""
     user = await create_user(app.state.session_factory)
     async with app.state.session_factory() as session:
         await session.execute(
@@ -84,11 +162,19 @@ async def test_foreign_keys_are_enforced(app: FastAPI) -> None:
             ),
             {"uuid": user.uuid},
         )
+        await session.execute(
+            text(
+                "INSERT INTO rotated_refresh_token (token_hash, session_id, rotated_at)"
+                " VALUES ('old', 's1', 0)"
+            )
+        )
         await session.commit()
         await session.execute(text('DELETE FROM "user" WHERE uuid = :uuid'), {"uuid": user.uuid})
         await session.commit()
         left = await session.scalar(text("SELECT count(*) FROM session"))
+        rotated_left = await session.scalar(text("SELECT count(*) FROM rotated_refresh_token"))
     assert left == 0
+    assert rotated_left == 0
 
 
 async def test_sqlite_pragmas(tmp_path: Path) -> None:

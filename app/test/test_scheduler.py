@@ -13,6 +13,7 @@ from app.core.scheduler import claim_run, ensure_job_rows
 from app.models import (
     File,
     OtpChallenge,
+    RotatedRefreshToken,
     ScheduledJob,
     Session,
     UsedToken,
@@ -41,6 +42,10 @@ async def test_purge_expired(app: FastAPI) -> None:
     async with app.state.session_factory() as db:
         for name, values in rows.items():
             db.add(Session(id=name, user_uuid=user.uuid, refresh_token_hash=name, **values))
+        await db.flush()
+        # Replaced refresh tokens go with their session.
+        for name in rows:
+            db.add(RotatedRefreshToken(token_hash=f"{name}-old", session_id=name, rotated_at=now))
         db.add(UsedToken(token_id="old", purpose="x", expires_at=now - 1))
         db.add(UsedToken(token_id="fresh", purpose="x", expires_at=now + 60))
         for name, created in (("old", now - 2 * 86400), ("recent", now - 60)):
@@ -59,6 +64,10 @@ async def test_purge_expired(app: FastAPI) -> None:
     assert result == {"sessions": 2, "used_tokens": 1, "otp_challenges": 1}
     async with app.state.session_factory() as db:
         assert sorted(await db.scalars(select(Session.id))) == ["live", "revoked_just_now"]
+        assert sorted(await db.scalars(select(RotatedRefreshToken.session_id))) == [
+            "live",
+            "revoked_just_now",
+        ]
         assert list(await db.scalars(select(UsedToken.token_id))) == ["fresh"]
         assert list(await db.scalars(select(OtpChallenge.id))) == ["recent"]
 
