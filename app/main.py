@@ -31,6 +31,7 @@ from app.core.logging import setup_logging
 from app.core.metrics import MetricsMiddleware
 from app.core.middleware import (
     BodySizeLimitMiddleware,
+    HtmlSecurityHeadersMiddleware,
     OAuthSessionMiddleware,
     RequestIdMiddleware,
 )
@@ -198,6 +199,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router, prefix=settings.API_STR)
     app.include_router(pages.router)
     app.mount("/docs-static", pages.DOCS_STATIC, name="docs-static")
+    app.mount("/static", pages.PAGE_STATIC, name="static")
     install_openapi(
         app,
         settings.API_STR,
@@ -232,6 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         ClientAddressMiddleware, proxies=TrustedProxies(settings.FORWARDED_ALLOW_IPS)
     )
+    app.add_middleware(HtmlSecurityHeadersMiddleware, policy=pages.PAGE_POLICY)
     app.add_middleware(RequestIdMiddleware)  # added last: the outermost
     return app
 
