@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from app.core.security import create_one_time_token, create_token
 from app.models import User
-from app.test.factories import PASSWORD, bearer, signup_body, user_with_tokens
+from app.test.factories import PASSWORD, bearer, login, signup_body, user_with_tokens
 
 ANY_UUID = "4b7e1c9a-2f3d-4e5a-9b8c-7d6e5f4a3b2c"
 
@@ -335,3 +335,72 @@ async def test_responses_never_carry_secrets(app: FastAPI, client: httpx.AsyncCl
         assert tokens["refresh_token"] not in text
         assert "hashed_password" not in text
         assert "otp_secret" not in text
+
+
+# Other users' private fields ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("target_state", ["active", "blocked_the_caller", "banned"])
+async def test_no_endpoint_shows_a_plain_user_another_users_email(
+    app: FastAPI, client: httpx.AsyncClient, target_state: str
+) -> None:
+    """Every operation of the API, called by a plain user about another user (their
+    UUID, file, session), with an empty body and with no-op bodies: the other user's
+    email and pending email appear in no answer (only ``read_private`` may show them,
+    and a plain user holds it for themself only)."""
+    target, target_tokens = await user_with_tokens(
+        app, client, email=f"target-{uuid.uuid4().hex[:8]}@private.example", description="d"
+    )
+    pending = f"pending-{uuid.uuid4().hex[:8]}@private.example"
+    upload = await client.post(
+        f"/api/user/{target.uuid}/file",
+        files={"file": ("notes.txt", b"notes", "text/plain")},
+        headers=bearer(target_tokens),
+    )
+    assert upload.status_code == 201, upload.text
+    sessions = await client.get("/api/auth/sessions", headers=bearer(target_tokens))
+    caller, _ = await user_with_tokens(app, client)
+    async with app.state.session_factory() as session:
+        row = await session.get(User, target.uuid)
+        row.pending_email = pending
+        if target_state == "banned":
+            row.is_active = False
+            row.deactivated_reason = "banned"
+        if target_state == "blocked_the_caller":
+            row.blocked_uuids = [caller.uuid]
+        await session.commit()
+    values = {
+        "{uuid}": target.uuid,
+        "{file_id}": str(upload.json()["id"]),
+        "{session_id}": sessions.json()["items"][0]["id"],
+        "{provider}": "github",
+    }
+    bodies = [{}, {"is_active": True}, {"description": "d"}, {"email": target.email}]
+    tokens = await login(client, caller.username)
+    calls = 0
+    for path, item in app.openapi()["paths"].items():
+        for placeholder, value in values.items():
+            path = path.replace(placeholder, value)
+        for method, operation in item.items():
+            content = operation.get("requestBody", {}).get("content", {})
+            if "multipart/form-data" in content:
+                variants = [{"files": {"file": ("x.png", b"not an image", "image/png")}}]
+            elif "application/x-www-form-urlencoded" in content:
+                variants = [{"data": {"username": target.email, "password": "wrong password"}}]
+            elif content:
+                variants = [{"json": body} for body in bodies]
+            else:
+                variants = [{}]
+            for variant in variants:
+                response = await client.request(
+                    method.upper(), path, headers=bearer(tokens), **variant
+                )
+                calls += 1
+                where = f"{method.upper()} {path} {variant}"
+                assert response.status_code < 500, (where, response.text)
+                seen = (response.text + str(response.headers)).lower()
+                assert target.email not in seen, where
+                assert pending not in seen, where
+                if response.status_code == 401:  # the caller logged itself out: again
+                    tokens = await login(client, caller.username)
+    assert calls > 60
