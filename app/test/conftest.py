@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from fastapi import FastAPI
 from loguru import logger
+from redis import Redis
 from sqlalchemy import make_url
 
 from app.core.config import Settings
@@ -54,6 +55,15 @@ def require_redis() -> str:
     if not TEST_REDIS_URL:
         missing("TEST_REDIS_URL is not set")
     return TEST_REDIS_URL
+
+
+def empty_redis() -> str:
+    """TEST_REDIS_URL, its database emptied first: the limiter's counts of earlier tests
+    (kept 15 minutes) must not carry into this one."""
+    url = require_redis()
+    with Redis.from_url(url) as client:
+        client.flushdb()
+    return url
 
 
 def _libpq_conninfo(url: str) -> str:

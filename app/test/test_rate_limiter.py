@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from redis import Redis
 
 from app.core.config import Settings
-from app.test.conftest import replicas, require_redis
+from app.test.conftest import empty_redis, replicas
 from app.test.factories import PASSWORD, bearer, login, signup, user_with_tokens
 from app.test.server import LiveServer
 
@@ -21,9 +21,8 @@ from app.test.server import LiveServer
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """The test Redis, emptied before and after (counts and flags start from nothing)."""
-    url = require_redis()
+    url = empty_redis()
     client = Redis.from_url(url)
-    client.flushdb()
     try:
         yield url
     finally:
