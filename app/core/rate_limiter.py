@@ -242,6 +242,11 @@ class BruteForceGuard:
         """Count a failure against ``account``."""
         await self.limiter.hit(self.account_item, action, "account", account.lower())
 
+    async def spend(self, action: str, *, account: str) -> None:
+        """Count one use of ``action`` for ``account`` (a mail sent to it, say) and refuse
+        it over the limit. Counted before the check, so parallel uses cannot exceed it."""
+        await self.limiter.check(self.account_item, action, "account", account.lower())
+
 
 class RateLimitMiddleware:
     """The global limit: per user with a valid token, else per client address (pure ASGI)."""

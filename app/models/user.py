@@ -33,6 +33,10 @@ class User(Base):
     # A new email waiting for its confirmation link to be followed; ``email`` stays in
     # force (logins, resets, notices) until then.
     pending_email: Mapped[str | None] = mapped_column(String(320))
+    # The email before the last confirmed change, kept for the old address to undo it:
+    # nobody else may take it until ``previous_email_until`` (epoch seconds).
+    previous_email: Mapped[str | None] = mapped_column(String(320), index=True)
+    previous_email_until: Mapped[int | None] = mapped_column(BigInteger)
     hashed_password: Mapped[str | None] = mapped_column(String(255))
     otp_method: Mapped[str] = mapped_column(String(16), default="none")
     otp_secret: Mapped[str | None] = mapped_column(String(64))

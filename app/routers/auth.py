@@ -253,10 +253,10 @@ async def enable_otp(
     "/otp/disable/code",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Message,
-    responses=error_responses(401, 409),
+    responses=error_responses(401, 409, 429),
 )
 async def send_otp_disable_code(
-    auth: AuthDep, db: SessionDep, settings: SettingsDep, mailer: MailerDep
+    auth: AuthDep, db: SessionDep, settings: SettingsDep, mailer: MailerDep, guard: GuardDep
 ) -> Message:
     """Mail a code that confirms turning email two-factor authentication off.
 
@@ -270,8 +270,10 @@ async def send_otp_disable_code(
     409
         ``OTP_NOT_ENABLED``, or ``OTP_METHOD_MISMATCH`` for authenticator users (use
         a code from the app).
+    429
+        ``RATE_LIMITED``: too many codes mailed to this account lately.
     """
-    await otp_service.send_code(db, settings, mailer, auth, "disable")
+    await otp_service.send_code(db, settings, mailer, guard, auth, "disable")
     return Message(detail="A code was sent by email")
 
 
@@ -619,16 +621,18 @@ async def request_verification_email(
     return Message(detail="If an unverified account has this email, a link is on its way")
 
 
-@router.get(
+@router.post(
     "/email/change/confirm", response_model=Message, responses=error_responses(400, 409, 422)
 )
 async def confirm_email_change(
-    token: Annotated[Text, Query(min_length=1, max_length=1024)],
-    db: SessionDep,
-    settings: SettingsDep,
-    client: ClientDep,
+    body: LinkTokenRequest, db: SessionDep, settings: SettingsDep, client: ClientDep
 ) -> Message:
-    """Confirm a new email with the link mailed to it: it becomes the account's email.
+    """Confirm a new email with the token mailed to it: it becomes the account's email.
+
+    The mail links to ``FRONTEND_URL/confirm-email-change?token=...``, a page that
+    sends this request when the user clicks (a POST, so that a mail scanner opening
+    the link confirms nothing). A password change or reset since the request, a
+    cancelled or replaced change, and a banned account all make the token invalid.
 
     Returns
     -------
@@ -638,12 +642,11 @@ async def confirm_email_change(
     Raises
     ------
     400
-        ``INVALID_LINK``: forged, expired, already used, or the change was cancelled
-        or replaced by another.
+        ``INVALID_LINK``: forged, expired, already used, or no longer applies.
     409
         ``EMAIL_TAKEN``: another account took this email meanwhile.
     """
-    await auth_service.confirm_email_change(db, settings, token, client)
+    await auth_service.confirm_email_change(db, settings, body.token, client)
     return Message(detail="Email changed")
 
 
@@ -654,23 +657,29 @@ async def confirm_email_change(
     responses=error_responses(400, 409, 422),
 )
 async def undo_email_change(
-    body: LinkTokenRequest, db: SessionDep, settings: SettingsDep, client: ClientDep
+    body: LinkTokenRequest,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    client: ClientDep,
 ) -> None:
     """Refuse an email change with the token mailed to the old address.
 
-    A pending change is cancelled; a change already confirmed is reverted. Either
-    way every session ends: whoever asked for the change knew the password or held a
-    fresh session, so reset the password next. The mail links to
-    ``FRONTEND_URL/undo-email-change?token=...``, a page that sends this request.
+    A pending change is cancelled; a change already confirmed is reverted (the old
+    address stays reserved to the account for as long as this works). Either way
+    every session ends and the password is cleared: whoever asked for the change
+    knew it or held a fresh session. A reset link is mailed to the old address at
+    once. The mail links to ``FRONTEND_URL/undo-email-change?token=...``, a page that
+    sends this request when the user clicks.
 
     Raises
     ------
     400
         ``INVALID_LINK``: forged, expired, already used, or the email changed again.
     409
-        ``EMAIL_TAKEN``: another account took the old email meanwhile.
+        ``EMAIL_TAKEN``: another account holds the old address and has verified it.
     """
-    await auth_service.undo_email_change(db, settings, body.token, client)
+    await auth_service.undo_email_change(db, settings, mailer, body.token, client)
 
 
 @router.post(
@@ -722,12 +731,13 @@ async def reauthenticate(
     "/reauthenticate/code",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Message,
-    responses=error_responses(401, 409),
+    responses=error_responses(401, 409, 429),
 )
 async def send_reauthentication_code(
-    auth: AuthDep, db: SessionDep, settings: SettingsDep, mailer: MailerDep
+    auth: AuthDep, db: SessionDep, settings: SettingsDep, mailer: MailerDep, guard: GuardDep
 ) -> Message:
-    """Mail a code for /auth/reauthenticate (accounts with email two-factor codes).
+    """Mail a code for /auth/reauthenticate (accounts without a password, with email
+    two-factor codes).
 
     Returns
     -------
@@ -737,9 +747,12 @@ async def send_reauthentication_code(
     Raises
     ------
     409
+        ``USE_PASSWORD`` (an account with a password re-authenticates with it),
         ``OTP_NOT_ENABLED``, or ``OTP_METHOD_MISMATCH`` for authenticator users.
+    429
+        ``RATE_LIMITED``: too many codes mailed to this account lately.
     """
-    await otp_service.send_code(db, settings, mailer, auth, "reauth")
+    await auth_service.send_reauthentication_code(db, settings, mailer, guard, auth)
     return Message(detail="A code was sent by email")
 
 

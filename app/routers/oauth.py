@@ -135,7 +135,7 @@ async def oauth_link(
         ``PROVIDER_NOT_ENABLED``.
     """
     require_fresh_session(settings, auth.session)
-    flow = {"mode": "link", "user": auth.user.uuid, "redirect_uri": redirect_uri}
+    flow = {"mode": "link", "session": auth.session.id, "redirect_uri": redirect_uri}
     return await _start(request, settings, provider, flow)
 
 
@@ -173,7 +173,8 @@ async def oauth_callback(
     400
         ``INVALID_STATE`` (missing, forged or replayed state) or ``OAUTH_FAILED``.
     403
-        ``ACCOUNT_INACTIVE``.
+        ``ACCOUNT_INACTIVE``, or ``REAUTHENTICATION_REQUIRED`` for a link whose
+        session has ended or is no longer recently re-authenticated.
     409
         ``EMAIL_NOT_VERIFIED``, ``OAUTH_ACCOUNT_LINKED_TO_ANOTHER_USER``,
         ``OAUTH_ACCOUNT_ALREADY_LINKED``.
@@ -199,7 +200,7 @@ async def oauth_callback(
 
     if flow.get("mode") == "link":
         user = await oauth_service.link_account(
-            db, settings, mailer, flow["user"], profile, token, client_info
+            db, settings, mailer, flow.get("session"), profile, token, client_info
         )
     else:
         user = await oauth_service.resolve_login(db, settings, mailer, profile, token, client_info)
@@ -222,9 +223,14 @@ async def oauth_callback(
     responses=error_responses(401, 404, 409),
 )
 async def oauth_unlink(
-    provider: str, user: CurrentUser, db: SessionDep, client_info: ClientDep
+    provider: str,
+    user: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    client_info: ClientDep,
 ) -> None:
-    """Unlink the signed-in user's account of a provider.
+    """Unlink the signed-in user's account of a provider; the verified email is told.
 
     Raises
     ------
@@ -233,4 +239,4 @@ async def oauth_unlink(
     409
         ``LAST_LOGIN_METHOD``: the account has no password and no other provider.
     """
-    await oauth_service.unlink(db, user, provider, client_info)
+    await oauth_service.unlink(db, settings, mailer, user, provider, client_info)

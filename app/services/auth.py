@@ -6,6 +6,10 @@ Sessions and tokens live in ``app.services.sessions``; the second login step in
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
@@ -36,7 +40,9 @@ from app.services.users import (
     EMAIL_CHANGE_UNDO_PURPOSE,
     EMAIL_VERIFY_MAX_AGE_SECONDS,
     EMAIL_VERIFY_PURPOSE,
+    EmailTaken,
     commit_or_conflict,
+    ensure_email_available,
     find_user_by_login,
     send_verification_email,
 )
@@ -144,6 +150,7 @@ async def change_password(
     )
     user.hashed_password = await hash_password(new_password, settings.PASSWORD_BCRYPT_ROUNDS)
     user.is_external_only = False
+    user.pending_email = None  # an email change nobody confirmed yet dies with it
     await revoke_sessions(db, user.uuid)
     record_event(db, user.uuid, "password_changed", by=user.uuid, client=client)
     await db.commit()
@@ -165,8 +172,8 @@ async def request_password_reset(
     sessions ended) until the reset, as the original service did. Requests are
     limited per address and per email, so nobody can flood an inbox.
     """
-    await guard.attempt("forgot", account=email, address=client.ip)
-    await guard.failed("forgot", account=email)
+    await guard.attempt("forgot", account=None, address=client.ip)
+    await guard.spend("forgot", account=email)
     user = await find_user_by_login(db, email)
     if user is None or not mailer.enabled:
         return
@@ -176,6 +183,18 @@ async def request_password_reset(
         # Nobody proved owning this address: it may be an address someone set on the
         # account to take it over. Verify it first (the verification link says so).
         return
+    if settings.DEACTIVATE_ON_PASSWORD_FORGOT and user.is_active:
+        user.is_active = False
+        user.deactivated_reason = "password_forgot"
+        await revoke_sessions(db, user.uuid)
+    record_event(db, user.uuid, "password_forgot", client=client)
+    await db.commit()
+    await mail_reset_link(db, settings, mailer, user)
+
+
+async def mail_reset_link(db: AsyncSession, settings: Settings, mailer: Mailer, user: User) -> None:
+    """Mail a reset link for the user's current password to their email, naming the
+    providers that can also open the account."""
     providers = [provider_label(name) for name in await oauth.linked_providers(db, user.uuid)]
     token = create_one_time_token(
         settings.JWT_SECRET_KEY,
@@ -186,12 +205,6 @@ async def request_password_reset(
             "pwd": password_fingerprint(user.hashed_password),
         },
     )
-    if settings.DEACTIVATE_ON_PASSWORD_FORGOT and user.is_active:
-        user.is_active = False
-        user.deactivated_reason = "password_forgot"
-        await revoke_sessions(db, user.uuid)
-    record_event(db, user.uuid, "password_forgot", client=client)
-    await db.commit()
     mailer.send_later(
         mailer.render(
             "reset_password",
@@ -205,15 +218,14 @@ async def request_password_reset(
     )
 
 
-async def _reset_link(db: AsyncSession, settings: Settings, token: str) -> tuple[User, dict, str]:
-    user, payload, token_id = await read_link(
-        db, settings, PASSWORD_RESET_PURPOSE, token, PASSWORD_RESET_MAX_AGE_SECONDS
+def _reset_applies(user: User, payload: dict) -> bool:
+    """A reset link is for the current email and password, and not for an account that
+    was banned or is being deleted (a reset must not bring it back)."""
+    return (
+        payload.get("email") == user.email
+        and payload.get("pwd") == password_fingerprint(user.hashed_password)
+        and (user.is_active or user.deactivated_reason == "password_forgot")
     )
-    if payload.get("pwd") != password_fingerprint(user.hashed_password):
-        raise InvalidLink("This link is no longer valid: the password changed since")
-    if not user.is_active and user.deactivated_reason != "password_forgot":
-        raise InvalidLink()
-    return user, payload, token_id
 
 
 async def read_reset_link(db: AsyncSession, settings: Settings, token: str) -> list[str]:
@@ -222,7 +234,9 @@ async def read_reset_link(db: AsyncSession, settings: Settings, token: str) -> l
     A reset page shows them so that the owner can unlink one they do not know: a
     provider linked by someone else would still open the account after the reset.
     """
-    user, _, _ = await _reset_link(db, settings, token)
+    user, _, _ = await read_link(
+        db, settings, PASSWORD_RESET_PURPOSE, token, PASSWORD_RESET_MAX_AGE_SECONDS, _reset_applies
+    )
     return await oauth.linked_providers(db, user.uuid)
 
 
@@ -240,13 +254,13 @@ async def reset_password(
 
     The link proves the email is the user's, so it also marks the email verified.
     """
-    await _reset_link(db, settings, token)
     user, _ = await consume_link(
-        db, settings, PASSWORD_RESET_PURPOSE, token, PASSWORD_RESET_MAX_AGE_SECONDS
+        db, settings, PASSWORD_RESET_PURPOSE, token, PASSWORD_RESET_MAX_AGE_SECONDS, _reset_applies
     )
     user.hashed_password = await hash_password(new_password, settings.PASSWORD_BCRYPT_ROUNDS)
     user.is_external_only = False
     user.email_verified = True
+    user.pending_email = None  # an email change nobody confirmed yet dies with the reset
     if user.deactivated_reason == "password_forgot":
         user.is_active = True
         user.deactivated_reason = None
@@ -294,15 +308,39 @@ async def request_verification_email(
     Limited like forgotten-password requests, per address and per email, so that
     nobody can flood an inbox.
     """
-    await guard.attempt("verify", account=email, address=client.ip)
-    await guard.failed("verify", account=email)
+    await guard.attempt("verify", account=None, address=client.ip)
+    await guard.spend("verify", account=email)
     user = await find_user_by_login(db, email)
     if user is not None and user.is_active:
         send_verification_email(settings, mailer, user)
 
 
 def _pending_change(user: User, payload: dict) -> bool:
-    return payload.get("email") == user.email and payload.get("new_email") == user.pending_email
+    return (
+        user.is_active
+        and payload.get("email") == user.email
+        and payload.get("new_email") == user.pending_email
+        and payload.get("pwd") == password_fingerprint(user.hashed_password)
+    )
+
+
+async def _apply(db: AsyncSession, user: User, where: Any, values: dict[str, Any]) -> None:
+    """One conditional UPDATE of ``user``'s row: InvalidLink when ``where`` no longer
+    holds (a confirmation and an undo at once: the second finds the row changed),
+    EmailTaken when the new email went to another account meanwhile."""
+    try:
+        result = await db.execute(
+            update(User)
+            .where(User.uuid == user.uuid, where)
+            .values(**values)
+            .execution_options(synchronize_session="fetch", auth_cache_users=[user.uuid])
+        )
+    except IntegrityError:
+        await db.rollback()
+        raise EmailTaken() from None
+    if result.rowcount != 1:
+        await db.rollback()
+        raise InvalidLink("This change was cancelled or replaced meanwhile")
 
 
 async def confirm_email_change(
@@ -311,22 +349,33 @@ async def confirm_email_change(
     """Make the pending email the account's (verified) email, from the link mailed to it.
 
     The link applies only to the change it was sent for: not after the change was
-    cancelled, replaced by another, or once the email changed otherwise.
+    cancelled or replaced, the email changed otherwise, or the password changed. The
+    old email stays reserved to the account while the old address may undo it.
     """
     user, payload = await consume_link(
         db, settings, EMAIL_CHANGE_PURPOSE, token, EMAIL_VERIFY_MAX_AGE_SECONDS, _pending_change
     )
-    old_email = user.email
-    user.email = payload["new_email"]
-    user.email_verified = True
-    user.pending_email = None
+    old_email, new_email = user.email, payload["new_email"]
+    await ensure_email_available(db, new_email, owner=user.uuid)
+    await _apply(
+        db,
+        user,
+        and_(User.email == old_email, User.pending_email == new_email),
+        {
+            "email": new_email,
+            "email_verified": True,
+            "pending_email": None,
+            "previous_email": old_email,
+            "previous_email_until": now_epoch() + EMAIL_CHANGE_UNDO_MAX_AGE_SECONDS,
+        },
+    )
     record_event(
         db,
         user.uuid,
         "email_changed",
         by=user.uuid,
         client=client,
-        details={"from": old_email, "to": user.email},
+        details={"from": old_email, "to": new_email},
     )
     await commit_or_conflict(db)
     return user
@@ -334,18 +383,40 @@ async def confirm_email_change(
 
 def _change_to_undo(user: User, payload: dict) -> bool:
     new_email = payload.get("new_email")
-    return user.pending_email == new_email or (
-        user.email == new_email and payload.get("email") != new_email
+    return user.is_active and (
+        user.pending_email == new_email
+        or (user.email == new_email and payload.get("email") != new_email)
     )
 
 
-async def undo_email_change(
-    db: AsyncSession, settings: Settings, token: str, client: ClientInfo
+async def _release_from_unverified_holder(
+    db: AsyncSession, email: str, owner_uuid: str, client: ClientInfo
 ) -> None:
-    """Cancel a pending email change, or put back the old email after it, from the link
-    mailed to the old address; every session ends (someone else asked for it).
+    """Take ``email`` back from another account that claims it without having verified
+    it: the owner just proved holding it. A verified holder keeps it (EmailTaken)."""
+    holder = await db.scalar(select(User).where(User.email == email, User.uuid != owner_uuid))
+    if holder is None:
+        return
+    if holder.email_verified:
+        raise EmailTaken()
+    holder.email = f"released_{holder.uuid}@users.noreply.invalid"
+    await revoke_sessions(db, holder.uuid)
+    record_event(
+        db, holder.uuid, "email_released", client=client, details={"to_verified_owner": owner_uuid}
+    )
+    await db.flush()
 
-    The old address is the one the notice was sent to, so it is verified again.
+
+async def undo_email_change(
+    db: AsyncSession, settings: Settings, mailer: Mailer, token: str, client: ClientInfo
+) -> None:
+    """Refuse an email change from the link mailed to the old address: the change is
+    cancelled, or the old email put back; every session ends and the password is
+    cleared (whoever asked knew it, or held a fresh session), and a reset link goes to
+    the old address at once.
+
+    The old address is the one the notice was sent to, so it is verified again. If
+    another account took it without verifying it, that account loses it.
     """
     user, payload = await consume_link(
         db,
@@ -355,21 +426,51 @@ async def undo_email_change(
         EMAIL_CHANGE_UNDO_MAX_AGE_SECONDS,
         _change_to_undo,
     )
-    user.email = payload["email"]
-    user.email_verified = True
-    user.pending_email = None
+    old_email, refused = payload["email"], payload["new_email"]
+    await _release_from_unverified_holder(db, old_email, user.uuid, client)
+    await _apply(
+        db,
+        user,
+        or_(User.pending_email == refused, User.email == refused),
+        {
+            "email": old_email,
+            "email_verified": True,
+            "pending_email": None,
+            "previous_email": None,
+            "previous_email_until": None,
+            "hashed_password": None,
+        },
+    )
     await revoke_sessions(db, user.uuid)
     record_event(
         db,
         user.uuid,
         "email_change_undone",
         client=client,
-        details={"email": user.email, "refused": payload["new_email"]},
+        details={"email": old_email, "refused": refused},
     )
     await commit_or_conflict(db)
+    await mail_reset_link(db, settings, mailer, user)
 
 
 # Re-authentication ---------------------------------------------------------------------
+
+
+class PasswordIsTheProof(AppError):
+    """An account with a password re-authenticates with it, not with a mailed code."""
+
+    status_code = 409
+    code = "USE_PASSWORD"
+    detail = "This account re-authenticates with its password"
+
+
+async def send_reauthentication_code(
+    db: AsyncSession, settings: Settings, mailer: Mailer, guard: BruteForceGuard, auth: Auth
+) -> None:
+    """Mail a code for /auth/reauthenticate to an account without a password."""
+    if auth.user.hashed_password is not None:
+        raise PasswordIsTheProof()
+    await otp.send_code(db, settings, mailer, guard, auth, "reauth")
 
 
 class NoWayToReauthenticate(AppError):

@@ -376,7 +376,7 @@ async def update_file(
                 raise FileNameTaken()
             file.file_name = name
     record_event(
-        db, actor.uuid, "file_updated", by=actor.uuid, client=client, details={"file": file_id}
+        db, file.owner_uuid, "file_updated", by=actor.uuid, client=client, details={"file": file_id}
     )
     try:
         await db.commit()
@@ -392,9 +392,10 @@ async def delete_file(
     """Delete a file's row and bytes (linked users and admins)."""
     file = await get_file(db, actor, file_id, "delete")
     path = _absolute(settings, file.file_path)
+    owner_uuid = file.owner_uuid
     await db.delete(file)
     record_event(
-        db, actor.uuid, "file_deleted", by=actor.uuid, client=client, details={"file": file_id}
+        db, owner_uuid, "file_deleted", by=actor.uuid, client=client, details={"file": file_id}
     )
     await db.commit()
     await _unlink([path])

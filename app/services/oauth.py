@@ -29,7 +29,7 @@ from app.core.errors import AppError, Conflict, NotFound
 from app.core.images import InvalidImage, process_picture
 from app.core.oauth import ExternalProfile, fetch_picture, provider_label
 from app.core.security import create_one_time_token
-from app.models import ExternalAccount, OAuthToken, User, now_epoch
+from app.models import ExternalAccount, OAuthToken, Session, User, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
 from app.services import otp
@@ -38,6 +38,7 @@ from app.services.files import store_picture
 from app.services.history import record_event
 from app.services.links import InvalidLink, consume_link
 from app.services.notices import send_security_notice
+from app.services.reauth import ReauthenticationRequired, require_fresh_session
 from app.services.sessions import revoke_sessions, start_session
 from app.services.users import create_user
 
@@ -295,15 +296,25 @@ async def link_account(
     db: AsyncSession,
     settings: Settings,
     mailer: Mailer,
-    user_uuid: str,
+    session_id: str | None,
     profile: ExternalProfile,
     token: dict[str, Any],
     client: ClientInfo,
 ) -> User:
-    """Link a provider account to a signed-in user, whatever its email."""
-    user = await db.get(User, user_uuid)
+    """Link a provider account to the user of the session that started the link,
+    whatever its email.
+
+    That session must still be open and recently re-authenticated when the provider
+    sends the browser back: a link started just before a password change (which ends
+    every session) does not complete.
+    """
+    session = await db.get(Session, session_id) if session_id else None
+    user = await db.get(User, session.user_uuid) if session is not None else None
     if user is None or not user.is_active:
         raise AccountInactive()
+    if session.revoked_at is not None or session.expires_at <= now_epoch():
+        raise ReauthenticationRequired("The sign-in that started this link has ended")
+    require_fresh_session(settings, session)
     linked = await _linked_account(db, profile)
     if linked is not None:
         raise AlreadyLinked() if linked.user_uuid == user.uuid else LinkedToAnotherUser()
@@ -360,8 +371,16 @@ async def remove_links(db: AsyncSession, user_uuid: str, providers: list[str]) -
     return sorted(account.provider for account in accounts)
 
 
-async def unlink(db: AsyncSession, user: User, provider: str, client: ClientInfo) -> None:
-    """Remove the user's account of ``provider``, unless it is their only way in."""
+async def unlink(
+    db: AsyncSession,
+    settings: Settings,
+    mailer: Mailer,
+    user: User,
+    provider: str,
+    client: ClientInfo,
+) -> None:
+    """Remove the user's account of ``provider``, unless it is their only way in; the
+    account's verified email is told."""
     linked = await linked_providers(db, user.uuid)
     if provider not in linked:
         raise NotFound("No account of this provider is linked", code="OAUTH_ACCOUNT_NOT_LINKED")
@@ -372,6 +391,9 @@ async def unlink(db: AsyncSession, user: User, provider: str, client: ClientInfo
         db, user.uuid, "oauth_unlinked", by=user.uuid, client=client, details={"provider": provider}
     )
     await db.commit()
+    send_security_notice(
+        settings, mailer, user, what=f"A {provider_label(provider)} account was unlinked"
+    )
 
 
 async def adopt_picture(

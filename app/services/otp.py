@@ -428,15 +428,21 @@ async def enable(
 
 
 async def send_code(
-    db: AsyncSession, settings: Settings, mailer: Mailer, auth: Auth, purpose: str
+    db: AsyncSession,
+    settings: Settings,
+    mailer: Mailer,
+    guard: BruteForceGuard,
+    auth: Auth,
+    purpose: str,
 ) -> None:
     """Mail a code that confirms turning email 2FA off (``disable``) or a
-    re-authentication (``reauth``)."""
+    re-authentication (``reauth``); limited per account like other mails."""
     user = auth.user
     if user.otp_method == "none":
         raise OtpNotEnabled()
     if user.otp_method != "email":
         raise OtpMethodMismatch("Use a code from your authenticator app")
+    await guard.spend("otp_code", account=user.uuid)
     _, code = await _new_challenge(db, settings, user, purpose, "email")
     await db.commit()
     _mail_code(settings, mailer, user, purpose, code)

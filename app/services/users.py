@@ -10,7 +10,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from loguru import logger
-from sqlalchemy import String, cast, delete, exists, func, or_, select, update
+from sqlalchemy import String, and_, cast, delete, exists, func, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
@@ -21,8 +21,13 @@ from app.core.errors import AppError, Conflict, NotFound, PermissionDenied
 from app.core.otp import new_otp_secret
 from app.core.permissions import ALL_ROLES, check_permission, require_permission, ungivable_roles
 from app.core.rate_limiter import BruteForceGuard
-from app.core.security import create_one_time_token, hash_password, password_problem
-from app.models import File, User, UserEvent, new_uuid
+from app.core.security import (
+    create_one_time_token,
+    hash_password,
+    password_fingerprint,
+    password_problem,
+)
+from app.models import File, User, new_uuid, now_epoch
 from app.schemas.common import check_text
 from app.schemas.fields import check_email, check_username, display_name_matches
 from app.services.auth_cache import USER_OMITTED, AuthCache, snapshot
@@ -102,7 +107,24 @@ async def check_deliverability(settings: Settings, email: str) -> None:
 async def _ensure_available(db: AsyncSession, username: str | None, email: str | None) -> None:
     if username is not None and await db.scalar(select(User.uuid).where(User.username == username)):
         raise UsernameTaken()
-    if email is not None and await db.scalar(select(User.uuid).where(User.email == email)):
+    if email is not None:
+        await ensure_email_available(db, email)
+
+
+async def ensure_email_available(db: AsyncSession, email: str, *, owner: str | None = None) -> None:
+    """EmailTaken when another account (not ``owner``) has ``email``, or keeps it as the
+    address it may return to (a recent email change can be undone from the old
+    address, so nobody may take that address meanwhile)."""
+    holder = await db.scalar(
+        select(User.uuid).where(
+            or_(
+                User.email == email,
+                and_(User.previous_email == email, User.previous_email_until > now_epoch()),
+            ),
+            User.uuid != owner if owner is not None else true(),
+        )
+    )
+    if holder is not None:
         raise EmailTaken()
 
 
@@ -148,8 +170,10 @@ async def create_user(
     """
     if check_email_deliverability:
         await check_deliverability(settings, email)
-    await _ensure_available(db, username, email)
     hashed = await hash_password(password, settings.PASSWORD_BCRYPT_ROUNDS) if password else None
+    # Checked after the slow hash, just before the insert that the unique constraints
+    # guard: a reserved address (see ensure_email_available) has no constraint.
+    await _ensure_available(db, username, email)
     user = User(
         uuid=new_uuid(),
         username=username,
@@ -218,10 +242,15 @@ async def signup(
 
 
 def email_change_tokens(settings: Settings, user: User, new_email: str) -> tuple[str, str]:
-    """The confirmation token (for the new address) and the undo token (for the old)."""
+    """The confirmation token (for the new address) and the undo token (for the old).
+
+    The confirmation dies with a password change or reset (``pwd``): the owner's
+    answer to an unexpected notice must stop the change. The undo token does not.
+    """
     payload = {"uuid": user.uuid, "email": user.email, "new_email": new_email}
+    confirm = {**payload, "pwd": password_fingerprint(user.hashed_password)}
     return (
-        create_one_time_token(settings.JWT_SECRET_KEY, EMAIL_CHANGE_PURPOSE, payload),
+        create_one_time_token(settings.JWT_SECRET_KEY, EMAIL_CHANGE_PURPOSE, confirm),
         create_one_time_token(settings.JWT_SECRET_KEY, EMAIL_CHANGE_UNDO_PURPOSE, payload),
     )
 
@@ -234,7 +263,7 @@ def _mail_email_change(settings: Settings, mailer: Mailer, user: User, new_email
             to=new_email,
             subject=f"Confirm your new email for {settings.PROJECT_NAME}",
             display_name=user.display_name,
-            link=f"{settings.BASE_URL}{settings.API_STR}/auth/email/change/confirm?token={confirm}",
+            link=f"{settings.FRONTEND_URL}/confirm-email-change?token={confirm}",
             valid_hours=EMAIL_VERIFY_MAX_AGE_SECONDS // 3600,
         )
     )
@@ -248,7 +277,8 @@ def _mail_email_change(settings: Settings, mailer: Mailer, user: User, new_email
             "then this address stays the account's."
         ),
         action_link=f"{settings.FRONTEND_URL}/undo-email-change?token={undo}",
-        action_label="It was not me: cancel the change and sign out everywhere",
+        action_label="It was not me: keep this address, sign out everywhere and choose a "
+        "new password",
         valid_days=EMAIL_CHANGE_UNDO_MAX_AGE_SECONDS // 86400,
     )
 
@@ -283,7 +313,7 @@ async def update_profile(
             db, settings, guard, actor, auth.session, password, client, purpose="email_change"
         )
         await check_deliverability(settings, new_email)
-        await _ensure_available(db, None, new_email)
+        await ensure_email_available(db, new_email, owner=user.uuid)
     changed: list[str] = []
     if "display_name" in changes:
         display_name = changes["display_name"] or user.username
@@ -296,6 +326,10 @@ async def update_profile(
         user.description = changes["description"]
         changed.append("description")
     pending = asks_new_email and mailer.enabled
+    if pending:
+        # Each request mails the new address: limited per account and per address.
+        await guard.spend("email_change", account=user.uuid)
+        await guard.spend("email_change", account=new_email)
     if asks_new_email and not pending:
         user.email = new_email
         user.email_verified = False
@@ -502,10 +536,26 @@ async def list_users(
 
 async def read_history(
     db: AsyncSession, actor: User, user_uuid: str, *, offset: int, limit: int
-) -> tuple[list[UserEvent], int]:
-    """A page of the user's history, newest first (owner and staff)."""
+) -> tuple[list[dict[str, Any]], int]:
+    """A page of the user's history, newest first (owner and staff).
+
+    Owners do not see the address of what someone else (an admin) did to their
+    account: that is the other person's address.
+    """
     user = await _target(db, actor, user_uuid, "read_history")
-    return await read_events(db, user.uuid, offset=offset, limit=limit)
+    events, total = await read_events(db, user.uuid, offset=offset, limit=limit)
+    own = actor.uuid == user.uuid
+    entries = [
+        {
+            "action": event.action,
+            "at": event.at,
+            "by": event.by,
+            "ip": None if own and event.by not in (None, actor.uuid) else event.ip,
+            "details": event.details,
+        }
+        for event in events
+    ]
+    return entries, total
 
 
 async def set_blocked(

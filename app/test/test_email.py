@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -16,7 +17,17 @@ from sqlalchemy import select
 from app.core.email import Mailer, MailjetEmailSender, OutgoingEmail
 from app.models import User
 from app.test.conftest import make_settings
-from app.test.factories import PASSWORD, bearer, history, login, signup, signup_and_login
+from app.test.factories import (
+    PASSWORD,
+    bearer,
+    create_user,
+    history,
+    login,
+    reauthenticate,
+    signup,
+    signup_and_login,
+    signup_body,
+)
 from app.test.mail import (
     MailCatcher,
     html_body,
@@ -169,6 +180,33 @@ async def _verified_user(client: httpx.AsyncClient, smtp_server: MailCatcher) ->
     return user, await login(client, user["username"])
 
 
+async def _ask_email_change(
+    client: httpx.AsyncClient, smtp_server: MailCatcher, user: dict, tokens: dict, new: str
+) -> tuple[str, str]:
+    """Ask to move ``user`` to ``new``; the confirmation token (mailed to ``new``) and
+    the undo token (in the notice mailed to the old address)."""
+    sent_before = len(smtp_server.to(user["email"]))
+    asked = await client.patch(
+        "/api/users/me", json={"email": new, "current_password": PASSWORD}, headers=bearer(tokens)
+    )
+    assert asked.status_code == 200, asked.text
+    confirmation = link_in(await smtp_server.wait_for(new, len(smtp_server.to(new)) + 1))
+    assert confirmation.startswith("http://localhost:3000/confirm-email-change?token=")
+    notice = await smtp_server.wait_for(user["email"], sent_before + 1)
+    assert new in text_body(notice)
+    undo = links_in(notice)[0]
+    assert undo.startswith("http://localhost:3000/undo-email-change?token=")
+    return token_in(confirmation), token_in(undo)
+
+
+async def _confirm(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await client.post("/api/auth/email/change/confirm", json={"token": token})
+
+
+async def _undo(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await client.post("/api/auth/email/change/undo", json={"token": token})
+
+
 async def test_an_email_change_waits_for_the_new_address(
     app: FastAPI, client: httpx.AsyncClient, smtp_server: MailCatcher
 ) -> None:
@@ -181,43 +219,42 @@ async def test_an_email_change_waits_for_the_new_address(
     ):
         refused = await client.patch("/api/users/me", json=body, headers=bearer(tokens))
         assert (refused.status_code, refused.json()["code"]) == (status, code)
-    asked = await client.patch(
-        "/api/users/me", json={"email": new, "current_password": PASSWORD}, headers=bearer(tokens)
-    )
-    assert asked.status_code == 200
-    assert (asked.json()["email"], asked.json()["pending_email"]) == (old, new)
+    confirm, undo = await _ask_email_change(client, smtp_server, user, tokens, new)
+    me = (await client.get("/api/users/me", headers=bearer(tokens))).json()
+    assert (me["email"], me["pending_email"]) == (old, new)
 
     # Until the new address confirms, the old one is the account's: logins, resets.
-    confirmation = await smtp_server.wait_for(new)
-    notice = await smtp_server.wait_for(old, 2)
-    assert new in text_body(notice)
-    undo_link = links_in(notice)[0]
-    assert undo_link.startswith("http://localhost:3000/undo-email-change?token=")
     refused = await client.post("/api/auth/login", data={"username": new, "password": PASSWORD})
     assert refused.status_code == 401
     await client.post("/api/auth/password/forgot", json={"email": new})
     await app.state.mailer.drain()
     assert len(smtp_server.to(new)) == 1  # the confirmation only: no reset link
+    # Opening the mailed link (as a mail scanner does) confirms nothing: it is a POST.
+    scanned = await client.get("/api/auth/email/change/confirm", params={"token": confirm})
+    assert scanned.status_code == 405
 
-    link = link_in(confirmation)
-    assert link.startswith("http://localhost:8000/api/auth/email/change/confirm?token=")
-    confirmed = await client.get(urlsplit(link).path, params={"token": token_in(link)})
-    assert confirmed.status_code == 200
+    assert (await _confirm(client, confirm)).status_code == 200
     me = (await client.get("/api/users/me", headers=bearer(tokens))).json()
     assert (me["email"], me["email_verified"], me["pending_email"]) == (new, True, None)
-    again = await client.get(urlsplit(link).path, params={"token": token_in(link)})
-    assert again.status_code == 400
+    assert (await _confirm(client, confirm)).status_code == 400
     await login(client, new)
 
-    # The old address refuses the change: it is back, and every session ends.
-    undone = await client.post("/api/auth/email/change/undo", json={"token": token_in(undo_link)})
-    assert undone.status_code == 204
+    # The old address refuses the change: it is back, every session ends, the
+    # password is cleared and a reset link goes to the old address.
+    assert (await _undo(client, undo)).status_code == 204
     assert (await client.get("/api/users/me", headers=bearer(tokens))).status_code == 401
-    fresh = await login(client, old)
+    cleared = await client.post("/api/auth/login", data={"username": old, "password": PASSWORD})
+    assert cleared.status_code == 401
+    reset_mail = await smtp_server.wait_for(old, 3)  # verification, notice, reset
+    reset = await client.post(
+        "/api/auth/password/reset",
+        json={"token": token_in(link_in(reset_mail)), "new_password": NEW_PASSWORD},
+    )
+    assert reset.status_code == 204
+    fresh = await login(client, old, NEW_PASSWORD)
     me = (await client.get("/api/users/me", headers=bearer(fresh))).json()
     assert (me["email"], me["email_verified"], me["pending_email"]) == (old, True, None)
-    replay = await client.post("/api/auth/email/change/undo", json={"token": token_in(undo_link)})
-    assert replay.status_code == 400
+    assert (await _undo(client, undo)).status_code == 400
     actions = [event.action for event in await history(app.state.session_factory, user["uuid"])]
     assert "email_changed" in actions
     assert "email_change_undone" in actions
@@ -228,18 +265,10 @@ async def test_refusing_a_pending_change_cancels_it(
 ) -> None:
     user, tokens = await _verified_user(client, smtp_server)
     new = f"thief_{user['username']}@example.org"
-    await client.patch(
-        "/api/users/me", json={"email": new, "current_password": PASSWORD}, headers=bearer(tokens)
-    )
-    confirmation = link_in(await smtp_server.wait_for(new))
-    undo_link = links_in(await smtp_server.wait_for(user["email"], 2))[0]
-    undone = await client.post("/api/auth/email/change/undo", json={"token": token_in(undo_link)})
-    assert undone.status_code == 204
+    confirm, undo = await _ask_email_change(client, smtp_server, user, tokens, new)
+    assert (await _undo(client, undo)).status_code == 204
     assert (await client.get("/api/users/me", headers=bearer(tokens))).status_code == 401
-    late = await client.get(urlsplit(confirmation).path, params={"token": token_in(confirmation)})
-    assert late.status_code == 400
-    me = await client.get("/api/users/me", headers=bearer(await login(client, user["email"])))
-    assert (me.json()["email"], me.json()["pending_email"]) == (user["email"], None)
+    assert (await _confirm(client, confirm)).status_code == 400
 
 
 async def test_the_current_email_again_cancels_a_pending_change(
@@ -247,17 +276,109 @@ async def test_the_current_email_again_cancels_a_pending_change(
 ) -> None:
     user, tokens = await _verified_user(client, smtp_server)
     new = f"other_{user['username']}@example.org"
-    await client.patch(
-        "/api/users/me", json={"email": new, "current_password": PASSWORD}, headers=bearer(tokens)
-    )
-    confirmation = link_in(await smtp_server.wait_for(new))
+    confirm, _ = await _ask_email_change(client, smtp_server, user, tokens, new)
     back = await client.patch(
         "/api/users/me", json={"email": user["email"]}, headers=bearer(tokens)
     )
     assert back.status_code == 200
     assert back.json()["pending_email"] is None
-    late = await client.get(urlsplit(confirmation).path, params={"token": token_in(confirmation)})
-    assert late.status_code == 400
+    assert (await _confirm(client, confirm)).status_code == 400
+
+
+@pytest.mark.parametrize("how", ["change", "reset"])
+async def test_a_new_password_stops_a_pending_change(
+    client: httpx.AsyncClient, smtp_server: MailCatcher, how: str
+) -> None:
+    """The owner answers an unexpected notice by changing (or resetting) the password:
+    the intruder's confirmation link is dead with it."""
+    user, tokens = await _verified_user(client, smtp_server)
+    new = f"intruder_{user['username']}@example.org"
+    confirm, _ = await _ask_email_change(client, smtp_server, user, tokens, new)
+    if how == "change":
+        changed = await client.post(
+            "/api/auth/password/change",
+            json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+            headers=bearer(tokens),
+        )
+        assert changed.status_code == 204
+    else:
+        count = len(smtp_server.to(user["email"]))
+        await client.post("/api/auth/password/forgot", json={"email": user["email"]})
+        reset_link = link_in(await smtp_server.wait_for(user["email"], count + 1))
+        reset = await client.post(
+            "/api/auth/password/reset",
+            json={"token": token_in(reset_link), "new_password": NEW_PASSWORD},
+        )
+        assert reset.status_code == 204
+    assert (await _confirm(client, confirm)).status_code == 400
+    me = (
+        await client.get(
+            "/api/users/me", headers=bearer(await login(client, user["email"], NEW_PASSWORD))
+        )
+    ).json()
+    assert (me["email"], me["pending_email"]) == (user["email"], None)
+
+
+async def test_the_old_address_cannot_be_taken_while_it_can_come_back(
+    app: FastAPI, client: httpx.AsyncClient, smtp_server: MailCatcher
+) -> None:
+    """An intruder who confirmed their address cannot squat the old one to defeat the
+    undo; if another account holds it unverified anyway, the verified owner wins."""
+    user, tokens = await _verified_user(client, smtp_server)
+    old, new = user["email"], f"squat_{user['username']}@example.org"
+    confirm, undo = await _ask_email_change(client, smtp_server, user, tokens, new)
+    assert (await _confirm(client, confirm)).status_code == 200
+    squat = await client.post("/api/auth/signup", json=signup_body(email=old))
+    assert (squat.status_code, squat.json()["code"]) == (409, "EMAIL_TAKEN")
+    # Had a sign-up slipped in at the very moment of the confirmation:
+    squatter = await create_user(app.state.session_factory, password=PASSWORD, email=old)
+    squatter_tokens = await login(client, squatter.username)
+    assert (await _undo(client, undo)).status_code == 204
+    assert (await client.get("/api/users/me", headers=bearer(squatter_tokens))).status_code == 401
+    async with app.state.session_factory() as session:
+        owner = await session.get(User, user["uuid"])
+        held = await session.get(User, squatter.uuid)
+    assert (owner.email, owner.email_verified) == (old, True)
+    assert held.email != old
+
+
+async def test_a_confirmation_and_an_undo_at_once(
+    app: FastAPI, client: httpx.AsyncClient, smtp_server: MailCatcher
+) -> None:
+    """Whatever the order, an undo that says it worked leaves the old email in place."""
+    for round_ in range(4):
+        user, tokens = await _verified_user(client, smtp_server)
+        new = f"race{round_}_{user['username']}@example.org"
+        confirm, undo = await _ask_email_change(client, smtp_server, user, tokens, new)
+        confirmed, undone = await asyncio.gather(_confirm(client, confirm), _undo(client, undo))
+        assert confirmed.status_code in (200, 400), confirmed.text
+        assert undone.status_code in (204, 400), undone.text
+        assert 204 in (undone.status_code,) or confirmed.status_code == 200
+        async with app.state.session_factory() as session:
+            row = await session.get(User, user["uuid"])
+        if undone.status_code == 204:
+            assert (row.email, row.pending_email) == (user["email"], None)
+        else:
+            assert row.email == new
+
+
+async def test_email_change_mails_are_limited(
+    client: httpx.AsyncClient, smtp_server: MailCatcher
+) -> None:
+    """Re-authenticated once, nobody mails a stranger's address again and again."""
+    _, tokens = await _verified_user(client, smtp_server)
+    await reauthenticate(client, tokens)
+    statuses = [
+        (
+            await client.patch(
+                "/api/users/me",
+                json={"email": f"stranger{i % 2}@example.org"},
+                headers=bearer(tokens),
+            )
+        ).status_code
+        for i in range(12)
+    ]
+    assert statuses == [200] * 10 + [429] * 2
 
 
 async def test_an_unverified_address_gets_no_reset_link(

@@ -292,6 +292,35 @@ async def test_linking_needs_a_recent_reauthentication(
     assert stale.status_code == 403
 
 
+async def test_a_link_started_before_every_session_ended_does_not_complete(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+) -> None:
+    """A thief starts a link while the session is fresh; the owner changes the password
+    (every session ends) before the thief comes back from the provider."""
+    user, tokens = await user_with_tokens(app, client)
+    await reauthenticate(client, tokens)
+    fake_provider.next_user = _person()
+    start = await client.get("/api/oauth/github/link", headers=bearer(tokens))
+    assert start.status_code == 302
+    changed = await client.post(
+        "/api/auth/password/change",
+        json={"current_password": PASSWORD, "new_password": "the owner's new password"},
+        headers=bearer(tokens),
+    )
+    assert changed.status_code == 204
+    async with httpx.AsyncClient() as browser:
+        consent = await browser.get(start.headers["location"])
+    callback = await client.get(consent.headers["location"].removeprefix("http://testserver"))
+    assert (callback.status_code, callback.json()["code"]) == (403, "REAUTHENTICATION_REQUIRED")
+    async with app.state.session_factory() as session:
+        linked = (
+            await session.scalars(
+                select(ExternalAccount).where(ExternalAccount.user_uuid == user.uuid)
+            )
+        ).all()
+    assert linked == []
+
+
 async def test_a_provider_login_is_a_fresh_proof_for_an_account_without_password(
     app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
 ) -> None:

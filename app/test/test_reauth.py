@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import update
 
-from app.models import Session, now_epoch
+from app.models import Session, User, now_epoch
 from app.test.factories import (
     PASSWORD,
     bearer,
@@ -19,6 +19,7 @@ from app.test.factories import (
     reauthenticate,
     user_with_tokens,
 )
+from app.test.mail import MailCatcher
 
 NEW_PASSWORD = "a completely new passphrase"
 
@@ -135,3 +136,40 @@ async def test_password_guesses_count_like_failed_logins(
     ]
     assert len(failures) == 10
     assert failures[0].ip == "127.0.0.1"
+
+
+async def _with_email_codes(app: FastAPI, client: httpx.AsyncClient) -> tuple[User, dict]:
+    """A user signed in, whose account then turned email 2FA codes on."""
+    user, tokens = await user_with_tokens(app, client)
+    async with app.state.session_factory() as session:
+        await session.execute(update(User).where(User.uuid == user.uuid).values(otp_method="email"))
+        await session.commit()
+    return user, tokens
+
+
+async def test_a_mailed_code_is_not_for_an_account_with_a_password(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    _, tokens = await _with_email_codes(app, client)
+    response = await client.post("/api/auth/reauthenticate/code", headers=bearer(tokens))
+    assert (response.status_code, response.json()["code"]) == (409, "USE_PASSWORD")
+
+
+class TestMailedCodes:
+    """A stolen token cannot make the service mail codes without end."""
+
+    @pytest.fixture
+    def settings_overrides(self, smtp_server: MailCatcher) -> dict[str, object]:
+        return smtp_server.settings()
+
+    async def test_codes_mailed_to_an_account_are_limited(
+        self, app: FastAPI, client: httpx.AsyncClient, smtp_server: MailCatcher
+    ) -> None:
+        user, tokens = await _with_email_codes(app, client)
+        statuses = [
+            (await client.post("/api/auth/otp/disable/code", headers=bearer(tokens))).status_code
+            for _ in range(12)
+        ]
+        assert statuses == [202] * 10 + [429] * 2
+        await app.state.mailer.drain()
+        assert len(smtp_server.to(user.email)) == 10

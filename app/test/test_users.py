@@ -315,6 +315,46 @@ async def test_history_names_the_admin_who_edited(client: httpx.AsyncClient, peo
     assert (newest["action"], newest["by"]) == ("profile_updated", admin.uuid)
 
 
+async def test_owners_do_not_see_the_address_staff_acted_from(
+    client: httpx.AsyncClient, people
+) -> None:
+    alice, alice_tokens = people["alice"]
+    _, admin_tokens = people["admin"]
+    await client.patch(
+        f"/api/user/{alice.uuid}", json={"description": "by staff"}, headers=bearer(admin_tokens)
+    )
+    url = f"/api/user/{alice.uuid}/history"
+    own = (await client.get(url, headers=bearer(alice_tokens))).json()["items"]
+    assert [(item["action"], item["ip"]) for item in own] == [
+        ("profile_updated", None),  # the admin's address is the admin's
+        ("login", "127.0.0.1"),
+    ]
+    staff = (await client.get(url, headers=bearer(admin_tokens))).json()["items"]
+    assert staff[0]["ip"] == "127.0.0.1"
+
+
+async def test_a_file_change_is_in_the_owners_history(client: httpx.AsyncClient, people) -> None:
+    alice, alice_tokens = people["alice"]
+    admin, admin_tokens = people["admin"]
+    upload = await client.post(
+        "/api/file",
+        files={"file": ("plan.txt", b"plan", "text/plain")},
+        headers=bearer(alice_tokens),
+    )
+    file_id = upload.json()["id"]
+    await client.patch(
+        f"/api/file/{file_id}", json={"description": "seen"}, headers=bearer(admin_tokens)
+    )
+    await client.delete(f"/api/file/{file_id}", headers=bearer(admin_tokens))
+    items = (
+        await client.get(f"/api/user/{alice.uuid}/history", headers=bearer(alice_tokens))
+    ).json()["items"]
+    assert [(item["action"], item["by"]) for item in items[:2]] == [
+        ("file_deleted", admin.uuid),
+        ("file_updated", admin.uuid),
+    ]
+
+
 async def test_history_pages_newest_first(app: FastAPI, client: httpx.AsyncClient, people) -> None:
     alice, alice_tokens = people["alice"]
     for i in range(60):

@@ -36,6 +36,27 @@ def _event_table() -> sa.Table:
     )
 
 
+def _text(value: object, length: int) -> str | None:
+    return None if value is None else str(value)[:length]
+
+
+def _row(uuid: str, entry: dict) -> dict:
+    """An old entry as a row; odd values (hand-edited JSON) are kept as well as they fit."""
+    try:
+        at = int(entry.get("at") or 0)
+    except (TypeError, ValueError):
+        at = 0
+    details = entry.get("details")
+    return {
+        "user_uuid": uuid,
+        "action": _text(entry.get("action"), 64) or "unknown",
+        "at": at,
+        "by": _text(entry.get("by"), 36),
+        "ip": _text(entry.get("ip"), 64),
+        "details": details if isinstance(details, dict) else {"value": details} if details else {},
+    }
+
+
 def _entries(value: object) -> list[dict]:
     if isinstance(value, str):  # some drivers hand JSON back as text
         value = json.loads(value or "[]")
@@ -70,24 +91,20 @@ def upgrade() -> None:
     connection = op.get_bind()
     user = sa.table("user", sa.column("uuid", sa.String), sa.column("user_history", sa.JSON))
     events = _event_table()
-    rows = []
-    for uuid, history in connection.execute(sa.select(user.c.uuid, user.c.user_history)):
-        for entry in _entries(history):
-            rows.append(
-                {
-                    "user_uuid": uuid,
-                    "action": str(entry.get("action") or "unknown")[:64],
-                    "at": int(entry.get("at") or 0),
-                    "by": entry.get("by"),
-                    "ip": entry.get("ip"),
-                    "details": entry.get("details") or {},
-                }
-            )
-            if len(rows) >= _BATCH:
-                connection.execute(events.insert(), rows)
-                rows = []
-    if rows:
-        connection.execute(events.insert(), rows)
+    last = ""
+    while True:  # a page of users at a time: histories can be large
+        page = connection.execute(
+            sa.select(user.c.uuid, user.c.user_history)
+            .where(user.c.uuid > last)
+            .order_by(user.c.uuid)
+            .limit(_BATCH)
+        ).all()
+        if not page:
+            break
+        rows = [_row(uuid, entry) for uuid, history in page for entry in _entries(history)]
+        if rows:
+            connection.execute(events.insert(), rows)
+        last = page[-1][0]
 
     # A plain column: SQLite (3.35+) drops it in place, no table rebuild.
     op.drop_column("user", "user_history")

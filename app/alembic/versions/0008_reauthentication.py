@@ -1,4 +1,4 @@
-"""re-authentication and pending email changes
+"""re-authentication, pending email changes and the address an undo returns to
 
 Revision ID: 0008
 Revises: 0007
@@ -20,8 +20,14 @@ def upgrade() -> None:
     # Plain nullable columns: added in place on SQLite too, no table rebuild.
     op.add_column("session", sa.Column("reauthenticated_at", sa.BigInteger(), nullable=True))
     op.add_column("user", sa.Column("pending_email", sa.String(length=320), nullable=True))
+    op.add_column("user", sa.Column("previous_email", sa.String(length=320), nullable=True))
+    op.add_column("user", sa.Column("previous_email_until", sa.BigInteger(), nullable=True))
+    op.create_index("ix_user_previous_email", "user", ["previous_email"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_user_previous_email", table_name="user")
+    op.drop_column("user", "previous_email_until")
+    op.drop_column("user", "previous_email")
     op.drop_column("user", "pending_email")
     op.drop_column("session", "reauthenticated_at")
