@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from limits import parse
 from loguru import logger
 
+from app.core.brute_force import BruteForceGuard, FallbackAttemptLog, MemoryAttemptLog, Window
 from app.core.config import ConfigError, Settings, ensure_jwt_secret, get_settings
 from app.core.database import create_engine, create_session_factory, upgrade_database
 from app.core.email import Mailer
@@ -38,7 +39,6 @@ from app.core.middleware import (
 from app.core.oauth import create_oauth
 from app.core.openapi import install_openapi
 from app.core.rate_limiter import (
-    BruteForceGuard,
     ClientAddressMiddleware,
     Limiter,
     RateLimitMiddleware,
@@ -182,7 +182,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limiter = Limiter(create_storage(settings.REDIS_URL))
     app.state.limiter = limiter
     app.state.guard = BruteForceGuard(
-        limiter, parse(settings.AUTH_RATE_LIMIT_ACCOUNT), parse(settings.AUTH_RATE_LIMIT_ADDRESS)
+        FallbackAttemptLog(app.state.redis) if app.state.redis is not None else MemoryAttemptLog(),
+        account=Window.of(parse(settings.AUTH_RATE_LIMIT_ACCOUNT)),
+        address=Window.of(parse(settings.AUTH_RATE_LIMIT_ADDRESS)),
     )
     app.state.oauth = create_oauth(settings)
     store = FlagStore(settings.DATA_DIR / settings.FEATURE_FLAGS_FILE)

@@ -34,6 +34,8 @@ ALEMBIC_DIR = ROOT_DIR / "app" / "alembic"
 
 #: Key of the PostgreSQL advisory lock held while migrating (any constant shared by replicas).
 MIGRATION_LOCK_KEY = 0x55534D47  # "USMG"
+#: How long a request waits for a pooled PostgreSQL connection before a 503 DATABASE_BUSY.
+POOL_TIMEOUT_SECONDS = 10
 #: How long (ms) an SQLite connection waits for a lock held by another writer.
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
@@ -83,7 +85,13 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
     else:
-        engine = create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        engine = create_async_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=10,
+            pool_timeout=POOL_TIMEOUT_SECONDS,
+        )
     return engine
 
 
@@ -93,6 +101,19 @@ def create_session_factory(engine: AsyncEngine, **options: Any) -> async_session
     ``options`` go to ``async_sessionmaker`` (the auth cache's session class and info).
     """
     return async_sessionmaker(engine, expire_on_commit=False, **options)
+
+
+async def release_connection(db: AsyncSession) -> None:
+    """Hand the session's connection back to the pool before slow work (a password hash).
+
+    A connection held while bcrypt runs is one fewer for every other request: a flood
+    of logins would otherwise empty the pool. The session's objects stay loaded (its
+    values are kept after commit) and the next query takes a connection again. Nothing
+    may be pending: this is not the place to commit a change.
+    """
+    if db.new or db.dirty or db.deleted:
+        raise RuntimeError("release_connection() with unsaved changes")
+    await db.commit()
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

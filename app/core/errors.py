@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from loguru import logger
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.routes import allowed_methods, endpoint_table
@@ -181,6 +182,17 @@ async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _database_busy(_request: Request, _exc: Exception) -> JSONResponse:
+    # Every pooled connection stayed busy past the pool's timeout: an overload, not a
+    # fault. Say so and when to come back.
+    logger.warning("database pool exhausted: request refused")
+    return JSONResponse(
+        error_body("The database is busy; try again shortly", "DATABASE_BUSY"),
+        status_code=503,
+        headers={"Retry-After": "2"},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that give every error the common shape.
 
@@ -192,3 +204,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_error)
     app.add_exception_handler(InterfaceError, _database_error)
+    app.add_exception_handler(PoolTimeout, _database_busy)

@@ -1,11 +1,10 @@
 """Rate limiting with the ``limits`` package: storage, the client's address, middleware.
 
-One storage serves everything: Redis when REDIS_URL is set (so replicas share their
-counts), else memory. The global limit (RATE_LIMITER_*) is applied by
-``RateLimitMiddleware`` per user (a request with a validly signed access token) or
-per client address. The brute-force guard (login, OTP, forgotten password) is
-applied by the services, per account and per address, whether or not the global
-limiter is on.
+One storage serves the global limit (RATE_LIMITER_*): Redis when REDIS_URL is set
+(so replicas share their counts), else memory. ``RateLimitMiddleware`` applies it per
+user (a request with a validly signed access token) or per client address. The
+brute-force guard (passwords, codes, mails) is ``app.core.brute_force``: always on,
+and never failing open.
 
 If the storage fails (Redis down) the limiter lets requests through and logs a
 warning at most once a minute: an outage of the limiter must not become an outage
@@ -102,31 +101,6 @@ class Limiter:
         reset = max(0, math.ceil(stats.reset_time - time.time()))
         return LimitResult(allowed, item.amount, max(0, stats.remaining), reset)
 
-    async def test(self, item: RateLimitItem, *key: str) -> LimitResult:
-        """Would one more request for ``key`` be allowed? (Counts nothing.)"""
-        try:
-            allowed = await self.strategy.test(item, *key)
-            if allowed:
-                return LimitResult(True, item.amount, item.amount, 0)
-            stats = await self.strategy.get_window_stats(item, *key)
-        except Exception:  # storage down: fail open (hit() logs it)
-            return LimitResult(True, item.amount, item.amount, 0)
-        reset = max(0, math.ceil(stats.reset_time - time.time()))
-        return LimitResult(False, item.amount, 0, reset)
-
-    async def check(self, item: RateLimitItem, *key: str) -> None:
-        """Count one request; raise :class:`RateLimited` over the limit."""
-        result = await self.hit(item, *key)
-        if not result.allowed:
-            raise RateLimited(headers=result.headers())
-
-    async def reset(self) -> None:
-        """Forget every count (tests, admin tools)."""
-        try:
-            await self.storage.reset()
-        except Exception as error:  # nothing to forget when the storage is down
-            logger.warning("rate limiter reset failed: {}", type(error).__name__)
-
 
 def window_item(max_requests: int, window_seconds: int) -> RateLimitItem:
     """``max_requests`` per ``window_seconds``."""
@@ -215,37 +189,6 @@ def token_subject(scope: Scope, secret: str) -> str | None:
         return None
     subject = claims.get("sub")
     return subject if claims.get("typ") == "access" and isinstance(subject, str) else None
-
-
-class BruteForceGuard:
-    """Limits on guessing: per account and per address, whatever the global switch says.
-
-    Addresses are counted on every attempt; accounts on failures only, so that a
-    user who logs in successfully is never locked out by the count.
-    """
-
-    def __init__(self, limiter: Limiter, account_item: RateLimitItem, address_item: RateLimitItem):
-        self.limiter = limiter
-        self.account_item = account_item
-        self.address_item = address_item
-
-    async def attempt(self, action: str, *, account: str | None, address: str | None) -> None:
-        """Count an attempt from ``address``; refuse when it or ``account`` is over its limit."""
-        if address:
-            await self.limiter.check(self.address_item, action, "address", address)
-        if account:
-            result = await self.limiter.test(self.account_item, action, "account", account.lower())
-            if not result.allowed:
-                raise RateLimited(headers=result.headers())
-
-    async def failed(self, action: str, *, account: str) -> None:
-        """Count a failure against ``account``."""
-        await self.limiter.hit(self.account_item, action, "account", account.lower())
-
-    async def spend(self, action: str, *, account: str) -> None:
-        """Count one use of ``action`` for ``account`` (a mail sent to it, say) and refuse
-        it over the limit. Counted before the check, so parallel uses cannot exceed it."""
-        await self.limiter.check(self.account_item, action, "account", account.lower())
 
 
 class RateLimitMiddleware:

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
 import time
 import unicodedata
 import uuid
@@ -26,6 +27,8 @@ from typing import Any, TypeVar
 import bcrypt
 import jwt
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from app.core.errors import AppError
 
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 128
@@ -84,11 +87,41 @@ def _verify_sync(password: str, hashed: str) -> bool:
 # bcrypt keeps a core busy for its whole run: more hashes at once than cores only adds
 # latency to each. A pool of its own, one thread per core, also leaves the default
 # thread pool free for everything else.
-_BCRYPT_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="bcrypt")
+BCRYPT_WORKERS = os.cpu_count() or 2
+#: Hashes that may wait for a free core; past them a password request is refused at
+#: once (503) rather than left to queue without end behind a flood of logins.
+BCRYPT_QUEUE = 8 * BCRYPT_WORKERS
+_BCRYPT_POOL = ThreadPoolExecutor(max_workers=BCRYPT_WORKERS, thread_name_prefix="bcrypt")
+_bcrypt_lock = threading.Lock()
+_bcrypt_outstanding = 0
+
+
+class PasswordCheckBusy(AppError):
+    """Every core is busy hashing passwords and the queue is full."""
+
+    status_code = 503
+    code = "SERVER_BUSY"
+    detail = "Too many password checks at once; try again in a moment"
+
+
+def ensure_password_capacity() -> None:
+    """PasswordCheckBusy now when the hashing queue is full: a flooded login is refused
+    before it costs a database query (the hash itself reserves its place later)."""
+    if _bcrypt_outstanding >= BCRYPT_WORKERS + BCRYPT_QUEUE:
+        raise PasswordCheckBusy(headers={"Retry-After": "1"})
 
 
 async def _in_bcrypt_pool(function: Callable[..., T], *args: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(_BCRYPT_POOL, function, *args)
+    global _bcrypt_outstanding
+    with _bcrypt_lock:
+        if _bcrypt_outstanding >= BCRYPT_WORKERS + BCRYPT_QUEUE:
+            raise PasswordCheckBusy(headers={"Retry-After": "1"})
+        _bcrypt_outstanding += 1
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_BCRYPT_POOL, function, *args)
+    finally:
+        with _bcrypt_lock:
+            _bcrypt_outstanding -= 1
 
 
 async def hash_password(password: str, rounds: int) -> str:
@@ -102,9 +135,13 @@ async def verify_password(password: str, hashed: str | None, rounds: int) -> boo
     When there is no hash (unknown user, account without a password) a dummy hash of
     the same cost is checked instead, so the answer takes as long either way.
     """
-    target = hashed or _dummy_hash(rounds)
-    ok = await _in_bcrypt_pool(_verify_sync, password, target)
+    ok = await _in_bcrypt_pool(_verify_or_dummy, password, hashed, rounds)
     return ok and hashed is not None
+
+
+def _verify_or_dummy(password: str, hashed: str | None, rounds: int) -> bool:
+    # In the pool: the first dummy hash of a cost is made here, not on the event loop.
+    return _verify_sync(password, hashed or _dummy_hash(rounds))
 
 
 @lru_cache(maxsize=8)

@@ -8,6 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
+from app.core.config import Settings
 from app.routers.deps import (
     AuthDep,
     ClientDep,
@@ -49,10 +50,27 @@ from app.services import oauth as oauth_service
 from app.services import otp as otp_service
 from app.services import sessions as session_service
 from app.services import users as user_service
+from app.services.devices import DEVICE_COOKIE, DEVICE_TOKEN_MAX_AGE_SECONDS
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 LoginForm = Annotated[OAuth2PasswordRequestForm, Depends()]
+
+
+def _remember_device(
+    response: Response, settings: Settings, answer: TokenPair | OtpChallengeResponse
+) -> None:
+    """Keep a login's device token in a cookie that only the auth routes receive."""
+    if isinstance(answer, TokenPair) and answer.device_token:
+        response.set_cookie(
+            DEVICE_COOKIE,
+            answer.device_token,
+            max_age=DEVICE_TOKEN_MAX_AGE_SECONDS,
+            path=f"{settings.API_STR}/auth",
+            httponly=True,
+            samesite="lax",
+            secure=settings.is_production,
+        )
 
 
 @router.post(
@@ -110,6 +128,7 @@ async def signup(
 )
 async def login(
     form: LoginForm,
+    response: Response,
     db: SessionDep,
     settings: SettingsDep,
     mailer: MailerDep,
@@ -139,14 +158,17 @@ async def login(
         ``RATE_LIMITED`` (too many attempts from this address, or failures for this
         account), or ``OTP_THROTTLED`` (too many wrong codes lately).
     """
-    return await auth_service.login(
+    answer = await auth_service.login(
         db, settings, mailer, guard, form.username, form.password, client
     )
+    _remember_device(response, settings, answer)
+    return answer
 
 
 @router.post("/otp/verify", response_model=TokenPair, responses=error_responses(401, 422, 429))
 async def verify_otp(
     body: OtpVerifyRequest,
+    response: Response,
     db: SessionDep,
     settings: SettingsDep,
     guard: GuardDep,
@@ -171,7 +193,9 @@ async def verify_otp(
     429
         ``OTP_THROTTLED`` or ``RATE_LIMITED``, with ``Retry-After``.
     """
-    return await otp_service.verify_login(db, settings, guard, body.otp_token, body.code, client)
+    answer = await otp_service.verify_login(db, settings, guard, body.otp_token, body.code, client)
+    _remember_device(response, settings, answer)
+    return answer
 
 
 @router.post(

@@ -17,13 +17,14 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from starlette.types import Scope
 
+from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.feature_flags import FlagBroadcaster, FlagStore
-from app.core.rate_limiter import BruteForceGuard
 from app.core.security import bearer_token
 from app.models import User
 from app.services.context import ClientInfo
+from app.services.devices import DEVICE_COOKIE, DEVICE_HEADER
 from app.services.sessions import Auth, InvalidToken, authenticate, authenticate_reader
 
 # The token URL is rewritten to API_STR's in the OpenAPI document (app.core.openapi).
@@ -72,10 +73,11 @@ async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 async def get_client(request: Request) -> ClientInfo:
-    """The caller's address and user agent."""
+    """The caller's address, user agent and device token (cookie or header)."""
     return ClientInfo(
         ip=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
+        device_token=request.headers.get(DEVICE_HEADER) or request.cookies.get(DEVICE_COOKIE),
     )
 
 

@@ -55,7 +55,7 @@ from app.core.permissions import check_permission
 from app.core.rate_limiter import TrustedProxies
 from app.core.security import bearer_token
 from app.models import User, now_epoch
-from app.routers.deps import ClientDep, EngineDep, RedisDep, SessionDep, SettingsDep
+from app.routers.deps import ClientDep, EngineDep, GuardDep, RedisDep, SessionDep, SettingsDep
 from app.schemas.common import ErrorResponse, Text, error_responses
 from app.schemas.docs import DocsToken
 from app.schemas.health import HealthResponse, NotReadyResponse, ReadinessResponse
@@ -132,7 +132,7 @@ async def health() -> HealthResponse:
     tags=["health"],
     responses={503: {"model": NotReadyResponse, "description": "A dependency is unreachable"}},
 )
-async def health_ready(engine: EngineDep, redis: RedisDep) -> ReadinessResponse:
+async def health_ready(engine: EngineDep, redis: RedisDep, guard: GuardDep) -> ReadinessResponse:
     """Tell whether the service can handle requests: database and Redis reachable.
 
     Returns
@@ -145,7 +145,7 @@ async def health_ready(engine: EngineDep, redis: RedisDep) -> ReadinessResponse:
     ServiceUnavailable
         503 with code ``NOT_READY`` and the failing dependency named.
     """
-    return ReadinessResponse(checks=await check_readiness(engine, redis))
+    return ReadinessResponse(checks=await check_readiness(engine, redis, guard))
 
 
 @router.get(

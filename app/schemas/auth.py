@@ -57,6 +57,13 @@ class TokenPair(BaseModel):
     refresh_token: str = Field(description="Opaque; trade it at /auth/refresh. Single use.")
     token_type: Literal["bearer"] = "bearer"
     expires_in: int = Field(description="Seconds until the access token expires.")
+    device_token: str | None = Field(
+        default=None,
+        description="From a login only: marks this client as one the account logged in "
+        "from (also set as a cookie). Send it back with later logins (cookie, or the "
+        "`X-Device-Token` header): failed logins then count against this device alone, so "
+        "strangers' wrong passwords cannot lock it out.",
+    )
 
 
 class RefreshRequest(RequestModel):

@@ -20,8 +20,9 @@ class ReadinessResponse(BaseModel):
 
     status: Literal["ready"] = "ready"
     checks: dict[str, str] = Field(
-        description="State of each dependency: ok, or not configured.",
-        examples=[{"database": "ok", "redis": "not configured"}],
+        description="State of each dependency: ok, or not configured; and where the "
+        "brute-force guard counts: shared (Redis) or this process.",
+        examples=[{"database": "ok", "redis": "ok", "brute_force_guard": "shared"}],
     )
 
 
@@ -30,5 +31,5 @@ class NotReadyResponse(ErrorResponse):
 
     checks: dict[str, str] = Field(
         description="State of each dependency: ok, unreachable or not configured.",
-        examples=[{"database": "unreachable", "redis": "ok"}],
+        examples=[{"database": "ok", "redis": "unreachable", "brute_force_guard": "this process"}],
     )

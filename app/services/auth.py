@@ -12,14 +12,16 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
+from app.core.database import release_connection
 from app.core.email import Mailer
 from app.core.errors import AppError, Unauthorized
 from app.core.metrics import LOGINS
 from app.core.oauth import provider_label
-from app.core.rate_limiter import BruteForceGuard
 from app.core.security import (
     create_one_time_token,
+    ensure_password_capacity,
     hash_password,
     password_fingerprint,
     verify_password,
@@ -29,6 +31,7 @@ from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
 from app.services import oauth, otp
 from app.services.context import ClientInfo
+from app.services.devices import claim_login, new_device_token
 from app.services.history import record_event
 from app.services.links import InvalidLink, consume_link, read_link
 from app.services.notices import send_security_notice
@@ -72,31 +75,34 @@ async def check_credentials(
     """The active user that ``identifier`` and ``password`` name, or InvalidCredentials.
 
     The time taken does not depend on whether the account exists: an unknown account
-    (or one without a password) gets a dummy bcrypt check. Failures are counted per
-    account (by UUID, whether it was named by username or email) and an account over
-    its limit is refused before its password is even checked.
+    (or one without a password) gets a dummy bcrypt check. Each attempt takes a slot
+    of the account's allowance (by UUID, whether named by username or email) before
+    the password is checked, and gives it back when it succeeds; a client with a
+    device token of the account uses the device's own allowance (``devices``). No
+    database connection is held while bcrypt runs.
     """
-    await guard.attempt("login", account=None, address=client.ip)
+    ensure_password_capacity()
+    await guard.attempt("login", address=client.ip)
     user = await find_user_by_login(db, identifier)
     account = user.uuid if user is not None else identifier.strip().lower()
-    await guard.attempt("login", account=account, address=None)
+    slot = await claim_login(guard, settings, account, client.device_token)
+    await release_connection(db)
     hashed = user.hashed_password if user is not None else None
     valid = await verify_password(password, hashed, settings.PASSWORD_BCRYPT_ROUNDS)
-    if not valid or user is None or not user.is_active:
-        await guard.failed("login", account=account)
     if user is None:
         raise InvalidCredentials()
-    if not valid or not user.is_active:
-        record_event(
-            db,
-            user.uuid,
-            "login_failed",
-            client=client,
-            details={"reason": "inactive" if valid else "wrong_password"},
-        )
-        await db.commit()
-        raise InvalidCredentials()
-    return user
+    if valid and user.is_active:
+        await guard.forgive(slot)
+        return user
+    record_event(
+        db,
+        user.uuid,
+        "login_failed",
+        client=client,
+        details={"reason": "inactive" if valid else "wrong_password"},
+    )
+    await db.commit()
+    raise InvalidCredentials()
 
 
 async def login(
@@ -112,7 +118,8 @@ async def login(
 
     With 2FA on, the answer is a challenge whose ``otp_token`` and a valid code give
     the token pair at ``/auth/otp/verify`` (see ``app.services.otp``). Attempts are
-    limited per address, failures per account (429 ``RATE_LIMITED``).
+    limited per address, failures per account or known device (429 ``RATE_LIMITED``).
+    A successful login hands out a new device token.
     """
     try:
         user = await check_credentials(db, settings, guard, identifier, password, client)
@@ -123,7 +130,8 @@ async def login(
         LOGINS.labels("otp_required").inc()
         return await otp.begin_login(db, settings, mailer, user, client)
     LOGINS.labels("success").inc()
-    return await start_session(db, settings, user, client)
+    pair = await start_session(db, settings, user, client)
+    return pair.model_copy(update={"device_token": new_device_token(settings, user.uuid)})
 
 
 # Passwords -----------------------------------------------------------------------------
@@ -148,6 +156,7 @@ async def change_password(
     await require_recent_auth(
         db, settings, guard, user, auth.session, current_password, client, purpose="password_change"
     )
+    await release_connection(db)
     user.hashed_password = await hash_password(new_password, settings.PASSWORD_BCRYPT_ROUNDS)
     user.is_external_only = False
     user.pending_email = None  # an email change nobody confirmed yet dies with it
@@ -172,7 +181,7 @@ async def request_password_reset(
     sessions ended) until the reset, as the original service did. Requests are
     limited per address and per email, so nobody can flood an inbox.
     """
-    await guard.attempt("forgot", account=None, address=client.ip)
+    await guard.attempt("forgot", address=client.ip)
     await guard.spend("forgot", account=email)
     user = await find_user_by_login(db, email)
     if user is None or not mailer.enabled:
@@ -254,10 +263,17 @@ async def reset_password(
 
     The link proves the email is the user's, so it also marks the email verified.
     """
+    # The link is checked first (cheap, read-only), the new password hashed with no
+    # connection held, then the link is used and the password set in one transaction.
+    await read_link(
+        db, settings, PASSWORD_RESET_PURPOSE, token, PASSWORD_RESET_MAX_AGE_SECONDS, _reset_applies
+    )
+    await release_connection(db)
+    hashed = await hash_password(new_password, settings.PASSWORD_BCRYPT_ROUNDS)
     user, _ = await consume_link(
         db, settings, PASSWORD_RESET_PURPOSE, token, PASSWORD_RESET_MAX_AGE_SECONDS, _reset_applies
     )
-    user.hashed_password = await hash_password(new_password, settings.PASSWORD_BCRYPT_ROUNDS)
+    user.hashed_password = hashed
     user.is_external_only = False
     user.email_verified = True
     user.pending_email = None  # an email change nobody confirmed yet dies with the reset
@@ -308,7 +324,7 @@ async def request_verification_email(
     Limited like forgotten-password requests, per address and per email, so that
     nobody can flood an inbox.
     """
-    await guard.attempt("verify", account=None, address=client.ip)
+    await guard.attempt("verify", address=client.ip)
     await guard.spend("verify", account=email)
     user = await find_user_by_login(db, email)
     if user is not None and user.is_active:

@@ -17,6 +17,7 @@ from typing import Literal
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.errors import AppError, Conflict, Unauthorized
@@ -28,12 +29,12 @@ from app.core.otp import (
     provisioning_uri,
     qr_png,
 )
-from app.core.rate_limiter import BruteForceGuard
 from app.core.security import TokenError, create_token, decode_token, secrets_match
 from app.models import OtpChallenge, User, new_uuid, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse, OtpSetupResponse
 from app.services.context import ClientInfo
+from app.services.devices import new_device_token
 from app.services.history import record_event
 from app.services.notices import send_security_notice
 from app.services.reauth import require_recent_auth
@@ -166,7 +167,11 @@ def _mail_code(
     )
 
 
-async def _check_throttle(db: AsyncSession, user_uuid: str) -> None:
+async def _check_throttle(
+    db: AsyncSession, user_uuid: str, *, counting_this_one: bool = False
+) -> None:
+    """OtpThrottled when the account had ACCOUNT_FAILURE_LIMIT wrong codes lately
+    (``counting_this_one``: the attempt being made is among the counts already)."""
     since = now_epoch() - ACCOUNT_FAILURE_WINDOW_SECONDS
     failures, oldest = (
         await db.execute(
@@ -180,7 +185,9 @@ async def _check_throttle(db: AsyncSession, user_uuid: str) -> None:
             )
         )
     ).one()
-    if failures >= ACCOUNT_FAILURE_LIMIT:
+    if failures > ACCOUNT_FAILURE_LIMIT or (
+        failures == ACCOUNT_FAILURE_LIMIT and not counting_this_one
+    ):
         retry_after = max(1, (oldest or since) + ACCOUNT_FAILURE_WINDOW_SECONDS - now_epoch())
         raise OtpThrottled(headers={"Retry-After": str(retry_after)})
 
@@ -195,20 +202,31 @@ async def _redeem(
 ) -> None:
     """Accept ``code`` for ``challenge`` once, or count a failure and raise.
 
-    On success the challenge is marked used (and the authenticator step recorded)
-    in the caller's transaction; the caller commits with its own changes.
+    The attempt is counted (and committed) before the code is checked and given back
+    when it is right, so parallel guesses never check more than MAX_FAILED_ATTEMPTS
+    codes against a challenge, nor more than ACCOUNT_FAILURE_LIMIT against an account.
+    On success the challenge is marked used (and the authenticator step recorded) in
+    the caller's transaction; the caller commits with its own changes.
     """
     # Read now: after a rollback the loaded objects are expired.
     challenge_id, user_uuid = challenge.id, user.uuid
     purpose, method = challenge.purpose, challenge.method
     now = now_epoch()
-    if (
-        challenge.used_at is not None
-        or challenge.expires_at <= now
-        or challenge.failed_attempts >= MAX_FAILED_ATTEMPTS
-    ):
+    counted = await db.execute(
+        update(OtpChallenge)
+        .where(
+            OtpChallenge.id == challenge_id,
+            OtpChallenge.used_at.is_(None),
+            OtpChallenge.expires_at > now,
+            OtpChallenge.failed_attempts < MAX_FAILED_ATTEMPTS,
+        )
+        .values(failed_attempts=OtpChallenge.failed_attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    await db.commit()
+    if counted.rowcount != 1:
         raise InvalidOtpToken("This code request is over; start again")
-    await _check_throttle(db, user_uuid)
+    await _check_throttle(db, user_uuid, counting_this_one=True)
     step = None
     if method == "email":
         expected = challenge.code_hash or ""
@@ -219,12 +237,9 @@ async def _redeem(
     if ok:
         claimed = await db.execute(
             update(OtpChallenge)
-            .where(
-                OtpChallenge.id == challenge_id,
-                OtpChallenge.used_at.is_(None),
-                OtpChallenge.failed_attempts < MAX_FAILED_ATTEMPTS,
-            )
-            .values(used_at=now)
+            .where(OtpChallenge.id == challenge_id, OtpChallenge.used_at.is_(None))
+            # A right code is no failure: its count is given back.
+            .values(used_at=now, failed_attempts=OtpChallenge.failed_attempts - 1)
             .execution_options(synchronize_session=False)
         )
         ok = claimed.rowcount == 1
@@ -244,21 +259,15 @@ async def _redeem(
     if ok:
         return
     await db.rollback()
-    await db.execute(
-        update(OtpChallenge)
-        .where(OtpChallenge.id == challenge_id)
-        .values(failed_attempts=OtpChallenge.failed_attempts + 1)
-    )
-    failed_user = await db.get(User, user_uuid)
-    if failed_user is not None:
+    if await db.get(User, user_uuid) is not None:
         record_event(
             db,
-            failed_user.uuid,
+            user_uuid,
             "otp_failed",
             client=client,
             details={"purpose": purpose, "method": method},
         )
-    await db.commit()
+        await db.commit()
     raise InvalidOtpCode()
 
 
@@ -294,8 +303,9 @@ async def verify_login(
     code: str,
     client: ClientInfo,
 ) -> TokenPair:
-    """Finish a 2FA login: the pending token and a valid code give the token pair."""
-    await guard.attempt("otp", account=None, address=client.ip)
+    """Finish a 2FA login: the pending token and a valid code give the token pair (and
+    a new device token)."""
+    await guard.attempt("otp", address=client.ip)
     try:
         claims = decode_token(
             otp_token, secret=settings.JWT_SECRET_KEY, token_type=OTP_PENDING_TOKEN
@@ -313,13 +323,30 @@ async def verify_login(
         or not user.is_active
     ):
         raise InvalidOtpToken()
-    await guard.attempt("otp", account=user.uuid, address=None)
+    await _guarded_redeem(db, settings, guard, user, challenge, code, client)
+    pair = await start_session(db, settings, user, client)
+    return pair.model_copy(update={"device_token": new_device_token(settings, user.uuid)})
+
+
+async def _guarded_redeem(
+    db: AsyncSession,
+    settings: Settings,
+    guard: BruteForceGuard,
+    user: User,
+    challenge: OtpChallenge,
+    code: str,
+    client: ClientInfo,
+) -> None:
+    """:func:`_redeem` under the account's guard: only a wrong code stays counted."""
+    slot = await guard.claim("otp", account=user.uuid)
     try:
         await _redeem(db, settings, user, challenge, code, client)
     except InvalidOtpCode:
-        await guard.failed("otp", account=claims["sub"])
+        raise  # a wrong code: counted
+    except BaseException:
+        await guard.forgive(slot)  # no code was judged (the request is over, throttled...)
         raise
-    return await start_session(db, settings, user, client)
+    await guard.forgive(slot)
 
 
 # Enrolment -----------------------------------------------------------------------------
@@ -462,13 +489,9 @@ async def confirm_code(
     commits its change with it)."""
     if user.otp_method == "none":
         raise OtpNotEnabled()
-    await guard.attempt("otp", account=user.uuid, address=client.ip)
+    await guard.attempt("otp", address=client.ip)
     challenge = await _challenge_for(db, settings, user, purpose, user.otp_method)
-    try:
-        await _redeem(db, settings, user, challenge, code, client)
-    except InvalidOtpCode:
-        await guard.failed("otp", account=user.uuid)
-        raise
+    await _guarded_redeem(db, settings, guard, user, challenge, code, client)
 
 
 async def disable(

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
+from app.core.database import release_connection
 from app.core.errors import AppError
-from app.core.rate_limiter import BruteForceGuard
 from app.core.security import verify_password
 from app.models import Session, User, now_epoch
 from app.services.context import ClientInfo
@@ -60,15 +61,16 @@ async def confirm_password(
 ) -> None:
     """Check a signed-in user's current password, or raise WrongPassword.
 
-    Attempts count like logins (per address, failures per account), so these
-    endpoints are no way around the login's limits. Call it before changing anything:
-    it ends the transaction so that no database connection waits on bcrypt.
+    Attempts count like logins (per address, failures per account: the account-wide
+    allowance, a session is no device token). Call it before changing anything: it
+    ends the transaction so that no database connection waits on bcrypt.
     """
-    await guard.attempt(GUARD_ACTION, account=user.uuid, address=client.ip)
-    await db.commit()
+    await guard.attempt(GUARD_ACTION, address=client.ip)
+    slot = await guard.claim(GUARD_ACTION, account=user.uuid)
+    await release_connection(db)
     if await verify_password(password, user.hashed_password, settings.PASSWORD_BCRYPT_ROUNDS):
+        await guard.forgive(slot)
         return
-    await guard.failed(GUARD_ACTION, account=user.uuid)
     record_event(
         db,
         user.uuid,

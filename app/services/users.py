@@ -15,12 +15,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
+from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
+from app.core.database import release_connection
 from app.core.email import Mailer
 from app.core.errors import AppError, Conflict, NotFound, PermissionDenied
 from app.core.otp import new_otp_secret
 from app.core.permissions import ALL_ROLES, check_permission, require_permission, ungivable_roles
-from app.core.rate_limiter import BruteForceGuard
 from app.core.security import (
     create_one_time_token,
     hash_password,
@@ -170,7 +171,10 @@ async def create_user(
     """
     if check_email_deliverability:
         await check_deliverability(settings, email)
-    hashed = await hash_password(password, settings.PASSWORD_BCRYPT_ROUNDS) if password else None
+    hashed = None
+    if password:
+        await release_connection(db)
+        hashed = await hash_password(password, settings.PASSWORD_BCRYPT_ROUNDS)
     # Checked after the slow hash, just before the insert that the unique constraints
     # guard: a reserved address (see ensure_email_available) has no constraint.
     await _ensure_available(db, username, email)

@@ -22,7 +22,11 @@ async def test_readiness_without_redis(client: httpx.AsyncClient) -> None:
     assert response.status_code == 200
     assert response.json() == {
         "status": "ready",
-        "checks": {"database": "ok", "redis": "not configured"},
+        "checks": {
+            "database": "ok",
+            "redis": "not configured",
+            "brute_force_guard": "this process",
+        },
     }
 
 
@@ -34,7 +38,11 @@ async def test_readiness_with_redis(app: FastAPI, client: httpx.AsyncClient) -> 
         await app.state.redis.aclose()
         app.state.redis = None
     assert response.status_code == 200
-    assert response.json()["checks"] == {"database": "ok", "redis": "ok"}
+    assert response.json()["checks"] == {
+        "database": "ok",
+        "redis": "ok",
+        "brute_force_guard": "this process",  # this app's guard was made without Redis
+    }
 
 
 async def test_readiness_names_an_unreachable_redis(
@@ -50,7 +58,11 @@ async def test_readiness_names_an_unreachable_redis(
     body = response.json()
     assert body["code"] == "NOT_READY"
     assert "redis" in body["detail"]
-    assert body["checks"] == {"database": "ok", "redis": "unreachable"}
+    assert body["checks"] == {
+        "database": "ok",
+        "redis": "unreachable",
+        "brute_force_guard": "this process",
+    }
 
 
 async def test_readiness_names_an_unreachable_database(

@@ -109,7 +109,8 @@ async def test_password_guesses_count_like_failed_logins(
     app: FastAPI, client: httpx.AsyncClient, endpoint: str
 ) -> None:
     """Ten wrong passwords through any endpoint that checks one, then nothing is checked
-    (not even the right password, nor a login) until the window passes."""
+    (not even the right password, nor a login from an unknown client) until the window
+    passes; the owner's known device still logs in."""
     user, tokens = await user_with_tokens(app, client)
     requests = {
         "reauth": ("POST", "/api/auth/reauthenticate", {"password": "guess"}),
@@ -125,10 +126,13 @@ async def test_password_guesses_count_like_failed_logins(
     limited = await _send(client, right[endpoint], tokens)
     assert (limited.status_code, limited.json()["code"]) == (429, "RATE_LIMITED")
     assert "Retry-After" in limited.headers
-    login_now = await client.post(
-        "/api/auth/login", data={"username": user.username, "password": PASSWORD}
-    )
-    assert login_now.status_code == 429
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as stranger:
+        refused = await stranger.post(  # no device token: an unknown client
+            "/api/auth/login", data={"username": user.username, "password": PASSWORD}
+        )
+    assert refused.status_code == 429
+    await login(client, user.username)  # the device that logged in before
     failures = [
         event
         for event in await history(app.state.session_factory, user.uuid)
