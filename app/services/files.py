@@ -528,9 +528,10 @@ async def get_profile_picture(
         if file is not None:
             path = _absolute(settings, file.file_path)
             if await asyncio.to_thread(path.is_file):
-                return PictureResponse(
-                    etag=f'"pfp-{file.id}-{file.created_at}"', media_type=file.file_type, path=path
-                )
+                # Every stored picture has a fresh generated name, whereas ids can come
+                # back (SQLite) within the same second: tag by the (hidden) name.
+                stored = hashlib.sha256(file.file_path.encode()).hexdigest()[:20]
+                return PictureResponse(etag=f'"pfp-{stored}"', media_type=file.file_type, path=path)
             logger.error("profile picture {} of user {} is missing on disk", file.id, user.uuid)
     text = initials(user.display_name)
     data = await asyncio.to_thread(_avatar, text)
