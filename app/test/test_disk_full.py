@@ -13,25 +13,32 @@ fail under REQUIRE_SERVICES=1.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import uuid4
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from loguru import logger
 from PIL import Image
+from redis.asyncio import Redis
 
 from app.core.config import JWT_SECRET_FILE, ConfigError, Settings, ensure_jwt_secret
+from app.core.feature_flags import FlagBroadcaster, FlagStore
+from app.core.logging import log_file_path
 from app.core.oauth import ExternalProfile
 from app.models import User
 from app.services import oauth as oauth_service
 from app.services.context import SYSTEM
-from app.test.conftest import make_settings, missing
-from app.test.factories import PASSWORD, bearer, login, user_with_tokens
+from app.test.conftest import make_settings, missing, settings_env
+from app.test.factories import PASSWORD, bearer, login, signup_body, user_with_tokens
+from app.test.server import start_server
 
 DISK_BYTES = 4 * 1024 * 1024
 #: What the filler leaves free: less than any upload the tests send.
@@ -237,6 +244,103 @@ async def test_a_provider_picture_on_a_full_disk_does_not_stop_the_sign_in(
     assert listed.json()["total"] == 1
 
 
+class TestFeatureFlags:
+    """A flag change that cannot be saved is not applied either."""
+
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {"FEATURE_FLAGS_ENABLED": True}
+
+    async def test_a_flag_change_that_cannot_be_saved(
+        self, app: FastAPI, client: httpx.AsyncClient, disk: Disk
+    ) -> None:
+        _, admin_tokens = await user_with_tokens(app, client, ("admin", "user"))
+        path = app.state.settings.DATA_DIR / "feature_flags.json"
+        saved = json.loads(path.read_text())
+        change = {"add": {"SIGNUP": False}}
+        disk.fill(0)
+        before = disk.contents()
+
+        refused = await client.patch(
+            "/api/admin/feature-flags", json=change, headers=bearer(admin_tokens)
+        )
+        _assert_insufficient_storage(refused)
+        assert disk.contents() == before
+        assert json.loads(path.read_text()) == saved
+        listed = await client.get("/api/admin/feature-flags", headers=bearer(admin_tokens))
+        assert listed.json()["flags"] == saved  # memory and file agree
+        signup = await client.post("/api/auth/signup", json={})
+        assert signup.status_code == 422  # still on: the change was not applied
+
+        disk.free()
+        applied = await client.patch(
+            "/api/admin/feature-flags", json=change, headers=bearer(admin_tokens)
+        )
+        assert applied.status_code == 200, applied.text
+        assert json.loads(path.read_text())["SIGNUP"] is False
+        assert (await client.post("/api/auth/signup", json={})).status_code == 403
+
+
+async def test_a_change_from_another_replica_that_cannot_be_saved(disk: Disk) -> None:
+    """Kept out, like an admin's change: memory never runs ahead of the file."""
+    store = FlagStore(disk.path / "feature_flags.json")
+    store.register(["SIGNUP", "LOGIN"])
+    saved = store.path.read_text()
+    disk.fill(0)
+    announcement = json.dumps({"origin": "another replica", "flags": {"SIGNUP": False}})
+    await FlagBroadcaster(Redis(), store)._apply(announcement)
+    assert store.flags == {"SIGNUP": True, "LOGIN": True}
+    assert store.path.read_text() == saved
+    disk.free()
+    await FlagBroadcaster(Redis(), store)._apply(announcement)
+    assert store.flags == {"SIGNUP": False}
+
+
+class TestLogFile:
+    """LOG_FILE_ENABLED with the log folder on the full disk: logging never fails a request."""
+
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {"LOG_FILE_ENABLED": True, "LOG_FILE_LEVEL": "DEBUG"}
+
+    async def test_requests_go_on_and_the_file_resumes(
+        self, app: FastAPI, client: httpx.AsyncClient, disk: Disk
+    ) -> None:
+        user, tokens = await user_with_tokens(app, client)
+        disk.fill(0)
+        for _ in range(20):
+            response = await client.get("/api/users/me", headers=bearer(tokens))
+            assert response.status_code == 200
+        await login(client, user.username)
+
+        disk.free()
+        marker = f"written once there is room again {uuid4().hex}"
+        logger.warning(marker)
+        await logger.complete()
+        assert marker in log_file_path(app.state.settings).read_text()
+
+
+class TestStartingOnAFullDisk:
+    """A real server, its log file and feature flags on the full disk, starts and serves."""
+
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {"LOG_FILE_ENABLED": True, "LOG_FILE_LEVEL": "DEBUG", "FEATURE_FLAGS_ENABLED": True}
+
+    def test_the_server_starts_and_serves(
+        self, settings: Settings, disk: Disk, tmp_path: Path
+    ) -> None:
+        disk.fill(0)
+        server = start_server(settings_env(settings), tmp_path / "server.log")
+        try:
+            signed_up = httpx.post(f"{server.url}/api/auth/signup", json=signup_body())
+            assert signed_up.status_code == 201, server.output
+            assert httpx.get(f"{server.url}/health").status_code == 200
+        finally:
+            server.stop()
+            disk.free()
+
+
 def test_a_jwt_secret_that_cannot_be_kept(disk: Disk) -> None:
     """Generating the secret on a full disk stops the start clearly and leaves no empty file."""
     disk.fill(0)
@@ -277,5 +381,6 @@ async def test_the_api_declares_507_where_a_full_disk_can_stop_a_save(app: FastA
         ("/api/file", "post"),
         ("/api/user/{uuid}/file", "post"),
         ("/api/user/{uuid}/pfp", "put"),
+        ("/api/admin/feature-flags", "patch"),
     ]:
         assert "507" in paths[path][method]["responses"], (method, path)
