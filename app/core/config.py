@@ -8,9 +8,11 @@ Problems are reported with the variable's name, either as a hard error
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import secrets
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -354,25 +356,48 @@ def load_settings(**overrides: object) -> Settings:
 def ensure_jwt_secret(settings: Settings) -> str:
     """Return the JWT secret, generating and keeping one in DATA_DIR outside production.
 
-    Several workers may start at once: the file is created exclusively, and whoever
-    loses the race reads the winner's secret.
+    Several workers may start at once, so the file never exists half-written: each
+    worker writes a candidate to a temporary file beside it, flushed to disk, and
+    publishes it with a hard link, which fails when the name is taken. The first link
+    wins and every other worker reads that complete secret. (A rename would not do:
+    it replaces, so two workers could each go on with their own secret.)
     """
     if settings.JWT_SECRET_KEY:
         return settings.JWT_SECRET_KEY
     path = settings.DATA_DIR / JWT_SECRET_FILE
-    settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+        settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            _publish_new_secret(path)
         secret = path.read_text().strip()
-    else:
-        secret = secrets.token_urlsafe(48)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secret)
+    except OSError as error:
+        raise ConfigError(
+            f"JWT_SECRET_KEY is not set and no secret can be kept in {path} "
+            f"({error.strerror}); free space there or set JWT_SECRET_KEY"
+        ) from None
     if len(secret.encode()) < JWT_SECRET_MIN_BYTES:
         raise ConfigError(f"JWT_SECRET_KEY: the secret kept in {path} is too short; delete it")
     settings.JWT_SECRET_KEY = secret
     return secret
+
+
+def _publish_new_secret(path: Path) -> None:
+    """Write a new secret to ``path`` unless another process got there first."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:  # mkstemp's mode: 0600
+            handle.write(secrets.token_urlsafe(48))
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):  # lost the race: the winner's is read
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 @lru_cache

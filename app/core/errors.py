@@ -8,6 +8,8 @@ of fields at fault (without the submitted values, which may be passwords).
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from http import HTTPStatus
 from typing import Any
 
@@ -35,7 +37,13 @@ STATUS_CODES: dict[int, str] = {
     429: "RATE_LIMITED",
     500: "INTERNAL_ERROR",
     503: "SERVICE_UNAVAILABLE",
+    507: "INSUFFICIENT_STORAGE",
 }
+
+#: ``errno`` values meaning "no room left": the disk is full, or the user's quota is.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: PostgreSQL's SQLSTATE for "disk full".
+POSTGRESQL_DISK_FULL = "53100"
 
 
 class AppError(Exception):
@@ -106,6 +114,19 @@ class ServiceUnavailable(AppError):
     detail = "Service unavailable"
 
 
+class InsufficientStorage(AppError):
+    """Something could not be saved for lack of space; nothing of it was kept."""
+
+    status_code = 507
+    code = "INSUFFICIENT_STORAGE"
+    detail = "The server has no room left to save this; nothing was kept. Try again later"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True when ``error`` says the disk (or a quota) is full."""
+    return isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS
+
+
 def error_body(detail: str, code: str, **extra: Any) -> dict[str, Any]:
     """The common error shape."""
     return {"detail": detail, "code": code, **extra}
@@ -171,7 +192,19 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
     )
 
 
-async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+def _database_disk_full(exc: Exception) -> bool:
+    """The database could not write for lack of space (SQLite or PostgreSQL)."""
+    original = getattr(exc, "orig", None)
+    return (
+        getattr(original, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or getattr(original, "sqlstate", None) == POSTGRESQL_DISK_FULL
+    )
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if _database_disk_full(exc):
+        logger.error("the database has no room left to write")
+        return await _app_error(request, InsufficientStorage())
     # The database went away (restart, network): say so, and recover once it is back
     # (the pool pre-pings and replaces dead connections).
     logger.error("database unavailable: {}", type(exc).__name__)

@@ -34,7 +34,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.core.errors import error_body
+from app.core.errors import error_body, is_disk_full
 from app.core.routes import Endpoint, endpoint_table
 
 BUCKETS = 10_000
@@ -171,10 +171,14 @@ class FlagStore:
             return False
         return self.load()
 
-    def save(self) -> None:
-        """Write the flags atomically: a temporary file in the same folder, then rename."""
+    def save(self, flags: dict[str, FlagValue] | None = None) -> None:
+        """Write ``flags`` (default: the current ones) atomically: temporary file, rename.
+
+        The temporary file is in the same folder; on failure (a full disk) the file is
+        left as it was.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(dump_flags(self.flags), indent=2) + "\n"
+        text = json.dumps(dump_flags(self.flags if flags is None else flags), indent=2) + "\n"
         fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".flags-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -189,18 +193,31 @@ class FlagStore:
         self._mtime = self.path.stat().st_mtime
 
     def register(self, names: Iterable[str]) -> list[str]:
-        """Add each missing flag as ``true``; save when something was added."""
+        """Add each missing flag as ``true``; save when something was added.
+
+        On a full disk the new flags are kept in memory only, which means the same:
+        a flag missing from the file is on.
+        """
         added = [name for name in dict.fromkeys(names) if name not in self.flags]
         for name in added:
             self.flags[name] = True
         if added or not self.path.exists():
-            self.save()
+            try:
+                self.save()
+            except OSError as error:
+                if not is_disk_full(error):
+                    raise
+                logger.error("feature flags not saved to {}: {}", self.path, error.strerror)
         return added
 
     def replace(self, flags: dict[str, FlagValue]) -> None:
-        """Take a complete set of flags (from an admin change or another replica)."""
-        self.flags = dict(flags)
-        self.save()
+        """Take a complete set of flags (from an admin change or another replica).
+
+        Saved first: when the file cannot be written (OSError), nothing changes.
+        """
+        flags = dict(flags)
+        self.save(flags)
+        self.flags = flags
 
     def is_enabled(self, name: str, user: tuple[str, list[str]] | None) -> bool:
         """See :func:`evaluate`."""
@@ -322,5 +339,9 @@ class FlagBroadcaster:
         except (ValueError, AttributeError) as error:  # not JSON, not UTF-8, bad flags
             logger.error("ignoring a malformed feature flag announcement: {}", error)
             return
-        await asyncio.to_thread(self.store.replace, flags)
+        try:
+            await asyncio.to_thread(self.store.replace, flags)
+        except OSError as error:  # a full disk: keep the flags the file still has
+            logger.error("feature flags of another replica not applied: {}", error.strerror)
+            return
         logger.info("feature flags updated by another replica")

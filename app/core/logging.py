@@ -120,7 +120,12 @@ def setup_logging(settings: Settings) -> None:
         logger.remove()  # loguru's default stderr sink
         _default_sink_removed = True
     for handler_id in _handler_ids:
-        logger.remove(handler_id)
+        try:
+            logger.remove(handler_id)
+        except OSError as error:
+            # Closing the log file flushes lines it could not write (a full disk):
+            # they are lost, the file sink is gone all the same, and we carry on.
+            sys.stderr.write(f"log file lines lost: {error}\n")
     _handler_ids.clear()
     logger.configure(patcher=_patch_record)
 

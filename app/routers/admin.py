@@ -83,7 +83,9 @@ async def read_feature_flags(
 
 
 @router.patch(
-    "/feature-flags", response_model=FeatureFlags, responses=error_responses(401, 403, 422)
+    "/feature-flags",
+    response_model=FeatureFlags,
+    responses=error_responses(401, 403, 422, 507),
 )
 async def update_feature_flags(
     body: FeatureFlagChange,
@@ -110,6 +112,9 @@ async def update_feature_flags(
         Not an admin.
     422
         ``INVALID_FLAG``, naming the flag.
+    507
+        ``INSUFFICIENT_STORAGE``: the flag file cannot be saved (disk full); no flag
+        changed.
     """
     flags = await flag_service.change_flags(
         store, broadcaster, actor, add=body.add, remove=body.remove

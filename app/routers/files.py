@@ -63,7 +63,7 @@ async def _create(
     "/file",
     status_code=status.HTTP_201_CREATED,
     response_model=FileInfo,
-    responses=error_responses(401, 413, 422),
+    responses=error_responses(401, 413, 422, 507),
 )
 async def upload_own_file(
     file: Upload,
@@ -90,6 +90,8 @@ async def upload_own_file(
     413
         Over MAX_UPLOAD_SIZE_MB (refused before the body is read when the size is
         declared; nothing is kept).
+    507
+        ``INSUFFICIENT_STORAGE``: the disk is full; nothing is kept.
     """
     return await _create(actor.uuid, file, description, actor, db, settings, client)
 
@@ -98,7 +100,7 @@ async def upload_own_file(
     "/user/{uuid}/file",
     status_code=status.HTTP_201_CREATED,
     response_model=FileInfo,
-    responses=error_responses(401, 403, 404, 413, 422),
+    responses=error_responses(401, 403, 404, 413, 422, 507),
 )
 async def upload_user_file(
     user_uuid: UserUuid,
@@ -126,6 +128,8 @@ async def upload_user_file(
         ``USER_NOT_FOUND``.
     413
         Over MAX_UPLOAD_SIZE_MB.
+    507
+        ``INSUFFICIENT_STORAGE``: the disk is full; nothing is kept.
     """
     return await _create(user_uuid, file, description, actor, db, settings, client)
 
@@ -270,7 +274,7 @@ async def list_user_files(
     "/user/{uuid}/pfp",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(401, 403, 404, 413, 422),
+    responses=error_responses(401, 403, 404, 413, 422, 507),
 )
 async def set_profile_picture(
     user_uuid: UserUuid,
@@ -298,6 +302,8 @@ async def set_profile_picture(
         Over MAX_UPLOAD_SIZE_MB.
     422
         ``INVALID_IMAGE``, with the reason.
+    507
+        ``INSUFFICIENT_STORAGE``: the disk is full; the earlier picture stays.
     """
     await file_service.set_profile_picture(
         db,

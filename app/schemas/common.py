@@ -83,6 +83,7 @@ _DESCRIPTIONS = {
     422: "Invalid request",
     429: "Too many requests",
     503: "A dependency is unavailable",
+    507: "No room left to save this (the disk is full); nothing was kept",
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
 import unicodedata
 import uuid
@@ -30,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from app.core.config import Settings
-from app.core.errors import AppError, Conflict, NotFound
+from app.core.errors import AppError, Conflict, InsufficientStorage, NotFound, is_disk_full
 from app.core.images import (
     INLINE_TYPES,
     InvalidImage,
@@ -183,9 +184,26 @@ def _absolute(settings: Settings, relative: str) -> Path:
 
 
 async def _write(path: Path, data: bytes) -> None:
+    """Write ``data`` to disk (fsynced) or leave nothing at ``path``.
+
+    A full disk (or quota) answers 507 ``INSUFFICIENT_STORAGE``. The fsync makes the
+    bytes durable before the row that points to them is committed, and it reports
+    the errors some filesystems only give when the data is flushed.
+    """
+
     def write() -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException as error:
+            path.unlink(missing_ok=True)
+            if is_disk_full(error):
+                logger.error("no room left to store {}: {}", path.name, error.strerror)
+                raise InsufficientStorage() from None
+            raise
 
     await asyncio.to_thread(write)
 
@@ -217,8 +235,8 @@ async def _store(
     """
     disk_name = f"{uuid.uuid4().hex}{_split_extension(wanted_name)[1]}"
     relative = f"users/{owner_uuid}/{disk_name}"
-    await _write(_absolute(settings, relative), data)
     try:
+        await _write(_absolute(settings, relative), data)
         # Under the name lock the first look is right on PostgreSQL. SQLite has no such
         # lock, but one writer at a time: a look taken before this transaction first
         # wrote can miss a parallel upload; the next, from inside the write transaction
@@ -528,9 +546,10 @@ async def get_profile_picture(
         if file is not None:
             path = _absolute(settings, file.file_path)
             if await asyncio.to_thread(path.is_file):
-                return PictureResponse(
-                    etag=f'"pfp-{file.id}-{file.created_at}"', media_type=file.file_type, path=path
-                )
+                # Every stored picture has a fresh generated name, whereas ids can come
+                # back (SQLite) within the same second: tag by the (hidden) name.
+                stored = hashlib.sha256(file.file_path.encode()).hexdigest()[:20]
+                return PictureResponse(etag=f'"pfp-{stored}"', media_type=file.file_type, path=path)
             logger.error("profile picture {} of user {} is missing on disk", file.id, user.uuid)
     text = initials(user.display_name)
     data = await asyncio.to_thread(_avatar, text)

@@ -6,7 +6,7 @@ import asyncio
 
 from loguru import logger
 
-from app.core.errors import AppError
+from app.core.errors import AppError, InsufficientStorage, is_disk_full
 from app.core.feature_flags import (
     FlagBroadcaster,
     FlagStore,
@@ -53,7 +53,13 @@ async def change_flags(
         raise InvalidFlagChange(str(error)) from None
     flags = {name: value for name, value in store.flags.items() if name not in set(remove or [])}
     flags.update(added)
-    await asyncio.to_thread(store.replace, flags)
+    try:
+        await asyncio.to_thread(store.replace, flags)
+    except OSError as error:  # nothing changed, in memory or on disk
+        if is_disk_full(error):
+            logger.error("feature flags not saved: {}", error.strerror)
+            raise InsufficientStorage() from None
+        raise
     if broadcaster is not None:
         await broadcaster.publish()
     logger.info(

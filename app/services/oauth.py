@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.core.email import Mailer
-from app.core.errors import AppError, Conflict, NotFound
+from app.core.errors import AppError, Conflict, InsufficientStorage, NotFound
 from app.core.images import InvalidImage, process_picture
 from app.core.oauth import ExternalProfile, fetch_picture, provider_label
 from app.core.security import create_one_time_token
@@ -415,9 +415,12 @@ async def adopt_picture(
     except InvalidImage as error:
         logger.warning("provider picture refused: {}", error)
         return
-    await store_picture(
-        db, settings, user, user.uuid, picture.data, picture.extension, picture.mime, client
-    )
+    try:
+        await store_picture(
+            db, settings, user, user.uuid, picture.data, picture.extension, picture.mime, client
+        )
+    except InsufficientStorage:  # a nicety: a full disk must not stop the sign-in
+        logger.warning("provider picture not stored: no room left on disk")
 
 
 # Finishing the login -------------------------------------------------------------------

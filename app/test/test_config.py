@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import stat
@@ -233,3 +234,47 @@ def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     undocumented = [name for name in Settings.model_fields if f"`{name}`" not in readme]
     assert undocumented == []
+
+
+def _secret_in_a_race(barrier, data_dirs: list[str], results) -> None:
+    """One starting worker: for each fresh DATA_DIR, wait for the others, then ask."""
+    for data_dir in data_dirs:
+        barrier.wait()
+        try:
+            results.put((data_dir, ensure_jwt_secret(settings(DATA_DIR=data_dir))))
+        except ConfigError as error:
+            results.put((data_dir, f"error: {error}"))
+
+
+def test_workers_starting_at_once_share_one_complete_secret(tmp_path: Path) -> None:
+    """Several processes generate the secret in the same empty DATA_DIR at the same moment.
+
+    Whoever loses the creation race must read the winner's whole secret, never an empty
+    or half-written file, and never publish a different one.
+    """
+    workers, rounds = 6, 25
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(workers)
+    results = context.Queue()
+    data_dirs = [str(tmp_path / f"round{index}") for index in range(rounds)]
+    processes = [
+        context.Process(target=_secret_in_a_race, args=(barrier, data_dirs, results))
+        for _ in range(workers)
+    ]
+    seen: dict[str, list[str]] = {}
+    try:
+        for process in processes:
+            process.start()
+        for _ in range(workers * rounds):
+            data_dir, secret = results.get(timeout=120)
+            seen.setdefault(data_dir, []).append(secret)
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    for data_dir, secrets_seen in seen.items():
+        on_disk = (Path(data_dir) / JWT_SECRET_FILE).read_text()
+        assert secrets_seen == [on_disk] * workers, data_dir
+        assert len(on_disk.encode()) >= 32
+        assert sorted(path.name for path in Path(data_dir).iterdir()) == [JWT_SECRET_FILE]

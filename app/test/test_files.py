@@ -141,6 +141,27 @@ async def test_a_picture_is_resized_to_fit_512(app: FastAPI, client: httpx.Async
     assert await _count_files(app) == 0
 
 
+async def test_a_replaced_picture_gets_a_new_etag(app: FastAPI, client: httpx.AsyncClient) -> None:
+    """Even within the same second, and when the database reuses the row's id (SQLite)."""
+    user, tokens = await user_with_tokens(app, client)
+    etags: list[str] = []
+    for color in ((200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0), (0, 200, 200)):
+        put = await client.put(
+            f"/api/user/{user.uuid}/pfp",
+            files=_files("me.png", _image((20, 20), "PNG", color), "image/png"),
+            headers=bearer(tokens),
+        )
+        assert put.status_code == 204
+        served = await client.get(
+            f"/api/user/{user.uuid}/pfp",
+            headers={**bearer(tokens), **({"If-None-Match": etags[-1]} if etags else {})},
+        )
+        assert served.status_code == 200, etags  # never "not modified" for a new picture
+        assert Image.open(io.BytesIO(served.content)).getpixel((5, 5)) == color
+        etags.append(served.headers["ETag"])
+    assert len(set(etags)) == len(etags)
+
+
 @pytest.mark.parametrize(
     ("name", "data"),
     [
