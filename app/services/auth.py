@@ -20,6 +20,7 @@ from app.core.errors import AppError, Unauthorized
 from app.core.metrics import LOGINS
 from app.core.oauth import provider_label
 from app.core.security import (
+    PasswordCheckBusy,
     create_one_time_token,
     ensure_password_capacity,
     hash_password,
@@ -88,7 +89,11 @@ async def check_credentials(
     slot = await claim_login(guard, settings, account, client.device_token)
     await release_connection(db)
     hashed = user.hashed_password if user is not None else None
-    valid = await verify_password(password, hashed, settings.PASSWORD_BCRYPT_ROUNDS)
+    try:
+        valid = await verify_password(password, hashed, settings.PASSWORD_BCRYPT_ROUNDS)
+    except PasswordCheckBusy:
+        await guard.forgive(slot)  # nothing was checked: the attempt does not count
+        raise
     if user is None:
         raise InvalidCredentials()
     if valid and user.is_active:

@@ -20,7 +20,7 @@ from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
 from app.core.database import release_connection
 from app.core.errors import AppError
-from app.core.security import verify_password
+from app.core.security import PasswordCheckBusy, verify_password
 from app.models import Session, User, now_epoch
 from app.services.context import ClientInfo
 from app.services.history import record_event
@@ -68,7 +68,14 @@ async def confirm_password(
     await guard.attempt(GUARD_ACTION, address=client.ip)
     slot = await guard.claim(GUARD_ACTION, account=user.uuid)
     await release_connection(db)
-    if await verify_password(password, user.hashed_password, settings.PASSWORD_BCRYPT_ROUNDS):
+    try:
+        valid = await verify_password(
+            password, user.hashed_password, settings.PASSWORD_BCRYPT_ROUNDS
+        )
+    except PasswordCheckBusy:
+        await guard.forgive(slot)  # nothing was checked: the attempt does not count
+        raise
+    if valid:
         await guard.forgive(slot)
         return
     record_event(

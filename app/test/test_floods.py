@@ -330,3 +330,29 @@ async def test_a_device_that_guesses_is_stopped_on_its_own(
     assert statuses == [401] * 10 + [429]
     async with client_from(app, "192.0.2.51") as stranger:
         await login(stranger, owner["username"])
+
+
+async def test_a_password_check_refused_as_busy_does_not_count(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers of 503 checked no password: they use up nobody's allowance."""
+    from app.core import security
+
+    owner, tokens = await user_with_tokens(app, client)
+    async with client_from(app, "192.0.2.60") as someone:
+        monkeypatch.setattr(security, "_bcrypt_outstanding", 10_000)  # every core busy
+        for _ in range(12):
+            login_busy = await someone.post(
+                "/api/auth/login", data={"username": owner.username, "password": "no" * 5}
+            )
+            reauth_busy = await someone.post(
+                "/api/auth/reauthenticate", json={"password": "no" * 5}, headers=bearer(tokens)
+            )
+            assert (login_busy.status_code, reauth_busy.status_code) == (503, 503)
+            assert reauth_busy.json()["code"] == "SERVER_BUSY"
+        monkeypatch.setattr(security, "_bcrypt_outstanding", 0)
+        await login(someone, owner.username)
+        again = await someone.post(
+            "/api/auth/reauthenticate", json={"password": PASSWORD}, headers=bearer(tokens)
+        )
+        assert again.status_code == 200
