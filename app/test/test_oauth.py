@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import itertools
-from collections.abc import Iterator
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select, update
+from sqlalchemy import event, func, select, update
+from starlette.responses import Response
 
 from app.core.oauth import UnsafeUrl, check_picture_url
 from app.models import ExternalAccount, OAuthToken, Session, User, now_epoch
@@ -554,3 +560,343 @@ async def test_an_expired_provider_token_is_refreshed_through_authlib(
     assert row.access_token != old_access
     assert row.expires_at > 1
     assert "github token refresh_token" in fake_provider.requests
+
+
+# Misbehaving providers -------------------------------------------------------------------
+
+ALL_PROVIDERS = ["github", "discord", "twitch", "google", "reddit", "twitter"]
+#: OAUTH_PROVIDER_DEADLINE_SECONDS for the tests of slow providers.
+DEADLINE_SECONDS = 1.5
+LONG = "x" * 5000
+MISSING = object()
+
+# Where each part of a profile sits in each provider's answers: (answer, path in its JSON).
+PROFILE_FIELDS: dict[str, dict[str, tuple[str, tuple[Any, ...]]]] = {
+    "github": {
+        "id": ("user", ("id",)),
+        "username": ("user", ("login",)),
+        "name": ("user", ("name",)),
+        "email": ("user/emails", (1, "email")),
+        "verified": ("user/emails", (1, "verified")),
+        "picture": ("user", ("avatar_url",)),
+    },
+    "discord": {
+        "id": ("users/@me", ("id",)),
+        "username": ("users/@me", ("username",)),
+        "name": ("users/@me", ("global_name",)),
+        "email": ("users/@me", ("email",)),
+        "verified": ("users/@me", ("verified",)),
+        "picture": ("users/@me", ("avatar",)),
+    },
+    "twitch": {
+        "id": ("users", ("data", 0, "id")),
+        "username": ("users", ("data", 0, "login")),
+        "name": ("users", ("data", 0, "display_name")),
+        "email": ("users", ("data", 0, "email")),
+        "picture": ("users", ("data", 0, "profile_image_url")),
+    },
+    "google": {
+        "id": ("userinfo", ("sub",)),
+        "name": ("userinfo", ("name",)),
+        "email": ("userinfo", ("email",)),
+        "verified": ("userinfo", ("email_verified",)),
+        "picture": ("userinfo", ("picture",)),
+    },
+    "reddit": {
+        "id": ("api/v1/me", ("id",)),
+        "username": ("api/v1/me", ("name",)),
+        "picture": ("api/v1/me", ("icon_img",)),
+    },
+    "twitter": {
+        "id": ("users/me", ("data", "id")),
+        "username": ("users/me", ("data", "username")),
+        "name": ("users/me", ("data", "name")),
+        "picture": ("users/me", ("data", "profile_image_url")),
+    },
+}
+# The external_account column that shows a profile field.
+COLUMNS = {"username": "username", "name": "display_name", "picture": "picture_url"}
+REFUSED = "502 OAUTH_PROVIDER_ERROR, nothing stored"
+DROPPED, CUT, CLEANED = "dropped", "cut", "cleaned"
+
+# (what, profile field, value sent, outcome). An id, an email or its verified flag that is
+# not exactly right refuses the sign-in; a shown field (username, name, picture) that is
+# unusable is dropped, or cut when too long, and the sign-in works.
+BAD_FIELDS: list[tuple[str, str, Any, str]] = [
+    ("id missing", "id", MISSING, REFUSED),
+    ("id null", "id", None, REFUSED),
+    ("id a list", "id", [1], REFUSED),
+    ("id a dict", "id", {"id": 1}, REFUSED),
+    ("id a boolean", "id", True, REFUSED),
+    ("id a float", "id", 1.5, REFUSED),
+    ("id of 5000 characters", "id", LONG, REFUSED),
+    ("id with a NUL", "id", "12\x0034", REFUSED),
+    ("username a number", "username", 12345, DROPPED),
+    ("username of 5000 characters", "username", LONG, CUT),
+    ("username a list", "username", ["octo"], DROPPED),
+    ("name of 5000 characters", "name", "N" * 5000, CUT),
+    ("name a dict", "name", {"first": "Octo"}, DROPPED),
+    ("name with a NUL and a lone surrogate", "name", "Bad\x00Name\ud800", CLEANED),
+    ("email not an email", "email", "not an email", REFUSED),
+    ("email a dict", "email", {"address": "octo@example.org"}, REFUSED),
+    ("email of 5000 characters", "email", LONG + "@example.org", REFUSED),
+    ("email with a NUL", "email", "octo\x00@example.org", REFUSED),
+    ("verified a string", "verified", "yes", REFUSED),
+    ("verified a number", "verified", 1, REFUSED),
+    ("picture a dict", "picture", {"url": "https://cdn.example.com/a.png"}, DROPPED),
+    ("picture not a URL", "picture", "javascript:alert(1)", DROPPED),
+    ("picture of 5000 characters", "picture", "https://cdn.example.com/" + LONG, DROPPED),
+]
+# Whole answers replaced (each answer of the provider, and its token answer).
+BAD_ANSWERS: list[tuple[str, Callable[[Any], Any]]] = [
+    ("a list", lambda body: [body]),
+    ("null", lambda body: None),
+    ("a string", lambda body: "surprise"),
+    ("not JSON", lambda body: Response("<html>Oops</html>", media_type="text/html")),
+    ("a server error", lambda body: Response("{}", 500, media_type="application/json")),
+]
+# The token answer with one member changed.
+BAD_TOKENS: list[tuple[str, dict[str, Any]]] = [
+    ("access_token missing", {"access_token": MISSING}),
+    ("access_token a dict", {"access_token": {"value": "t"}}),
+    ("access_token with a line break", {"access_token": "abc\r\nX-Injected: 1"}),
+    ("access_token of 100000 characters", {"access_token": "t" * 100_000}),
+    ("token_type unknown", {"token_type": "mac"}),
+    ("token_type of 5000 characters", {"token_type": LONG}),
+    ("refresh_token a list", {"refresh_token": ["r"]}),
+    ("expires_in a word", {"expires_in": "soon"}),
+    ("expires_in a dict", {"expires_in": {"seconds": 1}}),
+    ("expires_in beyond any date", {"expires_in": 10**30}),
+]
+
+
+def _changed(path: tuple[Any, ...], value: Any) -> Callable[[Any], Any]:
+    def tamper(body: Any) -> Any:
+        body = copy.deepcopy(body)
+        *parents, last = path
+        target = body
+        for key in parents:
+            target = target[key]
+        if value is MISSING:
+            del target[last]
+        else:
+            target[last] = value
+        return body
+
+    return tamper
+
+
+def _with_members(changes: dict[str, Any]) -> Callable[[Any], Any]:
+    return _changed_all([((key,), value) for key, value in changes.items()])
+
+
+def _changed_all(changes: list[tuple[tuple[Any, ...], Any]]) -> Callable[[Any], Any]:
+    def tamper(body: Any) -> Any:
+        for path, value in changes:
+            body = _changed(path, value)(body)
+        return body
+
+    return tamper
+
+
+def _malformed_cases(provider: str) -> list[tuple[str, dict[str, Callable], str | Callable]]:
+    """(what, provider.tamper, expected outcome) for every case that applies to ``provider``."""
+    fields = PROFILE_FIELDS[provider]
+    cases: list[tuple[str, dict[str, Callable], Any]] = []
+    for what, field, value, outcome in BAD_FIELDS:
+        if field in fields:
+            answer, path = fields[field]
+            expected = outcome if outcome == REFUSED else (field, outcome)
+            cases.append((what, {f"{provider} {answer}": _changed(path, value)}, expected))
+    for answer in sorted({answer for answer, _ in fields.values()} | {"token"}):
+        for what, tamper in BAD_ANSWERS:
+            cases.append((f"{answer} answer {what}", {f"{provider} {answer}": tamper}, REFUSED))
+    for what, changes in BAD_TOKENS:
+        cases.append((what, {f"{provider} token": _with_members(changes)}, REFUSED))
+    if provider == "twitch":
+        cases.append(("no user in data", {"twitch users": lambda body: {"data": []}}, REFUSED))
+    if provider == "github":
+        tamper = _changed((1,), "octo@example.org")
+        cases.append(("an email entry not an object", {"github user/emails": tamper}, REFUSED))
+    return cases
+
+
+async def _stored(app: FastAPI) -> tuple[int, int, int]:
+    """How many users, external accounts and provider tokens exist."""
+    async with app.state.session_factory() as session:
+        return (
+            await session.scalar(select(func.count()).select_from(User)),
+            await session.scalar(select(func.count()).select_from(ExternalAccount)),
+            await session.scalar(select(func.count()).select_from(OAuthToken)),
+        )
+
+
+def _expected(provider: str, person: ProviderUser, expected: Any) -> str:
+    if expected == REFUSED:
+        return REFUSED
+    field, outcome = expected
+    column = COLUMNS[field]
+    if outcome == CUT:
+        return f"200, {column} of 255 characters"
+    if outcome == CLEANED:
+        return f"200, {column}='BadName'"
+    # Dropped: GitHub and Discord show the username when the name is unusable, Reddit
+    # has one name for both.
+    fallback = None
+    if field == "name" and provider in ("github", "discord"):
+        fallback = person.username
+    return f"200, {column}={fallback!r}"
+
+
+async def _observed(
+    app: FastAPI, response: httpx.Response, before: tuple, provider: str, person, expected: Any
+) -> str:
+    after = await _stored(app)
+    if response.status_code != 200:
+        code = response.json().get("code")
+        left = "nothing stored" if after == before else f"rows left behind {before} -> {after}"
+        return f"{response.status_code} {code}, {left}"
+    async with app.state.session_factory() as session:
+        account = await session.scalar(
+            select(ExternalAccount).where(
+                ExternalAccount.provider == provider, ExternalAccount.external_id == person.id
+            )
+        )
+    if account is None or expected == REFUSED:
+        return f"200, account {'missing' if account is None else 'created'}"
+    value = getattr(account, COLUMNS[expected[0]])
+    if isinstance(value, str) and len(value) > 100:
+        return f"200, {COLUMNS[expected[0]]} of {len(value)} characters"
+    return f"200, {COLUMNS[expected[0]]}={value!r}"
+
+
+async def _callback_path(client: httpx.AsyncClient, provider: str) -> str:
+    """Start a sign-in and consent at the provider: the callback path, not yet followed."""
+    start = await client.get(f"/api/oauth/{provider}")
+    assert start.status_code == 302, start.text
+    async with httpx.AsyncClient() as browser:
+        consent = await browser.get(start.headers["location"])
+    return consent.headers["location"].removeprefix("http://testserver")
+
+
+def _all_providers(fake_provider: FakeProvider, **extra: object) -> dict[str, object]:
+    clients = {}
+    for name in ALL_PROVIDERS:
+        clients[f"API_CLIENT_ID_{name.upper()}"] = f"{name}-client"
+        clients[f"API_CLIENT_SECRET_{name.upper()}"] = f"{name}-secret"
+    return {
+        **clients,
+        "OAUTH_PROVIDER_URLS": fake_provider.overrides(),
+        "BASE_URL": "http://testserver",
+        **extra,
+    }
+
+
+class TestMisbehavingProviders:
+    """A provider's answer is read into a typed profile: an unusable one is a 502 that
+    leaves nothing behind (the review found 500s and accounts that could never log in),
+    a slow or huge one is cut off."""
+
+    @pytest.fixture
+    def settings_overrides(self, fake_provider: FakeProvider) -> dict[str, object]:
+        return _all_providers(fake_provider, OAUTH_PROVIDER_DEADLINE_SECONDS=DEADLINE_SECONDS)
+
+    @pytest.mark.parametrize("provider", ALL_PROVIDERS)
+    async def test_malformed_answers(
+        self, app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider, provider: str
+    ) -> None:
+        observed, expected = {}, {}
+        for what, tamper, outcome in _malformed_cases(provider):
+            person = _person()
+            fake_provider.next_user = person
+            fake_provider.tamper = tamper
+            before = await _stored(app)
+            response = await _flow(client, provider)
+            observed[what] = await _observed(app, response, before, provider, person, outcome)
+            expected[what] = _expected(provider, person, outcome)
+        assert observed == expected
+        # And the provider, behaving again, still signs people in.
+        fake_provider.tamper = {}
+        fake_provider.next_user = _person()
+        assert (await _flow(client, provider)).status_code == 200
+
+    async def test_a_trickling_provider_is_cut_off_at_the_deadline(
+        self, client: httpx.AsyncClient, fake_provider: FakeProvider
+    ) -> None:
+        """One byte every 0.25 s: each read is quick, the whole would take half a minute."""
+        fake_provider.tamper = {
+            "github user": lambda body: fake_provider.trickling(
+                json.dumps(body).encode() + b" " * 40, interval_seconds=0.25
+            )
+        }
+        fake_provider.next_user = _person()
+        path = await _callback_path(client, "github")
+        started = time.monotonic()
+        response = await client.get(path)
+        elapsed = time.monotonic() - started
+        assert (response.status_code, response.json().get("code")) == (502, "OAUTH_PROVIDER_ERROR")
+        assert elapsed < DEADLINE_SECONDS + 5
+
+    @pytest.mark.parametrize("declare_length", [False, True], ids=["chunked", "content-length"])
+    async def test_a_huge_answer_is_not_read_whole(
+        self, client: httpx.AsyncClient, fake_provider: FakeProvider, declare_length: bool
+    ) -> None:
+        size = 64 * 1024 * 1024
+        fake_provider.tamper = {
+            "github user": lambda body: fake_provider.endless(size, declare_length=declare_length)
+        }
+        fake_provider.next_user = _person()
+        response = await _flow(client, "github")
+        assert (response.status_code, response.json().get("code")) == (502, "OAUTH_PROVIDER_ERROR")
+        # The app stopped reading long before the end (what was sent is socket buffers).
+        assert fake_provider.streamed_bytes < size // 4
+
+    async def test_a_huge_token_answer_is_not_read_whole(
+        self, client: httpx.AsyncClient, fake_provider: FakeProvider
+    ) -> None:
+        size = 64 * 1024 * 1024
+        fake_provider.tamper = {"github token": lambda body: fake_provider.endless(size)}
+        fake_provider.next_user = _person()
+        response = await _flow(client, "github")
+        assert (response.status_code, response.json().get("code")) == (502, "OAUTH_PROVIDER_ERROR")
+        assert fake_provider.streamed_bytes < size // 4
+
+
+async def test_a_failure_after_the_user_insert_leaves_nothing(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+) -> None:
+    """The user, its link and the provider's token are one transaction: a failure while
+    storing the link (here, injected) leaves no account that could never log in."""
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("the link could not be stored")
+
+    event.listen(ExternalAccount, "before_insert", fail)
+    try:
+        fake_provider.next_user = _person()
+        response = await _flow(client, "github")
+    finally:
+        event.remove(ExternalAccount, "before_insert", fail)
+    assert response.status_code == 500
+    assert await _stored(app) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("local_account", [False, True], ids=["new account", "linked by email"])
+async def test_two_first_sign_ins_of_one_person_at_once(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider, local_account: bool
+) -> None:
+    """Two browsers come back for the same person at the same moment: one account, one
+    link, one token; the other browser gets a 409 or the same account, never a 500."""
+    person = _person()
+    if local_account:
+        local = await create_user(app.state.session_factory, email_verified=True)
+        person = _person(email=local.email)
+    fake_provider.next_user = person
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as other:
+        paths = [await _callback_path(client, "discord"), await _callback_path(other, "discord")]
+        responses = await asyncio.gather(client.get(paths[0]), other.get(paths[1]))
+    statuses = {response.status_code for response in responses}
+    assert statuses <= {200, 409}, [response.text for response in responses]
+    assert 200 in statuses
+    assert await _stored(app) == (1, 1, 1)
