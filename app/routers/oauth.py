@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -24,6 +25,7 @@ from app.core.oauth import (
     enabled_providers,
     fetch_profile,
 )
+from app.models import now_epoch
 from app.routers.deps import (
     AuthDep,
     ClientDep,
@@ -90,8 +92,14 @@ async def _start(
     client = _client(request, provider)
     if flow.get("redirect_uri"):
         oauth_service.check_redirect_uri(settings, flow["redirect_uri"])
-    request.session[_SESSION_KEY] = {"provider": provider, **flow}
-    return await client.authorize_redirect(request, _callback_url(settings, provider))
+    state = secrets.token_urlsafe(32)
+    request.session[_SESSION_KEY] = {
+        "provider": provider,
+        "state": state,
+        "started_at": now_epoch(),
+        **flow,
+    }
+    return await client.authorize_redirect(request, _callback_url(settings, provider), state=state)
 
 
 # Whatever the provider sends at the callback, these are what reading it can raise.
@@ -215,7 +223,8 @@ async def oauth_callback(
     Raises
     ------
     400
-        ``INVALID_STATE`` (missing, forged or replayed state) or ``OAUTH_FAILED``.
+        ``INVALID_STATE`` (missing, forged, expired or already used state) or
+        ``OAUTH_FAILED``.
     403
         ``ACCOUNT_INACTIVE``, or ``REAUTHENTICATION_REQUIRED`` for a link whose
         session has ended or is no longer recently re-authenticated.
@@ -230,8 +239,16 @@ async def oauth_callback(
     """
     client = _client(request, provider)
     flow = request.session.pop(_SESSION_KEY, None)
-    if not flow or flow.get("provider") != provider:
+    state = request.query_params.get("state", "")
+    if (
+        not flow
+        or flow.get("provider") != provider
+        or not isinstance(flow.get("state"), str)
+        or not secrets.compare_digest(flow["state"].encode(), state.encode())
+    ):
         raise oauth_service.InvalidOAuthState()
+    # Used up before the code goes to the provider: a replay stops here.
+    await oauth_service.consume_state(db, flow["state"], flow.get("started_at"))
     token, profile = await _provider_answer(request, settings, client, provider)
 
     if flow.get("mode") == "link":

@@ -15,12 +15,14 @@ Users are found by (provider, external id), never by email alone.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from typing import Any
 from urllib.parse import urlsplit
 
 from loguru import logger
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
@@ -29,7 +31,7 @@ from app.core.errors import AppError, Conflict, NotFound
 from app.core.images import InvalidImage, process_picture
 from app.core.oauth import ExternalProfile, check_token, fetch_picture, provider_label
 from app.core.security import create_one_time_token
-from app.models import ExternalAccount, OAuthToken, Session, User, now_epoch
+from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
 from app.services import otp
@@ -44,6 +46,13 @@ from app.services.users import commit_or_conflict, create_user
 
 EXCHANGE_PURPOSE = "oauth-exchange"
 EXCHANGE_MAX_AGE_SECONDS = 120
+STATE_PURPOSE = "oauth-state"
+#: A sign-in must come back from the provider within this time (the signed cookie that
+#: carries it is refused after as long, but is signed again on every OAuth request).
+STATE_MAX_AGE_SECONDS = 600
+#: A used state is remembered this much longer than it could be accepted, so that a
+#: replica whose clock is a little behind cannot accept it after the record is purged.
+STATE_KEEP_MARGIN_SECONDS = 60
 _USERNAME_CHARACTERS = re.compile(r"[^a-z0-9_]+")
 
 
@@ -161,6 +170,38 @@ def check_redirect_uri(settings: Settings, redirect_uri: str) -> str:
     if origin not in allowed:
         raise InvalidRedirectUri()
     return redirect_uri
+
+
+# States --------------------------------------------------------------------------------
+
+
+async def consume_state(db: AsyncSession, state: str, started_at: object) -> None:
+    """Use up a sign-in's ``state`` (commits), or InvalidOAuthState when it is too old
+    or was used already.
+
+    The state travels in the browser's signed cookie; a copy of that cookie replayed
+    with the same callback would otherwise sign in again (some providers accept a
+    code twice). The used state is remembered, hashed, in ``used_token`` until it
+    could no longer be accepted anyway; the ``purge_expired`` job deletes it then.
+    Two parallel replays race on its primary key: one wins.
+    """
+    if isinstance(started_at, bool) or not isinstance(started_at, int):
+        raise InvalidOAuthState()
+    expires_at = started_at + STATE_MAX_AGE_SECONDS
+    if expires_at <= now_epoch():
+        raise InvalidOAuthState("This sign-in took too long; start again")
+    db.add(
+        UsedToken(
+            token_id=hashlib.sha256(state.encode()).hexdigest(),
+            purpose=STATE_PURPOSE,
+            expires_at=expires_at + STATE_KEEP_MARGIN_SECONDS,
+        )
+    )
+    try:
+        await db.commit()
+    except IntegrityError:
+        await db.rollback()
+        raise InvalidOAuthState("This sign-in was completed already; start again") from None
 
 
 # Accounts ------------------------------------------------------------------------------

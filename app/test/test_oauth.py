@@ -18,8 +18,11 @@ from sqlalchemy import event, func, select, update
 from starlette.responses import Response
 
 from app.core.oauth import UnsafeUrl, check_picture_url
-from app.models import ExternalAccount, OAuthToken, Session, User, now_epoch
+from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, now_epoch
+from app.services import oauth as oauth_service
+from app.services.maintenance import purge_expired
 from app.services.oauth import refresh_provider_token
+from app.test.conftest import empty_redis
 from app.test.factories import (
     PASSWORD,
     bearer,
@@ -900,3 +903,82 @@ async def test_two_first_sign_ins_of_one_person_at_once(
     assert statuses <= {200, 409}, [response.text for response in responses]
     assert 200 in statuses
     assert await _stored(app) == (1, 1, 1)
+
+
+# Single-use states -----------------------------------------------------------------------
+
+
+class TestSingleUseStates:
+    """A callback replayed with the cookie from before it (against a provider that takes
+    a code twice) is refused: the state is used up on the server."""
+
+    @pytest.fixture(params=["without Redis", "with Redis"])
+    def settings_overrides(
+        self, request: pytest.FixtureRequest, fake_provider: FakeProvider
+    ) -> dict[str, object]:
+        extra = {"REDIS_URL": empty_redis()} if request.param == "with Redis" else {}
+        return _all_providers(fake_provider, **extra)
+
+    async def test_a_replayed_callback_is_refused(
+        self, app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+    ) -> None:
+        fake_provider.codes_reusable = True
+        fake_provider.next_user = _person()
+        path = await _callback_path(client, "github")
+        before_callback = dict(client.cookies)
+        first = await client.get(path)
+        assert first.status_code == 200, first.text
+        client.cookies.clear()
+        client.cookies.update(before_callback)
+        replayed = await client.get(path)
+        assert (replayed.status_code, replayed.json().get("code")) == (400, "INVALID_STATE")
+        # Refused before the code reached the provider again.
+        assert fake_provider.requests.count("github token authorization_code") == 1
+
+    async def test_parallel_replays_log_in_once(
+        self, app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+    ) -> None:
+        fake_provider.codes_reusable = True
+        fake_provider.next_user = _person()
+        path = await _callback_path(client, "github")
+        requests = [client.build_request("GET", path) for _ in range(4)]
+        responses = await asyncio.gather(*(client.send(request) for request in requests))
+        statuses = sorted(response.status_code for response in responses)
+        assert statuses == [200, 400, 400, 400], [response.text for response in responses]
+        assert {r.json()["code"] for r in responses if r.status_code == 400} == {"INVALID_STATE"}
+        assert await _stored(app) == (1, 1, 1)
+
+
+async def test_a_sign_in_older_than_its_state_is_refused(
+    client: httpx.AsyncClient, fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cookie is signed again on every OAuth request, so it alone does not bound
+    the age of the sign-in it carries: the state does."""
+    fake_provider.next_user = _person()
+    path = await _callback_path(client, "github")
+    later = now_epoch() + oauth_service.STATE_MAX_AGE_SECONDS + 1
+    monkeypatch.setattr(oauth_service, "now_epoch", lambda: later)
+    response = await client.get(path)
+    assert (response.status_code, response.json().get("code")) == (400, "INVALID_STATE")
+
+
+async def test_used_states_are_purged_once_expired(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+) -> None:
+    fake_provider.next_user = _person()
+    assert (await _flow(client, "github")).status_code == 200
+    used = select(UsedToken).where(UsedToken.purpose == oauth_service.STATE_PURPOSE)
+    async with app.state.session_factory() as session:
+        assert len((await session.scalars(used)).all()) == 1
+    await purge_expired(app.state.session_factory)
+    async with app.state.session_factory() as session:
+        assert len((await session.scalars(used)).all()) == 1  # not expired yet
+        await session.execute(
+            update(UsedToken)
+            .where(UsedToken.purpose == oauth_service.STATE_PURPOSE)
+            .values(expires_at=now_epoch())
+        )
+        await session.commit()
+    await purge_expired(app.state.session_factory)
+    async with app.state.session_factory() as session:
+        assert (await session.scalars(used)).all() == []
