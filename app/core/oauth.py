@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -295,6 +296,7 @@ async def fetch_profile(client: Any, provider: str, token: dict[str, Any]) -> Ex
 # Provider pictures ---------------------------------------------------------------------
 
 PICTURE_FETCH_MAX_BYTES = 5 * 1024 * 1024
+#: The whole download (connection, answer, body) must fit in this time.
 PICTURE_FETCH_TIMEOUT_SECONDS = 5
 
 
@@ -302,19 +304,22 @@ class UnsafeUrl(ValueError):
     """A URL the server must not fetch (not https, or pointing inside our network)."""
 
 
-def _public_address(host: str) -> str:
-    """Resolve ``host`` and return an address only if every answer is public."""
-    infos = socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
-    addresses = {info[4][0] for info in infos}
-    for address in addresses:
-        ip = ipaddress.ip_address(address)
+def _public_addresses(host: str, port: int) -> list[str]:
+    """Resolve ``host``: its addresses (IPv4 first) if every one of them is public."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = {ipaddress.ip_address(info[4][0]) for info in infos}
+    for ip in addresses:
         if not ip.is_global or ip.is_multicast:
             raise UnsafeUrl(f"{host} resolves to a non-public address")
-    return sorted(addresses)[0]
+    return [str(ip) for ip in sorted(addresses, key=lambda ip: (ip.version, int(ip)))]
 
 
-def check_picture_url(url: str) -> str:
-    """Refuse anything but https to a host that resolves to public addresses only."""
+def check_picture_url(url: str) -> list[str]:
+    """Refuse anything but https to a host that resolves to public addresses only.
+
+    Returns the addresses checked: the download must connect to one of them, never
+    resolve the name again (the answer could have changed to an inside address).
+    """
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
         raise UnsafeUrl("only plain https URLs are fetched")
@@ -324,7 +329,7 @@ def check_picture_url(url: str) -> str:
         literal = None
     if literal is not None and not literal.is_global:
         raise UnsafeUrl("the URL points at a non-public address")
-    return _public_address(parts.hostname)
+    return _public_addresses(parts.hostname, parts.port or 443)
 
 
 async def fetch_picture(url: str) -> bytes | None:
@@ -334,18 +339,49 @@ async def fetch_picture(url: str) -> bytes | None:
     The bytes still go through the profile-picture validation afterwards.
     """
     try:
-        await asyncio.to_thread(check_picture_url, url)
-    except (UnsafeUrl, OSError) as error:
+        addresses = await asyncio.to_thread(check_picture_url, url)
+    except (UnsafeUrl, OSError, UnicodeError, ValueError) as error:
         logger.warning("provider picture not fetched: {}", error)
         return None
     try:
+        async with asyncio.timeout(PICTURE_FETCH_TIMEOUT_SECONDS):
+            for address in addresses:
+                data = await fetch_pinned(url, address)
+                if data is not None:
+                    return data
+    except TimeoutError:
+        logger.warning("provider picture not downloaded in {} s", PICTURE_FETCH_TIMEOUT_SECONDS)
+    return None
+
+
+async def fetch_pinned(
+    url: str, address: str, *, verify: ssl.SSLContext | bool = True
+) -> bytes | None:
+    """GET ``url`` from ``address``, without resolving its name again.
+
+    The connection goes to ``address``; TLS still sends the URL's name (SNI) and checks
+    the certificate against it, and the Host header carries it. Redirects are not
+    followed, proxies from the environment not used (a proxy would resolve the name
+    itself). Returns None (and logs why) for anything but a 200 within
+    PICTURE_FETCH_MAX_BYTES.
+    """
+    try:
+        target = httpx.URL(url)
+        headers = {"Host": target.netloc.decode("ascii"), "Accept-Encoding": "identity"}
+        extensions = {"sni_hostname": target.raw_host.decode("ascii")}
         async with (
             httpx.AsyncClient(
-                timeout=PICTURE_FETCH_TIMEOUT_SECONDS, follow_redirects=False
+                timeout=PICTURE_FETCH_TIMEOUT_SECONDS,
+                follow_redirects=False,
+                trust_env=False,
+                verify=verify,
             ) as http,
-            http.stream("GET", url) as response,
+            http.stream(
+                "GET", target.copy_with(host=address), headers=headers, extensions=extensions
+            ) as response,
         ):
             if response.status_code != 200:
+                logger.warning("provider picture answered {}", response.status_code)
                 return None
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
@@ -357,6 +393,6 @@ async def fetch_picture(url: str) -> bytes | None:
                     return None
                 chunks.append(chunk)
             return b"".join(chunks)
-    except httpx.HTTPError as error:
+    except (httpx.HTTPError, httpx.InvalidURL) as error:
         logger.warning("provider picture download failed: {}", type(error).__name__)
         return None

@@ -6,18 +6,27 @@ import asyncio
 import copy
 import itertools
 import json
+import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
 from sqlalchemy import event, func, select, update
 from starlette.responses import Response
 
-from app.core.oauth import UnsafeUrl, check_picture_url
+from app.core import oauth as core_oauth
+from app.core.oauth import UnsafeUrl, check_picture_url, fetch_picture, fetch_pinned
 from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, now_epoch
 from app.services import oauth as oauth_service
 from app.services.maintenance import purge_expired
@@ -982,3 +991,118 @@ async def test_used_states_are_purged_once_expired(
     await purge_expired(app.state.session_factory)
     async with app.state.session_factory() as session:
         assert (await session.scalars(used)).all() == []
+
+
+# Pictures: the address checked is the address connected to ------------------------------
+
+
+class _Listener:
+    """A TCP server on loopback that records who connected (and answers nothing)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+
+    async def __aenter__(self) -> _Listener:
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            writer.close()
+
+        self.server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_a_picture_name_that_rebinds_to_loopback_is_not_reached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS answers a public address when the URL is checked and 127.0.0.1 afterwards:
+    the download goes to the address that was checked, never to the local server."""
+    real_getaddrinfo = socket.getaddrinfo
+    answers: list[str] = []
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name != "pictures.example":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        answers.append("93.184.215.14" if not answers else "127.0.0.1")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[-1], int(port or 443)))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    monkeypatch.setattr(core_oauth, "PICTURE_FETCH_TIMEOUT_SECONDS", 2)
+    async with _Listener() as local:
+        assert await fetch_picture(f"https://pictures.example:{local.port}/a.png") is None
+        await asyncio.sleep(0.1)
+    assert local.connections == 0
+    assert answers[0] == "93.184.215.14"
+
+
+def _certificate(name: str, folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for ``name`` (PEM files: certificate, key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_a_pinned_download_keeps_the_name_for_tls_and_host(tmp_path: Path) -> None:
+    """Connected to an address, the download still sends the name as SNI and Host, and
+    checks the certificate against the name."""
+    cert_path, key_path = _certificate("pictures.example", tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_path, key_path)
+    seen: dict[str, Any] = {}
+
+    def sni(connection: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
+        seen["sni"] = name
+
+    server_tls.sni_callback = sni
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen["host"] = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"host:")
+        )
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nimage")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    trusted = ssl.create_default_context(cafile=str(cert_path))
+    try:
+        url = f"https://pictures.example:{port}/a.png"
+        assert await fetch_pinned(url, "127.0.0.1", verify=trusted) == b"image"
+        assert seen == {"sni": "pictures.example", "host": f"pictures.example:{port}"}
+        # A certificate for another name is refused, although the address is the same.
+        other = f"https://elsewhere.example:{port}/a.png"
+        assert await fetch_pinned(other, "127.0.0.1", verify=trusted) is None
+    finally:
+        server.close()
+        await server.wait_closed()
