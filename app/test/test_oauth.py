@@ -60,15 +60,22 @@ def fake_provider() -> Iterator[FakeProvider]:
 
 @pytest.fixture
 def settings_overrides(fake_provider: FakeProvider) -> dict[str, object]:
+    return _enabled(fake_provider, PROVIDERS, FRONTEND_URL=FRONTEND)
+
+
+def _enabled(
+    fake_provider: FakeProvider, providers: list[str], **extra: object
+) -> dict[str, object]:
+    """Settings with ``providers`` enabled, all served by the fake provider."""
     clients = {}
-    for name in PROVIDERS:
+    for name in providers:
         clients[f"API_CLIENT_ID_{name.upper()}"] = f"{name}-client"
         clients[f"API_CLIENT_SECRET_{name.upper()}"] = f"{name}-secret"
     return {
         **clients,
         "OAUTH_PROVIDER_URLS": fake_provider.overrides(),
         "BASE_URL": "http://testserver",
-        "FRONTEND_URL": FRONTEND,
+        **extra,
     }
 
 
@@ -93,6 +100,19 @@ async def _flow(
     params: dict | None = None,
 ) -> httpx.Response:
     """Start at our API, consent at the provider (real HTTP), come back to the callback."""
+    path = await _callback_path(client, provider, link=link, headers=headers, params=params)
+    return await client.get(path)
+
+
+async def _callback_path(
+    client: httpx.AsyncClient,
+    provider: str,
+    *,
+    link: bool = False,
+    headers: dict | None = None,
+    params: dict | None = None,
+) -> str:
+    """Start a sign-in and consent at the provider: the callback path, not yet followed."""
     start = await client.get(
         f"/api/oauth/{provider}{'/link' if link else ''}", params=params, headers=headers
     )
@@ -102,7 +122,7 @@ async def _flow(
     assert consent.status_code in (302, 307), consent.text
     callback = consent.headers["location"]
     assert callback.startswith(f"http://testserver/api/oauth/{provider}/callback?")
-    return await client.get(callback.removeprefix("http://testserver"))
+    return callback.removeprefix("http://testserver")
 
 
 async def _me(client: httpx.AsyncClient, tokens: dict) -> dict:
@@ -782,28 +802,6 @@ async def _observed(
     return f"200, {COLUMNS[expected[0]]}={value!r}"
 
 
-async def _callback_path(client: httpx.AsyncClient, provider: str) -> str:
-    """Start a sign-in and consent at the provider: the callback path, not yet followed."""
-    start = await client.get(f"/api/oauth/{provider}")
-    assert start.status_code == 302, start.text
-    async with httpx.AsyncClient() as browser:
-        consent = await browser.get(start.headers["location"])
-    return consent.headers["location"].removeprefix("http://testserver")
-
-
-def _all_providers(fake_provider: FakeProvider, **extra: object) -> dict[str, object]:
-    clients = {}
-    for name in ALL_PROVIDERS:
-        clients[f"API_CLIENT_ID_{name.upper()}"] = f"{name}-client"
-        clients[f"API_CLIENT_SECRET_{name.upper()}"] = f"{name}-secret"
-    return {
-        **clients,
-        "OAUTH_PROVIDER_URLS": fake_provider.overrides(),
-        "BASE_URL": "http://testserver",
-        **extra,
-    }
-
-
 class TestMisbehavingProviders:
     """A provider's answer is read into a typed profile: an unusable one is a 502 that
     leaves nothing behind (the review found 500s and accounts that could never log in),
@@ -811,7 +809,9 @@ class TestMisbehavingProviders:
 
     @pytest.fixture
     def settings_overrides(self, fake_provider: FakeProvider) -> dict[str, object]:
-        return _all_providers(fake_provider, OAUTH_PROVIDER_DEADLINE_SECONDS=DEADLINE_SECONDS)
+        return _enabled(
+            fake_provider, ALL_PROVIDERS, OAUTH_PROVIDER_DEADLINE_SECONDS=DEADLINE_SECONDS
+        )
 
     @pytest.mark.parametrize("provider", ALL_PROVIDERS)
     async def test_malformed_answers(
@@ -926,7 +926,7 @@ class TestSingleUseStates:
         self, request: pytest.FixtureRequest, fake_provider: FakeProvider
     ) -> dict[str, object]:
         extra = {"REDIS_URL": empty_redis()} if request.param == "with Redis" else {}
-        return _all_providers(fake_provider, **extra)
+        return _enabled(fake_provider, ALL_PROVIDERS, **extra)
 
     async def test_a_replayed_callback_is_refused(
         self, app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
