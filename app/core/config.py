@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     API_CLIENT_ID_TWITTER: str | None = None
     API_CLIENT_SECRET_TWITTER: str | None = Field(default=None, repr=False)
     OAUTH_PROVIDER_URLS: dict[str, dict[str, str]] = {}
+    # The callback's whole exchange with a provider (code for token, profile) must fit
+    # in this time, however slowly the provider answers.
+    OAUTH_PROVIDER_DEADLINE_SECONDS: float = Field(default=10, gt=0, le=120)
 
     # Settings the seed does not name (DESIGN.md §5)
     PASSWORD_BCRYPT_ROUNDS: int = Field(default=12, ge=4, le=31)

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import httpx
+from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.base_client.errors import MismatchingStateError, OAuthError
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import RedirectResponse
+from joserfc.errors import JoseError
+from loguru import logger
 from pydantic import BaseModel
 
 from app.core.config import Settings
-from app.core.oauth import PROVIDERS, enabled_providers, fetch_profile
+from app.core.oauth import (
+    PROVIDERS,
+    ExternalProfile,
+    ProviderAnswerInvalid,
+    check_token,
+    enabled_providers,
+    fetch_profile,
+)
+from app.models import now_epoch
 from app.routers.deps import (
     AuthDep,
     ClientDep,
@@ -79,8 +92,47 @@ async def _start(
     client = _client(request, provider)
     if flow.get("redirect_uri"):
         oauth_service.check_redirect_uri(settings, flow["redirect_uri"])
-    request.session[_SESSION_KEY] = {"provider": provider, **flow}
-    return await client.authorize_redirect(request, _callback_url(settings, provider))
+    state = secrets.token_urlsafe(32)
+    request.session[_SESSION_KEY] = {
+        "provider": provider,
+        "state": state,
+        "started_at": now_epoch(),
+        **flow,
+    }
+    return await client.authorize_redirect(request, _callback_url(settings, provider), state=state)
+
+
+# Whatever the provider sends at the callback, these are what reading it can raise.
+_UNUSABLE_ANSWER = (
+    TimeoutError,  # OAUTH_PROVIDER_DEADLINE_SECONDS passed
+    httpx.HTTPError,  # unreachable, an error status, a body too large
+    ProviderAnswerInvalid,  # an answer that does not fit its typed shape
+    AuthlibBaseError,  # Authlib refusing the token answer or the ID token
+    JoseError,  # an ID token that cannot be decoded or verified
+    ValueError,  # Authlib reading a token answer that is not JSON, or its expiry
+    TypeError,  # ... or an expiry that is not a number
+    KeyError,
+)
+
+
+async def _provider_answer(
+    request: Request, settings: Settings, client: Any, provider: str
+) -> tuple[dict[str, Any], ExternalProfile]:
+    """Trade the code for a token and ask who signed in, all within the deadline."""
+    try:
+        async with asyncio.timeout(settings.OAUTH_PROVIDER_DEADLINE_SECONDS):
+            try:
+                token = check_token(await client.authorize_access_token(request))
+            except MismatchingStateError:
+                raise oauth_service.InvalidOAuthState() from None
+            except OAuthError as error:
+                # The provider's own refusal (``{"error": ...}``): the user or the code.
+                raise oauth_service.OAuthFailed(f"The provider refused: {error.error}") from None
+            return token, await fetch_profile(client, provider, token)
+    except _UNUSABLE_ANSWER as error:
+        reason = str(error) if isinstance(error, ProviderAnswerInvalid) else type(error).__name__
+        logger.warning("{} sign-in failed at the provider: {}", provider, reason)
+        raise oauth_service.ProviderUnavailable() from None
 
 
 @router.get(
@@ -171,7 +223,8 @@ async def oauth_callback(
     Raises
     ------
     400
-        ``INVALID_STATE`` (missing, forged or replayed state) or ``OAUTH_FAILED``.
+        ``INVALID_STATE`` (missing, forged, expired or already used state) or
+        ``OAUTH_FAILED``.
     403
         ``ACCOUNT_INACTIVE``, or ``REAUTHENTICATION_REQUIRED`` for a link whose
         session has ended or is no longer recently re-authenticated.
@@ -179,24 +232,24 @@ async def oauth_callback(
         ``EMAIL_NOT_VERIFIED``, ``OAUTH_ACCOUNT_LINKED_TO_ANOTHER_USER``,
         ``OAUTH_ACCOUNT_ALREADY_LINKED``.
     502
-        ``PROVIDER_ERROR``.
+        ``OAUTH_PROVIDER_ERROR``: the provider could not be reached, did not answer in
+        full within OAUTH_PROVIDER_DEADLINE_SECONDS, sent a body over 1 MiB, or said
+        something unusable (an id, an email or its verified flag of the wrong type or
+        form). Nothing is stored then.
     """
     client = _client(request, provider)
     flow = request.session.pop(_SESSION_KEY, None)
-    if not flow or flow.get("provider") != provider:
+    state = request.query_params.get("state", "")
+    if (
+        not flow
+        or flow.get("provider") != provider
+        or not isinstance(flow.get("state"), str)
+        or not secrets.compare_digest(flow["state"].encode(), state.encode())
+    ):
         raise oauth_service.InvalidOAuthState()
-    try:
-        token = await client.authorize_access_token(request)
-    except MismatchingStateError:
-        raise oauth_service.InvalidOAuthState() from None
-    except OAuthError as error:
-        raise oauth_service.OAuthFailed(f"The provider refused: {error.error}") from None
-    except httpx.HTTPError:
-        raise oauth_service.ProviderUnavailable() from None
-    try:
-        profile = await fetch_profile(client, provider, token)
-    except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError):
-        raise oauth_service.ProviderUnavailable() from None
+    # Used up before the code goes to the provider: a replay stops here.
+    await oauth_service.consume_state(db, flow["state"], flow.get("started_at"))
+    token, profile = await _provider_answer(request, settings, client, provider)
 
     if flow.get("mode") == "link":
         user = await oauth_service.link_account(

@@ -15,21 +15,23 @@ Users are found by (provider, external id), never by email alone.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from typing import Any
 from urllib.parse import urlsplit
 
 from loguru import logger
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.errors import AppError, Conflict, InsufficientStorage, NotFound
 from app.core.images import InvalidImage, process_picture
-from app.core.oauth import ExternalProfile, fetch_picture, provider_label
+from app.core.oauth import ExternalProfile, check_token, fetch_picture, provider_label
 from app.core.security import create_one_time_token
-from app.models import ExternalAccount, OAuthToken, Session, User, now_epoch
+from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
 from app.services import otp
@@ -40,10 +42,17 @@ from app.services.links import InvalidLink, consume_link
 from app.services.notices import send_security_notice
 from app.services.reauth import ReauthenticationRequired, require_fresh_session
 from app.services.sessions import revoke_sessions, start_session
-from app.services.users import create_user
+from app.services.users import commit_or_conflict, create_user
 
 EXCHANGE_PURPOSE = "oauth-exchange"
 EXCHANGE_MAX_AGE_SECONDS = 120
+STATE_PURPOSE = "oauth-state"
+#: A sign-in must come back from the provider within this time (the signed cookie that
+#: carries it is refused after as long, but is signed again on every OAuth request).
+STATE_MAX_AGE_SECONDS = 600
+#: A used state is remembered this much longer than it could be accepted, so that a
+#: replica whose clock is a little behind cannot accept it after the record is purged.
+STATE_KEEP_MARGIN_SECONDS = 60
 _USERNAME_CHARACTERS = re.compile(r"[^a-z0-9_]+")
 
 
@@ -79,11 +88,11 @@ class OAuthFailed(AppError):
 
 
 class ProviderUnavailable(AppError):
-    """The provider's API answered badly."""
+    """The provider could not be reached, was too slow, or answered something unusable."""
 
     status_code = 502
-    code = "PROVIDER_ERROR"
-    detail = "The login provider did not answer as expected"
+    code = "OAUTH_PROVIDER_ERROR"
+    detail = "The login provider did not answer as expected; try again later"
 
 
 class LinkedToAnotherUser(Conflict):
@@ -163,6 +172,38 @@ def check_redirect_uri(settings: Settings, redirect_uri: str) -> str:
     return redirect_uri
 
 
+# States --------------------------------------------------------------------------------
+
+
+async def consume_state(db: AsyncSession, state: str, started_at: object) -> None:
+    """Use up a sign-in's ``state`` (commits), or InvalidOAuthState when it is too old
+    or was used already.
+
+    The state travels in the browser's signed cookie; a copy of that cookie replayed
+    with the same callback would otherwise sign in again (some providers accept a
+    code twice). The used state is remembered, hashed, in ``used_token`` until it
+    could no longer be accepted anyway; the ``purge_expired`` job deletes it then.
+    Two parallel replays race on its primary key: one wins.
+    """
+    if isinstance(started_at, bool) or not isinstance(started_at, int):
+        raise InvalidOAuthState()
+    expires_at = started_at + STATE_MAX_AGE_SECONDS
+    if expires_at <= now_epoch():
+        raise InvalidOAuthState("This sign-in took too long; start again")
+    db.add(
+        UsedToken(
+            token_id=hashlib.sha256(state.encode()).hexdigest(),
+            purpose=STATE_PURPOSE,
+            expires_at=expires_at + STATE_KEEP_MARGIN_SECONDS,
+        )
+    )
+    try:
+        await db.commit()
+    except IntegrityError:
+        await db.rollback()
+        raise InvalidOAuthState("This sign-in was completed already; start again") from None
+
+
 # Accounts ------------------------------------------------------------------------------
 
 
@@ -204,6 +245,29 @@ def _link(user: User, profile: ExternalProfile) -> ExternalAccount:
         picture_url=profile.picture_url,
         user_uuid=user.uuid,
         created_at=now_epoch(),
+    )
+
+
+async def _add_link(
+    db: AsyncSession,
+    user: User,
+    profile: ExternalProfile,
+    token: dict[str, Any],
+    client: ClientInfo,
+    *,
+    by: str | None = None,
+) -> None:
+    """Add the link, the provider's token and the history event to the session.
+
+    Nothing is flushed here: the caller's :func:`commit_or_conflict` writes it all with
+    the rest of its transaction, and a unique constraint that a parallel sign-in got
+    to first becomes a 409 there, not a 500 here.
+    """
+    with db.no_autoflush:
+        db.add(_link(user, profile))
+        await _save_token(db, user.uuid, profile.provider, token)
+    record_event(
+        db, user.uuid, "oauth_linked", by=by, client=client, details={"provider": profile.provider}
     )
 
 
@@ -249,17 +313,15 @@ async def resolve_login(
             local.is_external_only = True
             local.email_verified = True
             await revoke_sessions(db, local.uuid)
-        db.add(_link(local, profile))
-        await _save_token(db, local.uuid, profile.provider, token)
-        record_event(
-            db, local.uuid, "oauth_linked", client=client, details={"provider": profile.provider}
-        )
-        await db.commit()
+        await _add_link(db, local, profile, token, client)
+        await commit_or_conflict(db)
         _notice_link(settings, mailer, local, profile.provider)
         return local
 
     # An unverified provider email is not taken over: it could be anyone's address.
     own_email = email if email and profile.email_verified else None
+    # The user, its link and the token in one transaction: a user without its link
+    # could never sign in (it has no password).
     user = await create_user(
         db,
         settings,
@@ -270,13 +332,11 @@ async def resolve_login(
         is_external_only=True,
         client=client,
         check_email_deliverability=False,
+        commit=False,
     )
-    db.add(_link(user, profile))
-    await _save_token(db, user.uuid, profile.provider, token)
-    record_event(
-        db, user.uuid, "oauth_linked", client=client, details={"provider": profile.provider}
-    )
-    await db.commit()
+    await _add_link(db, user, profile, token, client)
+    await commit_or_conflict(db)
+    logger.info("user {} created from a {} sign-in", user.uuid, profile.provider)
     return user
 
 
@@ -325,17 +385,8 @@ async def link_account(
     )
     if same_provider is not None:
         raise AlreadyLinked()
-    db.add(_link(user, profile))
-    await _save_token(db, user.uuid, profile.provider, token)
-    record_event(
-        db,
-        user.uuid,
-        "oauth_linked",
-        by=user.uuid,
-        client=client,
-        details={"provider": profile.provider},
-    )
-    await db.commit()
+    await _add_link(db, user, profile, token, client, by=user.uuid)
+    await commit_or_conflict(db)
     _notice_link(settings, mailer, user, profile.provider)
     return user
 
@@ -457,11 +508,19 @@ async def exchange(
 
 
 async def refresh_provider_token(
-    db: AsyncSession, oauth_client: Any, user_uuid: str, provider: str, *, margin_seconds: int = 60
+    db: AsyncSession,
+    oauth_client: Any,
+    user_uuid: str,
+    provider: str,
+    *,
+    margin_seconds: int = 60,
+    deadline_seconds: float = 10,
 ) -> OAuthToken | None:
     """Renew a stored provider token through Authlib when it is (nearly) expired.
 
-    Returns the stored token (renewed or not), or None when there is none.
+    Returns the stored token (renewed or not), or None when there is none. The
+    provider has ``deadline_seconds`` to answer, and an unusable answer is not stored
+    (ProviderAnswerInvalid, or the error of the request).
     """
     row = await db.scalar(
         select(OAuthToken).where(OAuthToken.user_uuid == user_uuid, OAuthToken.provider == provider)
@@ -470,10 +529,11 @@ async def refresh_provider_token(
         return row
     if not row.refresh_token:
         return row
-    token = await oauth_client.fetch_access_token(
-        grant_type="refresh_token", refresh_token=row.refresh_token
-    )
-    await _save_token(db, user_uuid, provider, token)
+    async with asyncio.timeout(deadline_seconds):
+        token = await oauth_client.fetch_access_token(
+            grant_type="refresh_token", refresh_token=row.refresh_token
+        )
+    await _save_token(db, user_uuid, provider, check_token(token))
     await db.commit()
     logger.info("{} token of user {} refreshed", provider, user_uuid)
     return row

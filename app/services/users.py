@@ -162,12 +162,15 @@ async def create_user(
     client: ClientInfo = SYSTEM,
     created_by: str | None = None,
     check_email_deliverability: bool = True,
+    commit: bool = True,
 ) -> User:
     """Create a user after checking that username and email are free.
 
     Two concurrent calls with the same username or email: the database's unique
     constraints let one through, the other gets :class:`UsernameTaken` or
-    :class:`EmailTaken`.
+    :class:`EmailTaken`. With ``commit=False`` the user is only added to the session:
+    the caller adds what belongs with it and commits (with :func:`commit_or_conflict`),
+    so that a failure leaves nothing half-made.
     """
     if check_email_deliverability:
         await check_deliverability(settings, email)
@@ -193,8 +196,9 @@ async def create_user(
     )
     db.add(user)
     record_event(db, user.uuid, "signup", by=created_by or user.uuid, client=client)
-    await commit_or_conflict(db)
-    logger.info("user {} created ({})", user.uuid, ",".join(user.roles))
+    if commit:
+        await commit_or_conflict(db)
+        logger.info("user {} created ({})", user.uuid, ",".join(user.roles))
     return user
 
 

@@ -4,13 +4,21 @@ Reddit and X.
 Each provider has an authorize endpoint (redirects straight back with a code, as if
 the user consented), a token endpoint, and its user endpoints in that provider's own
 JSON shape. Tests choose who "signs in" with ``provider.next_user``.
+
+It misbehaves on demand: ``provider.tamper["github user"]`` (or ``"github token"``)
+turns the normal answer into another one (wrong types, huge fields, a body that is not
+JSON, a trickling or endless body), and ``provider.codes_reusable`` accepts a code
+more than once, as some real providers do.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -18,7 +26,7 @@ from urllib.parse import urlencode
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app.test.server import listening_socket
@@ -46,6 +54,13 @@ class FakeProvider:
     refresh_tokens: dict[str, ProviderUser] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
     url: str = ""
+    #: "<provider> <api path>" or "<provider> token" -> what to answer instead, given
+    #: the normal answer: a JSON value, or a Response.
+    tamper: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+    #: Accept an authorization code again and again (a replay reaches our callback).
+    codes_reusable: bool = False
+    #: Bytes of trickling or endless bodies written so far.
+    streamed_bytes: int = 0
 
     def overrides(self) -> dict[str, dict[str, str]]:
         """OAUTH_PROVIDER_URLS pointing every provider here."""
@@ -79,22 +94,23 @@ class FakeProvider:
         self.requests.append(f"{provider} token {form.get('grant_type')}")
         if form.get("grant_type") == "refresh_token":
             user = self.refresh_tokens.pop(str(form.get("refresh_token")), None)
+        elif self.codes_reusable:
+            user = self.codes.get(str(form.get("code")))
         else:
             user = self.codes.pop(str(form.get("code")), None)
         if user is None:
-            return JSONResponse({"error": "invalid_grant"}, status_code=400)
+            return _json({"error": "invalid_grant"}, status_code=400)
         access, refresh = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
         self.tokens[access] = user
         self.refresh_tokens[refresh] = user
-        return JSONResponse(
-            {
-                "access_token": access,
-                "refresh_token": refresh,
-                "token_type": "bearer",
-                "expires_in": 3600,
-                "scope": "read",
-            }
-        )
+        body = {
+            "access_token": access,
+            "refresh_token": refresh,
+            "token_type": "bearer",
+            "expires_in": 3600,
+            "scope": "read",
+        }
+        return self._answer(f"{provider} token", body)
 
     def _user(self, request: Request) -> ProviderUser | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -105,11 +121,51 @@ class FakeProvider:
         self.requests.append(f"{provider} api {path}")
         user = self._user(request)
         if user is None:
-            return JSONResponse({"message": "Bad credentials"}, status_code=401)
+            return _json({"message": "Bad credentials"}, status_code=401)
         body = self._shape(provider, path, user)
         if body is None:
-            return JSONResponse({"message": "Not Found"}, status_code=404)
-        return JSONResponse(body)
+            return _json({"message": "Not Found"}, status_code=404)
+        return self._answer(f"{provider} {path}", body)
+
+    def _answer(self, key: str, body: Any) -> Response:
+        tamper = self.tamper.get(key)
+        if tamper is not None:
+            body = tamper(body)
+        return body if isinstance(body, Response) else _json(body)
+
+    # Misbehaving bodies ----------------------------------------------------------------
+
+    def trickling(self, body: bytes, interval_seconds: float) -> Response:
+        """``body`` one byte at a time, one every ``interval_seconds``."""
+
+        async def drip() -> AsyncIterator[bytes]:
+            for byte in body:
+                await asyncio.sleep(interval_seconds)
+                self.streamed_bytes += 1
+                yield bytes([byte])
+
+        return _StopsWhenLeft(drip(), media_type="application/json")
+
+    def endless(self, size_bytes: int, *, declare_length: bool = False) -> Response:
+        """A JSON string of ``size_bytes`` bytes, streamed in 64 KiB chunks (with its
+        Content-Length when ``declare_length``, else chunked)."""
+        chunk = b"x" * 65536
+
+        async def flood() -> AsyncIterator[bytes]:
+            yield b'"'
+            sent = 1
+            while sent < size_bytes - 1:
+                piece = chunk[: size_bytes - 1 - sent]
+                sent += len(piece)
+                self.streamed_bytes = sent
+                yield piece
+                # Once the client is gone, sending no longer waits: let the listener
+                # for the disconnect run.
+                await asyncio.sleep(0)
+            yield b'"'
+
+        headers = {"content-length": str(size_bytes)} if declare_length else None
+        return _StopsWhenLeft(flood(), media_type="application/json", headers=headers)
 
     async def picture(self, request: Request) -> Response:
         self.requests.append("picture")
@@ -190,6 +246,21 @@ class FakeProvider:
         request.path_params["provider"] = "google"
         request.path_params["path"] = "userinfo"
         return await self.api(request)
+
+
+class _StopsWhenLeft(StreamingResponse):
+    """A stream that stops as soon as the client goes away (so that ``streamed_bytes``
+    tells what the client let through). Starlette does that by listening for the
+    disconnect on ASGI before 2.4; uvicorn speaks 2.4, where it would stream on."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        older = {**scope, "asgi": {**scope.get("asgi", {}), "spec_version": "2.3"}}
+        await super().__call__(older, receive, send)
+
+
+def _json(body: Any, status_code: int = 200) -> Response:
+    # ASCII escapes, so that NUL characters and lone surrogates reach the client as sent.
+    return Response(json.dumps(body), status_code=status_code, media_type="application/json")
 
 
 class ProviderServer:

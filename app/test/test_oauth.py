@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import itertools
-from collections.abc import Iterator
+import json
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
-from sqlalchemy import select, update
+from sqlalchemy import event, func, select, update
+from starlette.responses import Response
 
-from app.core.oauth import UnsafeUrl, check_picture_url
-from app.models import ExternalAccount, OAuthToken, Session, User, now_epoch
+from app.core import oauth as core_oauth
+from app.core.oauth import UnsafeUrl, check_picture_url, fetch_picture, fetch_pinned
+from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, now_epoch
+from app.services import oauth as oauth_service
+from app.services.maintenance import purge_expired
 from app.services.oauth import refresh_provider_token
+from app.test.conftest import empty_redis
 from app.test.factories import (
     PASSWORD,
     bearer,
@@ -42,15 +60,22 @@ def fake_provider() -> Iterator[FakeProvider]:
 
 @pytest.fixture
 def settings_overrides(fake_provider: FakeProvider) -> dict[str, object]:
+    return _enabled(fake_provider, PROVIDERS, FRONTEND_URL=FRONTEND)
+
+
+def _enabled(
+    fake_provider: FakeProvider, providers: list[str], **extra: object
+) -> dict[str, object]:
+    """Settings with ``providers`` enabled, all served by the fake provider."""
     clients = {}
-    for name in PROVIDERS:
+    for name in providers:
         clients[f"API_CLIENT_ID_{name.upper()}"] = f"{name}-client"
         clients[f"API_CLIENT_SECRET_{name.upper()}"] = f"{name}-secret"
     return {
         **clients,
         "OAUTH_PROVIDER_URLS": fake_provider.overrides(),
         "BASE_URL": "http://testserver",
-        "FRONTEND_URL": FRONTEND,
+        **extra,
     }
 
 
@@ -75,6 +100,19 @@ async def _flow(
     params: dict | None = None,
 ) -> httpx.Response:
     """Start at our API, consent at the provider (real HTTP), come back to the callback."""
+    path = await _callback_path(client, provider, link=link, headers=headers, params=params)
+    return await client.get(path)
+
+
+async def _callback_path(
+    client: httpx.AsyncClient,
+    provider: str,
+    *,
+    link: bool = False,
+    headers: dict | None = None,
+    params: dict | None = None,
+) -> str:
+    """Start a sign-in and consent at the provider: the callback path, not yet followed."""
     start = await client.get(
         f"/api/oauth/{provider}{'/link' if link else ''}", params=params, headers=headers
     )
@@ -84,7 +122,7 @@ async def _flow(
     assert consent.status_code in (302, 307), consent.text
     callback = consent.headers["location"]
     assert callback.startswith(f"http://testserver/api/oauth/{provider}/callback?")
-    return await client.get(callback.removeprefix("http://testserver"))
+    return callback.removeprefix("http://testserver")
 
 
 async def _me(client: httpx.AsyncClient, tokens: dict) -> dict:
@@ -554,3 +592,517 @@ async def test_an_expired_provider_token_is_refreshed_through_authlib(
     assert row.access_token != old_access
     assert row.expires_at > 1
     assert "github token refresh_token" in fake_provider.requests
+
+
+# Misbehaving providers -------------------------------------------------------------------
+
+ALL_PROVIDERS = ["github", "discord", "twitch", "google", "reddit", "twitter"]
+#: OAUTH_PROVIDER_DEADLINE_SECONDS for the tests of slow providers.
+DEADLINE_SECONDS = 1.5
+LONG = "x" * 5000
+MISSING = object()
+
+# Where each part of a profile sits in each provider's answers: (answer, path in its JSON).
+PROFILE_FIELDS: dict[str, dict[str, tuple[str, tuple[Any, ...]]]] = {
+    "github": {
+        "id": ("user", ("id",)),
+        "username": ("user", ("login",)),
+        "name": ("user", ("name",)),
+        "email": ("user/emails", (1, "email")),
+        "verified": ("user/emails", (1, "verified")),
+        "picture": ("user", ("avatar_url",)),
+    },
+    "discord": {
+        "id": ("users/@me", ("id",)),
+        "username": ("users/@me", ("username",)),
+        "name": ("users/@me", ("global_name",)),
+        "email": ("users/@me", ("email",)),
+        "verified": ("users/@me", ("verified",)),
+        "picture": ("users/@me", ("avatar",)),
+    },
+    "twitch": {
+        "id": ("users", ("data", 0, "id")),
+        "username": ("users", ("data", 0, "login")),
+        "name": ("users", ("data", 0, "display_name")),
+        "email": ("users", ("data", 0, "email")),
+        "picture": ("users", ("data", 0, "profile_image_url")),
+    },
+    "google": {
+        "id": ("userinfo", ("sub",)),
+        "name": ("userinfo", ("name",)),
+        "email": ("userinfo", ("email",)),
+        "verified": ("userinfo", ("email_verified",)),
+        "picture": ("userinfo", ("picture",)),
+    },
+    "reddit": {
+        "id": ("api/v1/me", ("id",)),
+        "username": ("api/v1/me", ("name",)),
+        "picture": ("api/v1/me", ("icon_img",)),
+    },
+    "twitter": {
+        "id": ("users/me", ("data", "id")),
+        "username": ("users/me", ("data", "username")),
+        "name": ("users/me", ("data", "name")),
+        "picture": ("users/me", ("data", "profile_image_url")),
+    },
+}
+# The external_account column that shows a profile field.
+COLUMNS = {"username": "username", "name": "display_name", "picture": "picture_url"}
+REFUSED = "502 OAUTH_PROVIDER_ERROR, nothing stored"
+DROPPED, CUT, CLEANED = "dropped", "cut", "cleaned"
+
+# (what, profile field, value sent, outcome). An id, an email or its verified flag that is
+# not exactly right refuses the sign-in; a shown field (username, name, picture) that is
+# unusable is dropped, or cut when too long, and the sign-in works.
+BAD_FIELDS: list[tuple[str, str, Any, str]] = [
+    ("id missing", "id", MISSING, REFUSED),
+    ("id null", "id", None, REFUSED),
+    ("id a list", "id", [1], REFUSED),
+    ("id a dict", "id", {"id": 1}, REFUSED),
+    ("id a boolean", "id", True, REFUSED),
+    ("id a float", "id", 1.5, REFUSED),
+    ("id of 5000 characters", "id", LONG, REFUSED),
+    ("id with a NUL", "id", "12\x0034", REFUSED),
+    ("username a number", "username", 12345, DROPPED),
+    ("username of 5000 characters", "username", LONG, CUT),
+    ("username a list", "username", ["octo"], DROPPED),
+    ("name of 5000 characters", "name", "N" * 5000, CUT),
+    ("name a dict", "name", {"first": "Octo"}, DROPPED),
+    ("name with a NUL and a lone surrogate", "name", "Bad\x00Name\ud800", CLEANED),
+    ("email not an email", "email", "not an email", REFUSED),
+    ("email a dict", "email", {"address": "octo@example.org"}, REFUSED),
+    ("email of 5000 characters", "email", LONG + "@example.org", REFUSED),
+    ("email with a NUL", "email", "octo\x00@example.org", REFUSED),
+    ("verified a string", "verified", "yes", REFUSED),
+    ("verified a number", "verified", 1, REFUSED),
+    ("picture a dict", "picture", {"url": "https://cdn.example.com/a.png"}, DROPPED),
+    ("picture not a URL", "picture", "javascript:alert(1)", DROPPED),
+    ("picture of 5000 characters", "picture", "https://cdn.example.com/" + LONG, DROPPED),
+]
+# Whole answers replaced (each answer of the provider, and its token answer).
+BAD_ANSWERS: list[tuple[str, Callable[[Any], Any]]] = [
+    ("a list", lambda body: [body]),
+    ("null", lambda body: None),
+    ("a string", lambda body: "surprise"),
+    ("not JSON", lambda body: Response("<html>Oops</html>", media_type="text/html")),
+    ("a server error", lambda body: Response("{}", 500, media_type="application/json")),
+]
+# The token answer with one member changed.
+BAD_TOKENS: list[tuple[str, dict[str, Any]]] = [
+    ("access_token missing", {"access_token": MISSING}),
+    ("access_token a dict", {"access_token": {"value": "t"}}),
+    ("access_token with a line break", {"access_token": "abc\r\nX-Injected: 1"}),
+    ("access_token of 100000 characters", {"access_token": "t" * 100_000}),
+    ("token_type unknown", {"token_type": "mac"}),
+    ("token_type of 5000 characters", {"token_type": LONG}),
+    ("refresh_token a list", {"refresh_token": ["r"]}),
+    ("expires_in a word", {"expires_in": "soon"}),
+    ("expires_in a dict", {"expires_in": {"seconds": 1}}),
+    ("expires_in beyond any date", {"expires_in": 10**30}),
+]
+
+
+def _changed(path: tuple[Any, ...], value: Any) -> Callable[[Any], Any]:
+    def tamper(body: Any) -> Any:
+        body = copy.deepcopy(body)
+        *parents, last = path
+        target = body
+        for key in parents:
+            target = target[key]
+        if value is MISSING:
+            del target[last]
+        else:
+            target[last] = value
+        return body
+
+    return tamper
+
+
+def _with_members(changes: dict[str, Any]) -> Callable[[Any], Any]:
+    return _changed_all([((key,), value) for key, value in changes.items()])
+
+
+def _changed_all(changes: list[tuple[tuple[Any, ...], Any]]) -> Callable[[Any], Any]:
+    def tamper(body: Any) -> Any:
+        for path, value in changes:
+            body = _changed(path, value)(body)
+        return body
+
+    return tamper
+
+
+def _malformed_cases(provider: str) -> list[tuple[str, dict[str, Callable], str | Callable]]:
+    """(what, provider.tamper, expected outcome) for every case that applies to ``provider``."""
+    fields = PROFILE_FIELDS[provider]
+    cases: list[tuple[str, dict[str, Callable], Any]] = []
+    for what, field, value, outcome in BAD_FIELDS:
+        if field in fields:
+            answer, path = fields[field]
+            expected = outcome if outcome == REFUSED else (field, outcome)
+            cases.append((what, {f"{provider} {answer}": _changed(path, value)}, expected))
+    for answer in sorted({answer for answer, _ in fields.values()} | {"token"}):
+        for what, tamper in BAD_ANSWERS:
+            cases.append((f"{answer} answer {what}", {f"{provider} {answer}": tamper}, REFUSED))
+    for what, changes in BAD_TOKENS:
+        cases.append((what, {f"{provider} token": _with_members(changes)}, REFUSED))
+    if provider == "twitch":
+        cases.append(("no user in data", {"twitch users": lambda body: {"data": []}}, REFUSED))
+    if provider == "github":
+        tamper = _changed((1,), "octo@example.org")
+        cases.append(("an email entry not an object", {"github user/emails": tamper}, REFUSED))
+    return cases
+
+
+async def _stored(app: FastAPI) -> tuple[int, int, int]:
+    """How many users, external accounts and provider tokens exist."""
+    async with app.state.session_factory() as session:
+        return (
+            await session.scalar(select(func.count()).select_from(User)),
+            await session.scalar(select(func.count()).select_from(ExternalAccount)),
+            await session.scalar(select(func.count()).select_from(OAuthToken)),
+        )
+
+
+def _expected(provider: str, person: ProviderUser, expected: Any) -> str:
+    if expected == REFUSED:
+        return REFUSED
+    field, outcome = expected
+    column = COLUMNS[field]
+    if outcome == CUT:
+        return f"200, {column} of 255 characters"
+    if outcome == CLEANED:
+        return f"200, {column}='BadName'"
+    # Dropped: GitHub and Discord show the username when the name is unusable, Reddit
+    # has one name for both.
+    fallback = None
+    if field == "name" and provider in ("github", "discord"):
+        fallback = person.username
+    return f"200, {column}={fallback!r}"
+
+
+async def _observed(
+    app: FastAPI, response: httpx.Response, before: tuple, provider: str, person, expected: Any
+) -> str:
+    after = await _stored(app)
+    if response.status_code != 200:
+        code = response.json().get("code")
+        left = "nothing stored" if after == before else f"rows left behind {before} -> {after}"
+        return f"{response.status_code} {code}, {left}"
+    async with app.state.session_factory() as session:
+        account = await session.scalar(
+            select(ExternalAccount).where(
+                ExternalAccount.provider == provider, ExternalAccount.external_id == person.id
+            )
+        )
+    if account is None or expected == REFUSED:
+        return f"200, account {'missing' if account is None else 'created'}"
+    value = getattr(account, COLUMNS[expected[0]])
+    if isinstance(value, str) and len(value) > 100:
+        return f"200, {COLUMNS[expected[0]]} of {len(value)} characters"
+    return f"200, {COLUMNS[expected[0]]}={value!r}"
+
+
+class TestMisbehavingProviders:
+    """A provider's answer is read into a typed profile: an unusable one is a 502 that
+    leaves nothing behind (the review found 500s and accounts that could never log in),
+    a slow or huge one is cut off."""
+
+    @pytest.fixture
+    def settings_overrides(self, fake_provider: FakeProvider) -> dict[str, object]:
+        return _enabled(
+            fake_provider, ALL_PROVIDERS, OAUTH_PROVIDER_DEADLINE_SECONDS=DEADLINE_SECONDS
+        )
+
+    @pytest.mark.parametrize("provider", ALL_PROVIDERS)
+    async def test_malformed_answers(
+        self, app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider, provider: str
+    ) -> None:
+        observed, expected = {}, {}
+        for what, tamper, outcome in _malformed_cases(provider):
+            person = _person()
+            fake_provider.next_user = person
+            fake_provider.tamper = tamper
+            before = await _stored(app)
+            response = await _flow(client, provider)
+            observed[what] = await _observed(app, response, before, provider, person, outcome)
+            expected[what] = _expected(provider, person, outcome)
+        assert observed == expected
+        # And the provider, behaving again, still signs people in.
+        fake_provider.tamper = {}
+        fake_provider.next_user = _person()
+        assert (await _flow(client, provider)).status_code == 200
+
+    async def test_a_trickling_provider_is_cut_off_at_the_deadline(
+        self, client: httpx.AsyncClient, fake_provider: FakeProvider
+    ) -> None:
+        """One byte every 0.25 s: each read is quick, the whole would take half a minute."""
+        fake_provider.tamper = {
+            "github user": lambda body: fake_provider.trickling(
+                json.dumps(body).encode() + b" " * 40, interval_seconds=0.25
+            )
+        }
+        fake_provider.next_user = _person()
+        path = await _callback_path(client, "github")
+        started = time.monotonic()
+        response = await client.get(path)
+        elapsed = time.monotonic() - started
+        assert (response.status_code, response.json().get("code")) == (502, "OAUTH_PROVIDER_ERROR")
+        assert elapsed < DEADLINE_SECONDS + 5
+
+    @pytest.mark.parametrize("declare_length", [False, True], ids=["chunked", "content-length"])
+    async def test_a_huge_answer_is_not_read_whole(
+        self, client: httpx.AsyncClient, fake_provider: FakeProvider, declare_length: bool
+    ) -> None:
+        size = 64 * 1024 * 1024
+        fake_provider.tamper = {
+            "github user": lambda body: fake_provider.endless(size, declare_length=declare_length)
+        }
+        fake_provider.next_user = _person()
+        response = await _flow(client, "github")
+        assert (response.status_code, response.json().get("code")) == (502, "OAUTH_PROVIDER_ERROR")
+        # The app stopped reading long before the end (what was sent is socket buffers).
+        assert fake_provider.streamed_bytes < size // 4
+
+    async def test_a_huge_token_answer_is_not_read_whole(
+        self, client: httpx.AsyncClient, fake_provider: FakeProvider
+    ) -> None:
+        size = 64 * 1024 * 1024
+        fake_provider.tamper = {"github token": lambda body: fake_provider.endless(size)}
+        fake_provider.next_user = _person()
+        response = await _flow(client, "github")
+        assert (response.status_code, response.json().get("code")) == (502, "OAUTH_PROVIDER_ERROR")
+        assert fake_provider.streamed_bytes < size // 4
+
+
+async def test_a_failure_after_the_user_insert_leaves_nothing(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+) -> None:
+    """The user, its link and the provider's token are one transaction: a failure while
+    storing the link (here, injected) leaves no account that could never log in."""
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("the link could not be stored")
+
+    event.listen(ExternalAccount, "before_insert", fail)
+    try:
+        fake_provider.next_user = _person()
+        response = await _flow(client, "github")
+    finally:
+        event.remove(ExternalAccount, "before_insert", fail)
+    assert response.status_code == 500
+    assert await _stored(app) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("local_account", [False, True], ids=["new account", "linked by email"])
+async def test_two_first_sign_ins_of_one_person_at_once(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider, local_account: bool
+) -> None:
+    """Two browsers come back for the same person at the same moment: one account, one
+    link, one token; the other browser gets a 409 or the same account, never a 500."""
+    person = _person()
+    if local_account:
+        local = await create_user(app.state.session_factory, email_verified=True)
+        person = _person(email=local.email)
+    fake_provider.next_user = person
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as other:
+        paths = [await _callback_path(client, "discord"), await _callback_path(other, "discord")]
+        responses = await asyncio.gather(client.get(paths[0]), other.get(paths[1]))
+    statuses = {response.status_code for response in responses}
+    assert statuses <= {200, 409}, [response.text for response in responses]
+    assert 200 in statuses
+    assert await _stored(app) == (1, 1, 1)
+
+
+# Single-use states -----------------------------------------------------------------------
+
+
+class TestSingleUseStates:
+    """A callback replayed with the cookie from before it (against a provider that takes
+    a code twice) is refused: the state is used up on the server."""
+
+    @pytest.fixture(params=["without Redis", "with Redis"])
+    def settings_overrides(
+        self, request: pytest.FixtureRequest, fake_provider: FakeProvider
+    ) -> dict[str, object]:
+        extra = {"REDIS_URL": empty_redis()} if request.param == "with Redis" else {}
+        return _enabled(fake_provider, ALL_PROVIDERS, **extra)
+
+    async def test_a_replayed_callback_is_refused(
+        self, app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+    ) -> None:
+        fake_provider.codes_reusable = True
+        fake_provider.next_user = _person()
+        path = await _callback_path(client, "github")
+        before_callback = dict(client.cookies)
+        first = await client.get(path)
+        assert first.status_code == 200, first.text
+        client.cookies.clear()
+        client.cookies.update(before_callback)
+        replayed = await client.get(path)
+        assert (replayed.status_code, replayed.json().get("code")) == (400, "INVALID_STATE")
+        # Refused before the code reached the provider again.
+        assert fake_provider.requests.count("github token authorization_code") == 1
+
+    async def test_parallel_replays_log_in_once(
+        self, app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+    ) -> None:
+        fake_provider.codes_reusable = True
+        fake_provider.next_user = _person()
+        path = await _callback_path(client, "github")
+        requests = [client.build_request("GET", path) for _ in range(4)]
+        responses = await asyncio.gather(*(client.send(request) for request in requests))
+        statuses = sorted(response.status_code for response in responses)
+        assert statuses == [200, 400, 400, 400], [response.text for response in responses]
+        assert {r.json()["code"] for r in responses if r.status_code == 400} == {"INVALID_STATE"}
+        assert await _stored(app) == (1, 1, 1)
+
+
+async def test_a_sign_in_older_than_its_state_is_refused(
+    client: httpx.AsyncClient, fake_provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cookie is signed again on every OAuth request, so it alone does not bound
+    the age of the sign-in it carries: the state does."""
+    fake_provider.next_user = _person()
+    path = await _callback_path(client, "github")
+    later = now_epoch() + oauth_service.STATE_MAX_AGE_SECONDS + 1
+    monkeypatch.setattr(oauth_service, "now_epoch", lambda: later)
+    response = await client.get(path)
+    assert (response.status_code, response.json().get("code")) == (400, "INVALID_STATE")
+
+
+async def test_used_states_are_purged_once_expired(
+    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+) -> None:
+    fake_provider.next_user = _person()
+    assert (await _flow(client, "github")).status_code == 200
+    used = select(UsedToken).where(UsedToken.purpose == oauth_service.STATE_PURPOSE)
+    async with app.state.session_factory() as session:
+        assert len((await session.scalars(used)).all()) == 1
+    await purge_expired(app.state.session_factory)
+    async with app.state.session_factory() as session:
+        assert len((await session.scalars(used)).all()) == 1  # not expired yet
+        await session.execute(
+            update(UsedToken)
+            .where(UsedToken.purpose == oauth_service.STATE_PURPOSE)
+            .values(expires_at=now_epoch())
+        )
+        await session.commit()
+    await purge_expired(app.state.session_factory)
+    async with app.state.session_factory() as session:
+        assert (await session.scalars(used)).all() == []
+
+
+# Pictures: the address checked is the address connected to ------------------------------
+
+
+class _Listener:
+    """A TCP server on loopback that records who connected (and answers nothing)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+
+    async def __aenter__(self) -> _Listener:
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            writer.close()
+
+        self.server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_a_picture_name_that_rebinds_to_loopback_is_not_reached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS answers a public address when the URL is checked and 127.0.0.1 afterwards:
+    the download goes to the address that was checked, never to the local server."""
+    real_getaddrinfo = socket.getaddrinfo
+    answers: list[str] = []
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name != "pictures.example":
+            return real_getaddrinfo(host, port, *args, **kwargs)
+        answers.append("93.184.215.14" if not answers else "127.0.0.1")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[-1], int(port or 443)))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    monkeypatch.setattr(core_oauth, "PICTURE_FETCH_TIMEOUT_SECONDS", 2)
+    async with _Listener() as local:
+        assert await fetch_picture(f"https://pictures.example:{local.port}/a.png") is None
+        await asyncio.sleep(0.1)
+    assert local.connections == 0
+    assert answers[0] == "93.184.215.14"
+
+
+def _certificate(name: str, folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for ``name`` (PEM files: certificate, key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_a_pinned_download_keeps_the_name_for_tls_and_host(tmp_path: Path) -> None:
+    """Connected to an address, the download still sends the name as SNI and Host, and
+    checks the certificate against the name."""
+    cert_path, key_path = _certificate("pictures.example", tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_path, key_path)
+    seen: dict[str, Any] = {}
+
+    def sni(connection: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
+        seen["sni"] = name
+
+    server_tls.sni_callback = sni
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen["host"] = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"host:")
+        )
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nimage")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    trusted = ssl.create_default_context(cafile=str(cert_path))
+    try:
+        url = f"https://pictures.example:{port}/a.png"
+        assert await fetch_pinned(url, "127.0.0.1", verify=trusted) == b"image"
+        assert seen == {"sni": "pictures.example", "host": f"pictures.example:{port}"}
+        # A certificate for another name is refused, although the address is the same.
+        other = f"https://elsewhere.example:{port}/a.png"
+        assert await fetch_pinned(other, "127.0.0.1", verify=trusted) is None
+    finally:
+        server.close()
+        await server.wait_closed()
