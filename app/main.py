@@ -48,6 +48,7 @@ from app.core.rate_limiter import (
 )
 from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
+from app.core.security import warm_up_password_hashing
 from app.routers import admin, auth, files, oauth, pages, users
 from app.routers.deps import resolve_flag_user
 from app.services.auth_cache import AuthCache, session_options
@@ -86,6 +87,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks: list[asyncio.Task[None]] = []
     try:
         await upgrade_database(engine)
+        await warm_up_password_hashing(settings.PASSWORD_BCRYPT_ROUNDS)
         await ensure_first_admin(app.state.session_factory, settings)
         tasks = await _start_feature_flags(app, settings)
         if cache.redis is not None:

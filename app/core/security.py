@@ -88,12 +88,16 @@ def _verify_sync(password: str, hashed: str) -> bool:
 # latency to each. A pool of its own, one thread per core, also leaves the default
 # thread pool free for everything else.
 BCRYPT_WORKERS = os.cpu_count() or 2
-#: Hashes that may wait for a free core; past them a password request is refused at
-#: once (503) rather than left to queue without end behind a flood of logins.
-BCRYPT_QUEUE = 8 * BCRYPT_WORKERS
+#: The longest a password check may wait for a free core. Past the queue this allows,
+#: a check is refused at once (503) rather than left to wait without end behind a
+#: flood of logins. The queue is sized from how long a hash takes here, measured.
+BCRYPT_MAX_WAIT_SECONDS = 2.0
 _BCRYPT_POOL = ThreadPoolExecutor(max_workers=BCRYPT_WORKERS, thread_name_prefix="bcrypt")
 _bcrypt_lock = threading.Lock()
 _bcrypt_outstanding = 0
+#: Average seconds of one hash (a moving average; bcrypt cost 12 on a typical core
+#: until the first measurement, which the service makes when it starts).
+_hash_seconds = 0.25
 
 
 class PasswordCheckBusy(AppError):
@@ -104,24 +108,49 @@ class PasswordCheckBusy(AppError):
     detail = "Too many password checks at once; try again in a moment"
 
 
+def password_check_capacity() -> int:
+    """How many password checks may be running or waiting at once."""
+    waiting = int(BCRYPT_WORKERS * BCRYPT_MAX_WAIT_SECONDS / _hash_seconds)
+    return BCRYPT_WORKERS + max(BCRYPT_WORKERS, waiting)
+
+
 def ensure_password_capacity() -> None:
     """PasswordCheckBusy now when the hashing queue is full: a flooded login is refused
     before it costs a database query (the hash itself reserves its place later)."""
-    if _bcrypt_outstanding >= BCRYPT_WORKERS + BCRYPT_QUEUE:
+    if _bcrypt_outstanding >= password_check_capacity():
         raise PasswordCheckBusy(headers={"Retry-After": "1"})
+
+
+def _timed(function: Callable[..., T], *args: Any) -> T:
+    global _hash_seconds
+    started = time.perf_counter()
+    try:
+        return function(*args)
+    finally:
+        _hash_seconds = 0.8 * _hash_seconds + 0.2 * (time.perf_counter() - started)
 
 
 async def _in_bcrypt_pool(function: Callable[..., T], *args: Any) -> T:
     global _bcrypt_outstanding
     with _bcrypt_lock:
-        if _bcrypt_outstanding >= BCRYPT_WORKERS + BCRYPT_QUEUE:
+        if _bcrypt_outstanding >= password_check_capacity():
             raise PasswordCheckBusy(headers={"Retry-After": "1"})
         _bcrypt_outstanding += 1
     try:
-        return await asyncio.get_running_loop().run_in_executor(_BCRYPT_POOL, function, *args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_BCRYPT_POOL, _timed, function, *args)
     finally:
         with _bcrypt_lock:
             _bcrypt_outstanding -= 1
+
+
+async def warm_up_password_hashing(rounds: int) -> None:
+    """Make the dummy hash of ``rounds`` and measure a hash's time (at start-up): the
+    first login does not pay for it, and the queue is sized from the start."""
+    global _hash_seconds
+    started = time.perf_counter()
+    await asyncio.get_running_loop().run_in_executor(_BCRYPT_POOL, _dummy_hash, rounds)
+    _hash_seconds = time.perf_counter() - started
 
 
 async def hash_password(password: str, rounds: int) -> str:
