@@ -107,6 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if getattr(app.state, "scheduler", None) is not None:
             app.state.scheduler.stop()
         await stop_background_tasks(tasks)
+        await cache.aclose()
         await app.state.mailer.drain()
         if app.state.redis is not None:
             await app.state.redis.aclose()

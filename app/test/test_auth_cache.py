@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -24,6 +26,9 @@ from app.main import create_app, stop_background_tasks
 from app.models import Session, User, new_uuid, now_epoch
 from app.services.auth_cache import (
     ALL,
+    ANNOUNCE_WAIT_SECONDS,
+    CHANNEL,
+    LEASE_SECONDS,
     USER_OMITTED,
     AuthCache,
     SnapshotWrite,
@@ -34,6 +39,7 @@ from app.test.factories import (
     PASSWORD,
     bearer,
     delete_user,
+    live_signup_and_login,
     login,
     make_user,
     signup_and_login,
@@ -490,18 +496,115 @@ def test_a_remembered_token_vouches_for_no_other() -> None:
         decode_access_token(token, "another-secret-" + "x" * 32)
 
 
-async def test_an_announcement_to_a_silent_redis_does_not_hold_up_a_commit() -> None:
+def _live_me(server: LiveServer, tokens: dict) -> httpx.Response:
+    return httpx.get(f"{server.url}/api/users/me", headers=bearer(tokens), timeout=30)
+
+
+# A Redis that stalls ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def stallable_cache(private_redis: str) -> AsyncIterator[AuthCache]:
+    """A listening cache on a Redis of the test's own, that the test may pause."""
+    cache = AuthCache(60, redis=create_redis(private_redis))
+    task = asyncio.create_task(cache.listen(retry_seconds=0.2))
+    try:
+        yield cache
+    finally:
+        await stop_background_tasks([task])
+        await cache.aclose(drain_seconds=0)
+        await cache.redis.aclose()
+
+
+def _pause(redis_url: str, seconds: float, *, writes_only: bool = False) -> None:
+    with Redis.from_url(redis_url) as redis:
+        redis.client_pause(int(seconds * 1000), all=not writes_only)
+
+
+async def test_a_redis_paused_for_writes_stops_the_cache_until_it_is_back(
+    stallable_cache: AuthCache, private_redis: str
+) -> None:
+    cache = stallable_cache
+    await _wait_for(lambda: cache.available)
+    user, session = _user_and_session()
+    cache.store_session(cache.generation, session, user)
+    # Reads still pass (PING would), PUBLISH waits: another replica's logout is held.
+    _pause(private_redis, 2, writes_only=True)
+    await _wait_for(lambda: not cache.available, seconds=LEASE_SECONDS + 0.5)
+    assert cache.session(session.id) is None
+    await _wait_for(lambda: cache.available)
+    assert cache.session(session.id) is None  # back empty: what was missed is unknown
+    assert len(cache) == 0
+
+
+async def test_a_commit_waits_briefly_on_a_paused_redis_and_is_announced_once_it_is_back(
+    private_redis: str,
+) -> None:
+    listener = create_redis(private_redis)
+    sender = AuthCache(60, redis=create_redis(private_redis))
+    try:
+        async with listener.pubsub() as pubsub:
+            await pubsub.subscribe(CHANNEL)
+            assert (await pubsub.get_message(timeout=2))["type"] == "subscribe"
+            _pause(private_redis, 2 * ANNOUNCE_WAIT_SECONDS)
+            started = time.monotonic()
+            await sender.announce(["someone"])
+            assert time.monotonic() - started < ANNOUNCE_WAIT_SECONDS + 0.3
+            # Not given up: sent again until Redis takes it.
+            message = None
+            deadline = time.monotonic() + 10
+            while message is None and time.monotonic() < deadline:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            assert message is not None, "the announcement never arrived"
+            assert json.loads(message["data"])["users"] == ["someone"]
+    finally:
+        await sender.aclose(drain_seconds=0)
+        await sender.redis.aclose()
+        await listener.aclose()
+
+
+async def test_once_redis_has_been_silent_for_a_lease_commits_no_longer_wait() -> None:
     silent = socket.socket()  # accepts connections (the backlog), never answers
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
     cache = AuthCache(60, redis=create_redis(f"redis://127.0.0.1:{silent.getsockname()[1]}/0"))
-    cache.listening = True  # a server whose subscription is down
+    task = asyncio.create_task(cache.listen(retry_seconds=0.2))
     try:
+        # Every replica whose probes that Redis holds has stopped trusting its cache.
+        await _wait_for(lambda: cache.announce_wait_seconds() == 0)
         started = time.monotonic()
         await cache.announce(["someone"])
         assert time.monotonic() - started < 0.1
-        assert len(cache._background) == 1  # still trying, in the background
+        assert cache._pending == {"someone"}  # still trying, in the background
     finally:
-        await stop_background_tasks(list(cache._background))
+        await stop_background_tasks([task])
+        await cache.aclose(drain_seconds=0)
         await cache.redis.aclose()
         silent.close()
+
+
+class TestReplicasOnAStalledRedis:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {}  # the replicas get the Redis of the test's own
+
+    def test_a_logout_is_refused_by_the_other_replica_at_once(
+        self, settings: Settings, tmp_path: Path, private_redis: str
+    ) -> None:
+        with replicas(settings, private_redis, tmp_path) as (first, second):
+            _, tokens = live_signup_and_login(first.url)
+            for server in (first, second):  # both replicas now hold the session
+                assert _live_me(server, tokens).status_code == 200
+
+            pause_seconds = 4 * ANNOUNCE_WAIT_SECONDS
+            _pause(private_redis, pause_seconds)
+            paused_at = time.monotonic()
+            with ThreadPoolExecutor(1) as pool:
+                logout = pool.submit(
+                    httpx.post, f"{first.url}/api/auth/logout", headers=bearer(tokens), timeout=30
+                )
+                # The commit does not wait for Redis longer than that...
+                assert logout.result(timeout=ANNOUNCE_WAIT_SECONDS + 1).status_code == 204
+            # ...and by then the other replica has stopped trusting what it holds.
+            assert _live_me(second, tokens).status_code == 401
+            assert time.monotonic() - paused_at < pause_seconds  # all while Redis was paused
