@@ -30,8 +30,8 @@ just removed.
 
 Knowing that nothing was missed:
 
-- Without Redis a process hears only its own commits, so the cache is used only in
-  a single-process SQLite deployment.
+- Without Redis a process hears only its own commits, so the cache is used only by
+  the one process of a SQLite database (:class:`SQLiteProcesses`).
 - With Redis, a listening replica publishes a probe to itself every
   :data:`PROBE_INTERVAL_SECONDS` on a channel of its own. Redis delivers a
   subscriber's messages in the order it ran the PUBLISH commands, so a probe that
@@ -48,8 +48,8 @@ Knowing that nothing was missed:
   replica has itself been unsure for :data:`LEASE_SECONDS`, so have the others, and
   commits stop waiting.
 
-The cost of a cached lookup is one monotonic clock read and comparison: no Redis
-round trip.
+The cost of a cached lookup is one monotonic clock read and comparison (plus, on
+SQLite without Redis, one byte read from shared memory): no Redis round trip.
 Left uncovered: a replica cut off from Redis while the others still reach it cannot
 tell them about its commits until it reaches Redis again (it retries meanwhile); the
 others miss them until then, and ``AUTH_CACHE_SECONDS`` at most.
@@ -59,11 +59,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import math
+import mmap
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from loguru import logger
@@ -129,6 +133,79 @@ def snapshot(instance: _Model, omitted: frozenset[str]) -> _Model:
     return copy
 
 
+class SQLiteProcesses:
+    """The server processes that use one SQLite database file, told apart by file locks.
+
+    Without Redis a process hears only its own commits, so it may keep the cache only
+    while no other process uses the database: not a second server on the same file,
+    not a sibling worker however it was started (spawned, forked). Two files beside
+    the database say who is there; the kernel drops their locks when a process ends,
+    however it ends:
+
+    - ``<database>.cache-owner-lock``, held exclusively for life by the process that
+      found no other (the owner). Its first byte, mapped into every process's memory,
+      is set by each process that comes later: the owner reads it on every lookup.
+    - ``<database>.cache-members-lock``, held shared for life by every other process,
+      so that an owner started while they run knows they are there.
+
+    An owner writes "alone" while it holds the members lock exclusively, and a later
+    process writes "shared" only once it holds that lock, so the last word is always
+    right. Once shared, the owner stays uncached until it restarts alone.
+    """
+
+    def __init__(self, owner_fd: int, members_fd: int, flag: mmap.mmap, alone: bool) -> None:
+        self._owner_fd = owner_fd
+        self._members_fd = members_fd
+        #: First byte non-zero: another process has joined since the owner started.
+        self.flag = flag
+        #: Whether this process found no other on the database when it joined.
+        self.alone = alone
+
+    @classmethod
+    def join(cls, database: str | Path) -> SQLiteProcesses:
+        """Register this process as a user of the SQLite file ``database`` (blocks
+        briefly: run it in a thread). Raises OSError when the lock files cannot be made."""
+        database = Path(database).resolve()  # one file, however it is named
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        owner_fd = os.open(f"{database}.cache-owner-lock", flags, 0o600)
+        try:
+            members_fd = os.open(f"{database}.cache-members-lock", flags, 0o600)
+        except OSError:
+            os.close(owner_fd)
+            raise
+        flag = None
+        try:
+            if os.fstat(owner_fd).st_size < 1:
+                os.ftruncate(owner_fd, 1)  # room for the flag; a racing twin does the same
+            flag = mmap.mmap(owner_fd, 1)
+            try:
+                fcntl.flock(owner_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # an owner is running: this process comes later
+                fcntl.flock(members_fd, fcntl.LOCK_SH)  # waits out an owner's check only
+                flag[0] = 1
+                return cls(owner_fd, members_fd, flag, alone=False)
+            try:
+                fcntl.flock(members_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # others outlived the previous owner
+                flag[0] = 1
+                return cls(owner_fd, members_fd, flag, alone=False)
+            flag[0] = 0
+            fcntl.flock(members_fd, fcntl.LOCK_UN)
+            return cls(owner_fd, members_fd, flag, alone=True)
+        except BaseException:
+            if flag is not None:
+                flag.close()
+            os.close(owner_fd)
+            os.close(members_fd)
+            raise
+
+    def leave(self) -> None:
+        """Release both locks (exiting does the same)."""
+        self.flag.close()
+        os.close(self._members_fd)
+        os.close(self._owner_fd)
+
+
 class AuthCache:
     """Copies of open sessions and their users, dropped when the database changes.
 
@@ -140,6 +217,9 @@ class AuthCache:
     redis
         Where invalidations are announced and heard; the cache is unused until
         :meth:`listen` has had a probe back.
+    processes
+        Without Redis: this process's registration on the SQLite database; the cache
+        turns off for good when another process joins.
     max_users
         Entries kept; the oldest user (and their sessions) goes first.
     """
@@ -149,6 +229,7 @@ class AuthCache:
         ttl_seconds: float,
         *,
         redis: Redis | None = None,
+        processes: SQLiteProcesses | None = None,
         max_users: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -164,6 +245,9 @@ class AuthCache:
         self._sure_until = -math.inf if ttl_seconds <= 0 or redis is not None else math.inf
         #: Whether sureness was ever had (a lapse after it is logged).
         self._was_sure = False
+        self._processes = processes
+        #: The owner's view of the "another process joined" byte (None: not watched).
+        self._shared_flag = processes.flag if processes is not None and processes.alone else None
         self.origin = uuid.uuid4().hex
         self._probe_channel = f"{CHANNEL}:probe:{self.origin}"
         #: Whether :meth:`listen` runs with probes (a server; the CLI only announces).
@@ -185,14 +269,29 @@ class AuthCache:
     @property
     def available(self) -> bool:
         """Whether lookups may be answered now."""
-        return self.clock() < self._sure_until
+        return self.clock() < self._sure_until and not self._joined_by_another()
+
+    def _joined_by_another(self) -> bool:
+        """Whether another process opened the SQLite database since this one (then the
+        cache goes off for good)."""
+        if self._shared_flag is None or not self._shared_flag[0]:
+            return False
+        logger.warning(
+            "auth cache off: another process uses this SQLite database, "
+            "and without REDIS_URL it could not tell this one about logouts"
+        )
+        self._shared_flag = None
+        self._sure_until = -math.inf
+        self.forget([ALL])
+        return True
 
     # Lookups ----------------------------------------------------------------------------
 
     def session(self, session_id: str) -> tuple[Session, User] | None:
         """The cached session and its user, or None (then ask the database)."""
         now = self.clock()
-        if now >= self._sure_until:
+        if now >= self._sure_until or (self._shared_flag is not None and self._shared_flag[0]):
+            self._joined_by_another()
             return None
         entry = self._sessions.get(session_id)
         if entry is None:
@@ -207,7 +306,8 @@ class AuthCache:
     def user(self, user_uuid: str) -> User | None:
         """The cached copy of a user, or None (then ask the database)."""
         now = self.clock()
-        if now >= self._sure_until:
+        if now >= self._sure_until or (self._shared_flag is not None and self._shared_flag[0]):
+            self._joined_by_another()
             return None
         return self._user(user_uuid, now)
 
@@ -352,7 +452,7 @@ class AuthCache:
 
     async def aclose(self, drain_seconds: float = 1.0) -> None:
         """Stop: give pending announcements ``drain_seconds`` to get out, drop the
-        cache."""
+        cache, release the SQLite locks."""
         sender = self._sender
         if sender is not None and not sender.done():
             await asyncio.wait({sender}, timeout=drain_seconds)
@@ -361,7 +461,11 @@ class AuthCache:
                 await asyncio.gather(sender, return_exceptions=True)
                 logger.error("auth cache invalidation never announced over Redis")
         self._sure_until = -math.inf
+        self._shared_flag = None
         self.forget([ALL])
+        if self._processes is not None:
+            self._processes.leave()
+            self._processes = None
 
     # Replicas: listening ----------------------------------------------------------------
 

@@ -154,8 +154,11 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @contextmanager
-def replicas(settings: Settings, redis_url: str, tmp_path: Path) -> Iterator[list[LiveServer]]:
-    """Two server processes on one database and one Redis, each with its own DATA_DIR.
+def replicas(
+    settings: Settings, redis_url: str | None, tmp_path: Path
+) -> Iterator[list[LiveServer]]:
+    """Two server processes on one database and one Redis (or none), each with its own
+    DATA_DIR.
 
     Started one after the other: the first migrates (and creates a first admin).
     """
@@ -165,9 +168,10 @@ def replicas(settings: Settings, redis_url: str, tmp_path: Path) -> Iterator[lis
             env = {
                 **settings_env(settings),
                 "DATA_DIR": str(tmp_path / f"replica{index}"),
-                "REDIS_URL": redis_url,
                 "JWT_SECRET_KEY": TEST_JWT_SECRET,
             }
+            if redis_url is not None:
+                env["REDIS_URL"] = redis_url
             servers.append(start_server(env, tmp_path / f"replica{index}.log"))
         yield servers
     finally:

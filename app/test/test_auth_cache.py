@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +17,7 @@ import jwt
 import pytest
 from fastapi import FastAPI
 from redis import Redis
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.orm.exc import DetachedInstanceError
 
 from app.core.config import Settings
@@ -32,9 +34,16 @@ from app.services.auth_cache import (
     USER_OMITTED,
     AuthCache,
     SnapshotWrite,
+    SQLiteProcesses,
     snapshot,
 )
-from app.test.conftest import TEST_JWT_SECRET, empty_redis, replicas, require_redis
+from app.test.conftest import (
+    TEST_JWT_SECRET,
+    empty_redis,
+    replicas,
+    require_redis,
+    settings_env,
+)
 from app.test.factories import (
     PASSWORD,
     bearer,
@@ -45,7 +54,7 @@ from app.test.factories import (
     signup_and_login,
     user_with_tokens,
 )
-from app.test.server import LiveServer
+from app.test.server import LiveServer, start_forked_workers, start_server
 
 
 class Clock:
@@ -608,3 +617,137 @@ class TestReplicasOnAStalledRedis:
             # ...and by then the other replica has stopped trusting what it holds.
             assert _live_me(second, tokens).status_code == 401
             assert time.monotonic() - paused_at < pause_seconds  # all while Redis was paused
+
+
+# Processes on one SQLite database, without Redis --------------------------------------------
+
+
+def test_processes_on_one_sqlite_file_are_told_apart(tmp_path: Path) -> None:
+    database = tmp_path / "shared.db"
+    first = SQLiteProcesses.join(database)
+    assert first.alone
+    assert not first.flag[0]
+    # Another open file stands for another process: flock tells them apart.
+    second = SQLiteProcesses.join(tmp_path / "." / "shared.db")
+    assert not second.alone
+    assert first.flag[0]  # the owner sees it
+    first.leave()
+    third = SQLiteProcesses.join(database)  # the owner restarted while the second runs
+    assert not third.alone
+    second.leave()
+    third.leave()
+    fourth = SQLiteProcesses.join(database)  # everyone gone: alone again
+    assert fourth.alone
+    assert not fourth.flag[0]
+    fourth.leave()
+
+
+def test_a_second_process_on_the_database_stops_the_owners_cache(tmp_path: Path) -> None:
+    owner = SQLiteProcesses.join(tmp_path / "shared.db")
+    cache = AuthCache(60, processes=owner)
+    user, session = _user_and_session()
+    cache.store_session(cache.generation, session, user)
+    assert cache.session(session.id) is not None
+    other = SQLiteProcesses.join(tmp_path / "shared.db")
+    try:
+        assert cache.session(session.id) is None
+        assert cache.user(user.uuid) is None
+        assert not cache.available
+        assert len(cache) == 0
+        assert cache.store_session(cache.generation, session, user) is None
+    finally:
+        other.leave()
+        owner.leave()
+
+
+def _database_file(settings: Settings) -> str:
+    return make_url(settings.database_url).database
+
+
+def _change_in_sqlite(settings: Settings, username: str, assignment: str) -> None:
+    """Hand-written SQL on the shared SQLite file, which no process of the service sees."""
+    with contextlib.closing(sqlite3.connect(_database_file(settings))) as connection:
+        connection.execute(f'UPDATE "user" SET {assignment} WHERE username = ?', (username,))
+        connection.commit()
+
+
+def _description(server: LiveServer, tokens: dict) -> str:
+    me = _live_me(server, tokens)
+    assert me.status_code == 200, me.text
+    return me.json()["description"]
+
+
+def _each_logout_is_refused_by_the_other_at_once(first: LiveServer, second: LiveServer) -> None:
+    for ending, other in ((first, second), (second, first)):
+        _, tokens = live_signup_and_login(first.url)
+        for server in (first, second):  # each would hold the session if it cached
+            assert _live_me(server, tokens).status_code == 200
+        logout = httpx.post(f"{ending.url}/api/auth/logout", headers=bearer(tokens))
+        assert logout.status_code == 204
+        assert _live_me(other, tokens).status_code == 401
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
+class TestProcessesOnOneSQLiteFile:
+    """Without Redis: the cache is on only in a process alone on its database."""
+
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {}
+
+    @pytest.fixture
+    def env(self, settings: Settings) -> dict[str, str]:
+        return {**settings_env(settings), "JWT_SECRET_KEY": TEST_JWT_SECRET}
+
+    def test_two_servers_cache_nothing(self, settings: Settings, tmp_path: Path) -> None:
+        with replicas(settings, None, tmp_path) as (first, second):
+            _each_logout_is_refused_by_the_other_at_once(first, second)
+
+    def test_forked_workers_cache_nothing(self, env: dict[str, str], tmp_path: Path) -> None:
+        first, second = start_forked_workers(env, tmp_path / "workers.log")
+        try:
+            _each_logout_is_refused_by_the_other_at_once(first, second)
+        finally:
+            first.stop()
+
+    def test_uvicorn_workers_cache_nothing(
+        self, settings: Settings, env: dict[str, str], tmp_path: Path
+    ) -> None:
+        server = start_server(env, tmp_path / "workers.log", ["--workers", "2"])
+        try:
+            user, tokens = live_signup_and_login(server.url)
+            for _ in range(20):  # one connection each: both workers get some
+                assert _description(server, tokens) is None
+            _change_in_sqlite(settings, user["username"], "description = 'by hand'")
+            assert {_description(server, tokens) for _ in range(20)} == {"by hand"}
+        finally:
+            server.stop()
+
+    def test_a_lone_process_caches_until_another_comes_and_again_after_a_restart(
+        self, settings: Settings, env: dict[str, str], tmp_path: Path
+    ) -> None:
+        def start(name: str) -> LiveServer:
+            return start_server({**env, "DATA_DIR": str(tmp_path / name)}, tmp_path / f"{name}.log")
+
+        lone = start("lone")
+        try:
+            user, tokens = live_signup_and_login(lone.url)
+            assert _description(lone, tokens) is None
+            # Cached: a change no hook sees is not read (AUTH_CACHE_SECONDS at most).
+            _change_in_sqlite(settings, user["username"], "description = 'by hand'")
+            assert _description(lone, tokens) is None
+
+            other = start("other")
+            other.process.kill()  # a crash: the kernel releases its locks all the same
+            other.process.wait()
+            assert _description(lone, tokens) == "by hand"  # the first one stopped caching
+        finally:
+            lone.stop()
+
+        restarted = start("lone")
+        try:
+            assert _description(restarted, tokens) == "by hand"
+            _change_in_sqlite(settings, user["username"], "description = 'again'")
+            assert _description(restarted, tokens) == "by hand"  # alone again: cached again
+        finally:
+            restarted.stop()
