@@ -45,10 +45,12 @@ async def _database(settings: Settings) -> AsyncIterator[async_sessionmaker[Asyn
     the running replicas' auth caches (a command's changes are seen at once)."""
     engine = create_engine(settings.database_url)
     redis = create_redis(settings.REDIS_URL) if settings.REDIS_URL else None
+    cache = AuthCache(0, redis=redis)
     try:
         await upgrade_database(engine)
-        yield create_session_factory(engine, **session_options(AuthCache(0, redis=redis)))
+        yield create_session_factory(engine, **session_options(cache))
     finally:
+        await cache.aclose(drain_seconds=5)  # announcements Redis has not taken yet
         if redis is not None:
             await redis.aclose()
         await engine.dispose()

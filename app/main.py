@@ -6,7 +6,6 @@ Start it with ``make run`` (``fastapi run app/main.py``) or ``uvicorn app.main:a
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +14,7 @@ from functools import partial
 from fastapi import FastAPI
 from limits import parse
 from loguru import logger
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.brute_force import BruteForceGuard, FallbackAttemptLog, MemoryAttemptLog, Window
 from app.core.config import ConfigError, Settings, ensure_jwt_secret, get_settings
@@ -51,7 +51,7 @@ from app.core.scheduler import JobScheduler
 from app.core.security import warm_up_password_hashing
 from app.routers import admin, auth, files, oauth, pages, users
 from app.routers.deps import resolve_flag_user
-from app.services.auth_cache import AuthCache, session_options
+from app.services.auth_cache import AuthCache, SQLiteProcesses, session_options
 from app.services.maintenance import maintenance_jobs
 from app.services.users import ensure_first_admin
 
@@ -81,7 +81,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     engine = create_engine(settings.database_url)
     app.state.engine = engine
-    cache = app.state.auth_cache = _create_auth_cache(app, settings, engine.dialect.name)
+    cache = app.state.auth_cache = await _create_auth_cache(app, settings, engine)
     app.state.session_factory = create_session_factory(engine, **session_options(cache))
     app.state.mailer = Mailer(settings)
     tasks: list[asyncio.Task[None]] = []
@@ -109,6 +109,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if getattr(app.state, "scheduler", None) is not None:
             app.state.scheduler.stop()
         await stop_background_tasks(tasks)
+        await cache.aclose()
         await app.state.mailer.drain()
         if app.state.redis is not None:
             await app.state.redis.aclose()
@@ -129,19 +130,36 @@ async def stop_background_tasks(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _create_auth_cache(app: FastAPI, settings: Settings, dialect: str) -> AuthCache:
+async def _create_auth_cache(app: FastAPI, settings: Settings, engine: AsyncEngine) -> AuthCache:
     """The session cache, kept only where every process hears every invalidation:
-    with Redis, or in the one process of a SQLite deployment."""
+    with Redis, or in the one process of a SQLite database."""
     redis = app.state.redis
     ttl = settings.AUTH_CACHE_SECONDS
-    several_processes = settings.WORKERS > 1 or multiprocessing.parent_process() is not None
-    if ttl and redis is None and (dialect != "sqlite" or several_processes):
+    if not ttl or redis is not None:
+        return AuthCache(ttl, redis=redis)
+    if engine.dialect.name != "sqlite" or settings.WORKERS > 1:
         logger.info(
             "auth cache off: without REDIS_URL, {} could not tell each other about logouts",
-            "workers" if several_processes else "replicas",
+            "replicas" if engine.dialect.name != "sqlite" else "workers",
         )
-        ttl = 0
-    return AuthCache(ttl, redis=redis)
+        return AuthCache(0)
+    database = engine.url.database
+    if database in (None, "", ":memory:"):  # a database of this process's own
+        return AuthCache(ttl)
+    try:
+        processes = await asyncio.to_thread(SQLiteProcesses.join, database)
+    except OSError as error:
+        logger.warning(
+            "auth cache off: cannot tell whether other processes use {}: {}", database, error
+        )
+        return AuthCache(0)
+    if not processes.alone:
+        logger.info(
+            "auth cache off: another process uses {}, and without REDIS_URL "
+            "it could not tell this one about logouts",
+            database,
+        )
+    return AuthCache(ttl if processes.alone else 0, processes=processes)
 
 
 async def _start_feature_flags(app: FastAPI, settings: Settings) -> list[asyncio.Task[None]]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system tools the test suite drives (OCR, QR decoding, a headless
-# browser). On Debian as root it uses apt-get; elsewhere it says what to install.
+# browser, a Redis server that tests may stall without disturbing TEST_REDIS_URL's). On Debian as root it uses apt-get; elsewhere it says what to install.
 # Tests whose tool is missing skip with that reason, or fail under REQUIRE_SERVICES=1.
 set -euo pipefail
 
@@ -9,6 +9,7 @@ declare -A TOOLS=(
   [tesseract]=tesseract-ocr
   [zbarimg]=zbar-tools
   [chromium]=chromium
+  [redis-server]=redis-server
 )
 
 missing=()

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -21,6 +24,7 @@ import pytest
 from fastapi import FastAPI
 from loguru import logger
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import make_url
 
 from app.core.config import Settings
@@ -150,8 +154,11 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @contextmanager
-def replicas(settings: Settings, redis_url: str, tmp_path: Path) -> Iterator[list[LiveServer]]:
-    """Two server processes on one database and one Redis, each with its own DATA_DIR.
+def replicas(
+    settings: Settings, redis_url: str | None, tmp_path: Path
+) -> Iterator[list[LiveServer]]:
+    """Two server processes on one database and one Redis (or none), each with its own
+    DATA_DIR.
 
     Started one after the other: the first migrates (and creates a first admin).
     """
@@ -161,14 +168,46 @@ def replicas(settings: Settings, redis_url: str, tmp_path: Path) -> Iterator[lis
             env = {
                 **settings_env(settings),
                 "DATA_DIR": str(tmp_path / f"replica{index}"),
-                "REDIS_URL": redis_url,
                 "JWT_SECRET_KEY": TEST_JWT_SECRET,
             }
+            if redis_url is not None:
+                env["REDIS_URL"] = redis_url
             servers.append(start_server(env, tmp_path / f"replica{index}.log"))
         yield servers
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[str]:
+    """The URL of a Redis server of the test's own, on a free loopback port: for tests
+    that stall Redis (``CLIENT PAUSE`` pauses a whole server, whoever else uses it)."""
+    binary = require_tool("redis-server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with Redis.from_url(url, socket_timeout=1) as client:
+                    client.ping()
+                break
+            except RedisConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture

@@ -85,6 +85,18 @@ async def signup_and_login(client: httpx.AsyncClient, **overrides: Any) -> tuple
     return user, tokens
 
 
+def live_signup_and_login(url: str) -> tuple[dict, dict]:
+    """A new user and a token pair for them, from a live server at ``url``."""
+    body = signup_body()
+    signed_up = httpx.post(f"{url}/api/auth/signup", json=body)
+    assert signed_up.status_code == 201, signed_up.text
+    logged_in = httpx.post(
+        f"{url}/api/auth/login", data={"username": body["username"], "password": PASSWORD}
+    )
+    assert logged_in.status_code == 200, logged_in.text
+    return signed_up.json(), logged_in.json()
+
+
 async def refreshed(client: httpx.AsyncClient, refresh_token: str) -> dict[str, Any]:
     """Trade ``refresh_token`` for a new pair through the API (asserts 200)."""
     response = await client.post("/api/auth/refresh", json={"refresh_token": refresh_token})

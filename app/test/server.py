@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +49,9 @@ def listening_socket() -> socket.socket:
     return sock
 
 
-def spawn_server(env: dict[str, str], log_path: Path) -> LiveServer:
-    """Start uvicorn with ``env`` added to this process's environment; do not wait."""
+def spawn_server(env: dict[str, str], log_path: Path, extra_args: Sequence[str] = ()) -> LiveServer:
+    """Start uvicorn with ``env`` added to this process's environment (and uvicorn's
+    ``extra_args``); do not wait."""
     sock = listening_socket()
     port = sock.getsockname()[1]
     with log_path.open("ab") as log:
@@ -64,6 +66,7 @@ def spawn_server(env: dict[str, str], log_path: Path) -> LiveServer:
                 "--fd",
                 str(sock.fileno()),
                 "--no-proxy-headers",
+                *extra_args,
             ],
             cwd=ROOT,
             env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
@@ -91,11 +94,36 @@ def wait_ready(server: LiveServer, timeout: float = 60) -> None:
     raise TimeoutError(f"server not ready after {timeout} s:\n{server.output}")
 
 
-def start_server(env: dict[str, str], log_path: Path) -> LiveServer:
+def start_server(env: dict[str, str], log_path: Path, extra_args: Sequence[str] = ()) -> LiveServer:
     """Start uvicorn serving the app and wait until it answers."""
-    server = spawn_server(env, log_path)
+    server = spawn_server(env, log_path, extra_args)
     wait_ready(server)
     return server
+
+
+def start_forked_workers(env: dict[str, str], log_path: Path, count: int = 2) -> list[LiveServer]:
+    """Serve the app from ``count`` workers forked from one parent that imported it
+    (the pre-fork model of gunicorn and the like; see ``app/test/forked_workers.py``),
+    each on a port of its own. Stopping any of them stops all."""
+    sockets = [listening_socket() for _ in range(count)]
+    fds = [str(sock.fileno()) for sock in sockets]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.test.forked_workers", *fds],
+            cwd=ROOT,
+            env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=[sock.fileno() for sock in sockets],
+        )
+    servers = []
+    for sock in sockets:
+        port = sock.getsockname()[1]
+        sock.close()
+        servers.append(LiveServer(f"http://127.0.0.1:{port}", process, log_path))
+    for server in servers:
+        wait_ready(server)
+    return servers
 
 
 def run_cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -13,7 +17,7 @@ import jwt
 import pytest
 from fastapi import FastAPI
 from redis import Redis
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.orm.exc import DetachedInstanceError
 
 from app.core.config import Settings
@@ -24,22 +28,33 @@ from app.main import create_app, stop_background_tasks
 from app.models import Session, User, new_uuid, now_epoch
 from app.services.auth_cache import (
     ALL,
+    ANNOUNCE_WAIT_SECONDS,
+    CHANNEL,
+    LEASE_SECONDS,
     USER_OMITTED,
     AuthCache,
     SnapshotWrite,
+    SQLiteProcesses,
     snapshot,
 )
-from app.test.conftest import TEST_JWT_SECRET, empty_redis, replicas, require_redis
+from app.test.conftest import (
+    TEST_JWT_SECRET,
+    empty_redis,
+    replicas,
+    require_redis,
+    settings_env,
+)
 from app.test.factories import (
     PASSWORD,
     bearer,
     delete_user,
+    live_signup_and_login,
     login,
     make_user,
     signup_and_login,
     user_with_tokens,
 )
-from app.test.server import LiveServer
+from app.test.server import LiveServer, start_forked_workers, start_server
 
 
 class Clock:
@@ -490,18 +505,249 @@ def test_a_remembered_token_vouches_for_no_other() -> None:
         decode_access_token(token, "another-secret-" + "x" * 32)
 
 
-async def test_an_announcement_to_a_silent_redis_does_not_hold_up_a_commit() -> None:
+def _live_me(server: LiveServer, tokens: dict) -> httpx.Response:
+    return httpx.get(f"{server.url}/api/users/me", headers=bearer(tokens), timeout=30)
+
+
+# A Redis that stalls ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def stallable_cache(private_redis: str) -> AsyncIterator[AuthCache]:
+    """A listening cache on a Redis of the test's own, that the test may pause."""
+    cache = AuthCache(60, redis=create_redis(private_redis))
+    task = asyncio.create_task(cache.listen(retry_seconds=0.2))
+    try:
+        yield cache
+    finally:
+        await stop_background_tasks([task])
+        await cache.aclose(drain_seconds=0)
+        await cache.redis.aclose()
+
+
+def _pause(redis_url: str, seconds: float, *, writes_only: bool = False) -> None:
+    with Redis.from_url(redis_url) as redis:
+        redis.client_pause(int(seconds * 1000), all=not writes_only)
+
+
+async def test_a_redis_paused_for_writes_stops_the_cache_until_it_is_back(
+    stallable_cache: AuthCache, private_redis: str
+) -> None:
+    cache = stallable_cache
+    await _wait_for(lambda: cache.available)
+    user, session = _user_and_session()
+    cache.store_session(cache.generation, session, user)
+    # Reads still pass (PING would), PUBLISH waits: another replica's logout is held.
+    _pause(private_redis, 2, writes_only=True)
+    await _wait_for(lambda: not cache.available, seconds=LEASE_SECONDS + 0.5)
+    assert cache.session(session.id) is None
+    await _wait_for(lambda: cache.available)
+    assert cache.session(session.id) is None  # back empty: what was missed is unknown
+    assert len(cache) == 0
+
+
+async def test_a_commit_waits_briefly_on_a_paused_redis_and_is_announced_once_it_is_back(
+    private_redis: str,
+) -> None:
+    listener = create_redis(private_redis)
+    sender = AuthCache(60, redis=create_redis(private_redis))
+    try:
+        async with listener.pubsub() as pubsub:
+            await pubsub.subscribe(CHANNEL)
+            assert (await pubsub.get_message(timeout=2))["type"] == "subscribe"
+            _pause(private_redis, 2 * ANNOUNCE_WAIT_SECONDS)
+            started = time.monotonic()
+            await sender.announce(["someone"])
+            assert time.monotonic() - started < ANNOUNCE_WAIT_SECONDS + 0.3
+            # Not given up: sent again until Redis takes it.
+            message = None
+            deadline = time.monotonic() + 10
+            while message is None and time.monotonic() < deadline:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            assert message is not None, "the announcement never arrived"
+            assert json.loads(message["data"])["users"] == ["someone"]
+    finally:
+        await sender.aclose(drain_seconds=0)
+        await sender.redis.aclose()
+        await listener.aclose()
+
+
+async def test_once_redis_has_been_silent_for_a_lease_commits_no_longer_wait() -> None:
     silent = socket.socket()  # accepts connections (the backlog), never answers
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
     cache = AuthCache(60, redis=create_redis(f"redis://127.0.0.1:{silent.getsockname()[1]}/0"))
-    cache.listening = True  # a server whose subscription is down
+    task = asyncio.create_task(cache.listen(retry_seconds=0.2))
     try:
+        # Every replica whose probes that Redis holds has stopped trusting its cache.
+        await _wait_for(lambda: cache.announce_wait_seconds() == 0)
         started = time.monotonic()
         await cache.announce(["someone"])
         assert time.monotonic() - started < 0.1
-        assert len(cache._background) == 1  # still trying, in the background
+        assert cache._pending == {"someone"}  # still trying, in the background
     finally:
-        await stop_background_tasks(list(cache._background))
+        await stop_background_tasks([task])
+        await cache.aclose(drain_seconds=0)
         await cache.redis.aclose()
         silent.close()
+
+
+class TestReplicasOnAStalledRedis:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {}  # the replicas get the Redis of the test's own
+
+    def test_a_logout_is_refused_by_the_other_replica_at_once(
+        self, settings: Settings, tmp_path: Path, private_redis: str
+    ) -> None:
+        with replicas(settings, private_redis, tmp_path) as (first, second):
+            _, tokens = live_signup_and_login(first.url)
+            for server in (first, second):  # both replicas now hold the session
+                assert _live_me(server, tokens).status_code == 200
+
+            pause_seconds = 4 * ANNOUNCE_WAIT_SECONDS
+            _pause(private_redis, pause_seconds)
+            paused_at = time.monotonic()
+            with ThreadPoolExecutor(1) as pool:
+                logout = pool.submit(
+                    httpx.post, f"{first.url}/api/auth/logout", headers=bearer(tokens), timeout=30
+                )
+                # The commit does not wait for Redis longer than that...
+                assert logout.result(timeout=ANNOUNCE_WAIT_SECONDS + 1).status_code == 204
+            # ...and by then the other replica has stopped trusting what it holds.
+            assert _live_me(second, tokens).status_code == 401
+            assert time.monotonic() - paused_at < pause_seconds  # all while Redis was paused
+
+
+# Processes on one SQLite database, without Redis --------------------------------------------
+
+
+def test_processes_on_one_sqlite_file_are_told_apart(tmp_path: Path) -> None:
+    database = tmp_path / "shared.db"
+    first = SQLiteProcesses.join(database)
+    assert first.alone
+    assert not first.flag[0]
+    # Another open file stands for another process: flock tells them apart.
+    second = SQLiteProcesses.join(tmp_path / "." / "shared.db")
+    assert not second.alone
+    assert first.flag[0]  # the owner sees it
+    first.leave()
+    third = SQLiteProcesses.join(database)  # the owner restarted while the second runs
+    assert not third.alone
+    second.leave()
+    third.leave()
+    fourth = SQLiteProcesses.join(database)  # everyone gone: alone again
+    assert fourth.alone
+    assert not fourth.flag[0]
+    fourth.leave()
+
+
+def test_a_second_process_on_the_database_stops_the_owners_cache(tmp_path: Path) -> None:
+    owner = SQLiteProcesses.join(tmp_path / "shared.db")
+    cache = AuthCache(60, processes=owner)
+    user, session = _user_and_session()
+    cache.store_session(cache.generation, session, user)
+    assert cache.session(session.id) is not None
+    other = SQLiteProcesses.join(tmp_path / "shared.db")
+    try:
+        assert cache.session(session.id) is None
+        assert cache.user(user.uuid) is None
+        assert not cache.available
+        assert len(cache) == 0
+        assert cache.store_session(cache.generation, session, user) is None
+    finally:
+        other.leave()
+        owner.leave()
+
+
+def _database_file(settings: Settings) -> str:
+    return make_url(settings.database_url).database
+
+
+def _change_in_sqlite(settings: Settings, username: str, assignment: str) -> None:
+    """Hand-written SQL on the shared SQLite file, which no process of the service sees."""
+    with contextlib.closing(sqlite3.connect(_database_file(settings))) as connection:
+        connection.execute(f'UPDATE "user" SET {assignment} WHERE username = ?', (username,))
+        connection.commit()
+
+
+def _description(server: LiveServer, tokens: dict) -> str:
+    me = _live_me(server, tokens)
+    assert me.status_code == 200, me.text
+    return me.json()["description"]
+
+
+def _each_logout_is_refused_by_the_other_at_once(first: LiveServer, second: LiveServer) -> None:
+    for ending, other in ((first, second), (second, first)):
+        _, tokens = live_signup_and_login(first.url)
+        for server in (first, second):  # each would hold the session if it cached
+            assert _live_me(server, tokens).status_code == 200
+        logout = httpx.post(f"{ending.url}/api/auth/logout", headers=bearer(tokens))
+        assert logout.status_code == 204
+        assert _live_me(other, tokens).status_code == 401
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"], indirect=True)
+class TestProcessesOnOneSQLiteFile:
+    """Without Redis: the cache is on only in a process alone on its database."""
+
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, object]:
+        return {}
+
+    @pytest.fixture
+    def env(self, settings: Settings) -> dict[str, str]:
+        return {**settings_env(settings), "JWT_SECRET_KEY": TEST_JWT_SECRET}
+
+    def test_two_servers_cache_nothing(self, settings: Settings, tmp_path: Path) -> None:
+        with replicas(settings, None, tmp_path) as (first, second):
+            _each_logout_is_refused_by_the_other_at_once(first, second)
+
+    def test_forked_workers_cache_nothing(self, env: dict[str, str], tmp_path: Path) -> None:
+        first, second = start_forked_workers(env, tmp_path / "workers.log")
+        try:
+            _each_logout_is_refused_by_the_other_at_once(first, second)
+        finally:
+            first.stop()
+
+    def test_uvicorn_workers_cache_nothing(
+        self, settings: Settings, env: dict[str, str], tmp_path: Path
+    ) -> None:
+        server = start_server(env, tmp_path / "workers.log", ["--workers", "2"])
+        try:
+            user, tokens = live_signup_and_login(server.url)
+            for _ in range(20):  # one connection each: both workers get some
+                assert _description(server, tokens) is None
+            _change_in_sqlite(settings, user["username"], "description = 'by hand'")
+            assert {_description(server, tokens) for _ in range(20)} == {"by hand"}
+        finally:
+            server.stop()
+
+    def test_a_lone_process_caches_until_another_comes_and_again_after_a_restart(
+        self, settings: Settings, env: dict[str, str], tmp_path: Path
+    ) -> None:
+        def start(name: str) -> LiveServer:
+            return start_server({**env, "DATA_DIR": str(tmp_path / name)}, tmp_path / f"{name}.log")
+
+        lone = start("lone")
+        try:
+            user, tokens = live_signup_and_login(lone.url)
+            assert _description(lone, tokens) is None
+            # Cached: a change no hook sees is not read (AUTH_CACHE_SECONDS at most).
+            _change_in_sqlite(settings, user["username"], "description = 'by hand'")
+            assert _description(lone, tokens) is None
+
+            other = start("other")
+            other.process.kill()  # a crash: the kernel releases its locks all the same
+            other.process.wait()
+            assert _description(lone, tokens) == "by hand"  # the first one stopped caching
+        finally:
+            lone.stop()
+
+        restarted = start("lone")
+        try:
+            assert _description(restarted, tokens) == "by hand"
+            _change_in_sqlite(settings, user["username"], "description = 'again'")
+            assert _description(restarted, tokens) == "by hand"  # alone again: cached again
+        finally:
+            restarted.stop()
