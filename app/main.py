@@ -34,6 +34,7 @@ from app.core.middleware import (
     BodySizeLimitMiddleware,
     HtmlSecurityHeadersMiddleware,
     OAuthSessionMiddleware,
+    PasswordCheckGate,
     RequestIdMiddleware,
 )
 from app.core.oauth import create_oauth
@@ -255,6 +256,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(MetricsMiddleware)
     app.add_middleware(
         ClientAddressMiddleware, proxies=TrustedProxies(settings.FORWARDED_ALLOW_IPS)
+    )
+    app.add_middleware(
+        PasswordCheckGate,
+        paths=frozenset(
+            f"{settings.API_STR}/auth/{path}"
+            for path in (
+                "login",
+                "signup",
+                "reauthenticate",
+                "password/change",
+                "password/reset",
+                "otp/setup",
+                "otp/disable",
+            )
+        ),
     )
     app.add_middleware(HtmlSecurityHeadersMiddleware, policy=pages.PAGE_POLICY)
     app.add_middleware(RequestIdMiddleware)  # added last: the outermost

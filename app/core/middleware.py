@@ -1,9 +1,12 @@
 """Pure ASGI middleware: request ids, the access log, the last-resort 500, body limits,
-the OAuth session cookie, and the security headers of HTML pages."""
+the OAuth session cookie, the security headers of HTML pages, and the gate that sheds
+password requests under a flood."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import random
 import re
 import time
 import uuid
@@ -18,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.config import Settings
 from app.core.errors import error_body
 from app.core.logging import request_id_var
+from app.core.security import PasswordCheckBusy, password_capacity_left
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -210,3 +214,42 @@ class HtmlSecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+#: How long a password request refused as busy waits before its 503 (its Retry-After).
+BUSY_ANSWER_DELAY_SECONDS = 1
+
+
+class PasswordCheckGate:
+    """Refuse a request that checks or sets a password (503 ``SERVER_BUSY``) while every
+    core is hashing and the queue is full, before the request costs anything else.
+
+    Under a login flood the event loop always has as many requests waiting as the
+    flood keeps open; each refusal must cost next to nothing, or together they delay
+    every other request. Here one costs a path lookup and a counter read.
+    """
+
+    def __init__(self, app: ASGIApp, *, paths: frozenset[str]) -> None:
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] in self.paths
+            and scope["method"] == "POST"
+            and not password_capacity_left()
+        ):
+            # Answered after a pause: a flood that keeps its connections busy sends no
+            # more than one request per connection per pause, and a waiting request
+            # costs a timer, nothing else.
+            # Spread over the pause, so that the refused do not all come back at once.
+            await asyncio.sleep(BUSY_ANSWER_DELAY_SECONDS * (0.5 + random.random()))  # noqa: S311
+            response = JSONResponse(
+                error_body(PasswordCheckBusy.detail, PasswordCheckBusy.code),
+                status_code=503,
+                headers={"Retry-After": str(BUSY_ANSWER_DELAY_SECONDS)},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

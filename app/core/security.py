@@ -114,10 +114,15 @@ def password_check_capacity() -> int:
     return BCRYPT_WORKERS + max(BCRYPT_WORKERS, waiting)
 
 
+def password_capacity_left() -> bool:
+    """Is there room for one more password check right now?"""
+    return _bcrypt_outstanding < password_check_capacity()
+
+
 def ensure_password_capacity() -> None:
     """PasswordCheckBusy now when the hashing queue is full: a flooded login is refused
     before it costs a database query (the hash itself reserves its place later)."""
-    if _bcrypt_outstanding >= password_check_capacity():
+    if not password_capacity_left():
         raise PasswordCheckBusy(headers={"Retry-After": "1"})
 
 

@@ -336,8 +336,9 @@ async def test_a_password_check_refused_as_busy_does_not_count(
     app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Answers of 503 checked no password: they use up nobody's allowance."""
-    from app.core import security
+    from app.core import middleware, security
 
+    monkeypatch.setattr(middleware, "BUSY_ANSWER_DELAY_SECONDS", 0)
     owner, tokens = await user_with_tokens(app, client)
     async with client_from(app, "192.0.2.60") as someone:
         monkeypatch.setattr(security, "_bcrypt_outstanding", 10_000)  # every core busy
