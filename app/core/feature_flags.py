@@ -181,13 +181,13 @@ class FlagStore:
     """The flags in memory, backed by the JSON file; reloaded when the file changes.
 
     ``protected`` maps the flags the admin API must not change to what they guard
-    (see :func:`protected_flags`); the store itself, used by the command line too,
-    sets anything.
+    (:func:`protected_flags`, set once the app's routes are in place); the store
+    itself, used by the command line too, sets anything.
     """
 
-    def __init__(self, path: Path, protected: dict[str, str] | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.protected: dict[str, str] = dict(protected or {})
+        self.protected: dict[str, str] = {}
         self.flags: dict[str, FlagValue] = {}
         self._mtime: float | None = None
 

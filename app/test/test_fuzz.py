@@ -103,7 +103,9 @@ def _fuzz(
         "--url",
         server.url,
         # Every check runs (each is on unless schemathesis.toml turns it off for an
-        # operation); `--checks all` would override the file.
+        # operation); `--checks all` would override the file. Nothing is excluded; an
+        # exclusion would need `--exclude-name` per operation: `--exclude-path-regex`
+        # keeps only its last value.
         "--phases",
         "examples,coverage,fuzzing,stateful",
         "--seed",
