@@ -141,9 +141,8 @@ def test_every_operation_fuzzed_and_reaching_its_success(
         data={"username": "fuzz_admin", "password": PASSWORD},
     ).json()
     user_uuid = signup.json()["uuid"]
-    admin_uuid = httpx.get(f"{fuzzed_server.url}/api/users/me", headers=bearer(admin)).json()[
-        "uuid"
-    ]
+    me = httpx.get(f"{fuzzed_server.url}/api/users/me", headers=bearer(admin))
+    admin_uuid = me.json()["uuid"]
     document = httpx.get(f"{fuzzed_server.url}/openapi.json", headers=bearer(admin))
     document.raise_for_status()
     schema = tmp_path / "openapi.json"
@@ -168,10 +167,12 @@ def test_every_operation_fuzzed_and_reaching_its_success(
             failures.append(f"--- as {name} ---\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}")
         fuzzed = {label for label, _, phase in requests if phase != "auth"}
         # Every operation, in every run: nothing left out, nothing silently dropped.
-        assert fuzzed == set(documented), (name, set(documented) ^ fuzzed)
+        if fuzzed != set(documented):
+            failures.append(f"as {name}, fuzzed or not: {sorted(set(documented) ^ fuzzed)}")
         # The session ended under the fuzzer (logout, revocation, password change...)
         # and the run signed in again instead of going on with a dead token.
-        assert sum(phase == "auth" for _, _, phase in requests) > 1, name
+        if sum(phase == "auth" for _, _, phase in requests) < 2:
+            failures.append(f"as {name}, the run never had to sign in again")
         for label, status, phase in requests:
             if phase != "auth" and _succeeded(status, documented[label]):
                 successes[label].add(name)
