@@ -116,7 +116,12 @@ def flags_set(
     name: str,
     value: str = typer.Argument(..., help="true, false, or a JSON list of rules"),
 ) -> None:
-    """Set one flag in the flag file (running replicas pick it up within seconds)."""
+    """Set one flag in the flag file (running replicas pick it up within seconds).
+
+    This sets any flag, the ones the API refuses too (LOGIN, VERIFY_OTP, REFRESH,
+    HEALTH, HEALTH_READY, READ_FEATURE_FLAGS, UPDATE_FEATURE_FLAGS): it is the way back
+    in when a flag keeps admins out.
+    """
     settings = _settings()
     store = FlagStore(settings.DATA_DIR / settings.FEATURE_FLAGS_FILE)
     store.load()

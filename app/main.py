@@ -26,6 +26,7 @@ from app.core.feature_flags import (
     FlagBroadcaster,
     FlagStore,
     flagged_routes,
+    protected_flags,
     watch_flag_file,
 )
 from app.core.logging import setup_logging
@@ -221,6 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oauth.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
     app.include_router(pages.router)
+    store.protected = protected_flags(app.routes, settings.API_STR)
     app.mount("/docs-static", pages.DOCS_STATIC, name="docs-static")
     app.mount("/static", pages.PAGE_STATIC, name="static")
     install_openapi(

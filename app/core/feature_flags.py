@@ -12,6 +12,10 @@ flags at the same percentage pick different users.
 Every endpoint has a flag named after its function, upper-cased; ``@feature_flag``
 adds more. The middleware checks them before the endpoint runs; a disabled
 feature answers 403 ``FEATURE_DISABLED``.
+
+The flags of the endpoints that run the service (:data:`PROTECTED_ENDPOINTS`) are
+refused by the admin API, so nobody locks the admins out through it; the file, and
+the command line that writes it, still set any flag.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
@@ -52,12 +56,56 @@ class FlagRule(BaseModel):
     user_roles: list[str] | None = Field(default=None, alias="userRoles", min_length=1)
 
 
-FlagValue = StrictBool | list[FlagRule]
-_FLAG_VALUE = TypeAdapter(FlagValue)
+FlagValue = bool | list[FlagRule]
+#: The keys of a rule as the file spells them; the Python names are accepted too.
+RULE_KEYS = ("percentageOfUsers", "userRoles")
+_ACCEPTED_RULE_KEYS = {*RULE_KEYS, *FlagRule.model_fields}
+
+#: The endpoints that run the service and keep its admins in control, each with why.
+#: With one of them off nobody could sign in or stay signed in, the flags could not be
+#: turned back on, or the orchestrator would take the service for dead; the admin API
+#: therefore refuses their flags. ``{api}`` stands for API_STR.
+PROTECTED_ENDPOINTS: dict[tuple[str, str], str] = {
+    ("POST", "{api}/auth/login"): "signing in",
+    ("POST", "{api}/auth/otp/verify"): "signing in with two-factor authentication",
+    ("POST", "{api}/auth/refresh"): "staying signed in",
+    ("GET", "/health"): "the liveness check",
+    ("GET", "/health/ready"): "the readiness check",
+    ("GET", "{api}/admin/feature-flags"): "reading the flags",
+    ("PATCH", "{api}/admin/feature-flags"): "changing the flags back",
+}
 
 
 class InvalidFlags(ValueError):
     """A flag's value is not ``true``, ``false`` or a list of rules; names the flag."""
+
+
+def _parse_rule(name: str, number: int, raw: object) -> FlagRule:
+    where = f"flag {name!r}, rule {number}"
+    if not isinstance(raw, dict):
+        raise InvalidFlags(f'{where}: a rule is an object such as {{"userRoles": ["admin"]}}')
+    unknown = [key for key in raw if key not in _ACCEPTED_RULE_KEYS]
+    if unknown:
+        # Checked here rather than left to the model, whose message for an unknown key
+        # inside a list that could also have been a boolean is "should be a valid boolean".
+        raise InvalidFlags(
+            f"{where}: unknown rule key {unknown[0]!r} (a rule takes {' and/or '.join(RULE_KEYS)})"
+        )
+    try:
+        return FlagRule.model_validate(raw)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        field = ".".join(str(part) for part in problem["loc"])
+        raise InvalidFlags(f"{where}, {field}: {problem['msg']}") from None
+
+
+def parse_flag_value(name: str, value: object) -> FlagValue:
+    """Validate one flag's value: ``true``, ``false`` or a list of rules."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, list):
+        raise InvalidFlags(f"flag {name!r}: the value must be true, false or a list of rules")
+    return [_parse_rule(name, number, rule) for number, rule in enumerate(value, start=1)]
 
 
 def parse_flags(raw: object) -> dict[str, FlagValue]:
@@ -68,11 +116,7 @@ def parse_flags(raw: object) -> dict[str, FlagValue]:
     for name, value in raw.items():
         if not isinstance(name, str) or not name.strip():
             raise InvalidFlags(f"invalid flag name {name!r}")
-        try:
-            flags[name] = _FLAG_VALUE.validate_python(value)
-        except ValidationError as error:
-            problem = error.errors()[0]["msg"]
-            raise InvalidFlags(f"flag {name!r}: {problem}") from None
+        flags[name] = parse_flag_value(name, value)
     return flags
 
 
@@ -134,10 +178,16 @@ def endpoint_flags(endpoint: Callable[..., Any]) -> list[str]:
 
 
 class FlagStore:
-    """The flags in memory, backed by the JSON file; reloaded when the file changes."""
+    """The flags in memory, backed by the JSON file; reloaded when the file changes.
+
+    ``protected`` maps the flags the admin API must not change to what they guard
+    (:func:`protected_flags`, set once the app's routes are in place); the store
+    itself, used by the command line too, sets anything.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.protected: dict[str, str] = {}
         self.flags: dict[str, FlagValue] = {}
         self._mtime: float | None = None
 
@@ -229,6 +279,32 @@ def flagged_routes(routes: list[BaseRoute]) -> list[tuple[Endpoint, tuple[str, .
     return [
         (endpoint, tuple(endpoint_flags(endpoint.function))) for endpoint in endpoint_table(routes)
     ]
+
+
+def protected_flags(routes: list[BaseRoute], api_prefix: str) -> dict[str, str]:
+    """Every flag of a :data:`PROTECTED_ENDPOINTS` endpoint -> the endpoint and why.
+
+    A flag of its own or added by ``@feature_flag``: either one off turns the endpoint
+    off. Raises ``LookupError`` when an endpoint of the list no longer exists, so a
+    renamed path cannot silently lose its protection.
+    """
+    table = flagged_routes(routes)
+    protected: dict[str, str] = {}
+    for (method, template), why in PROTECTED_ENDPOINTS.items():
+        path = template.format(api=api_prefix)
+        names = next(
+            (
+                flags
+                for endpoint, flags in table
+                if endpoint.path == path and method in endpoint.methods
+            ),
+            None,
+        )
+        if names is None:
+            raise LookupError(f"protected endpoint {method} {path} does not exist")
+        for name in names:
+            protected.setdefault(name, f"{method} {path} ({why})")
+    return protected
 
 
 class FeatureFlagMiddleware:

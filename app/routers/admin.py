@@ -71,7 +71,8 @@ async def read_feature_flags(
     Returns
     -------
     FeatureFlags
-        ``enabled`` (FEATURE_FLAGS_ENABLED) and ``flags``.
+        ``enabled`` (FEATURE_FLAGS_ENABLED), ``notice`` (set while flags are not
+        enforced), ``flags``, and ``protected``: the flags this API refuses to change.
 
     Raises
     ------
@@ -79,7 +80,7 @@ async def read_feature_flags(
         Not an admin.
     """
     flags = flag_service.read_flags(store, actor)
-    return FeatureFlags(enabled=settings.FEATURE_FLAGS_ENABLED, flags=flags)
+    return FeatureFlags.of(flags, enabled=settings.FEATURE_FLAGS_ENABLED, protected=store.protected)
 
 
 @router.patch(
@@ -101,6 +102,12 @@ async def update_feature_flags(
     rule must hold, any rule of the list is enough); a plain list of names means
     ``true``. ``remove`` deletes flags, which turns them on.
 
+    The flags of the endpoints that run the service (signing in, staying signed in,
+    health checks, these two endpoints) cannot be changed here, so no admin locks
+    everyone out; the answer's ``protected`` lists them with the reason, and the
+    command line still sets them. While FEATURE_FLAGS_ENABLED is False a change is
+    stored, and ``notice`` says that nothing enforces it.
+
     Returns
     -------
     FeatureFlags
@@ -111,7 +118,8 @@ async def update_feature_flags(
     403
         Not an admin.
     422
-        ``INVALID_FLAG``, naming the flag.
+        ``INVALID_FLAG``, naming the flag and the rule key at fault, or
+        ``PROTECTED_FLAG``, naming the flag and the endpoint it guards.
     507
         ``INSUFFICIENT_STORAGE``: the flag file cannot be saved (disk full); no flag
         changed.
@@ -119,4 +127,4 @@ async def update_feature_flags(
     flags = await flag_service.change_flags(
         store, broadcaster, actor, add=body.add, remove=body.remove
     )
-    return FeatureFlags(enabled=settings.FEATURE_FLAGS_ENABLED, flags=flags)
+    return FeatureFlags.of(flags, enabled=settings.FEATURE_FLAGS_ENABLED, protected=store.protected)

@@ -26,6 +26,25 @@ class InvalidFlagChange(AppError):
     code = "INVALID_FLAG"
 
 
+class ProtectedFlagChange(AppError):
+    """A change names the flag of an endpoint that runs the service."""
+
+    status_code = 422
+    code = "PROTECTED_FLAG"
+
+
+def _refuse_protected(store: FlagStore, names: list[str]) -> None:
+    refused = [name for name in dict.fromkeys(names) if name in store.protected]
+    if not refused:
+        return
+    reasons = "; ".join(f"{name} guards {store.protected[name]}" for name in refused)
+    raise ProtectedFlagChange(
+        f"{', '.join(refused)} cannot be changed through the API: {reasons}. "
+        "Switched off, it would lock the admins out or take the service down; the command "
+        "line (python -m app.cli flags set) still sets it."
+    )
+
+
 def read_flags(store: FlagStore, actor: User) -> dict:
     """Every flag and its value (admins)."""
     require_permission(actor, "feature_flags", "read")
@@ -43,10 +62,12 @@ async def change_flags(
     """Add (or overwrite) and remove flags; applied at once, saved, announced, logged.
 
     ``add`` maps names to values; a plain list of names means ``true``. A removed
-    flag is on again (a flag missing from the file is on).
+    flag is on again (a flag missing from the file is on). A change naming a protected
+    flag is refused whole, whatever the value.
     """
     require_permission(actor, "feature_flags", "update")
     raw = {name: True for name in add} if isinstance(add, list) else dict(add or {})
+    _refuse_protected(store, [*raw, *(remove or [])])
     try:
         added: dict[str, FlagValue] = parse_flags(raw)
     except InvalidFlags as error:

@@ -44,6 +44,10 @@ def listening_socket() -> socket.socket:
     """A socket bound to a free loopback port, handed to uvicorn (no port race)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # uvicorn takes a socket passed by --fd for a Unix one, so asyncio leaves Nagle's
+    # algorithm on for its connections: every response on a kept-alive connection
+    # would wait 40 ms for the client's delayed ACK. Accepted sockets inherit this.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     sock.set_inheritable(True)
     return sock

@@ -24,6 +24,22 @@ def test_flags_set_and_list(settings: Settings) -> None:
     assert "BROKEN" in bad.stderr
 
 
+def test_flags_set_changes_what_the_api_refuses(settings: Settings) -> None:
+    """The command line is the way back in: it sets any flag, the protected ones too."""
+    env = settings_env(settings)
+    shown = run_cli(env, "flags", "set", "--help")
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.replace("\u2502", " ").split())
+    assert "any flag" in text
+    assert "LOGIN" in text
+    assert "API refuses" in text
+    assert run_cli(env, "flags", "set", "LOGIN", "false").returncode == 0
+    assert run_cli(env, "flags", "set", "UPDATE_FEATURE_FLAGS", "false").returncode == 0
+    assert run_cli(env, "flags", "set", "LOGIN", "true").returncode == 0
+    listed = run_cli(env, "flags", "list")
+    assert json.loads(listed.stdout) == {"LOGIN": True, "UPDATE_FEATURE_FLAGS": False}
+
+
 def test_purge_runs_every_job(settings: Settings) -> None:
     result = run_cli(settings_env(settings), "purge")
     assert result.returncode == 0, result.stderr

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.core.feature_flags import FlagStore, bucket, evaluate, parse_flags
+from app.core.feature_flags import FlagStore, bucket, evaluate, parse_flags, protected_flags
 from app.core.permissions import feature_flag
-from app.test.factories import bearer, user_with_tokens
+from app.test.factories import bearer, login, refreshed, user_with_tokens
 from app.test.server import ROOT
 
 SEED_FLAGS = {
@@ -110,6 +110,11 @@ def test_buckets_do_not_depend_on_the_hash_seed() -> None:
         ({"X": [{"percentageOfUsers": 1.5}]}, "flag 'X'"),
         ({"X": [{"userRoles": []}]}, "flag 'X'"),
         ({"X": [{"someOtherRule": 1}]}, "flag 'X'"),
+        ({"X": [{"percentOfUsers": 0.5}]}, "flag 'X'.*unknown rule key 'percentOfUsers'"),
+        ({"X": [{"userRoles": ["admin"], "roles": ["x"]}]}, "unknown rule key 'roles'"),
+        ({"X": [{"percentageOfUsers": 1.5}]}, "percentageOfUsers"),
+        ({"X": ["admin"]}, "flag 'X'.*rule 1.*object"),
+        ({"X": "yes"}, "true, false or a list of rules"),
         (["X"], "JSON object"),
     ],
 )
@@ -140,7 +145,31 @@ def test_saving_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["flags.json"]
 
 
+def test_a_protected_endpoint_that_no_longer_exists_is_an_error() -> None:
+    application = FastAPI()
+
+    @application.post("/api/auth/login")
+    async def login() -> None: ...
+
+    with pytest.raises(LookupError, match="POST /api/auth/otp/verify"):
+        protected_flags(application.routes, "/api")
+
+
 # With the app --------------------------------------------------------------------------
+
+
+#: The flags the API must refuse to change, written independently of the app's table:
+#: with any of them off, admins could not sign in, keep a session, change the flags back,
+#: or the orchestrator would take the service for dead.
+PROTECTED = {
+    "LOGIN": "/api/auth/login",
+    "VERIFY_OTP": "/api/auth/otp/verify",
+    "REFRESH": "/api/auth/refresh",
+    "HEALTH": "/health",
+    "HEALTH_READY": "/health/ready",
+    "READ_FEATURE_FLAGS": "/api/admin/feature-flags",
+    "UPDATE_FEATURE_FLAGS": "/api/admin/feature-flags",
+}
 
 
 class TestEnabled:
@@ -204,6 +233,7 @@ class TestEnabled:
         ).status_code == 403
         listed = await client.get("/api/admin/feature-flags", headers=bearer(admin_tokens))
         assert listed.json()["enabled"] is True
+        assert listed.json()["notice"] is None
         assert listed.json()["flags"]["SIGNUP"] is False
 
         changed = await client.patch(
@@ -238,6 +268,70 @@ class TestEnabled:
         assert invalid.json()["code"] == "INVALID_FLAG"
         assert "BROKEN" in invalid.json()["detail"]
 
+    async def test_admins_cannot_lock_themselves_out(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        admin, tokens = await user_with_tokens(app, client, ("admin", "user"))
+        path = app.state.settings.DATA_DIR / "feature_flags.json"
+        before = json.loads(path.read_text())
+        attempts = [
+            {"add": {name: False for name in PROTECTED}},
+            {"add": {name: [{"userRoles": ["admin"]}] for name in PROTECTED}},
+            {"add": list(PROTECTED)},
+            {"remove": list(PROTECTED)},
+        ]
+        attempts += [{"add": {name: False}} for name in PROTECTED]
+        attempts += [
+            {"add": {"SIGNUP": True, name: [{"percentageOfUsers": 0}]}} for name in PROTECTED
+        ]
+        for body in attempts:
+            response = await client.patch(
+                "/api/admin/feature-flags", json=body, headers=bearer(tokens)
+            )
+            assert response.status_code == 422, (body, response.text)
+            assert response.json()["code"] == "PROTECTED_FLAG"
+            named = [name for name in PROTECTED if name in json.dumps(body)]
+            for name in named:
+                assert name in response.json()["detail"]
+                assert PROTECTED[name] in response.json()["detail"]  # the reason: what it guards
+        assert json.loads(path.read_text()) == before  # nothing stored, SIGNUP included
+
+        # Every protected endpoint still answers (none of them is FEATURE_DISABLED).
+        fresh = await login(client, admin.username)
+        assert (await refreshed(client, fresh["refresh_token"]))["access_token"]
+        otp = await client.post(
+            "/api/auth/otp/verify", json={"otp_token": "not-a-token", "code": "123456"}
+        )
+        assert otp.status_code == 401
+        assert (await client.get("/health")).status_code == 200
+        assert (await client.get("/health/ready")).status_code == 200
+        listed = await client.get("/api/admin/feature-flags", headers=bearer(fresh))
+        assert listed.status_code == 200
+        assert set(listed.json()["protected"]) == set(PROTECTED)
+        for name, guarded in PROTECTED.items():
+            assert guarded in listed.json()["protected"][name]
+        undo = await client.patch(
+            "/api/admin/feature-flags", json={"remove": ["SIGNUP"]}, headers=bearer(fresh)
+        )
+        assert undo.status_code == 200
+        assert "SIGNUP" not in undo.json()["flags"]
+
+    async def test_a_misspelled_rule_key_is_named(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        _, tokens = await user_with_tokens(app, client, ("admin", "user"))
+        response = await client.patch(
+            "/api/admin/feature-flags",
+            json={"add": {"ROLLOUT": [{"percentOfUsers": 0.5}]}},
+            headers=bearer(tokens),
+        )
+        assert response.status_code == 422
+        assert response.json()["code"] == "INVALID_FLAG"
+        detail = response.json()["detail"]
+        assert "ROLLOUT" in detail
+        assert "percentOfUsers" in detail
+        assert "boolean" not in detail
+
     async def test_a_changed_file_is_read_again(
         self, app: FastAPI, client: httpx.AsyncClient
     ) -> None:
@@ -267,3 +361,27 @@ class TestDisabled:
         assert response.status_code == 422
         saved = json.loads((app.state.settings.DATA_DIR / "feature_flags.json").read_text())
         assert saved == {"SIGNUP": False}
+
+    async def test_a_change_is_stored_and_the_answer_says_flags_are_off(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        _, tokens = await user_with_tokens(app, client, ("admin", "user"))
+        changed = await client.patch(
+            "/api/admin/feature-flags", json={"add": {"READ_ME": False}}, headers=bearer(tokens)
+        )
+        assert changed.status_code == 200
+        assert changed.json()["enabled"] is False
+        assert "FEATURE_FLAGS_ENABLED" in changed.json()["notice"]
+        assert "not enforced" in changed.json()["notice"]
+        saved = json.loads((app.state.settings.DATA_DIR / "feature_flags.json").read_text())
+        assert saved == {"SIGNUP": False, "READ_ME": False}
+        listed = await client.get("/api/admin/feature-flags", headers=bearer(tokens))
+        assert listed.json()["flags"] == saved
+        assert listed.json()["notice"] == changed.json()["notice"]
+        assert (await client.get("/api/users/me", headers=bearer(tokens))).status_code == 200
+        # The same guard as when flags are on: the change is kept for when they are.
+        refused = await client.patch(
+            "/api/admin/feature-flags", json={"add": {"LOGIN": False}}, headers=bearer(tokens)
+        )
+        assert refused.status_code == 422
+        assert refused.json()["code"] == "PROTECTED_FLAG"

@@ -230,20 +230,20 @@ def test_replicas_share_flags_and_limits(
     # A flag change on one replica is seen by the other within 2 seconds.
     changed = httpx.patch(
         f"{first.url}/api/admin/feature-flags",
-        json={"add": {"HEALTH_READY": False}},
+        json={"add": {"LIST_PROVIDERS": False}},
         headers=headers,
     )
     assert changed.status_code == 200, changed.text
     deadline = time.monotonic() + 2
     status = None
     while time.monotonic() < deadline:
-        status = httpx.get(f"{second.url}/health/ready").status_code
+        status = httpx.get(f"{second.url}/api/oauth/providers").status_code
         if status == 403:
             break
         time.sleep(0.05)
     assert status == 403
     saved = json.loads((tmp_path / "replica1" / "feature_flags.json").read_text())
-    assert saved["HEALTH_READY"] is False
+    assert saved["LIST_PROVIDERS"] is False
 
     # A burst split across both replicas is limited to MAX_REQUESTS in total.
     with Redis.from_url(redis_url) as redis:
