@@ -50,7 +50,7 @@ reports: $(VENV)/.test-installed
 	-$(BIN)/ruff check . --output-format concise > reports/lint.txt
 	@echo "reports written to reports/"
 
-## bench: the benchmark of DESIGN.md §7 into reports/benchmark.md
+## bench: the performance budget (README, Performance) measured into reports/benchmark.md
 ## (BENCH_DATABASE_URL / BENCH_REDIS_URL add a PostgreSQL + Redis run)
 bench: $(VENV)/.test-installed
 	bash scripts/install-bench-tools.sh

@@ -150,7 +150,7 @@ class Settings(BaseSettings):
     # in this time, however slowly the provider answers.
     OAUTH_PROVIDER_DEADLINE_SECONDS: float = Field(default=10, gt=0, le=120)
 
-    # Settings the seed does not name (DESIGN.md §5)
+    # Security and operations
     PASSWORD_BCRYPT_ROUNDS: int = Field(default=12, ge=4, le=31)
     DEACTIVATE_ON_PASSWORD_FORGOT: bool = False
     MAX_UPLOAD_SIZE_MB: int = Field(default=10, gt=0)

@@ -52,7 +52,7 @@ def _common_passwords() -> frozenset[str]:
 
 
 def password_problem(password: str) -> tuple[str, str] | None:
-    """Why ``password`` is refused by the policy (DESIGN.md §4): ``(rule, message)``.
+    """Why ``password`` is refused by the password policy: ``(rule, message)``.
 
     None when it is acceptable. Lengths count characters after NFKC normalisation;
     there are no composition rules.

@@ -42,7 +42,7 @@ def check_email(value: str) -> str:
 
 
 def check_password(value: str) -> str:
-    """DESIGN.md §4: 8-128 characters after NFKC, not a common password."""
+    """8-128 characters after NFKC normalisation, and not a common password."""
     problem = password_problem(value)
     if problem is not None:
         rule, message = problem
