@@ -9,13 +9,13 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 
 from fastapi import FastAPI
 from limits import parse
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.authentication import AuthenticationMiddleware, Authenticator
 from app.core.brute_force import BruteForceGuard, FallbackAttemptLog, MemoryAttemptLog, Window
 from app.core.config import ConfigError, Settings, ensure_jwt_secret, get_settings
 from app.core.database import create_engine, create_session_factory, upgrade_database
@@ -52,7 +52,6 @@ from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
 from app.core.security import warm_up_password_hashing
 from app.routers import admin, auth, files, oauth, pages, users
-from app.routers.deps import resolve_flag_user
 from app.services.auth_cache import AuthCache, SQLiteProcesses, session_options
 from app.services.maintenance import maintenance_jobs
 from app.services.users import ensure_first_admin
@@ -85,6 +84,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     cache = app.state.auth_cache = await _create_auth_cache(app, settings, engine)
     app.state.session_factory = create_session_factory(engine, **session_options(cache))
+    app.state.authenticator.attach(app.state.session_factory, cache)
     app.state.mailer = Mailer(settings)
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -209,6 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         address=Window.of(parse(settings.AUTH_RATE_LIMIT_ADDRESS)),
     )
     app.state.oauth = create_oauth(settings)
+    authenticator = app.state.authenticator = Authenticator(settings)
     store = FlagStore(settings.DATA_DIR / settings.FEATURE_FLAGS_FILE)
     app.state.flag_store = store
     app.state.flag_broadcaster = (
@@ -237,7 +238,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             FeatureFlagMiddleware,
             store=store,
             routes=app.routes,
-            resolve_user=partial(resolve_flag_user, app),
         )
     app.add_middleware(OAuthSessionMiddleware, settings=settings)
     app.add_middleware(
@@ -252,8 +252,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             item=window_item(
                 settings.RATE_LIMITER_MAX_REQUESTS, settings.RATE_LIMITER_WINDOW_SECONDS
             ),
-            settings=settings,
         )
+    # Outside the rate limit and the flags, which read the caller it hands out.
+    app.add_middleware(AuthenticationMiddleware, authenticator=authenticator)
     if settings.METRICS_ENABLED:
         app.add_middleware(MetricsMiddleware)
     app.add_middleware(

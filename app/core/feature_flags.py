@@ -27,7 +27,7 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.core.authentication import caller_of
 from app.core.errors import error_body, is_disk_full
 from app.core.routes import Endpoint, endpoint_table
 
@@ -311,22 +312,15 @@ class FeatureFlagMiddleware:
     """Refuse a request whose endpoint is behind a disabled flag (pure ASGI).
 
     The endpoint is found by matching the app's routes (built on the first request,
-    once every route is in place). The user, needed by rule-based flags only, is
-    resolved by ``resolve_user``, which returns ``(uuid, roles)`` or None.
+    once every route is in place). The user, needed by rule-based flags only, is the
+    request's caller (``app.core.authentication``): anonymous when its token is
+    missing or refused.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        store: FlagStore,
-        routes: list[BaseRoute],
-        resolve_user: Callable[[Scope], Awaitable[tuple[str, list[str]] | None]],
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, store: FlagStore, routes: list[BaseRoute]) -> None:
         self.app = app
         self.store = store
         self.routes = routes
-        self.resolve_user = resolve_user
         self._endpoints: list[tuple[Endpoint, tuple[str, ...]]] | None = None
 
     def _flags_for(self, scope: Scope) -> tuple[str, ...]:
@@ -348,7 +342,8 @@ class FeatureFlagMiddleware:
             await self._refuse(scope, receive, send)
             return
         if any(isinstance(value, list) for value in values):
-            user = await self.resolve_user(scope)
+            auth = await caller_of(scope).optional_reader()
+            user = (auth.user.uuid, list(auth.user.roles)) if auth is not None else None
             if not all(self.store.is_enabled(name, user) for name in names):
                 await self._refuse(scope, receive, send)
                 return

@@ -18,7 +18,6 @@ import math
 import time
 from dataclasses import dataclass
 
-import jwt
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -26,9 +25,8 @@ from loguru import logger
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.core.config import Settings
+from app.core.authentication import caller_of
 from app.core.errors import AppError, error_body
-from app.core.security import JWT_ALGORITHM, bearer_token
 
 _WARNING_INTERVAL_SECONDS = 60
 #: Paths never limited (load balancers poll them).
@@ -176,37 +174,24 @@ class ClientAddressMiddleware:
 # Global limit --------------------------------------------------------------------------
 
 
-def token_subject(scope: Scope, secret: str) -> str | None:
-    """The user of a validly signed access token in the request, or None (no DB lookup)."""
-    token = bearer_token(scope.get("headers", []))
-    if token is None:
-        return None
-    try:
-        claims = jwt.decode(
-            token, secret, algorithms=[JWT_ALGORITHM], options={"require": ["exp", "sub"]}
-        )
-    except jwt.PyJWTError:
-        return None
-    subject = claims.get("sub")
-    return subject if claims.get("typ") == "access" and isinstance(subject, str) else None
-
-
 class RateLimitMiddleware:
-    """The global limit: per user with a valid token, else per client address (pure ASGI)."""
+    """The global limit: per user with a valid token, else per client address (pure ASGI).
 
-    def __init__(
-        self, app: ASGIApp, *, limiter: Limiter, item: RateLimitItem, settings: Settings
-    ) -> None:
+    The user is the one a validly signed access token names (the request's caller,
+    ``app.core.authentication``): no database or cache is asked, so a flood of tokens
+    whose sessions ended is still counted per user.
+    """
+
+    def __init__(self, app: ASGIApp, *, limiter: Limiter, item: RateLimitItem) -> None:
         self.app = app
         self.limiter = limiter
         self.item = item
-        self.settings = settings  # the JWT secret may be generated at start, so read it late
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        subject = token_subject(scope, self.settings.JWT_SECRET_KEY or "")
+        subject = caller_of(scope).subject()
         if subject is not None:
             key = f"user:{subject}"
         else:

@@ -272,39 +272,6 @@ def decode_token(token: str, *, secret: str, token_type: str) -> dict[str, Any]:
     return claims
 
 
-#: Access tokens already verified, (secret, token) -> claims: a client sends the same
-#: token with every request for its lifetime, and verifying it again costs more than
-#: the rest of a cached read. The key is the whole signed token, so only that exact
-#: token matches; its expiry is checked on every use.
-_verified_tokens: dict[tuple[str, str], AccessClaims] = {}
-VERIFIED_TOKENS_MAX = 10_000
-
-
-def decode_access_token(token: str, secret: str) -> AccessClaims:
-    """The claims of a valid access token (it must name its session)."""
-    key = (secret, token)
-    known = _verified_tokens.get(key)
-    if known is not None:
-        if time.time() < known.expires_at:
-            return known
-        del _verified_tokens[key]
-        raise TokenError("token expired")
-    claims = decode_token(token, secret=secret, token_type="access")
-    session_id = claims.get("sid")
-    if not isinstance(session_id, str) or not isinstance(claims["sub"], str):
-        raise TokenError("invalid token")
-    verified = AccessClaims(
-        user_uuid=claims["sub"],
-        session_id=session_id,
-        expires_at=int(claims["exp"]),
-        token_type=claims["typ"],
-    )
-    if len(_verified_tokens) >= VERIFIED_TOKENS_MAX:
-        del _verified_tokens[next(iter(_verified_tokens))]
-    _verified_tokens[key] = verified
-    return verified
-
-
 # One-time signed tokens (email links) --------------------------------------------------
 
 

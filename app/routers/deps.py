@@ -8,24 +8,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from starlette.types import Scope
 
+from app.core.authentication import Auth, Authenticator, Caller, caller_of
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.feature_flags import FlagBroadcaster, FlagStore
-from app.core.security import bearer_token
 from app.models import User
 from app.services.context import ClientInfo
 from app.services.devices import DEVICE_COOKIE, DEVICE_HEADER
-from app.services.sessions import Auth, InvalidToken, authenticate, authenticate_reader
 
 # The token URL is rewritten to API_STR's in the OpenAPI document (app.core.openapi).
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/auth/login", auto_error=False)
@@ -92,64 +90,55 @@ GuardDep = Annotated[BruteForceGuard, Depends(get_guard)]
 ClientDep = Annotated[ClientInfo, Depends(get_client)]
 
 
-async def get_optional_auth(
-    db: SessionDep, settings: SettingsDep, token: Annotated[str | None, Depends(oauth2_scheme)]
-) -> Auth | None:
-    """The caller's authentication when a bearer token is sent; a bad token is a 401."""
-    if token is None:
-        return None
-    return await authenticate(db, settings, token)
+async def get_authenticator(request: Request) -> Authenticator:
+    """The app's authenticator (tokens other than the request's own: the docs cookie)."""
+    return request.app.state.authenticator
 
 
-async def get_auth(auth: Annotated[Auth | None, Depends(get_optional_auth)]) -> Auth:
-    """The caller's authentication; 401 without a valid bearer token."""
-    if auth is None:
-        raise InvalidToken("Not authenticated")
-    return auth
+async def get_caller(request: Request) -> Caller:
+    """Who is calling: the request's one :class:`~app.core.authentication.Caller`."""
+    return caller_of(request.scope)
+
+
+AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+# The dependencies below take the bearer token from ``oauth2_scheme`` only so that the
+# OpenAPI document marks their routes as needing it; the caller is resolved by the
+# request's Caller, once, whoever asks first (a rule-based flag may have already).
+
+
+async def get_auth(
+    request: Request, db: SessionDep, _token: Annotated[str | None, Depends(oauth2_scheme)]
+) -> Auth:
+    """The caller's session and user, live in the request's database session (routes
+    that change something); 401 without a valid bearer token."""
+    return await caller_of(request.scope).live(db)
 
 
 async def get_current_user(auth: Annotated[Auth, Depends(get_auth)]) -> User:
-    """The authenticated user."""
+    """The authenticated user, live (routes that change something)."""
     return auth.user
-
-
-async def get_optional_user(
-    auth: Annotated[Auth | None, Depends(get_optional_auth)],
-) -> User | None:
-    """The authenticated user, or None for an anonymous request."""
-    return auth.user if auth else None
 
 
 AuthDep = Annotated[Auth, Depends(get_auth)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
-OptionalUser = Annotated[User | None, Depends(get_optional_user)]
-
-
-async def _reader_auth(request: Request, token: str | None) -> Auth:
-    if token is None:
-        raise InvalidToken("Not authenticated")
-    state = request.app.state
-    return await authenticate_reader(state.session_factory, state.settings, token, state.auth_cache)
-
-
-# The two below read the app's state themselves rather than through SettingsDep: they
-# run on every hot read, and each sub-dependency costs FastAPI more than a cache hit.
 
 
 async def get_reader_auth(
-    request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]
+    request: Request, _token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> Auth:
     """The caller's authentication, for routes that only read: the user and session
-    are read-only copies, usually from the cache (no database trip); 401 as ``get_auth``.
-    """
-    return await _reader_auth(request, token)
+    are read-only copies, usually from the auth cache (no database trip); 401 as
+    ``get_auth``."""
+    return await caller_of(request.scope).reader()
 
 
 async def get_reader(
-    request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]
+    request: Request, _token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> User:
     """The authenticated user as a read-only copy (routes that only read)."""
-    return (await _reader_auth(request, token)).user
+    return (await caller_of(request.scope).reader()).user
 
 
 #: ``AuthDep`` / ``CurrentUser`` for routes that only read; writing to them raises.
@@ -180,18 +169,3 @@ async def get_user_uuid(user_uuid: Annotated[UUID, Path(alias="uuid")]) -> str:
 
 PageDep = Annotated[Page, Depends(get_page)]
 UserUuid = Annotated[str, Depends(get_user_uuid)]
-
-
-async def resolve_flag_user(app: Any, scope: Scope) -> tuple[str, list[str]] | None:
-    """The (uuid, roles) behind a request's access token, for rule-based flags."""
-    token = bearer_token(scope.get("headers", []))
-    if token is None:
-        return None
-    state = app.state
-    try:
-        auth = await authenticate_reader(
-            state.session_factory, state.settings, token, state.auth_cache
-        )
-    except InvalidToken:
-        return None
-    return auth.user.uuid, list(auth.user.roles)

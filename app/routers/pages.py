@@ -45,22 +45,29 @@ from fastapi import APIRouter, Depends, Form, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.authentication import Auth, Authenticator, caller_of
 from app.core.config import Settings
 from app.core.errors import PermissionDenied, Unauthorized, error_body
 from app.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from app.core.metrics import exposition
 from app.core.permissions import check_permission
 from app.core.rate_limiter import TrustedProxies
-from app.core.security import bearer_token
 from app.models import User, now_epoch
-from app.routers.deps import ClientDep, EngineDep, GuardDep, RedisDep, SessionDep, SettingsDep
+from app.routers.deps import (
+    AuthenticatorDep,
+    ClientDep,
+    EngineDep,
+    GuardDep,
+    RedisDep,
+    SessionDep,
+    SettingsDep,
+)
 from app.schemas.common import ErrorResponse, Text, error_responses
 from app.schemas.docs import DocsToken
 from app.schemas.health import HealthResponse, NotReadyResponse, ReadinessResponse
 from app.services.health import check_readiness
-from app.services.sessions import Auth, InvalidToken, authenticate, logout
+from app.services.sessions import logout
 
 router = APIRouter(tags=["pages"])
 templates = Jinja2Templates(
@@ -239,22 +246,18 @@ async def require_same_origin(request: Request, settings: SettingsDep) -> None:
 
 
 async def _docs_auth(
-    request: Request, db: AsyncSession, settings: Settings, *, cookie_only: bool = False
+    request: Request, authenticator: Authenticator, *, cookie_only: bool = False
 ) -> Auth | None:
     """The session behind the docs cookie (or, unless ``cookie_only``, a bearer token)."""
-    token = None if cookie_only else bearer_token(request.scope["headers"])
-    token = token or request.cookies.get(DOCS_COOKIE)
-    if not token:
-        return None
-    try:
-        return await authenticate(db, settings, token)
-    except InvalidToken:
-        return None
+    caller = caller_of(request.scope)
+    if cookie_only or caller.token is None:
+        caller = authenticator.caller(request.cookies.get(DOCS_COOKIE) or None)
+    return await caller.optional_reader()
 
 
-async def _docs_user(request: Request, db: AsyncSession, settings: Settings) -> User | None:
+async def _docs_user(request: Request, authenticator: Authenticator) -> User | None:
     """The user behind the docs cookie (or a bearer token), or None."""
-    auth = await _docs_auth(request, db, settings)
+    auth = await _docs_auth(request, authenticator)
     return auth.user if auth else None
 
 
@@ -271,12 +274,12 @@ def _page(
 
 
 async def _gate(
-    request: Request, db: AsyncSession, settings: Settings, *, html: bool
+    request: Request, authenticator: Authenticator, settings: Settings, *, html: bool
 ) -> Response | User | None:
     """None when the docs are public; the user when allowed; else the refusal to send."""
     if not settings.PROTECTED_INTERACTIVE_DOCS:
         return None
-    user = await _docs_user(request, db, settings)
+    user = await _docs_user(request, authenticator)
     if user is None:
         if html:
             target = quote(request.url.path, safe="/")
@@ -317,7 +320,9 @@ async def signin_page(request: Request, settings: SettingsDep) -> Response:
     status_code=status.HTTP_307_TEMPORARY_REDIRECT,
     responses={307: {"description": "To /docs when signed in, else to /signin"}},
 )
-async def interactive_docs(request: Request, db: SessionDep, settings: SettingsDep) -> Response:
+async def interactive_docs(
+    request: Request, authenticator: AuthenticatorDep, settings: SettingsDep
+) -> Response:
     """The way into the interactive docs: to ``/docs`` when signed in, else to ``/signin``.
 
     Returns
@@ -325,7 +330,7 @@ async def interactive_docs(request: Request, db: SessionDep, settings: SettingsD
     RedirectResponse
         307 to ``/docs`` or ``/signin``.
     """
-    if settings.PROTECTED_INTERACTIVE_DOCS and await _docs_user(request, db, settings) is None:
+    if settings.PROTECTED_INTERACTIVE_DOCS and await _docs_user(request, authenticator) is None:
         return RedirectResponse(
             "/signin?next=/interactive-docs", status.HTTP_307_TEMPORARY_REDIRECT
         )
@@ -350,7 +355,7 @@ async def interactive_docs(request: Request, db: SessionDep, settings: SettingsD
 async def interactive_docs_sign_in(
     request: Request,
     token: Annotated[Text, Form(max_length=4096)],
-    db: SessionDep,
+    authenticator: AuthenticatorDep,
     settings: SettingsDep,
 ) -> Response:
     """Finish signing in to the docs: keep the access token in an HttpOnly cookie.
@@ -369,9 +374,8 @@ async def interactive_docs_sign_in(
     403
         ``CROSS_ORIGIN_REQUEST``: no ``Origin``, or another one.
     """
-    try:
-        auth = await authenticate(db, settings, token)
-    except InvalidToken:
+    auth = await authenticator.caller(token).optional_reader()
+    if auth is None:
         return RedirectResponse("/signin?next=/interactive-docs", status.HTTP_303_SEE_OTHER)
     if not check_permission(auth.user, "docs", "read"):
         return _page(request, "forbidden.html", settings, 403, username=auth.user.username)
@@ -395,7 +399,7 @@ async def interactive_docs_sign_in(
     responses=error_responses(401, 403),
 )
 async def docs_token(
-    request: Request, response: Response, db: SessionDep, settings: SettingsDep
+    request: Request, response: Response, authenticator: AuthenticatorDep
 ) -> DocsToken:
     """The docs session's access token, for the ``/docs`` page's "Try it out".
 
@@ -416,7 +420,7 @@ async def docs_token(
         ``CROSS_ORIGIN_REQUEST``: not from this service's own pages; ``FORBIDDEN``:
         the user may no longer read the docs.
     """
-    auth = await _docs_auth(request, db, settings, cookie_only=True)
+    auth = await _docs_auth(request, authenticator, cookie_only=True)
     if auth is None:
         raise Unauthorized("Not signed in to the docs")
     if not check_permission(auth.user, "docs", "read"):
@@ -435,7 +439,11 @@ async def docs_token(
     responses={303: {"description": "To /signin; the docs session ended, its cookie cleared"}},
 )
 async def sign_out(
-    request: Request, db: SessionDep, settings: SettingsDep, client: ClientDep
+    request: Request,
+    db: SessionDep,
+    authenticator: AuthenticatorDep,
+    settings: SettingsDep,
+    client: ClientDep,
 ) -> Response:
     """Sign out of the docs: end the docs session and clear its cookie.
 
@@ -447,7 +455,7 @@ async def sign_out(
     RedirectResponse
         303 to ``/signin``.
     """
-    auth = await _docs_auth(request, db, settings, cookie_only=True)
+    auth = await _docs_auth(request, authenticator, cookie_only=True)
     if auth is not None:
         await logout(db, auth, client)
     response = RedirectResponse("/signin", status.HTTP_303_SEE_OTHER, headers=_NO_STORE)
@@ -461,19 +469,23 @@ async def sign_out(
 
 
 @router.get("/openapi.json", include_in_schema=False)
-async def openapi_document(request: Request, db: SessionDep, settings: SettingsDep) -> Response:
+async def openapi_document(
+    request: Request, authenticator: AuthenticatorDep, settings: SettingsDep
+) -> Response:
     """The OpenAPI description (protected like the docs)."""
-    refusal = await _gate(request, db, settings, html=False)
+    refusal = await _gate(request, authenticator, settings, html=False)
     if isinstance(refusal, Response):
         return refusal
     return JSONResponse(request.app.openapi())
 
 
 @router.get("/docs", include_in_schema=False)
-async def swagger_ui(request: Request, db: SessionDep, settings: SettingsDep) -> Response:
+async def swagger_ui(
+    request: Request, authenticator: AuthenticatorDep, settings: SettingsDep
+) -> Response:
     """Swagger UI, served from local assets; "Try it out" sends the docs session's token,
     which the page fetches from ``/docs/token`` (see the module's docstring)."""
-    gate = await _gate(request, db, settings, html=True)
+    gate = await _gate(request, authenticator, settings, html=True)
     if isinstance(gate, Response):
         return gate
     signed_in = gate is not None and DOCS_COOKIE in request.cookies
@@ -492,9 +504,11 @@ async def swagger_ui_redirect(request: Request) -> Response:
 
 
 @router.get("/redoc", include_in_schema=False)
-async def redoc(request: Request, db: SessionDep, settings: SettingsDep) -> Response:
+async def redoc(
+    request: Request, authenticator: AuthenticatorDep, settings: SettingsDep
+) -> Response:
     """ReDoc, served from local assets."""
-    gate = await _gate(request, db, settings, html=True)
+    gate = await _gate(request, authenticator, settings, html=True)
     if isinstance(gate, Response):
         return gate
     return templates.TemplateResponse(

@@ -12,6 +12,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.authentication import Auth
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
 from app.core.database import release_connection
@@ -37,7 +38,7 @@ from app.services.history import record_event
 from app.services.links import InvalidLink, consume_link, read_link
 from app.services.notices import send_security_notice
 from app.services.reauth import confirm_password, require_recent_auth
-from app.services.sessions import Auth, revoke_sessions, start_session
+from app.services.sessions import revoke_sessions, start_session
 from app.services.users import (
     EMAIL_CHANGE_PURPOSE,
     EMAIL_CHANGE_UNDO_MAX_AGE_SECONDS,

@@ -17,6 +17,7 @@ from typing import Literal
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.authentication import Auth
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
 from app.core.email import Mailer
@@ -38,7 +39,7 @@ from app.services.devices import new_device_token
 from app.services.history import record_event
 from app.services.notices import send_security_notice
 from app.services.reauth import require_recent_auth
-from app.services.sessions import Auth, revoke_sessions, start_session
+from app.services.sessions import revoke_sessions, start_session
 
 OtpMethod = Literal["authenticator", "email"]
 

@@ -1,44 +1,29 @@
-"""Sessions and tokens: opening, checking, refreshing and ending logins.
+"""Sessions and tokens: opening, refreshing and ending logins.
 
 A login opens a ``session`` row; its access JWT names the session (``sid``), and every
-request checks that session, so logout, password changes, bans and deletions refuse
-the token at once. Refresh tokens rotate on each use, and a session remembers (hashed)
-every token it replaced: presenting any of them ends the session (one leaked, or the
-client is confused, and either way it must log in).
+request checks that session (``app.core.authentication``), so logout, password
+changes, bans and deletions refuse the token at once. Refresh tokens rotate on each
+use, and a session remembers (hashed) every token it replaced: presenting any of them
+ends the session (one leaked, or the client is confused, and either way it must log
+in).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from loguru import logger
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.authentication import Auth
 from app.core.config import Settings
 from app.core.errors import NotFound, Unauthorized
-from app.core.security import (
-    AccessClaims,
-    TokenError,
-    create_token,
-    decode_access_token,
-    hash_secret,
-    new_refresh_token,
-)
+from app.core.security import create_token, hash_secret, new_refresh_token
 from app.models import RotatedRefreshToken, Session, User, new_uuid, now_epoch
 from app.schemas.auth import TokenPair
-from app.services.auth_cache import SESSION_OMITTED, USER_OMITTED, AuthCache, snapshot
 from app.services.context import ClientInfo
 from app.services.history import record_event
 
 _USER_AGENT_MAX = 512
-
-
-class InvalidToken(Unauthorized):
-    """The access token is missing, malformed, expired, or its session has ended."""
-
-    code = "INVALID_TOKEN"
-    detail = "Invalid or expired token"
 
 
 class InvalidRefreshToken(Unauthorized):
@@ -53,15 +38,6 @@ class RefreshTokenReused(Unauthorized):
 
     code = "REFRESH_TOKEN_REUSED"
     detail = "This refresh token was already used; the session has been ended"
-
-
-@dataclass(frozen=True)
-class Auth:
-    """An authenticated request: the user, their session, and the token's claims."""
-
-    user: User
-    session: Session
-    claims: AccessClaims
 
 
 # Sessions ------------------------------------------------------------------------------
@@ -127,79 +103,6 @@ async def revoke_sessions(
         statement = statement.where(Session.id != keep_session_id)
     result = await db.execute(statement)
     return result.rowcount or 0
-
-
-# Access tokens -------------------------------------------------------------------------
-
-
-def _claims(settings: Settings, token: str) -> AccessClaims:
-    try:
-        return decode_access_token(token, settings.JWT_SECRET_KEY)
-    except TokenError:
-        raise InvalidToken() from None
-
-
-async def _load(db: AsyncSession, claims: AccessClaims) -> Auth:
-    row = (
-        await db.execute(
-            select(Session, User)
-            .join(User, User.uuid == Session.user_uuid)
-            .where(Session.id == claims.session_id)
-        )
-    ).first()
-    if row is None:
-        raise InvalidToken()
-    session, user = row
-    if (
-        session.user_uuid != claims.user_uuid
-        or session.revoked_at is not None
-        or session.expires_at <= now_epoch()
-        or not user.is_active
-    ):
-        raise InvalidToken()
-    return Auth(user=user, session=session, claims=claims)
-
-
-async def authenticate(db: AsyncSession, settings: Settings, token: str) -> Auth:
-    """The user and session behind an access token, or InvalidToken.
-
-    Refused: a bad signature or kind, an expired token, a session that is revoked or
-    expired, a user who is inactive. The objects are live in ``db``: for routes that
-    change something.
-    """
-    return await _load(db, _claims(settings, token))
-
-
-async def authenticate_reader(
-    session_factory: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    token: str,
-    cache: AuthCache,
-) -> Auth:
-    """As :func:`authenticate`, for routes that only read: the cache may answer.
-
-    The user and session are read-only copies (:mod:`app.services.auth_cache`), from
-    the cache or, on a miss, from one query whose result the cache keeps.
-    """
-    claims = _claims(settings, token)
-    hit = cache.session(claims.session_id)
-    if hit is not None:
-        session, user = hit
-        if (
-            session.user_uuid != claims.user_uuid
-            or session.expires_at <= now_epoch()
-            or not user.is_active  # the user's copy may be newer than the session's
-        ):
-            raise InvalidToken()
-        return Auth(user=user, session=session, claims=claims)
-    generation = cache.generation
-    async with session_factory() as db:
-        auth = await _load(db, claims)
-    copies = cache.store_session(generation, auth.session, auth.user) or (
-        snapshot(auth.session, SESSION_OMITTED),
-        snapshot(auth.user, USER_OMITTED),
-    )
-    return Auth(user=copies[1], session=copies[0], claims=claims)
 
 
 # Refresh -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
+from app.core.authentication import Auth
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
 from app.core.database import release_connection
@@ -36,7 +37,7 @@ from app.services.context import SYSTEM, ClientInfo
 from app.services.history import read_events, record_event
 from app.services.notices import send_security_notice
 from app.services.reauth import require_recent_auth
-from app.services.sessions import Auth, revoke_sessions
+from app.services.sessions import revoke_sessions
 
 EMAIL_VERIFY_PURPOSE = "email-verify"
 EMAIL_VERIFY_MAX_AGE_SECONDS = 48 * 3600

@@ -23,7 +23,6 @@ from sqlalchemy.orm.exc import DetachedInstanceError
 from app.core.config import Settings
 from app.core.database import is_sqlite
 from app.core.redis_client import create_redis
-from app.core.security import TokenError, create_token, decode_access_token
 from app.main import create_app, stop_background_tasks
 from app.models import Session, User, new_uuid, now_epoch
 from app.services.auth_cache import (
@@ -469,40 +468,6 @@ def test_a_logout_on_one_replica_is_refused_by_the_other(
 
     assert httpx.post(f"{first.url}/api/auth/logout", headers=bearer(tokens)).status_code == 204
     assert httpx.get(f"{second.url}/api/users/me", headers=bearer(tokens)).status_code == 401
-
-
-# Verified access tokens -------------------------------------------------------------------
-
-
-def _access_token(expires_in_seconds: int) -> str:
-    return create_token(
-        subject="u",
-        token_type="access",
-        secret=TEST_JWT_SECRET,
-        expires_in_seconds=expires_in_seconds,
-        session_id="s",
-    )
-
-
-def test_a_verified_token_is_still_refused_once_expired() -> None:
-    token = _access_token(1)
-    assert decode_access_token(token, TEST_JWT_SECRET).session_id == "s"
-    assert decode_access_token(token, TEST_JWT_SECRET).session_id == "s"  # remembered
-    time.sleep(1.05)
-    with pytest.raises(TokenError):
-        decode_access_token(token, TEST_JWT_SECRET)
-
-
-def test_a_remembered_token_vouches_for_no_other() -> None:
-    token = _access_token(60)
-    decode_access_token(token, TEST_JWT_SECRET)
-    header, payload, signature = token.split(".")
-    forged_signature = ("A" if signature[0] != "A" else "B") + signature[1:]
-    for forged in (f"{header}.{payload}.{forged_signature}", token + "x"):
-        with pytest.raises(TokenError):
-            decode_access_token(forged, TEST_JWT_SECRET)
-    with pytest.raises(TokenError):  # the same token under another secret
-        decode_access_token(token, "another-secret-" + "x" * 32)
 
 
 def _live_me(server: LiveServer, tokens: dict) -> httpx.Response:
