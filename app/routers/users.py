@@ -271,7 +271,7 @@ async def delete_user(
     responses=error_responses(401, 403, 404, 422),
 )
 async def read_user_history(
-    user_uuid: UserUuid, actor: CurrentUser, db: SessionDep, page: PageDep
+    user_uuid: UserUuid, actor: Reader, db: SessionDep, page: PageDep
 ) -> HistoryPage:
     """A user's history (sign-ups, logins, changes...), newest first: owner and staff.
 
