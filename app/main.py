@@ -53,9 +53,9 @@ from app.core.scheduler import JobScheduler
 from app.core.security import warm_up_password_hashing
 from app.routers import admin, auth, docs_pages, files, health, legal, oauth, users
 from app.routers.deps import resolve_flag_user
+from app.services.accounts import ensure_first_admin
 from app.services.auth_cache import AuthCache, SQLiteProcesses, session_options
 from app.services.maintenance import maintenance_jobs
-from app.services.users import ensure_first_admin
 
 #: Largest non-upload request body (JSON, forms).
 JSON_BODY_LIMIT_BYTES = 1024 * 1024

@@ -45,11 +45,11 @@ from app.schemas.otp import (
     OtpVerifyRequest,
 )
 from app.schemas.users import UserPrivate, private_view
+from app.services import accounts
 from app.services import auth as auth_service
 from app.services import oauth as oauth_service
 from app.services import otp as otp_service
 from app.services import sessions as session_service
-from app.services import users as user_service
 from app.services.devices import DEVICE_COOKIE, DEVICE_TOKEN_MAX_AGE_SECONDS
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -107,7 +107,7 @@ async def signup(
         ``display_name_mismatch``, ``email_invalid``, ``password_too_short``,
         ``password_too_common``, ...).
     """
-    user = await user_service.signup(
+    user = await accounts.signup(
         db,
         settings,
         mailer,

@@ -31,7 +31,7 @@ from app.schemas.users import (
     private_view,
     public_view,
 )
-from app.services import users as user_service
+from app.services import deletion, directory, moderation, profile
 
 router = APIRouter(tags=["users"])
 
@@ -96,7 +96,7 @@ async def update_me(
         ``RATE_LIMITED``: too many wrong passwords for this account lately.
     """
     changes = body.model_dump(exclude_unset=True)
-    user = await user_service.update_profile(
+    user = await profile.update_profile(
         db, settings, mailer, guard, auth, auth.user.uuid, changes, client
     )
     return private_view(user, settings)
@@ -130,7 +130,7 @@ async def list_users(
     403
         The caller is not staff.
     """
-    users, total = await user_service.list_users(
+    users, total = await directory.list_users(
         db,
         actor,
         offset=page.offset,
@@ -175,7 +175,7 @@ async def read_user(
     # A hot read: the app state is read directly (each dependency costs more than a
     # cache hit), and a database session is opened only on a miss.
     state = request.app.state
-    user, private = await user_service.read_visible_user(
+    user, private = await directory.read_visible_user(
         state.session_factory, state.auth_cache, actor, user_uuid
     )
     return private_view(user, state.settings) if private else public_view(user, state.settings)
@@ -220,7 +220,7 @@ async def update_user(
         ``RATE_LIMITED``.
     """
     changes = body.model_dump(exclude_unset=True)
-    user = await user_service.update_profile(
+    user = await profile.update_profile(
         db, settings, mailer, guard, auth, user_uuid, changes, client
     )
     return private_view(user, settings)
@@ -262,7 +262,7 @@ async def delete_user(
         ``RATE_LIMITED``: too many wrong passwords for this account lately.
     """
     password = body.current_password if body is not None else None
-    await user_service.delete_user(db, settings, guard, auth, user_uuid, password, client)
+    await deletion.delete_user(db, settings, guard, auth, user_uuid, password, client)
 
 
 @router.get(
@@ -287,7 +287,7 @@ async def read_user_history(
     404
         ``USER_NOT_FOUND``.
     """
-    entries, total = await user_service.read_history(
+    entries, total = await directory.read_history(
         db, actor, user_uuid, offset=page.offset, limit=page.limit
     )
     return HistoryPage(
@@ -316,7 +316,7 @@ async def block_user(
     422
         ``INVALID_BLOCK``: you cannot block yourself.
     """
-    await user_service.set_blocked(db, actor, user_uuid, True, client)
+    await moderation.set_blocked(db, actor, user_uuid, True, client)
 
 
 @router.delete(
@@ -335,4 +335,4 @@ async def unblock_user(
     422
         ``INVALID_BLOCK``: you cannot block or unblock yourself.
     """
-    await user_service.set_blocked(db, actor, user_uuid, False, client)
+    await moderation.set_blocked(db, actor, user_uuid, False, client)

@@ -31,17 +31,7 @@ from app.models import User, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
 from app.services import oauth, otp
-from app.services.context import ClientInfo
-from app.services.devices import claim_login, new_device_token
-from app.services.history import record_event
-from app.services.links import InvalidLink, consume_link, read_link
-from app.services.notices import send_security_notice
-from app.services.reauth import confirm_password, require_recent_auth
-from app.services.sessions import Auth, revoke_sessions, start_session
-from app.services.users import (
-    EMAIL_CHANGE_PURPOSE,
-    EMAIL_CHANGE_UNDO_MAX_AGE_SECONDS,
-    EMAIL_CHANGE_UNDO_PURPOSE,
+from app.services.accounts import (
     EMAIL_VERIFY_MAX_AGE_SECONDS,
     EMAIL_VERIFY_PURPOSE,
     EmailTaken,
@@ -50,6 +40,18 @@ from app.services.users import (
     find_user_by_login,
     send_verification_email,
 )
+from app.services.context import ClientInfo
+from app.services.devices import claim_login, new_device_token
+from app.services.history import record_event
+from app.services.links import InvalidLink, consume_link, read_link
+from app.services.notices import send_security_notice
+from app.services.profile import (
+    EMAIL_CHANGE_PURPOSE,
+    EMAIL_CHANGE_UNDO_MAX_AGE_SECONDS,
+    EMAIL_CHANGE_UNDO_PURPOSE,
+)
+from app.services.reauth import confirm_password, require_recent_auth
+from app.services.sessions import Auth, revoke_sessions, start_session
 
 PASSWORD_RESET_PURPOSE = "password-reset"
 PASSWORD_RESET_MAX_AGE_SECONDS = 3600

@@ -35,6 +35,7 @@ from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, no
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
 from app.services import otp
+from app.services.accounts import commit_or_conflict, create_user
 from app.services.context import ClientInfo
 from app.services.files import store_picture
 from app.services.history import record_event
@@ -42,7 +43,6 @@ from app.services.links import InvalidLink, consume_link
 from app.services.notices import send_security_notice
 from app.services.reauth import ReauthenticationRequired, require_fresh_session
 from app.services.sessions import revoke_sessions, start_session
-from app.services.users import commit_or_conflict, create_user
 
 EXCHANGE_PURPOSE = "oauth-exchange"
 EXCHANGE_MAX_AGE_SECONDS = 120
