@@ -45,10 +45,9 @@ from app.schemas.otp import (
     OtpVerifyRequest,
 )
 from app.schemas.users import UserPrivate, private_view
-from app.services import accounts
+from app.services import accounts, two_factor
 from app.services import auth as auth_service
 from app.services import oauth as oauth_service
-from app.services import otp as otp_service
 from app.services import sessions as session_service
 from app.services.devices import DEVICE_COOKIE, DEVICE_TOKEN_MAX_AGE_SECONDS
 
@@ -193,7 +192,7 @@ async def verify_otp(
     429
         ``OTP_THROTTLED`` or ``RATE_LIMITED``, with ``Retry-After``.
     """
-    answer = await otp_service.verify_login(db, settings, guard, body.otp_token, body.code, client)
+    answer = await two_factor.verify_login(db, settings, guard, body.otp_token, body.code, client)
     _remember_device(response, settings, answer)
     return answer
 
@@ -237,7 +236,7 @@ async def setup_otp(
     429
         ``RATE_LIMITED``: too many wrong passwords for this account lately.
     """
-    return await otp_service.setup(
+    return await two_factor.setup(
         db, settings, mailer, guard, auth, body.method, body.password, client
     )
 
@@ -270,7 +269,7 @@ async def enable_otp(
     429
         ``OTP_THROTTLED``.
     """
-    await otp_service.enable(db, settings, mailer, auth, body.method, body.code, client)
+    await two_factor.enable(db, settings, mailer, auth, body.method, body.code, client)
 
 
 @router.post(
@@ -297,7 +296,7 @@ async def send_otp_disable_code(
     429
         ``RATE_LIMITED``: too many codes mailed to this account lately.
     """
-    await otp_service.send_code(db, settings, mailer, guard, auth, "disable")
+    await two_factor.send_code(db, settings, mailer, guard, auth, "disable")
     return Message(detail="A code was sent by email")
 
 
@@ -334,7 +333,7 @@ async def disable_otp(
     429
         ``OTP_THROTTLED`` or ``RATE_LIMITED``.
     """
-    await otp_service.disable(db, settings, mailer, guard, auth, body.password, body.code, client)
+    await two_factor.disable(db, settings, mailer, guard, auth, body.password, body.code, client)
 
 
 @router.post("/refresh", response_model=TokenPair, responses=error_responses(401, 422))

@@ -16,7 +16,7 @@ from app.core.config import Settings
 from app.core.database import release_connection
 from app.core.email import Mailer
 from app.core.errors import AppError, Conflict
-from app.core.otp import new_otp_secret
+from app.core.one_time_codes import new_otp_secret
 from app.core.permissions import ALL_ROLES
 from app.core.security import create_one_time_token, hash_password, password_problem
 from app.models import User, new_uuid, now_epoch

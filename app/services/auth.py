@@ -1,7 +1,7 @@
 """Logins, password changes and resets, email verification and change, re-authentication.
 
 Sessions and tokens live in ``app.services.sessions``; the second login step in
-``app.services.otp``.
+``app.services.two_factor``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from app.core.security import (
 from app.models import User, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
-from app.services import oauth, otp
+from app.services import oauth, two_factor
 from app.services.accounts import (
     EMAIL_VERIFY_MAX_AGE_SECONDS,
     EMAIL_VERIFY_PURPOSE,
@@ -124,7 +124,7 @@ async def login(
     """Check the credentials, then open a session, or ask for the second factor.
 
     With 2FA on, the answer is a challenge whose ``otp_token`` and a valid code give
-    the token pair at ``/auth/otp/verify`` (see ``app.services.otp``). Attempts are
+    the token pair at ``/auth/otp/verify`` (see ``app.services.two_factor``). Attempts are
     limited per address, failures per account or known device (429 ``RATE_LIMITED``).
     A successful login hands out a new device token.
     """
@@ -135,7 +135,7 @@ async def login(
         raise
     if user.otp_method != "none":
         LOGINS.labels("otp_required").inc()
-        return await otp.begin_login(db, settings, mailer, user, client)
+        return await two_factor.begin_login(db, settings, mailer, user, client)
     LOGINS.labels("success").inc()
     pair = await start_session(db, settings, user, client)
     return pair.model_copy(update={"device_token": new_device_token(settings, user.uuid)})
@@ -493,7 +493,7 @@ async def send_reauthentication_code(
     """Mail a code for /auth/reauthenticate to an account without a password."""
     if auth.user.hashed_password is not None:
         raise PasswordIsTheProof()
-    await otp.send_code(db, settings, mailer, guard, auth, "reauth")
+    await two_factor.send_code(db, settings, mailer, guard, auth, "reauth")
 
 
 class NoWayToReauthenticate(AppError):
@@ -530,7 +530,7 @@ async def reauthenticate(
     elif user.otp_method != "none":
         if code is None:
             raise MissingProof("Give a code from your second factor")
-        await otp.confirm_code(db, settings, guard, user, code, client, purpose="reauth")
+        await two_factor.confirm_code(db, settings, guard, user, code, client, purpose="reauth")
     else:
         raise NoWayToReauthenticate()
     now = now_epoch()

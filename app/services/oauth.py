@@ -34,7 +34,7 @@ from app.core.security import create_one_time_token
 from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
-from app.services import otp
+from app.services import two_factor
 from app.services.accounts import commit_or_conflict, create_user
 from app.services.context import ClientInfo
 from app.services.files import store_picture
@@ -482,7 +482,7 @@ async def finish_login(
 ) -> TokenPair | OtpChallengeResponse:
     """A session, or the second-factor challenge when the user has 2FA on."""
     if user.otp_method != "none":
-        return await otp.begin_login(db, settings, mailer, user, client)
+        return await two_factor.begin_login(db, settings, mailer, user, client)
     return await start_session(db, settings, user, client)
 
 
