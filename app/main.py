@@ -38,7 +38,7 @@ from app.core.middleware import (
     PasswordCheckGate,
     RequestIdMiddleware,
 )
-from app.core.oauth import create_oauth
+from app.core.oauth_client import create_oauth
 from app.core.openapi import install_openapi
 from app.core.rate_limiter import (
     ClientAddressMiddleware,
@@ -51,7 +51,7 @@ from app.core.rate_limiter import (
 from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
 from app.core.security import warm_up_password_hashing
-from app.routers import admin, auth, docs_pages, files, health, legal, oauth, users
+from app.routers import admin, auth, docs_pages, files, health, legal, provider_login, users
 from app.routers.deps import resolve_flag_user
 from app.services.accounts import ensure_first_admin
 from app.services.auth_cache import AuthCache, SQLiteProcesses, session_options
@@ -219,7 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users.router, prefix=settings.API_STR)
     app.include_router(auth.router, prefix=settings.API_STR)
     app.include_router(files.router, prefix=settings.API_STR)
-    app.include_router(oauth.router, prefix=settings.API_STR)
+    app.include_router(provider_login.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
     app.include_router(health.router)
     app.include_router(docs_pages.router)
@@ -237,7 +237,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             auth.router,
             users.router,
             files.router,
-            oauth.router,
+            provider_login.router,
         ],
     )
 

@@ -42,9 +42,8 @@ from app.schemas.auth import (
 from app.schemas.common import Text, error_responses
 from app.schemas.otp import OtpChallengeResponse
 from app.schemas.users import UserPrivate, private_view
-from app.services import accounts
+from app.services import accounts, external_accounts
 from app.services import auth as auth_service
-from app.services import oauth as oauth_service
 from app.services import sessions as session_service
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -620,4 +619,4 @@ async def exchange_token(
     403
         ``ACCOUNT_INACTIVE``.
     """
-    return await oauth_service.exchange(db, settings, mailer, body.code, client)
+    return await external_accounts.exchange(db, settings, mailer, body.code, client)

@@ -18,7 +18,7 @@ from app.core.database import release_connection
 from app.core.email import Mailer
 from app.core.errors import AppError, Unauthorized
 from app.core.metrics import LOGINS
-from app.core.oauth import provider_label
+from app.core.oauth_client import provider_label
 from app.core.security import (
     PasswordCheckBusy,
     create_one_time_token,
@@ -30,7 +30,7 @@ from app.core.security import (
 from app.models import User, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
-from app.services import oauth, two_factor
+from app.services import external_accounts, two_factor
 from app.services.accounts import (
     EMAIL_VERIFY_MAX_AGE_SECONDS,
     EMAIL_VERIFY_PURPOSE,
@@ -211,7 +211,9 @@ async def request_password_reset(
 async def mail_reset_link(db: AsyncSession, settings: Settings, mailer: Mailer, user: User) -> None:
     """Mail a reset link for the user's current password to their email, naming the
     providers that can also open the account."""
-    providers = [provider_label(name) for name in await oauth.linked_providers(db, user.uuid)]
+    providers = [
+        provider_label(name) for name in await external_accounts.linked_providers(db, user.uuid)
+    ]
     token = create_one_time_token(
         settings.JWT_SECRET_KEY,
         PASSWORD_RESET_PURPOSE,
@@ -253,7 +255,7 @@ async def read_reset_link(db: AsyncSession, settings: Settings, token: str) -> l
     user, _, _ = await read_link(
         db, settings, PASSWORD_RESET_PURPOSE, token, PASSWORD_RESET_MAX_AGE_SECONDS, _reset_applies
     )
-    return await oauth.linked_providers(db, user.uuid)
+    return await external_accounts.linked_providers(db, user.uuid)
 
 
 async def reset_password(
@@ -287,7 +289,7 @@ async def reset_password(
     if user.deactivated_reason == "password_forgot":
         user.is_active = True
         user.deactivated_reason = None
-    unlinked = await oauth.remove_links(db, user.uuid, unlink_providers)
+    unlinked = await external_accounts.remove_links(db, user.uuid, unlink_providers)
     await revoke_sessions(db, user.uuid)
     record_event(
         db,

@@ -29,7 +29,7 @@ from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.errors import AppError, Conflict, InsufficientStorage, NotFound
 from app.core.images import InvalidImage, process_picture
-from app.core.oauth import ExternalProfile, check_token, fetch_picture, provider_label
+from app.core.oauth_client import ExternalProfile, check_token, fetch_picture, provider_label
 from app.core.security import create_one_time_token
 from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, now_epoch
 from app.schemas.auth import TokenPair
