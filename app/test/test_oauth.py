@@ -29,7 +29,6 @@ from app.core import oauth_client
 from app.core.oauth_client import UnsafeUrl, check_picture_url, fetch_picture, fetch_pinned
 from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, now_epoch
 from app.services import external_accounts
-from app.services.external_accounts import refresh_provider_token
 from app.services.maintenance import purge_expired
 from app.test.conftest import empty_redis
 from app.test.factories import (
@@ -574,24 +573,6 @@ async def test_a_picture_on_a_loopback_address_is_never_fetched(
 def test_unsafe_picture_urls(url: str) -> None:
     with pytest.raises(UnsafeUrl):
         check_picture_url(url)
-
-
-async def test_an_expired_provider_token_is_refreshed_through_authlib(
-    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
-) -> None:
-    fake_provider.next_user = _person()
-    me = await _me(client, (await _flow(client, "github")).json())
-    async with app.state.session_factory() as session:
-        row = await session.scalar(select(OAuthToken).where(OAuthToken.user_uuid == me["uuid"]))
-        old_access = row.access_token
-        row.expires_at = 1  # long expired
-        await session.commit()
-    async with app.state.session_factory() as session:
-        github = app.state.oauth.create_client("github")
-        row = await refresh_provider_token(session, github, me["uuid"], "github")
-    assert row.access_token != old_access
-    assert row.expires_at > 1
-    assert "github token refresh_token" in fake_provider.requests
 
 
 # Misbehaving providers -------------------------------------------------------------------
