@@ -20,9 +20,9 @@ from app.core.feature_flags import FlagStore, InvalidFlags, dump_flags, parse_fl
 from app.core.logging import setup_logging
 from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
+from app.services.accounts import create_admin
 from app.services.auth_cache import AuthCache, session_options
 from app.services.maintenance import maintenance_jobs
-from app.services.users import create_admin
 
 cli = typer.Typer(help="UserManager administration.", no_args_is_help=True, add_completion=False)
 

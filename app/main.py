@@ -38,7 +38,7 @@ from app.core.middleware import (
     PasswordCheckGate,
     RequestIdMiddleware,
 )
-from app.core.oauth import create_oauth
+from app.core.oauth_client import create_oauth
 from app.core.openapi import install_openapi
 from app.core.rate_limiter import (
     ClientAddressMiddleware,
@@ -51,10 +51,10 @@ from app.core.rate_limiter import (
 from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
 from app.core.security import warm_up_password_hashing
-from app.routers import admin, auth, files, oauth, pages, users
+from app.routers import admin, auth, docs_pages, files, health, legal, provider_login, users
+from app.services.accounts import ensure_first_admin
 from app.services.auth_cache import AuthCache, SQLiteProcesses, session_options
 from app.services.maintenance import maintenance_jobs
-from app.services.users import ensure_first_admin
 
 #: Largest non-upload request body (JSON, forms).
 JSON_BODY_LIMIT_BYTES = 1024 * 1024
@@ -191,7 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=API_DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
-        # Served by app.routers.pages, protected by PROTECTED_INTERACTIVE_DOCS.
+        # Served by app.routers.docs_pages, protected by PROTECTED_INTERACTIVE_DOCS.
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
@@ -220,16 +220,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users.router, prefix=settings.API_STR)
     app.include_router(auth.router, prefix=settings.API_STR)
     app.include_router(files.router, prefix=settings.API_STR)
-    app.include_router(oauth.router, prefix=settings.API_STR)
+    app.include_router(provider_login.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
-    app.include_router(pages.router)
+    app.include_router(health.router)
+    app.include_router(docs_pages.router)
+    app.include_router(legal.router)
     store.protected = protected_flags(app.routes, settings.API_STR)
-    app.mount("/docs-static", pages.DOCS_STATIC, name="docs-static")
-    app.mount("/static", pages.PAGE_STATIC, name="static")
+    app.mount("/docs-static", docs_pages.DOCS_STATIC, name="docs-static")
+    app.mount("/static", docs_pages.PAGE_STATIC, name="static")
     install_openapi(
         app,
         settings.API_STR,
-        reading_order=[pages.router, auth.router, users.router, files.router, oauth.router],
+        reading_order=[
+            health.router,
+            docs_pages.router,
+            legal.router,
+            auth.router,
+            users.router,
+            files.router,
+            provider_login.router,
+        ],
     )
 
     # Middleware, innermost first: each add_middleware wraps what is already there.
@@ -275,7 +285,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         ),
     )
-    app.add_middleware(HtmlSecurityHeadersMiddleware, policy=pages.PAGE_POLICY)
+    app.add_middleware(HtmlSecurityHeadersMiddleware, policy=docs_pages.PAGE_POLICY)
     app.add_middleware(RequestIdMiddleware)  # added last: the outermost
     return app
 

@@ -23,6 +23,7 @@ apply whichever way the answer came. The routers reach all this through
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,10 @@ class Auth:
     user: User
     session: Session
     claims: AccessClaims
+
+
+#: Looks up a read-only copy of any user by UUID (:meth:`Authenticator.read_user`).
+UserCopies = Callable[[str], Awaitable[User | None]]
 
 
 class Authenticator:

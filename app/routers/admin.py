@@ -18,7 +18,7 @@ from app.schemas.common import error_responses
 from app.schemas.flags import FeatureFlagChange, FeatureFlags
 from app.schemas.users import AdminUserUpdate, UserPrivate, private_view
 from app.services import flags as flag_service
-from app.services import users as user_service
+from app.services import moderation
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -56,7 +56,7 @@ async def admin_update_user(
     409
         ``LAST_ADMIN``.
     """
-    user = await user_service.admin_update(
+    user = await moderation.admin_update(
         db, actor, user_uuid, roles=body.roles, is_active=body.is_active, client=client
     )
     return private_view(user, settings)

@@ -1,4 +1,7 @@
-"""Authentication: sign-up, login, sessions, tokens, passwords, email verification."""
+"""Authentication: sign-up, login, sessions, tokens, passwords, email verification.
+
+The second login step and the two-factor settings are :mod:`app.routers.two_factor`'s.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from app.core.config import Settings
+from app.routers import two_factor
 from app.routers.deps import (
     AuthDep,
     ClientDep,
@@ -18,6 +21,7 @@ from app.routers.deps import (
     SessionDep,
     SettingsDep,
 )
+from app.routers.device_cookie import remember_device
 from app.schemas.auth import (
     EmailRequest,
     ExchangeRequest,
@@ -36,41 +40,15 @@ from app.schemas.auth import (
     TokenValidation,
 )
 from app.schemas.common import Text, error_responses
-from app.schemas.otp import (
-    OtpChallengeResponse,
-    OtpDisableRequest,
-    OtpEnableRequest,
-    OtpSetupRequest,
-    OtpSetupResponse,
-    OtpVerifyRequest,
-)
+from app.schemas.otp import OtpChallengeResponse
 from app.schemas.users import UserPrivate, private_view
+from app.services import accounts, external_accounts
 from app.services import auth as auth_service
-from app.services import oauth as oauth_service
-from app.services import otp as otp_service
 from app.services import sessions as session_service
-from app.services import users as user_service
-from app.services.devices import DEVICE_COOKIE, DEVICE_TOKEN_MAX_AGE_SECONDS
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 LoginForm = Annotated[OAuth2PasswordRequestForm, Depends()]
-
-
-def _remember_device(
-    response: Response, settings: Settings, answer: TokenPair | OtpChallengeResponse
-) -> None:
-    """Keep a login's device token in a cookie that only the auth routes receive."""
-    if isinstance(answer, TokenPair) and answer.device_token:
-        response.set_cookie(
-            DEVICE_COOKIE,
-            answer.device_token,
-            max_age=DEVICE_TOKEN_MAX_AGE_SECONDS,
-            path=f"{settings.API_STR}/auth",
-            httponly=True,
-            samesite="lax",
-            secure=settings.is_production,
-        )
 
 
 @router.post(
@@ -107,7 +85,7 @@ async def signup(
         ``display_name_mismatch``, ``email_invalid``, ``password_too_short``,
         ``password_too_common``, ...).
     """
-    user = await user_service.signup(
+    user = await accounts.signup(
         db,
         settings,
         mailer,
@@ -161,180 +139,13 @@ async def login(
     answer = await auth_service.login(
         db, settings, mailer, guard, form.username, form.password, client
     )
-    _remember_device(response, settings, answer)
+    remember_device(response, settings, answer)
     return answer
 
 
-@router.post("/otp/verify", response_model=TokenPair, responses=error_responses(401, 422, 429))
-async def verify_otp(
-    body: OtpVerifyRequest,
-    response: Response,
-    db: SessionDep,
-    settings: SettingsDep,
-    guard: GuardDep,
-    client: ClientDep,
-) -> TokenPair:
-    """Finish a two-factor login with the ``otp_token`` from /auth/login and a code.
-
-    A code works once; an authenticator code may be one step early or late. After
-    five wrong codes the pending login is dead (log in again), and after ten wrong
-    codes in 15 minutes the account's codes are refused for a while.
-
-    Returns
-    -------
-    TokenPair
-        The same answer as a login without 2FA.
-
-    Raises
-    ------
-    401
-        ``INVALID_OTP_CODE`` (wrong or reused code) or ``INVALID_OTP_TOKEN`` (the
-        pending login expired, failed too often, or the token is not one).
-    429
-        ``OTP_THROTTLED`` or ``RATE_LIMITED``, with ``Retry-After``.
-    """
-    answer = await otp_service.verify_login(db, settings, guard, body.otp_token, body.code, client)
-    _remember_device(response, settings, answer)
-    return answer
-
-
-@router.post(
-    "/otp/setup",
-    response_model=OtpSetupResponse,
-    responses=error_responses(400, 401, 403, 409, 422, 429),
-)
-async def setup_otp(
-    body: OtpSetupRequest,
-    auth: AuthDep,
-    db: SessionDep,
-    settings: SettingsDep,
-    mailer: MailerDep,
-    guard: GuardDep,
-    client: ClientDep,
-) -> OtpSetupResponse:
-    """Start turning on two-factor authentication (a re-authentication confirms it is you).
-
-    Send ``password``, or leave it out when this session was re-authenticated in
-    the last minutes (see /auth/reauthenticate).
-
-    ``authenticator``: a new secret, as an ``otpauth://`` URI and a QR code (PNG,
-    base64) to scan. ``email``: a code is mailed. Either way, confirm with a code at
-    /auth/otp/enable; nothing changes before that.
-
-    Returns
-    -------
-    OtpSetupResponse
-        The method, and for an authenticator the URI and QR code.
-
-    Raises
-    ------
-    400
-        ``WRONG_PASSWORD``, or ``EMAIL_DISABLED`` (email codes need email).
-    403
-        ``REAUTHENTICATION_REQUIRED``: no password and no recent re-authentication.
-    409
-        ``OTP_ALREADY_ENABLED``.
-    429
-        ``RATE_LIMITED``: too many wrong passwords for this account lately.
-    """
-    return await otp_service.setup(
-        db, settings, mailer, guard, auth, body.method, body.password, client
-    )
-
-
-@router.post(
-    "/otp/enable",
-    status_code=status.HTTP_204_NO_CONTENT,
-    response_class=Response,
-    responses=error_responses(400, 401, 409, 422, 429),
-)
-async def enable_otp(
-    body: OtpEnableRequest,
-    auth: AuthDep,
-    db: SessionDep,
-    settings: SettingsDep,
-    mailer: MailerDep,
-    client: ClientDep,
-) -> None:
-    """Turn on two-factor authentication with a valid code. Other sessions end, and the
-    account's verified email is told.
-
-    Raises
-    ------
-    400
-        ``NO_PENDING_CODE``: /auth/otp/setup was not called first.
-    401
-        ``INVALID_OTP_CODE``.
-    409
-        ``OTP_ALREADY_ENABLED``.
-    429
-        ``OTP_THROTTLED``.
-    """
-    await otp_service.enable(db, settings, mailer, auth, body.method, body.code, client)
-
-
-@router.post(
-    "/otp/disable/code",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=Message,
-    responses=error_responses(401, 409, 429),
-)
-async def send_otp_disable_code(
-    auth: AuthDep, db: SessionDep, settings: SettingsDep, mailer: MailerDep, guard: GuardDep
-) -> Message:
-    """Mail a code that confirms turning email two-factor authentication off.
-
-    Returns
-    -------
-    Message
-        An acknowledgement.
-
-    Raises
-    ------
-    409
-        ``OTP_NOT_ENABLED``, or ``OTP_METHOD_MISMATCH`` for authenticator users (use
-        a code from the app).
-    429
-        ``RATE_LIMITED``: too many codes mailed to this account lately.
-    """
-    await otp_service.send_code(db, settings, mailer, guard, auth, "disable")
-    return Message(detail="A code was sent by email")
-
-
-@router.post(
-    "/otp/disable",
-    status_code=status.HTTP_204_NO_CONTENT,
-    response_class=Response,
-    responses=error_responses(400, 401, 403, 409, 422, 429),
-)
-async def disable_otp(
-    body: OtpDisableRequest,
-    auth: AuthDep,
-    db: SessionDep,
-    settings: SettingsDep,
-    mailer: MailerDep,
-    guard: GuardDep,
-    client: ClientDep,
-) -> None:
-    """Turn off two-factor authentication with a re-authentication and a current code.
-
-    Send ``password`` (or leave it out after a recent re-authentication) and a code.
-    Other sessions end, and the account's verified email is told.
-
-    Raises
-    ------
-    400
-        ``WRONG_PASSWORD``, or ``NO_PENDING_CODE`` (email: ask /auth/otp/disable/code).
-    401
-        ``INVALID_OTP_CODE``.
-    403
-        ``REAUTHENTICATION_REQUIRED``.
-    409
-        ``OTP_NOT_ENABLED``.
-    429
-        ``OTP_THROTTLED`` or ``RATE_LIMITED``.
-    """
-    await otp_service.disable(db, settings, mailer, guard, auth, body.password, body.code, client)
+# The two-factor routes finish the login above: included here, they keep that place
+# in routing and in the API document.
+router.include_router(two_factor.router)
 
 
 @router.post("/refresh", response_model=TokenPair, responses=error_responses(401, 422))
@@ -808,4 +619,4 @@ async def exchange_token(
     403
         ``ACCOUNT_INACTIVE``.
     """
-    return await oauth_service.exchange(db, settings, mailer, body.code, client)
+    return await external_accounts.exchange(db, settings, mailer, body.code, client)

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import Annotated
 from uuid import UUID
 
+from authlib.integrations.starlette_client import OAuth
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app.core.authentication import Auth, Authenticator, Caller, caller_of
+from app.core.authentication import Auth, Authenticator, Caller, UserCopies, caller_of
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
 from app.core.email import Mailer
@@ -59,6 +60,11 @@ async def get_guard(request: Request) -> BruteForceGuard:
     return request.app.state.guard
 
 
+async def get_oauth(request: Request) -> OAuth:
+    """The app's OAuth clients (one per enabled provider)."""
+    return request.app.state.oauth
+
+
 async def get_mailer(request: Request) -> Mailer:
     """The app's outbox."""
     return request.app.state.mailer
@@ -88,6 +94,7 @@ FlagStoreDep = Annotated[FlagStore, Depends(get_flag_store)]
 FlagBroadcasterDep = Annotated[FlagBroadcaster | None, Depends(get_flag_broadcaster)]
 GuardDep = Annotated[BruteForceGuard, Depends(get_guard)]
 ClientDep = Annotated[ClientInfo, Depends(get_client)]
+OAuthDep = Annotated[OAuth, Depends(get_oauth)]
 
 
 async def get_authenticator(request: Request) -> Authenticator:
@@ -141,9 +148,16 @@ async def get_reader(
     return (await caller_of(request.scope).reader()).user
 
 
+async def get_user_copies(request: Request) -> UserCopies:
+    """Read-only copies of any user, by UUID, usually from the auth cache."""
+    return request.app.state.authenticator.read_user
+
+
 #: ``AuthDep`` / ``CurrentUser`` for routes that only read; writing to them raises.
 ReaderAuth = Annotated[Auth, Depends(get_reader_auth)]
 Reader = Annotated[User, Depends(get_reader)]
+#: Looks up other users for routes that only read (None: no such user).
+UserCopiesDep = Annotated[UserCopies, Depends(get_user_copies)]
 
 
 @dataclass(frozen=True)

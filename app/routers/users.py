@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Query, Response, status
 
 from app.routers.deps import (
     AuthDep,
@@ -16,6 +16,7 @@ from app.routers.deps import (
     Reader,
     SessionDep,
     SettingsDep,
+    UserCopiesDep,
     UserUuid,
 )
 from app.schemas.common import Text, error_responses
@@ -31,7 +32,7 @@ from app.schemas.users import (
     private_view,
     public_view,
 )
-from app.services import users as user_service
+from app.services import deletion, directory, moderation, profile
 
 router = APIRouter(tags=["users"])
 
@@ -96,7 +97,7 @@ async def update_me(
         ``RATE_LIMITED``: too many wrong passwords for this account lately.
     """
     changes = body.model_dump(exclude_unset=True)
-    user = await user_service.update_profile(
+    user = await profile.update_profile(
         db, settings, mailer, guard, auth, auth.user.uuid, changes, client
     )
     return private_view(user, settings)
@@ -130,7 +131,7 @@ async def list_users(
     403
         The caller is not staff.
     """
-    users, total = await user_service.list_users(
+    users, total = await directory.list_users(
         db,
         actor,
         offset=page.offset,
@@ -153,7 +154,7 @@ async def list_users(
     responses=error_responses(401, 404, 422),
 )
 async def read_user(
-    user_uuid: UserUuid, actor: Reader, request: Request
+    user_uuid: UserUuid, actor: Reader, users: UserCopiesDep, settings: SettingsDep
 ) -> UserPrivate | UserPublic:
     """A user's profile.
 
@@ -172,13 +173,9 @@ async def read_user(
         ``USER_NOT_FOUND``: no such user, or one who blocked the caller, or an
         inactive account (for non-staff).
     """
-    # A hot read: the app state is read directly (each dependency costs more than a
-    # cache hit), and a database session is opened only on a miss.
-    state = request.app.state
-    user, private = await user_service.read_visible_user(
-        state.session_factory, state.auth_cache, actor, user_uuid
-    )
-    return private_view(user, state.settings) if private else public_view(user, state.settings)
+    # A copy, usually from the auth cache: a database session opens only on a miss.
+    user, private = directory.visible_user(actor, await users(user_uuid))
+    return private_view(user, settings) if private else public_view(user, settings)
 
 
 @router.patch(
@@ -220,7 +217,7 @@ async def update_user(
         ``RATE_LIMITED``.
     """
     changes = body.model_dump(exclude_unset=True)
-    user = await user_service.update_profile(
+    user = await profile.update_profile(
         db, settings, mailer, guard, auth, user_uuid, changes, client
     )
     return private_view(user, settings)
@@ -262,7 +259,7 @@ async def delete_user(
         ``RATE_LIMITED``: too many wrong passwords for this account lately.
     """
     password = body.current_password if body is not None else None
-    await user_service.delete_user(db, settings, guard, auth, user_uuid, password, client)
+    await deletion.delete_user(db, settings, guard, auth, user_uuid, password, client)
 
 
 @router.get(
@@ -287,7 +284,7 @@ async def read_user_history(
     404
         ``USER_NOT_FOUND``.
     """
-    entries, total = await user_service.read_history(
+    entries, total = await directory.read_history(
         db, actor, user_uuid, offset=page.offset, limit=page.limit
     )
     return HistoryPage(
@@ -316,7 +313,7 @@ async def block_user(
     422
         ``INVALID_BLOCK``: you cannot block yourself.
     """
-    await user_service.set_blocked(db, actor, user_uuid, True, client)
+    await moderation.set_blocked(db, actor, user_uuid, True, client)
 
 
 @router.delete(
@@ -335,4 +332,4 @@ async def unblock_user(
     422
         ``INVALID_BLOCK``: you cannot block or unblock yourself.
     """
-    await user_service.set_blocked(db, actor, user_uuid, False, client)
+    await moderation.set_blocked(db, actor, user_uuid, False, client)

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from app.core.oauth import PROVIDERS
+from app.core.oauth_client import PROVIDERS
 from app.schemas.common import RequestModel
 from app.schemas.fields import (
     CurrentPassword,

@@ -1,7 +1,7 @@
 """Logins, password changes and resets, email verification and change, re-authentication.
 
 Sessions and tokens live in ``app.services.sessions``; the second login step in
-``app.services.otp``.
+``app.services.two_factor``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from app.core.database import release_connection
 from app.core.email import Mailer
 from app.core.errors import AppError, Unauthorized
 from app.core.metrics import LOGINS
-from app.core.oauth import provider_label
+from app.core.oauth_client import provider_label
 from app.core.security import (
     PasswordCheckBusy,
     create_one_time_token,
@@ -31,18 +31,8 @@ from app.core.security import (
 from app.models import User, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
-from app.services import oauth, otp
-from app.services.context import ClientInfo
-from app.services.devices import claim_login, new_device_token
-from app.services.history import record_event
-from app.services.links import InvalidLink, consume_link, read_link
-from app.services.notices import send_security_notice
-from app.services.reauth import confirm_password, require_recent_auth
-from app.services.sessions import revoke_sessions, start_session
-from app.services.users import (
-    EMAIL_CHANGE_PURPOSE,
-    EMAIL_CHANGE_UNDO_MAX_AGE_SECONDS,
-    EMAIL_CHANGE_UNDO_PURPOSE,
+from app.services import external_accounts, two_factor
+from app.services.accounts import (
     EMAIL_VERIFY_MAX_AGE_SECONDS,
     EMAIL_VERIFY_PURPOSE,
     EmailTaken,
@@ -51,6 +41,18 @@ from app.services.users import (
     find_user_by_login,
     send_verification_email,
 )
+from app.services.context import ClientInfo
+from app.services.devices import claim_login, new_device_token
+from app.services.history import record_event
+from app.services.links import InvalidLink, consume_link, read_link
+from app.services.notices import send_security_notice
+from app.services.profile import (
+    EMAIL_CHANGE_PURPOSE,
+    EMAIL_CHANGE_UNDO_MAX_AGE_SECONDS,
+    EMAIL_CHANGE_UNDO_PURPOSE,
+)
+from app.services.reauth import confirm_password, require_recent_auth
+from app.services.sessions import revoke_sessions, start_session
 
 PASSWORD_RESET_PURPOSE = "password-reset"
 PASSWORD_RESET_MAX_AGE_SECONDS = 3600
@@ -123,7 +125,7 @@ async def login(
     """Check the credentials, then open a session, or ask for the second factor.
 
     With 2FA on, the answer is a challenge whose ``otp_token`` and a valid code give
-    the token pair at ``/auth/otp/verify`` (see ``app.services.otp``). Attempts are
+    the token pair at ``/auth/otp/verify`` (see ``app.services.two_factor``). Attempts are
     limited per address, failures per account or known device (429 ``RATE_LIMITED``).
     A successful login hands out a new device token.
     """
@@ -134,7 +136,7 @@ async def login(
         raise
     if user.otp_method != "none":
         LOGINS.labels("otp_required").inc()
-        return await otp.begin_login(db, settings, mailer, user, client)
+        return await two_factor.begin_login(db, settings, mailer, user, client)
     LOGINS.labels("success").inc()
     pair = await start_session(db, settings, user, client)
     return pair.model_copy(update={"device_token": new_device_token(settings, user.uuid)})
@@ -210,7 +212,9 @@ async def request_password_reset(
 async def mail_reset_link(db: AsyncSession, settings: Settings, mailer: Mailer, user: User) -> None:
     """Mail a reset link for the user's current password to their email, naming the
     providers that can also open the account."""
-    providers = [provider_label(name) for name in await oauth.linked_providers(db, user.uuid)]
+    providers = [
+        provider_label(name) for name in await external_accounts.linked_providers(db, user.uuid)
+    ]
     token = create_one_time_token(
         settings.JWT_SECRET_KEY,
         PASSWORD_RESET_PURPOSE,
@@ -252,7 +256,7 @@ async def read_reset_link(db: AsyncSession, settings: Settings, token: str) -> l
     user, _, _ = await read_link(
         db, settings, PASSWORD_RESET_PURPOSE, token, PASSWORD_RESET_MAX_AGE_SECONDS, _reset_applies
     )
-    return await oauth.linked_providers(db, user.uuid)
+    return await external_accounts.linked_providers(db, user.uuid)
 
 
 async def reset_password(
@@ -286,7 +290,7 @@ async def reset_password(
     if user.deactivated_reason == "password_forgot":
         user.is_active = True
         user.deactivated_reason = None
-    unlinked = await oauth.remove_links(db, user.uuid, unlink_providers)
+    unlinked = await external_accounts.remove_links(db, user.uuid, unlink_providers)
     await revoke_sessions(db, user.uuid)
     record_event(
         db,
@@ -492,7 +496,7 @@ async def send_reauthentication_code(
     """Mail a code for /auth/reauthenticate to an account without a password."""
     if auth.user.hashed_password is not None:
         raise PasswordIsTheProof()
-    await otp.send_code(db, settings, mailer, guard, auth, "reauth")
+    await two_factor.send_code(db, settings, mailer, guard, auth, "reauth")
 
 
 class NoWayToReauthenticate(AppError):
@@ -529,7 +533,7 @@ async def reauthenticate(
     elif user.otp_method != "none":
         if code is None:
             raise MissingProof("Give a code from your second factor")
-        await otp.confirm_code(db, settings, guard, user, code, client, purpose="reauth")
+        await two_factor.confirm_code(db, settings, guard, user, code, client, purpose="reauth")
     else:
         raise NoWayToReauthenticate()
     now = now_epoch()

@@ -43,8 +43,8 @@ from app.core.images import (
 from app.core.permissions import require_permission
 from app.models import File, User, now_epoch, user_file
 from app.services.context import ClientInfo
+from app.services.directory import get_visible_user
 from app.services.history import record_event
-from app.services.users import get_visible_user
 
 FILE_NAME_MAX_STEM = 100
 #: Looks for a free name before calling it a bug: under the name lock PostgreSQL needs

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.config import Settings
 from app.core.scheduler import Job
 from app.models import File, OtpChallenge, Session, UsedToken, User, now_epoch
+from app.services.deletion import finish_pending_deletions
 from app.services.history import trim_history
-from app.services.users import finish_pending_deletions
 
 #: Revoked sessions are kept a day (for the user's own session list), then purged.
 REVOKED_SESSION_KEEP_SECONDS = 86400

@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.otp import new_otp_secret
+from app.core.one_time_codes import new_otp_secret
 from app.core.security import hash_password
 from app.models import User, UserEvent
 

@@ -38,7 +38,7 @@ from PIL import Image
 
 CONTEXT: dict[str, Any] = json.loads(Path(os.environ["FUZZ_CONTEXT"]).read_text())
 RECORD = Path(CONTEXT["record"])
-#: The docs pages' session cookie (app.routers.pages.DOCS_COOKIE).
+#: The docs pages' session cookie (app.routers.docs_pages.DOCS_COOKIE).
 DOCS_COOKIE = "user_manager_docs"
 #: Operations that only the service's own pages may call (they check ``Origin``).
 SAME_ORIGIN = {"POST /interactive-docs", "POST /docs/token"}

@@ -51,7 +51,6 @@ class FakeProvider:
     next_user: ProviderUser | None = None
     codes: dict[str, ProviderUser] = field(default_factory=dict)
     tokens: dict[str, ProviderUser] = field(default_factory=dict)
-    refresh_tokens: dict[str, ProviderUser] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
     url: str = ""
     #: "<provider> <api path>" or "<provider> token" -> what to answer instead, given
@@ -92,9 +91,7 @@ class FakeProvider:
         provider = request.path_params["provider"]
         form = await request.form()
         self.requests.append(f"{provider} token {form.get('grant_type')}")
-        if form.get("grant_type") == "refresh_token":
-            user = self.refresh_tokens.pop(str(form.get("refresh_token")), None)
-        elif self.codes_reusable:
+        if self.codes_reusable:
             user = self.codes.get(str(form.get("code")))
         else:
             user = self.codes.pop(str(form.get("code")), None)
@@ -102,7 +99,6 @@ class FakeProvider:
             return _json({"error": "invalid_grant"}, status_code=400)
         access, refresh = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
         self.tokens[access] = user
-        self.refresh_tokens[refresh] = user
         body = {
             "access_token": access,
             "refresh_token": refresh,

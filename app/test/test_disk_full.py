@@ -32,9 +32,9 @@ from redis.asyncio import Redis
 from app.core.config import JWT_SECRET_FILE, ConfigError, Settings, ensure_jwt_secret
 from app.core.feature_flags import FlagBroadcaster, FlagStore
 from app.core.logging import log_file_path
-from app.core.oauth import ExternalProfile
+from app.core.oauth_client import ExternalProfile
 from app.models import User
-from app.services import oauth as oauth_service
+from app.services import external_accounts
 from app.services.context import SYSTEM
 from app.test.conftest import make_settings, missing, settings_env
 from app.test.factories import PASSWORD, bearer, login, signup_body, user_with_tokens
@@ -216,7 +216,7 @@ async def test_a_provider_picture_on_a_full_disk_does_not_stop_the_sign_in(
     async def download(url: str) -> bytes:
         return picture
 
-    monkeypatch.setattr(oauth_service, "fetch_picture", download)
+    monkeypatch.setattr(external_accounts, "fetch_picture", download)
     profile = ExternalProfile(
         provider="github",
         external_id="1",
@@ -230,7 +230,7 @@ async def test_a_provider_picture_on_a_full_disk_does_not_stop_the_sign_in(
     before = disk.contents()
     async with app.state.session_factory() as session:
         owner = await session.get_one(User, user.uuid)
-        await oauth_service.adopt_picture(session, app.state.settings, owner, profile, SYSTEM)
+        await external_accounts.adopt_picture(session, app.state.settings, owner, profile, SYSTEM)
         await session.commit()  # what the sign-in does next
     assert disk.contents() == before
     listed = await client.get(f"/api/user/{user.uuid}/files", headers=bearer(tokens))
@@ -239,7 +239,7 @@ async def test_a_provider_picture_on_a_full_disk_does_not_stop_the_sign_in(
     disk.free()
     async with app.state.session_factory() as session:
         owner = await session.get_one(User, user.uuid)
-        await oauth_service.adopt_picture(session, app.state.settings, owner, profile, SYSTEM)
+        await external_accounts.adopt_picture(session, app.state.settings, owner, profile, SYSTEM)
     listed = await client.get(f"/api/user/{user.uuid}/files", headers=bearer(tokens))
     assert listed.json()["total"] == 1
 

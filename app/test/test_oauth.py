@@ -25,12 +25,11 @@ from fastapi import FastAPI
 from sqlalchemy import event, func, select, update
 from starlette.responses import Response
 
-from app.core import oauth as core_oauth
-from app.core.oauth import UnsafeUrl, check_picture_url, fetch_picture, fetch_pinned
+from app.core import oauth_client
+from app.core.oauth_client import UnsafeUrl, check_picture_url, fetch_picture, fetch_pinned
 from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, now_epoch
-from app.services import oauth as oauth_service
+from app.services import external_accounts
 from app.services.maintenance import purge_expired
-from app.services.oauth import refresh_provider_token
 from app.test.conftest import empty_redis
 from app.test.factories import (
     PASSWORD,
@@ -576,24 +575,6 @@ def test_unsafe_picture_urls(url: str) -> None:
         check_picture_url(url)
 
 
-async def test_an_expired_provider_token_is_refreshed_through_authlib(
-    app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
-) -> None:
-    fake_provider.next_user = _person()
-    me = await _me(client, (await _flow(client, "github")).json())
-    async with app.state.session_factory() as session:
-        row = await session.scalar(select(OAuthToken).where(OAuthToken.user_uuid == me["uuid"]))
-        old_access = row.access_token
-        row.expires_at = 1  # long expired
-        await session.commit()
-    async with app.state.session_factory() as session:
-        github = app.state.oauth.create_client("github")
-        row = await refresh_provider_token(session, github, me["uuid"], "github")
-    assert row.access_token != old_access
-    assert row.expires_at > 1
-    assert "github token refresh_token" in fake_provider.requests
-
-
 # Misbehaving providers -------------------------------------------------------------------
 
 ALL_PROVIDERS = ["github", "discord", "twitch", "google", "reddit", "twitter"]
@@ -965,8 +946,8 @@ async def test_a_sign_in_older_than_its_state_is_refused(
     the age of the sign-in it carries: the state does."""
     fake_provider.next_user = _person()
     path = await _callback_path(client, "github")
-    later = now_epoch() + oauth_service.STATE_MAX_AGE_SECONDS + 1
-    monkeypatch.setattr(oauth_service, "now_epoch", lambda: later)
+    later = now_epoch() + external_accounts.STATE_MAX_AGE_SECONDS + 1
+    monkeypatch.setattr(external_accounts, "now_epoch", lambda: later)
     response = await client.get(path)
     assert (response.status_code, response.json().get("code")) == (400, "INVALID_STATE")
 
@@ -976,7 +957,7 @@ async def test_used_states_are_purged_once_expired(
 ) -> None:
     fake_provider.next_user = _person()
     assert (await _flow(client, "github")).status_code == 200
-    used = select(UsedToken).where(UsedToken.purpose == oauth_service.STATE_PURPOSE)
+    used = select(UsedToken).where(UsedToken.purpose == external_accounts.STATE_PURPOSE)
     async with app.state.session_factory() as session:
         assert len((await session.scalars(used)).all()) == 1
     await purge_expired(app.state.session_factory)
@@ -984,7 +965,7 @@ async def test_used_states_are_purged_once_expired(
         assert len((await session.scalars(used)).all()) == 1  # not expired yet
         await session.execute(
             update(UsedToken)
-            .where(UsedToken.purpose == oauth_service.STATE_PURPOSE)
+            .where(UsedToken.purpose == external_accounts.STATE_PURPOSE)
             .values(expires_at=now_epoch())
         )
         await session.commit()
@@ -1032,7 +1013,7 @@ async def test_a_picture_name_that_rebinds_to_loopback_is_not_reached(
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[-1], int(port or 443)))]
 
     monkeypatch.setattr(socket, "getaddrinfo", rebinding)
-    monkeypatch.setattr(core_oauth, "PICTURE_FETCH_TIMEOUT_SECONDS", 2)
+    monkeypatch.setattr(oauth_client, "PICTURE_FETCH_TIMEOUT_SECONDS", 2)
     async with _Listener() as local:
         assert await fetch_picture(f"https://pictures.example:{local.port}/a.png") is None
         await asyncio.sleep(0.1)

@@ -15,7 +15,7 @@ import pyotp
 import pytest
 from fastapi import FastAPI
 
-from app.services.otp import ACCOUNT_FAILURE_LIMIT, MAX_FAILED_ATTEMPTS
+from app.services.two_factor import ACCOUNT_FAILURE_LIMIT, MAX_FAILED_ATTEMPTS
 from app.test.conftest import require_tool
 from app.test.factories import PASSWORD, bearer, history, login, signup_and_login
 from app.test.mail import MailCatcher, text_body, verify_address

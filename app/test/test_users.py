@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy import insert, select, update
 
 from app.models import Session, User
-from app.services import users as user_service
+from app.services import deletion
 from app.services.history import HISTORY_MAX_ENTRIES, record_event
 from app.test.factories import PASSWORD, bearer, delete_user, history, login, user_with_tokens
 
@@ -606,8 +606,8 @@ async def test_a_failed_deletion_leaves_the_user_inactive_and_finishable(
     async def disk_full(*_args, **_kwargs) -> None:
         raise OSError("No space left on device")
 
-    real_purge = user_service.purge_user
-    monkeypatch.setattr(user_service, "purge_user", disk_full)
+    real_purge = deletion.purge_user
+    monkeypatch.setattr(deletion, "purge_user", disk_full)
     response = await delete_user(client, alice.uuid, alice_tokens)
     assert response.status_code == 204
     row = await _row(app, alice.uuid)
@@ -620,8 +620,8 @@ async def test_a_failed_deletion_leaves_the_user_inactive_and_finishable(
     )
     assert refused.status_code == 401
 
-    monkeypatch.setattr(user_service, "purge_user", real_purge)
-    finished = await user_service.finish_pending_deletions(
+    monkeypatch.setattr(deletion, "purge_user", real_purge)
+    finished = await deletion.finish_pending_deletions(
         app.state.session_factory, app.state.settings
     )
     assert finished == 1

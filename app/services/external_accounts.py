@@ -29,12 +29,13 @@ from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.errors import AppError, Conflict, InsufficientStorage, NotFound
 from app.core.images import InvalidImage, process_picture
-from app.core.oauth import ExternalProfile, check_token, fetch_picture, provider_label
+from app.core.oauth_client import ExternalProfile, fetch_picture, provider_label
 from app.core.security import create_one_time_token
 from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
-from app.services import otp
+from app.services import two_factor
+from app.services.accounts import commit_or_conflict, create_user
 from app.services.context import ClientInfo
 from app.services.files import store_picture
 from app.services.history import record_event
@@ -42,7 +43,6 @@ from app.services.links import InvalidLink, consume_link
 from app.services.notices import send_security_notice
 from app.services.reauth import ReauthenticationRequired, require_fresh_session
 from app.services.sessions import revoke_sessions, start_session
-from app.services.users import commit_or_conflict, create_user
 
 EXCHANGE_PURPOSE = "oauth-exchange"
 EXCHANGE_MAX_AGE_SECONDS = 120
@@ -482,7 +482,7 @@ async def finish_login(
 ) -> TokenPair | OtpChallengeResponse:
     """A session, or the second-factor challenge when the user has 2FA on."""
     if user.otp_method != "none":
-        return await otp.begin_login(db, settings, mailer, user, client)
+        return await two_factor.begin_login(db, settings, mailer, user, client)
     return await start_session(db, settings, user, client)
 
 
@@ -505,35 +505,3 @@ async def exchange(
     if not user.is_active:
         raise AccountInactive()
     return await finish_login(db, settings, mailer, user, client)
-
-
-async def refresh_provider_token(
-    db: AsyncSession,
-    oauth_client: Any,
-    user_uuid: str,
-    provider: str,
-    *,
-    margin_seconds: int = 60,
-    deadline_seconds: float = 10,
-) -> OAuthToken | None:
-    """Renew a stored provider token through Authlib when it is (nearly) expired.
-
-    Returns the stored token (renewed or not), or None when there is none. The
-    provider has ``deadline_seconds`` to answer, and an unusable answer is not stored
-    (ProviderAnswerInvalid, or the error of the request).
-    """
-    row = await db.scalar(
-        select(OAuthToken).where(OAuthToken.user_uuid == user_uuid, OAuthToken.provider == provider)
-    )
-    if row is None or row.expires_at is None or row.expires_at > now_epoch() + margin_seconds:
-        return row
-    if not row.refresh_token:
-        return row
-    async with asyncio.timeout(deadline_seconds):
-        token = await oauth_client.fetch_access_token(
-            grant_type="refresh_token", refresh_token=row.refresh_token
-        )
-    await _save_token(db, user_uuid, provider, check_token(token))
-    await db.commit()
-    logger.info("{} token of user {} refreshed", provider, user_uuid)
-    return row

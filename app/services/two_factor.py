@@ -22,7 +22,7 @@ from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.errors import AppError, Conflict, Unauthorized
-from app.core.otp import (
+from app.core.one_time_codes import (
     email_code_hash,
     matching_timestep,
     new_email_code,

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 import httpx
 from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.base_client.errors import MismatchingStateError, OAuthError
+from authlib.integrations.starlette_client import OAuth
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import RedirectResponse
 from joserfc.errors import JoseError
@@ -17,7 +18,7 @@ from loguru import logger
 from pydantic import BaseModel
 
 from app.core.config import Settings
-from app.core.oauth import (
+from app.core.oauth_client import (
     PROVIDERS,
     ExternalProfile,
     ProviderAnswerInvalid,
@@ -31,13 +32,14 @@ from app.routers.deps import (
     ClientDep,
     CurrentUser,
     MailerDep,
+    OAuthDep,
     SessionDep,
     SettingsDep,
 )
 from app.schemas.auth import Message, TokenPair
 from app.schemas.common import ErrorResponse, Text, error_responses
 from app.schemas.otp import OtpChallengeResponse
-from app.services import oauth as oauth_service
+from app.services import external_accounts
 from app.services.reauth import require_fresh_session
 
 router = APIRouter(prefix="/oauth", tags=["oauth"])
@@ -65,12 +67,12 @@ def _callback_url(settings: Settings, provider: str) -> str:
     return f"{settings.BASE_URL}{settings.API_STR}/oauth/{provider}/callback"
 
 
-def _client(request: Request, provider: str) -> Any:
+def _client(oauth: OAuth, provider: str) -> Any:
     if provider not in PROVIDERS:
-        raise oauth_service.ProviderNotEnabled()
-    client = request.app.state.oauth.create_client(provider)
+        raise external_accounts.ProviderNotEnabled()
+    client = oauth.create_client(provider)
     if client is None:
-        raise oauth_service.ProviderNotEnabled()
+        raise external_accounts.ProviderNotEnabled()
     return client
 
 
@@ -87,11 +89,11 @@ async def list_providers(settings: SettingsDep) -> ProviderList:
 
 
 async def _start(
-    request: Request, settings: Settings, provider: str, flow: dict[str, Any]
+    request: Request, settings: Settings, oauth: OAuth, provider: str, flow: dict[str, Any]
 ) -> Response:
-    client = _client(request, provider)
+    client = _client(oauth, provider)
     if flow.get("redirect_uri"):
-        oauth_service.check_redirect_uri(settings, flow["redirect_uri"])
+        external_accounts.check_redirect_uri(settings, flow["redirect_uri"])
     state = secrets.token_urlsafe(32)
     request.session[_SESSION_KEY] = {
         "provider": provider,
@@ -124,15 +126,17 @@ async def _provider_answer(
             try:
                 token = check_token(await client.authorize_access_token(request))
             except MismatchingStateError:
-                raise oauth_service.InvalidOAuthState() from None
+                raise external_accounts.InvalidOAuthState() from None
             except OAuthError as error:
                 # The provider's own refusal (``{"error": ...}``): the user or the code.
-                raise oauth_service.OAuthFailed(f"The provider refused: {error.error}") from None
+                raise external_accounts.OAuthFailed(
+                    f"The provider refused: {error.error}"
+                ) from None
             return token, await fetch_profile(client, provider, token)
     except _UNUSABLE_ANSWER as error:
         reason = str(error) if isinstance(error, ProviderAnswerInvalid) else type(error).__name__
         logger.warning("{} sign-in failed at the provider: {}", provider, reason)
-        raise oauth_service.ProviderUnavailable() from None
+        raise external_accounts.ProviderUnavailable() from None
 
 
 @router.get(
@@ -142,7 +146,11 @@ async def _provider_answer(
     responses={**_REDIRECT, **error_responses(400, 404, 422)},
 )
 async def oauth_login(
-    provider: str, request: Request, settings: SettingsDep, redirect_uri: RedirectUri = None
+    provider: str,
+    request: Request,
+    settings: SettingsDep,
+    oauth: OAuthDep,
+    redirect_uri: RedirectUri = None,
 ) -> Response:
     """Start logging in with a provider: redirects to its consent page.
 
@@ -154,7 +162,7 @@ async def oauth_login(
         ``PROVIDER_NOT_ENABLED``.
     """
     return await _start(
-        request, settings, provider, {"mode": "login", "redirect_uri": redirect_uri}
+        request, settings, oauth, provider, {"mode": "login", "redirect_uri": redirect_uri}
     )
 
 
@@ -169,6 +177,7 @@ async def oauth_link(
     request: Request,
     auth: AuthDep,
     settings: SettingsDep,
+    oauth: OAuthDep,
     redirect_uri: RedirectUri = None,
 ) -> Response:
     """Start linking a provider account to the signed-in user (any email).
@@ -188,7 +197,7 @@ async def oauth_link(
     """
     require_fresh_session(settings, auth.session)
     flow = {"mode": "link", "session": auth.session.id, "redirect_uri": redirect_uri}
-    return await _start(request, settings, provider, flow)
+    return await _start(request, settings, oauth, provider, flow)
 
 
 @router.get(
@@ -207,6 +216,7 @@ async def oauth_callback(
     settings: SettingsDep,
     mailer: MailerDep,
     client_info: ClientDep,
+    oauth: OAuthDep,
 ) -> Any:
     """Where the provider sends the browser back; completes the login or the link.
 
@@ -237,7 +247,7 @@ async def oauth_callback(
         something unusable (an id, an email or its verified flag of the wrong type or
         form). Nothing is stored then.
     """
-    client = _client(request, provider)
+    client = _client(oauth, provider)
     flow = request.session.pop(_SESSION_KEY, None)
     state = request.query_params.get("state", "")
     if (
@@ -246,27 +256,29 @@ async def oauth_callback(
         or not isinstance(flow.get("state"), str)
         or not secrets.compare_digest(flow["state"].encode(), state.encode())
     ):
-        raise oauth_service.InvalidOAuthState()
+        raise external_accounts.InvalidOAuthState()
     # Used up before the code goes to the provider: a replay stops here.
-    await oauth_service.consume_state(db, flow["state"], flow.get("started_at"))
+    await external_accounts.consume_state(db, flow["state"], flow.get("started_at"))
     token, profile = await _provider_answer(request, settings, client, provider)
 
     if flow.get("mode") == "link":
-        user = await oauth_service.link_account(
+        user = await external_accounts.link_account(
             db, settings, mailer, flow.get("session"), profile, token, client_info
         )
     else:
-        user = await oauth_service.resolve_login(db, settings, mailer, profile, token, client_info)
-    await oauth_service.adopt_picture(db, settings, user, profile, client_info)
+        user = await external_accounts.resolve_login(
+            db, settings, mailer, profile, token, client_info
+        )
+    await external_accounts.adopt_picture(db, settings, user, profile, client_info)
 
     if flow.get("redirect_uri"):
-        code = oauth_service.exchange_code(settings, user)
+        code = external_accounts.exchange_code(settings, user)
         separator = "&" if "?" in flow["redirect_uri"] else "?"
         target = f"{flow['redirect_uri']}{separator}{urlencode({'code': code})}"
         return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
     if flow.get("mode") == "link":
         return Message(detail=f"{provider} account linked")
-    return await oauth_service.finish_login(db, settings, mailer, user, client_info)
+    return await external_accounts.finish_login(db, settings, mailer, user, client_info)
 
 
 @router.delete(
@@ -292,4 +304,4 @@ async def oauth_unlink(
     409
         ``LAST_LOGIN_METHOD``: the account has no password and no other provider.
     """
-    await oauth_service.unlink(db, settings, mailer, user, provider, client_info)
+    await external_accounts.unlink(db, settings, mailer, user, provider, client_info)

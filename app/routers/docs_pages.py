@@ -1,4 +1,4 @@
-"""Pages outside the API prefix: health, sign-in, the (protected) interactive docs, legal.
+"""The sign-in page and the (protected) interactive docs, outside the API prefix.
 
 With PROTECTED_INTERACTIVE_DOCS (the default) ``/docs``, ``/redoc`` and
 ``/openapi.json`` need a signed-in user whose roles may read ``docs`` (admins and
@@ -49,24 +49,11 @@ from fastapi.templating import Jinja2Templates
 from app.core.authentication import Auth, Authenticator, caller_of
 from app.core.config import Settings
 from app.core.errors import PermissionDenied, Unauthorized, error_body
-from app.core.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from app.core.metrics import exposition
 from app.core.permissions import check_permission
-from app.core.rate_limiter import TrustedProxies
 from app.models import User, now_epoch
-from app.routers.deps import (
-    AuthenticatorDep,
-    ClientDep,
-    EngineDep,
-    GuardDep,
-    RedisDep,
-    SessionDep,
-    SettingsDep,
-)
+from app.routers.deps import AuthenticatorDep, ClientDep, SessionDep, SettingsDep
 from app.schemas.common import ErrorResponse, Text, error_responses
 from app.schemas.docs import DocsToken
-from app.schemas.health import HealthResponse, NotReadyResponse, ReadinessResponse
-from app.services.health import check_readiness
 from app.services.sessions import logout
 
 router = APIRouter(tags=["pages"])
@@ -113,74 +100,6 @@ DOCS_POLICY = "; ".join(
     )
 )
 _DOCS_HEADERS = {**_NO_STORE, "Content-Security-Policy": DOCS_POLICY}
-
-
-# Health --------------------------------------------------------------------------------
-
-
-@router.get("/health", response_model=HealthResponse, summary="Liveness", tags=["health"])
-async def health() -> HealthResponse:
-    """Tell that the process is up and serving.
-
-    Cheap on purpose: it touches no database, so a load balancer may call it often.
-
-    Returns
-    -------
-    HealthResponse
-        Always ``{"status": "ok"}``.
-    """
-    return HealthResponse()
-
-
-@router.get(
-    "/health/ready",
-    response_model=ReadinessResponse,
-    summary="Readiness",
-    tags=["health"],
-    responses={503: {"model": NotReadyResponse, "description": "A dependency is unreachable"}},
-)
-async def health_ready(engine: EngineDep, redis: RedisDep, guard: GuardDep) -> ReadinessResponse:
-    """Tell whether the service can handle requests: database and Redis reachable.
-
-    Returns
-    -------
-    ReadinessResponse
-        The state of each dependency.
-
-    Raises
-    ------
-    ServiceUnavailable
-        503 with code ``NOT_READY`` and the failing dependency named.
-    """
-    return ReadinessResponse(checks=await check_readiness(engine, redis, guard))
-
-
-@router.get(
-    "/metrics",
-    response_class=Response,
-    tags=["health"],
-    responses={
-        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
-        403: {"model": ErrorResponse, "description": "Not from METRICS_ALLOW_IPS"},
-        404: {"model": ErrorResponse, "description": "METRICS_ENABLED is off"},
-    },
-)
-async def metrics(request: Request, settings: SettingsDep) -> Response:
-    """Prometheus metrics: requests per route, latencies, login outcomes.
-
-    Only with METRICS_ENABLED, and only for clients in METRICS_ALLOW_IPS.
-
-    Returns
-    -------
-    Response
-        The metrics in Prometheus' text format.
-    """
-    if not settings.METRICS_ENABLED:
-        return JSONResponse(error_body("Not Found", "NOT_FOUND"), status_code=404)
-    address = request.client.host if request.client else None
-    if address not in TrustedProxies(settings.METRICS_ALLOW_IPS):
-        return JSONResponse(error_body("Not allowed", "FORBIDDEN"), status_code=403)
-    return Response(exposition(), media_type=METRICS_CONTENT_TYPE)
 
 
 # Sign-in and the docs gate ----------------------------------------------------------------
@@ -514,40 +433,3 @@ async def redoc(
     return templates.TemplateResponse(
         request, "redoc.html", {"title": settings.PROJECT_NAME}, headers=_DOCS_HEADERS
     )
-
-
-# Legal pages ---------------------------------------------------------------------------
-
-
-@router.get(
-    "/terms",
-    response_class=RedirectResponse,
-    status_code=status.HTTP_307_TEMPORARY_REDIRECT,
-    responses={307: {"description": "To FRONTEND_URL/terms"}},
-)
-async def terms(settings: SettingsDep) -> Response:
-    """The terms of service, kept by the front end.
-
-    Returns
-    -------
-    RedirectResponse
-        307 to ``FRONTEND_URL/terms``.
-    """
-    return RedirectResponse(f"{settings.FRONTEND_URL}/terms", status.HTTP_307_TEMPORARY_REDIRECT)
-
-
-@router.get(
-    "/privacy",
-    response_class=RedirectResponse,
-    status_code=status.HTTP_307_TEMPORARY_REDIRECT,
-    responses={307: {"description": "To FRONTEND_URL/privacy"}},
-)
-async def privacy(settings: SettingsDep) -> Response:
-    """The privacy policy, kept by the front end.
-
-    Returns
-    -------
-    RedirectResponse
-        307 to ``FRONTEND_URL/privacy``.
-    """
-    return RedirectResponse(f"{settings.FRONTEND_URL}/privacy", status.HTTP_307_TEMPORARY_REDIRECT)
