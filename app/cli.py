@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.auth_cache import AuthCache, install_hooks, session_options
 from app.core.config import ConfigError, Settings, ensure_jwt_secret, load_settings
 from app.core.database import create_engine, create_session_factory, upgrade_database
 from app.core.errors import AppError
@@ -21,7 +22,6 @@ from app.core.logging import setup_logging
 from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
 from app.services.accounts import create_admin
-from app.services.auth_cache import AuthCache, session_options
 from app.services.maintenance import maintenance_jobs
 
 cli = typer.Typer(help="UserManager administration.", no_args_is_help=True, add_completion=False)
@@ -43,6 +43,7 @@ def _settings() -> Settings:
 async def _database(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     """Sessions on the migrated database; with Redis, their commits are announced to
     the running replicas' auth caches (a command's changes are seen at once)."""
+    install_hooks()
     engine = create_engine(settings.database_url)
     redis = create_redis(settings.REDIS_URL) if settings.REDIS_URL else None
     cache = AuthCache(0, redis=redis)

@@ -15,6 +15,7 @@ from limits import parse
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.auth_cache import AuthCache, SQLiteProcesses, install_hooks, session_options
 from app.core.authentication import AuthenticationMiddleware, Authenticator
 from app.core.brute_force import BruteForceGuard, FallbackAttemptLog, MemoryAttemptLog, Window
 from app.core.config import ConfigError, Settings, ensure_jwt_secret, get_settings
@@ -53,7 +54,6 @@ from app.core.scheduler import JobScheduler
 from app.core.security import warm_up_password_hashing
 from app.routers import admin, auth, docs_pages, files, health, legal, provider_login, users
 from app.services.accounts import ensure_first_admin
-from app.services.auth_cache import AuthCache, SQLiteProcesses, session_options
 from app.services.maintenance import maintenance_jobs
 
 #: Largest non-upload request body (JSON, forms).
@@ -185,6 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application for ``settings`` (the environment's when None)."""
     settings = settings or get_settings()
     setup_logging(settings)
+    install_hooks()  # the auth cache's: commits drop what they changed
 
     app = FastAPI(
         title=settings.PROJECT_NAME,

@@ -31,11 +31,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.core.auth_cache import SESSION_OMITTED, USER_OMITTED, AuthCache, snapshot
 from app.core.config import Settings
 from app.core.errors import Unauthorized
 from app.core.security import AccessClaims, TokenError, bearer_token, decode_token
 from app.models import Session, User, now_epoch
-from app.services.auth_cache import SESSION_OMITTED, USER_OMITTED, AuthCache, snapshot
 
 #: Where the middleware leaves the request's :class:`Caller` (``scope["state"]``).
 CALLER_KEY = "caller"
@@ -146,10 +146,10 @@ class Authenticator:
             session, user = hit
             _check(claims, session, user)  # the user's copy may be newer than the session's
             return Auth(user=user, session=session, claims=claims)
-        generation = self.cache.generation
+        ticket = self.cache.ticket()
         async with self.session_factory() as db:
             auth = await self.live(db, claims)
-        copies = self.cache.store_session(generation, auth.session, auth.user) or (
+        copies = self.cache.store_session(ticket, auth.session, auth.user) or (
             snapshot(auth.session, SESSION_OMITTED),
             snapshot(auth.user, USER_OMITTED),
         )
@@ -161,12 +161,12 @@ class Authenticator:
         user = self.cache.user(user_uuid)
         if user is not None:
             return user
-        generation = self.cache.generation
+        ticket = self.cache.ticket()
         async with self.session_factory() as db:
             loaded = await db.get(User, user_uuid)
         if loaded is None:
             return None
-        return self.cache.store_user(generation, loaded) or snapshot(loaded, USER_OMITTED)
+        return self.cache.store_user(ticket, loaded) or snapshot(loaded, USER_OMITTED)
 
 
 def _check(claims: AccessClaims, session: Session, user: User) -> None:

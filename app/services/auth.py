@@ -12,6 +12,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.auth_cache import bulk_write
 from app.core.authentication import Auth
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
@@ -355,11 +356,13 @@ async def _apply(db: AsyncSession, user: User, where: Any, values: dict[str, Any
     holds (a confirmation and an undo at once: the second finds the row changed),
     EmailTaken when the new email went to another account meanwhile."""
     try:
-        result = await db.execute(
+        result = await bulk_write(
+            db,
             update(User)
             .where(User.uuid == user.uuid, where)
             .values(**values)
-            .execution_options(synchronize_session="fetch", auth_cache_users=[user.uuid])
+            .execution_options(synchronize_session="fetch"),
+            users=[user.uuid],
         )
     except IntegrityError:
         await db.rollback()

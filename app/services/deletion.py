@@ -11,6 +11,7 @@ from loguru import logger
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.auth_cache import bulk_write
 from app.core.authentication import Auth
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
@@ -74,9 +75,7 @@ async def purge_user(db: AsyncSession, settings: Settings, user_uuid: str) -> No
     paths = [settings.DATA_DIR / file.file_path for file in owned_files]
     for file in owned_files:
         await db.delete(file)
-    await db.execute(
-        delete(User).where(User.uuid == user_uuid).execution_options(auth_cache_users=[user_uuid])
-    )
+    await bulk_write(db, delete(User).where(User.uuid == user_uuid), users=[user_uuid])
     await db.commit()
     await asyncio.to_thread(_remove_paths, paths, user_data_dir(settings, user_uuid))
     logger.info("user {} deleted", user_uuid)

@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.auth_cache import bulk_write
 from app.core.config import Settings
 from app.core.scheduler import Job
 from app.models import File, OtpChallenge, Session, UsedToken, User, now_epoch
@@ -33,16 +34,16 @@ async def purge_expired(session_factory: async_sessionmaker[AsyncSession]) -> di
     """Delete expired or long-revoked sessions, expired used-link records, old challenges."""
     now = now_epoch()
     async with session_factory() as db:
-        sessions = await db.execute(
-            delete(Session)
-            .where(
+        sessions = await bulk_write(
+            db,
+            delete(Session).where(
                 or_(
                     Session.expires_at <= now,
                     Session.revoked_at <= now - REVOKED_SESSION_KEEP_SECONDS,
                 )
-            )
+            ),
             # Expired and revoked sessions are never in the auth cache.
-            .execution_options(auth_cache_users=[])
+            users=[],
         )
         tokens = await db.execute(delete(UsedToken).where(UsedToken.expires_at <= now))
         challenges = await db.execute(

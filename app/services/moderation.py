@@ -9,6 +9,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from app.core.auth_cache import bulk_write
 from app.core.errors import AppError, Conflict, PermissionDenied
 from app.core.permissions import check_permission, require_permission, ungivable_roles
 from app.models import User
@@ -93,11 +94,13 @@ async def set_user_fields(db: AsyncSession, user: User, values: dict[str, Any]) 
     another_admin = exists().where(
         has_role("admin", other), other.is_active.is_(True), other.uuid != user.uuid
     )
-    result = await db.execute(
+    result = await bulk_write(
+        db,
         update(User)
         .where(User.uuid == user.uuid, another_admin)
         .values(**values)
-        .execution_options(synchronize_session="fetch", auth_cache_users=[user.uuid])
+        .execution_options(synchronize_session="fetch"),
+        users=[user.uuid],
     )
     if result.rowcount != 1:
         raise LastAdmin()

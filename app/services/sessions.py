@@ -14,6 +14,7 @@ from loguru import logger
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.auth_cache import bulk_write
 from app.core.authentication import Auth
 from app.core.config import Settings
 from app.core.errors import NotFound, Unauthorized
@@ -97,11 +98,10 @@ async def revoke_sessions(
         update(Session)
         .where(Session.user_uuid == user_uuid, Session.revoked_at.is_(None))
         .values(revoked_at=now_epoch())
-        .execution_options(auth_cache_users=[user_uuid])
     )
     if keep_session_id is not None:
         statement = statement.where(Session.id != keep_session_id)
-    result = await db.execute(statement)
+    result = await bulk_write(db, statement, users=[user_uuid])
     return result.rowcount or 0
 
 
@@ -134,7 +134,8 @@ async def refresh(
     if session.revoked_at is not None or session.expires_at <= now or not user.is_active:
         raise InvalidRefreshToken()
     new_token = new_refresh_token()
-    swapped = await db.execute(
+    swapped = await bulk_write(
+        db,
         update(Session)
         .where(
             Session.id == session.id,
@@ -142,8 +143,10 @@ async def refresh(
             Session.revoked_at.is_(None),
         )
         .values(refresh_token_hash=hash_secret(new_token), last_used_at=now)
-        # A rotation leaves the session open: nothing cached changes.
-        .execution_options(synchronize_session=False, auth_cache_users=[])
+        .execution_options(synchronize_session=False),
+        # A rotation leaves the session open: a cached copy keeps answering, and its
+        # last_used_at is read from the database only (the session list).
+        users=[],
     )
     if swapped.rowcount != 1:
         # Another use of this token won (then this one is a reuse), or the session
@@ -173,11 +176,13 @@ async def _end_session_of_reused_token(
         return
     # Conditional, so that of many parallel reuses exactly one ends the session and
     # records it.
-    ended = await db.execute(
+    ended = await bulk_write(
+        db,
         update(Session)
         .where(Session.id == session.id, Session.revoked_at.is_(None))
         .values(revoked_at=now_epoch())
-        .execution_options(synchronize_session=False, auth_cache_users=[session.user_uuid])
+        .execution_options(synchronize_session=False),
+        users=[session.user_uuid],
     )
     if ended.rowcount == 1:
         user = await db.get(User, session.user_uuid)
@@ -199,11 +204,12 @@ async def _end_session_of_reused_token(
 
 async def logout(db: AsyncSession, auth: Auth, client: ClientInfo) -> None:
     """End the current session."""
-    await db.execute(
+    await bulk_write(
+        db,
         update(Session)
         .where(Session.id == auth.session.id, Session.revoked_at.is_(None))
-        .values(revoked_at=now_epoch())
-        .execution_options(auth_cache_users=[auth.user.uuid])
+        .values(revoked_at=now_epoch()),
+        users=[auth.user.uuid],
     )
     record_event(db, auth.user.uuid, "logout", by=auth.user.uuid, client=client)
     await db.commit()
@@ -241,15 +247,16 @@ async def revoke_own_session(
     db: AsyncSession, auth: Auth, session_id: str, client: ClientInfo
 ) -> None:
     """End one of the caller's sessions; someone else's is "not found"."""
-    result = await db.execute(
+    result = await bulk_write(
+        db,
         update(Session)
         .where(
             Session.id == session_id,
             Session.user_uuid == auth.user.uuid,
             Session.revoked_at.is_(None),
         )
-        .values(revoked_at=now_epoch())
-        .execution_options(auth_cache_users=[auth.user.uuid])
+        .values(revoked_at=now_epoch()),
+        users=[auth.user.uuid],
     )
     if result.rowcount != 1:
         raise NotFound("No such session", code="SESSION_NOT_FOUND")

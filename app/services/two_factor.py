@@ -17,6 +17,7 @@ from typing import Literal
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.auth_cache import bulk_write
 from app.core.authentication import Auth
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
@@ -246,15 +247,18 @@ async def _redeem(
         ok = claimed.rowcount == 1
     if ok and step is not None:
         # The step must be newer than the last one used: a code works once.
-        advanced = await db.execute(
+        advanced = await bulk_write(
+            db,
             update(User)
             .where(
                 User.uuid == user_uuid,
                 or_(User.otp_last_timestep.is_(None), User.otp_last_timestep < step),
             )
             .values(otp_last_timestep=step)
-            # The auth cache keeps no OTP column.
-            .execution_options(synchronize_session=False, auth_cache_users=[])
+            .execution_options(synchronize_session=False),
+            # The cached copy has no OTP column, but its updated_at changes. (Every
+            # caller's commit changes this user's session or user row anyway.)
+            users=[user_uuid],
         )
         ok = advanced.rowcount == 1
     if ok:

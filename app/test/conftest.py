@@ -27,6 +27,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import make_url
 
+from app.core.auth_cache import enforce_declarations, install_hooks
 from app.core.config import Settings
 from app.main import create_app
 from app.test.mail import MailCatcher
@@ -37,6 +38,15 @@ TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL")
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 #: A JWT secret for tests (48 bytes).
 TEST_JWT_SECRET = "test-secret-" + "x" * 36
+
+
+@pytest.fixture(autouse=True, scope="session")
+def auth_cache_hooks() -> None:
+    """The auth cache's ORM hooks, for tests that use sessions or cached copies without
+    ``create_app``; and in every test, a bulk write to ``user`` or ``session`` that
+    does not declare its users raises instead of emptying the cache."""
+    install_hooks()
+    enforce_declarations()
 
 
 def missing(reason: str) -> None:

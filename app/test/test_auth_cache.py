@@ -20,12 +20,7 @@ from redis import Redis
 from sqlalchemy import make_url, text
 from sqlalchemy.orm.exc import DetachedInstanceError
 
-from app.core.config import Settings
-from app.core.database import is_sqlite
-from app.core.redis_client import create_redis
-from app.main import create_app, stop_background_tasks
-from app.models import Session, User, new_uuid, now_epoch
-from app.services.auth_cache import (
+from app.core.auth_cache import (
     ALL,
     ANNOUNCE_WAIT_SECONDS,
     CHANNEL,
@@ -36,6 +31,11 @@ from app.services.auth_cache import (
     SQLiteProcesses,
     snapshot,
 )
+from app.core.config import Settings
+from app.core.database import is_sqlite
+from app.core.redis_client import create_redis
+from app.main import create_app, stop_background_tasks
+from app.models import Session, User, new_uuid, now_epoch
 from app.test.conftest import (
     TEST_JWT_SECRET,
     empty_redis,
@@ -86,7 +86,7 @@ def test_a_stored_session_is_answered_until_its_time_is_up() -> None:
     clock = Clock()
     cache = AuthCache(60, clock=clock)
     user, session = _user_and_session()
-    cache.store_session(cache.generation, session, user)
+    cache.store_session(cache.ticket(), session, user)
     cached_session, cached_user = cache.session(session.id)
     assert (cached_session.id, cached_user.uuid) == (session.id, user.uuid)
     clock.now += 59
@@ -100,25 +100,71 @@ def test_an_entry_never_outlives_its_session() -> None:
     clock = Clock()
     cache = AuthCache(600, clock=clock)
     user, session = _user_and_session(expires_in=5)
-    cache.store_session(cache.generation, session, user)
+    cache.store_session(cache.ticket(), session, user)
     clock.now += 6
     assert cache.session(session.id) is None
     user, expired = _user_and_session(expires_in=0)
-    cache.store_session(cache.generation, expired, user)
+    cache.store_session(cache.ticket(), expired, user)
     assert cache.session(expired.id) is None
 
 
 def test_a_fill_that_raced_an_invalidation_is_not_kept() -> None:
     cache = AuthCache(60)
     user, session = _user_and_session()
-    generation = cache.generation  # a reader starts its query...
+    ticket = cache.ticket()  # a reader starts its query...
     cache.forget([user.uuid])  # ...a writer commits a change to that user...
     # ...the reader's old row arrives, and is not kept.
-    assert cache.store_session(generation, session, user) is None
+    assert cache.store_session(ticket, session, user) is None
+    assert cache.store_user(ticket, user) is None
     assert cache.session(session.id) is None
-    kept = cache.store_session(cache.generation, session, user)
+    kept = cache.store_session(cache.ticket(), session, user)
     assert kept is not None
     assert cache.session(session.id) == kept
+
+
+def test_a_fill_survives_an_invalidation_of_another_user() -> None:
+    cache = AuthCache(60)
+    user, session = _user_and_session()
+    other, other_session = _user_and_session()
+    ticket = cache.ticket()  # a reader of the first user starts its query...
+    cache.forget([other.uuid])  # ...the other one logs in meanwhile...
+    assert cache.store_session(ticket, session, user) is not None  # ...and it is kept
+    # The other user's fill from before their change is not.
+    assert cache.store_session(ticket, other_session, other) is None
+    assert cache.session(other_session.id) is None
+
+
+def test_forgetting_everything_refuses_every_fill_in_flight() -> None:
+    cache = AuthCache(60)
+    user, session = _user_and_session()
+    ticket = cache.ticket()
+    cache.forget([ALL])
+    assert cache.store_session(ticket, session, user) is None
+    assert cache.store_session(cache.ticket(), session, user) is not None
+
+
+def test_a_fill_older_than_the_remembered_invalidations_is_refused() -> None:
+    """Invalidations are remembered per user for max_users users: a fill older than
+    the oldest one remembered cannot be checked, and is refused."""
+    cache = AuthCache(60, max_users=3)
+    user, session = _user_and_session()
+    ticket = cache.ticket()
+    cache.forget([new_uuid()])
+    assert cache.store_session(ticket, session, user) is not None
+    ticket = cache.ticket()
+    for _ in range(3):
+        cache.forget([new_uuid()])
+    assert cache.store_user(ticket, user) is not None  # still within what is remembered
+    cache.forget([new_uuid()])  # the oldest record after the ticket goes
+    assert cache.store_user(ticket, user) is None
+    assert cache.store_user(cache.ticket(), user) is not None
+
+
+def test_a_session_is_not_kept_with_another_users_row() -> None:
+    cache = AuthCache(60)
+    user, _ = _user_and_session()
+    _, session = _user_and_session()
+    assert cache.store_session(cache.ticket(), session, user) is None
 
 
 def test_forgetting_a_user_drops_every_session_of_theirs_and_only_theirs() -> None:
@@ -128,7 +174,7 @@ def test_forgetting_a_user_drops_every_session_of_theirs_and_only_theirs() -> No
     second.user_uuid = user.uuid
     other_user, other = _user_and_session()
     for session, owner in ((first, user), (second, user), (other, other_user)):
-        cache.store_session(cache.generation, session, owner)
+        cache.store_session(cache.ticket(), session, owner)
     cache.forget([user.uuid])
     assert cache.session(first.id) is None
     assert cache.session(second.id) is None
@@ -141,7 +187,7 @@ def test_the_oldest_user_makes_room_with_their_sessions() -> None:
     cache = AuthCache(60, max_users=2)
     pairs = [_user_and_session() for _ in range(3)]
     for user, session in pairs:
-        cache.store_session(cache.generation, session, user)
+        cache.store_session(cache.ticket(), session, user)
     assert cache.session(pairs[0][1].id) is None
     assert all(cache.session(session.id) is not None for _, session in pairs[1:])
     assert len(cache) == 4
@@ -150,7 +196,7 @@ def test_the_oldest_user_makes_room_with_their_sessions() -> None:
 def test_a_cache_without_lifetime_keeps_nothing() -> None:
     cache = AuthCache(0)
     user, session = _user_and_session()
-    cache.store_session(cache.generation, session, user)
+    cache.store_session(cache.ticket(), session, user)
     assert cache.session(session.id) is None
     assert len(cache) == 0
 
@@ -332,7 +378,7 @@ class TestChangesTheServiceDoesNotMake:
         await _change_by_hand(app, user["uuid"], "is_active = false")
         # A profile read refreshes the user's copy before the session's entry expires.
         async with app.state.session_factory() as db:
-            cache.store_user(cache.generation, await db.get(User, user["uuid"]))
+            cache.store_user(cache.ticket(), await db.get(User, user["uuid"]))
         assert (await _me(client, tokens)).status_code == 401
 
 
@@ -396,7 +442,7 @@ async def test_an_announcement_reaches_the_other_caches_only(redis_cache) -> Non
     listener, _ = redis_cache
     await _wait_for(lambda: listener.available)
     user, session = _user_and_session()
-    listener.store_session(listener.generation, session, user)
+    listener.store_session(listener.ticket(), session, user)
     sender = AuthCache(60, redis=create_redis(require_redis()))
     try:
         await sender.announce([new_uuid()])
@@ -405,11 +451,12 @@ async def test_an_announcement_reaches_the_other_caches_only(redis_cache) -> Non
         await sender.announce([user.uuid])
         await _wait_for(lambda: listener.session(session.id) is None)
         # Its own announcements come back too, and are not applied twice.
-        listener.store_session(listener.generation, session, user)
-        generation = listener.generation
+        ticket = listener.ticket()
+        listener.store_session(ticket, session, user)
         await listener.announce([user.uuid])
         await asyncio.sleep(0.2)
-        assert listener.generation == generation
+        assert listener.session(session.id) is not None
+        assert listener.store_user(ticket, user) is not None  # no fill was refused
     finally:
         await sender.redis.aclose()
 
@@ -418,7 +465,7 @@ async def test_a_garbled_announcement_empties_the_cache(redis_cache) -> None:
     listener, _ = redis_cache
     await _wait_for(lambda: listener.available)
     user, session = _user_and_session()
-    listener.store_session(listener.generation, session, user)
+    listener.store_session(listener.ticket(), session, user)
     with Redis.from_url(require_redis()) as redis:
         redis.publish("user_manager:auth_cache", b"\xff not json")
     await _wait_for(lambda: listener.session(session.id) is None)
@@ -429,7 +476,7 @@ async def test_a_lost_subscription_stops_the_cache_until_it_is_back(redis_cache)
     cache, _ = redis_cache
     await _wait_for(lambda: cache.available)
     user, session = _user_and_session()
-    cache.store_session(cache.generation, session, user)
+    cache.store_session(cache.ticket(), session, user)
     with Redis.from_url(require_redis()) as redis:
         redis.client_kill_filter(_type="pubsub")
     # Meanwhile nothing is answered from memory: a logout elsewhere could be missed.
@@ -501,7 +548,7 @@ async def test_a_redis_paused_for_writes_stops_the_cache_until_it_is_back(
     cache = stallable_cache
     await _wait_for(lambda: cache.available)
     user, session = _user_and_session()
-    cache.store_session(cache.generation, session, user)
+    cache.store_session(cache.ticket(), session, user)
     # Reads still pass (PING would), PUBLISH waits: another replica's logout is held.
     _pause(private_redis, 2, writes_only=True)
     await _wait_for(lambda: not cache.available, seconds=LEASE_SECONDS + 0.5)
@@ -545,11 +592,11 @@ async def test_once_redis_has_been_silent_for_a_lease_commits_no_longer_wait() -
     task = asyncio.create_task(cache.listen(retry_seconds=0.2))
     try:
         # Every replica whose probes that Redis holds has stopped trusting its cache.
-        await _wait_for(lambda: cache.announce_wait_seconds() == 0)
+        await _wait_for(lambda: cache.fanout.announce_wait_seconds() == 0)
         started = time.monotonic()
         await cache.announce(["someone"])
         assert time.monotonic() - started < 0.1
-        assert cache._pending == {"someone"}  # still trying, in the background
+        assert cache.fanout._pending == {"someone"}  # still trying, in the background
     finally:
         await stop_background_tasks([task])
         await cache.aclose(drain_seconds=0)
@@ -611,7 +658,7 @@ def test_a_second_process_on_the_database_stops_the_owners_cache(tmp_path: Path)
     owner = SQLiteProcesses.join(tmp_path / "shared.db")
     cache = AuthCache(60, processes=owner)
     user, session = _user_and_session()
-    cache.store_session(cache.generation, session, user)
+    cache.store_session(cache.ticket(), session, user)
     assert cache.session(session.id) is not None
     other = SQLiteProcesses.join(tmp_path / "shared.db")
     try:
@@ -619,7 +666,7 @@ def test_a_second_process_on_the_database_stops_the_owners_cache(tmp_path: Path)
         assert cache.user(user.uuid) is None
         assert not cache.available
         assert len(cache) == 0
-        assert cache.store_session(cache.generation, session, user) is None
+        assert cache.store_session(cache.ticket(), session, user) is None
     finally:
         other.leave()
         owner.leave()

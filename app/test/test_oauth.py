@@ -26,6 +26,7 @@ from sqlalchemy import event, func, select, update
 from starlette.responses import Response
 
 from app.core import oauth_client
+from app.core.auth_cache import ALL, bulk_write
 from app.core.oauth_client import UnsafeUrl, check_picture_url, fetch_picture, fetch_pinned
 from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, now_epoch
 from app.services import external_accounts
@@ -319,10 +320,12 @@ async def test_linking_needs_a_recent_reauthentication(
     other = await login(client, user.username)
     assert (await client.get("/api/oauth/discord/link", headers=bearer(other))).status_code == 403
     async with app.state.session_factory() as session:
-        await session.execute(
+        await bulk_write(
+            session,
             update(Session)
             .where(Session.user_uuid == user.uuid)
-            .values(reauthenticated_at=now_epoch() - 301)
+            .values(reauthenticated_at=now_epoch() - 301),
+            users=[user.uuid],
         )
         await session.commit()
     stale = await client.get("/api/oauth/discord/link", headers=bearer(tokens))
@@ -380,7 +383,9 @@ async def test_a_provider_login_is_a_fresh_proof_for_an_account_without_password
     fake_provider.next_user = _person()
     later = (await _flow(client, "google")).json()
     async with app.state.session_factory() as session:
-        await session.execute(update(Session).values(reauthenticated_at=now_epoch() - 301))
+        await bulk_write(
+            session, update(Session).values(reauthenticated_at=now_epoch() - 301), users=[ALL]
+        )
         await session.commit()
     stale = await client.post(
         "/api/auth/password/change",

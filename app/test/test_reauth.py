@@ -10,6 +10,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import update
 
+from app.core.auth_cache import bulk_write
 from app.models import Session, User, now_epoch
 from app.test.factories import (
     PASSWORD,
@@ -84,10 +85,12 @@ async def test_a_reauthentication_expires(app: FastAPI, client: httpx.AsyncClien
     )
     assert answer.json()["reauthenticated_until"] >= now_epoch() + 299
     async with app.state.session_factory() as session:
-        await session.execute(
+        await bulk_write(
+            session,
             update(Session)
             .where(Session.user_uuid == user.uuid)
-            .values(reauthenticated_at=now_epoch() - 301)
+            .values(reauthenticated_at=now_epoch() - 301),
+            users=[user.uuid],
         )
         await session.commit()
     late = await _send(client, _sensitive_requests(user.uuid, None)["email"], tokens)
@@ -146,7 +149,11 @@ async def _with_email_codes(app: FastAPI, client: httpx.AsyncClient) -> tuple[Us
     """A user signed in, whose account then turned email 2FA codes on."""
     user, tokens = await user_with_tokens(app, client)
     async with app.state.session_factory() as session:
-        await session.execute(update(User).where(User.uuid == user.uuid).values(otp_method="email"))
+        await bulk_write(
+            session,
+            update(User).where(User.uuid == user.uuid).values(otp_method="email"),
+            users=[user.uuid],
+        )
         await session.commit()
     return user, tokens
 

@@ -10,6 +10,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import insert, select, update
 
+from app.core.auth_cache import ALL, bulk_write
 from app.models import Session, User
 from app.services import deletion
 from app.services.history import HISTORY_MAX_ENTRIES, record_event
@@ -514,8 +515,10 @@ async def test_two_admins_removing_each_other_leave_one(
     """Two admins banning (or demoting) each other at the same moment: one wins."""
     for _ in range(3):
         async with app.state.session_factory() as session:
-            await session.execute(
-                update(User).where(User.is_active.is_(True)).values(roles=["user"])
+            await bulk_write(
+                session,
+                update(User).where(User.is_active.is_(True)).values(roles=["user"]),
+                users=[ALL],
             )
             await session.commit()
         first, first_tokens = await user_with_tokens(app, client, ALL_ROLES)
