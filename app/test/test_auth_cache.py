@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +20,8 @@ import jwt
 import pytest
 from fastapi import FastAPI
 from redis import Redis
-from sqlalchemy import make_url, text
+from sqlalchemy import delete, event, make_url, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import DetachedInstanceError
 
 from app.core.auth_cache import (
@@ -29,13 +33,18 @@ from app.core.auth_cache import (
     AuthCache,
     SnapshotWrite,
     SQLiteProcesses,
+    UndeclaredBulkWrite,
+    bulk_write,
+    enforce_declarations,
+    session_options,
     snapshot,
 )
+from app.core.auth_cache import hooks as auth_cache_hooks
 from app.core.config import Settings
-from app.core.database import is_sqlite
+from app.core.database import create_engine, create_session_factory, is_sqlite
 from app.core.redis_client import create_redis
 from app.main import create_app, stop_background_tasks
-from app.models import Session, User, new_uuid, now_epoch
+from app.models import Base, Session, User, new_uuid, now_epoch
 from app.test.conftest import (
     TEST_JWT_SECRET,
     empty_redis,
@@ -415,6 +424,177 @@ async def test_the_cache_is_on_only_where_every_logout_is_heard(
         ttl = application.state.auth_cache.ttl
     expected = cached == "always" or (cached == "sqlite" and is_sqlite(settings.database_url))
     assert (ttl > 0) == expected
+
+
+# Statements a read costs ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _statements(app: FastAPI) -> Iterator[list[str]]:
+    """Every SQL statement the app's engine sends while the block runs."""
+    statements: list[str] = []
+
+    def record(_connection, _cursor, statement: str, *_args) -> None:
+        statements.append(statement)
+
+    engine = app.state.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def test_a_read_answered_from_the_cache_asks_the_database_nothing(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    cache = await _until_available(app)
+    assert cache.available == (is_sqlite(settings.database_url) or settings.REDIS_URL is not None)
+    _, tokens = await signup_and_login(client)  # the login's commit left nothing cached
+    with _statements(app) as missed:
+        assert (await _me(client, tokens)).status_code == 200
+    assert len(missed) == 1, missed  # the session and its user, in one query
+    assert "session" in missed[0]
+    assert "user" in missed[0]
+    with _statements(app) as hit:
+        assert (await _me(client, tokens)).status_code == 200
+    # Off (PostgreSQL without Redis), every read asks again.
+    assert hit == ([] if cache.available else missed)
+
+
+# Bulk writes declare their users ------------------------------------------------------------
+
+
+@pytest.fixture
+async def cached_sessions(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[AuthCache, async_sessionmaker[AsyncSession]]]:
+    """Sessions tied to a cache of their own on a new SQLite file, without create_app."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'cached.db'}")
+    async with engine.begin() as connection:
+        await connection.run_sync(Base.metadata.create_all)
+    cache = AuthCache(60)
+    try:
+        yield cache, create_session_factory(engine, **session_options(cache))
+    finally:
+        await cache.aclose()
+        await engine.dispose()
+
+
+async def _cached_pairs(
+    cache: AuthCache, factory: async_sessionmaker[AsyncSession], count: int
+) -> list[tuple[User, Session]]:
+    """``count`` users with a session each, saved, then read into the cache."""
+    pairs = [_user_and_session() for _ in range(count)]
+    for index, (_, session) in enumerate(pairs):
+        session.refresh_token_hash = f"{index:064x}"  # unique
+    async with factory() as db:
+        db.add_all([row for pair in pairs for row in pair])
+        await db.commit()
+    for user, session in pairs:
+        ticket = cache.ticket()
+        async with factory() as db:
+            loaded = (await db.get(Session, session.id), await db.get(User, user.uuid))
+        assert cache.store_session(ticket, *loaded) is not None
+    return pairs
+
+
+async def test_a_bulk_write_drops_the_users_it_declares(cached_sessions) -> None:
+    cache, factory = cached_sessions
+    (user, session), (_, other) = await _cached_pairs(cache, factory, 2)
+    async with factory() as db:
+        await bulk_write(
+            db,
+            update(User).where(User.uuid == user.uuid).values(description="Changed"),
+            users=[user.uuid],
+        )
+        assert cache.session(session.id) is not None  # until the commit
+        await db.commit()
+    assert cache.session(session.id) is None
+    assert cache.session(other.id) is not None
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        lambda user: update(User).where(User.uuid == user.uuid).values(description="x"),
+        # An UPDATE of user always writes updated_at, which a copy carries.
+        lambda user: update(User).where(User.uuid == user.uuid).values(otp_last_timestep=1),
+        lambda user: update(Session).where(Session.user_uuid == user.uuid).values(ip="::1"),
+        lambda user: delete(Session).where(Session.user_uuid == user.uuid),
+    ],
+    ids=["user-column", "user-onupdate", "session-column", "delete"],
+)
+async def test_an_undeclared_bulk_write_of_a_cached_column_fails_the_tests(
+    cached_sessions, statement
+) -> None:
+    cache, factory = cached_sessions
+    [(user, _)] = await _cached_pairs(cache, factory, 1)
+    async with factory() as db:
+        with pytest.raises(UndeclaredBulkWrite, match="bulk_write"):
+            await db.execute(statement(user))
+
+
+async def test_a_bulk_write_of_columns_no_copy_carries_may_go_undeclared(
+    cached_sessions,
+) -> None:
+    cache, factory = cached_sessions
+    [(_, session)] = await _cached_pairs(cache, factory, 1)
+    async with factory() as db:
+        await db.execute(
+            update(Session).where(Session.id == session.id).values(refresh_token_hash="e" * 64)
+        )
+        await db.commit()
+    assert cache.session(session.id) is not None
+
+
+async def test_without_enforcement_an_undeclared_bulk_write_empties_the_cache(
+    cached_sessions, captured_logs: list[str]
+) -> None:
+    cache, factory = cached_sessions
+    (user, _), _ = await _cached_pairs(cache, factory, 2)
+    enforce_declarations(False)  # as in production
+    try:
+        async with factory() as db:
+            await db.execute(update(User).where(User.uuid == user.uuid).values(description="x"))
+            await db.commit()
+    finally:
+        enforce_declarations()
+    assert len(cache) == 0
+    assert any("bulk UPDATE of user declared no users" in line for line in captured_logs)
+
+
+async def test_bulk_write_takes_a_collection_of_users(cached_sessions) -> None:
+    _, factory = cached_sessions
+    async with factory() as db:
+        with pytest.raises(TypeError):
+            await bulk_write(db, update(User).values(description="x"), users=new_uuid())
+
+
+def test_sessions_are_not_tied_to_a_cache_before_the_hooks_are_in(monkeypatch) -> None:
+    monkeypatch.setattr(auth_cache_hooks._Hooks, "installed", False)
+    with pytest.raises(RuntimeError, match="install_hooks"):
+        session_options(AuthCache(60))
+
+
+def test_the_hooks_go_in_with_an_app_not_on_import(tmp_path: Path) -> None:
+    """Importing the cache and its users hooks nothing; making an app does (as
+    importing ``app.main`` does: it makes the app servers import)."""
+    script = (
+        "from sqlalchemy import event\n"
+        "from sqlalchemy.orm import Session\n"
+        "import app.cli, app.routers.deps, app.services.maintenance\n"
+        "from app.core.auth_cache import hooks\n"
+        "print(event.contains(Session, 'after_commit', hooks._forget_committed))\n"
+        "from app.main import create_app\n"
+        "print(event.contains(Session, 'after_commit', hooks._forget_committed))\n"
+    )
+    env = {**os.environ, "DATA_DIR": str(tmp_path), "JWT_SECRET_KEY": TEST_JWT_SECRET}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == ["False", "True"]
 
 
 # Redis: replicas and a lost subscription ---------------------------------------------------
