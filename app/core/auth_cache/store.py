@@ -2,9 +2,9 @@
 
 What is kept: per session id, a copy of the open session; per user UUID, a copy of the
 user without secrets, history and picture id. Copies are detached ORM objects that
-refuse writes (:class:`SnapshotWrite`, enforced by :func:`app.core.auth_cache.hooks.
-install_hooks`), so a reader route that starts writing fails loudly instead of losing
-the change.
+refuse writes (:class:`SnapshotWrite`, once
+:func:`~app.core.auth_cache.hooks.install_hooks` has run), so a reader route that
+starts writing fails loudly instead of losing the change.
 
 An entry goes when its user is forgotten (:meth:`AuthStore.forget`: a commit changed
 that user or one of their sessions), after the store's lifetime, never later than the
