@@ -494,8 +494,11 @@ async def _cached_pairs(
     for user, session in pairs:
         ticket = cache.ticket()
         async with factory() as db:
-            loaded = (await db.get(Session, session.id), await db.get(User, user.uuid))
-        assert cache.store_session(ticket, *loaded) is not None
+            loaded_session = await db.get(Session, session.id)
+            loaded_user = await db.get(User, user.uuid)
+        assert loaded_session is not None
+        assert loaded_user is not None
+        assert cache.store_session(ticket, loaded_session, loaded_user) is not None
     return pairs
 
 
@@ -772,11 +775,13 @@ async def test_once_redis_has_been_silent_for_a_lease_commits_no_longer_wait() -
     task = asyncio.create_task(cache.listen(retry_seconds=0.2))
     try:
         # Every replica whose probes that Redis holds has stopped trusting its cache.
-        await _wait_for(lambda: cache.fanout.announce_wait_seconds() == 0)
+        fanout = cache.fanout
+        assert fanout is not None
+        await _wait_for(lambda: fanout.announce_wait_seconds() == 0)
         started = time.monotonic()
         await cache.announce(["someone"])
         assert time.monotonic() - started < 0.1
-        assert cache.fanout._pending == {"someone"}  # still trying, in the background
+        assert fanout._pending == {"someone"}  # still trying, in the background
     finally:
         await stop_background_tasks([task])
         await cache.aclose(drain_seconds=0)

@@ -26,12 +26,13 @@ from loguru import logger
 from sqlalchemy import event
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.orm import Mapper, ORMExecuteState
 from sqlalchemy.orm import Session as OrmSession
 
 from app.core.auth_cache.store import ALL, SNAPSHOT_KEY, SnapshotWrite
 from app.core.auth_cache.writes import (
     UndeclaredBulkWrite,
+    bulk_statement,
     cached_table,
     declared_users,
     writes_cached_column,
@@ -62,7 +63,8 @@ def install_hooks() -> None:
     event.listen(OrmSession, "do_orm_execute", _mark_bulk)
     event.listen(OrmSession, "after_commit", _forget_committed)
     for model in (User, Session):
-        for attribute in sa_inspect(model).column_attrs:
+        mapper: Mapper[Any] = sa_inspect(model)
+        for attribute in mapper.column_attrs:
             event.listen(
                 attribute.class_attribute, "set", _refuse_snapshot_write, raw=True, retval=True
             )
@@ -142,7 +144,8 @@ def _mark_bulk(state: ORMExecuteState) -> None:
 def _undeclared(state: ORMExecuteState) -> None:
     """A bulk write that did not say whose rows it changes: raise, or log and empty
     the whole cache."""
-    what = f"bulk {'DELETE' if state.is_delete else 'UPDATE'} of {state.statement.table.name}"
+    table = getattr(bulk_statement(state).table, "name", "?")
+    what = f"bulk {'DELETE' if state.is_delete else 'UPDATE'} of {table}"
     if _Hooks.strict:
         raise UndeclaredBulkWrite(
             f"{what} writes columns the auth cache copies without declaring its users: "

@@ -15,13 +15,13 @@ whole cache at commit and logs an error.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Delete, Update
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import Result
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.orm import Mapper, ORMExecuteState
 
 from app.core.auth_cache.store import SESSION_OMITTED, USER_OMITTED
 from app.models import Session, User
@@ -39,7 +39,7 @@ async def bulk_write(
     statement: Update | Delete,
     *,
     users: Iterable[str],
-) -> Result[Any]:
+) -> CursorResult[Any]:
     """Execute a bulk UPDATE or DELETE of ``user``/``session`` rows.
 
     Parameters
@@ -59,25 +59,25 @@ async def bulk_write(
     if not isinstance(statement, Update | Delete):
         raise TypeError(f"bulk_write runs UPDATE or DELETE statements, not {type(statement)}")
     declared = statement.execution_options(**{USERS_OPTION: tuple(users)})
-    return await db.execute(declared)
+    return cast(CursorResult[Any], await db.execute(declared))
 
 
 # Which columns a bulk statement writes ------------------------------------------------------
 
 
 def _cached_keys(model: type, omitted: frozenset[str]) -> frozenset[str]:
+    mapper: Mapper[Any] = sa_inspect(model)
     return frozenset(
-        attribute.key
-        for attribute in sa_inspect(model).column_attrs
-        if attribute.key not in omitted
+        attribute.key for attribute in mapper.column_attrs if attribute.key not in omitted
     )
 
 
 def _always_written(model: type) -> frozenset[str]:
     """Columns an UPDATE writes without being asked (``onupdate``)."""
+    mapper: Mapper[Any] = sa_inspect(model)
     return frozenset(
         attribute.key
-        for attribute in sa_inspect(model).column_attrs
+        for attribute in mapper.column_attrs
         if any(
             column.onupdate is not None or column.server_onupdate is not None
             for column in attribute.columns
@@ -92,9 +92,14 @@ _CACHED = {
 }
 
 
+def bulk_statement(state: ORMExecuteState) -> Update | Delete:
+    """The statement of a bulk UPDATE/DELETE (``state.is_update or state.is_delete``)."""
+    return cast(Update | Delete, state.statement)
+
+
 def cached_table(state: ORMExecuteState) -> bool:
     """Whether ``state`` is a bulk UPDATE/DELETE of a table the cache copies."""
-    return (state.is_update or state.is_delete) and state.statement.table in _CACHED
+    return (state.is_update or state.is_delete) and bulk_statement(state).table in _CACHED
 
 
 def declared_users(state: ORMExecuteState) -> tuple[str, ...] | None:
@@ -112,11 +117,12 @@ def writes_cached_column(state: ORMExecuteState) -> bool:
     """
     if state.is_delete:
         return True
-    cached, always = _CACHED[state.statement.table]
+    statement = cast(Update, state.statement)
+    cached, always = _CACHED[statement.table]
     if always & cached:
         return True
     # The SET clause has no public accessor; its keys are columns (names are resolved).
-    written = {_key(key) for key in state.statement._values or ()}
+    written = {_key(key) for key in statement._values or ()}
     parameters = state.parameters
     for row in parameters if isinstance(parameters, list) else [parameters or {}]:
         written |= {_key(key) for key in row}
