@@ -122,7 +122,10 @@ def writes_cached_column(state: ORMExecuteState) -> bool:
     if always & cached:
         return True
     # The SET clause has no public accessor; its keys are columns (names are resolved).
-    written = {_key(key) for key in statement._values or ()}
+    values = getattr(statement, "_values", None)
+    if values is None and not state.parameters:
+        return True  # no SET clause this version of SQLAlchemy shows: assume the worst
+    written = {_key(key) for key in values or ()}
     parameters = state.parameters
     for row in parameters if isinstance(parameters, list) else [parameters or {}]:
         written |= {_key(key) for key in row}
