@@ -206,7 +206,7 @@ class RateLimitMiddleware:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        subject = token_subject(scope, self.settings.JWT_SECRET_KEY or "")
+        subject = token_subject(scope, self.settings.JWT_SECRET_KEY)
         if subject is not None:
             key = f"user:{subject}"
         else:
