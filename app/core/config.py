@@ -15,7 +15,7 @@ import secrets
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
 
 from limits import parse as parse_rate
@@ -359,8 +359,11 @@ def format_validation_error(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read the settings, turning validation errors into a :class:`ConfigError`."""
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning validation errors into a :class:`ConfigError`.
+
+    ``overrides`` take precedence over the environment and are converted like it.
+    """
     try:
         return Settings(**overrides)
     except ValidationError as error:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
-from app.core.database import release_connection
+from app.core.database import release_connection, rows_matched
 from app.core.email import Mailer
 from app.core.errors import AppError, Unauthorized
 from app.core.metrics import LOGINS
@@ -359,7 +359,7 @@ async def _apply(db: AsyncSession, user: User, where: Any, values: dict[str, Any
     except IntegrityError:
         await db.rollback()
         raise EmailTaken() from None
-    if result.rowcount != 1:
+    if rows_matched(result) != 1:
         await db.rollback()
         raise InvalidLink("This change was cancelled or replaced meanwhile")
 

@@ -72,7 +72,7 @@ from typing import Any, TypeVar
 
 from loguru import logger
 from redis.asyncio import Redis
-from sqlalchemy import event
+from sqlalchemy import Delete, Update, event
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, make_transient_to_detached
@@ -391,7 +391,7 @@ class AuthCache:
         ticket = self._queued
         self._wake.set()
         if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send())
+            self._sender = asyncio.create_task(self._send(self.redis))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.announce_wait_seconds()
         while self._sent < ticket:
@@ -414,7 +414,7 @@ class AuthCache:
             return 0.0
         return ANNOUNCE_WAIT_SECONDS
 
-    async def _send(self) -> None:
+    async def _send(self, redis: Redis) -> None:
         """Publish what is pending, in one message, until none is left.
 
         One attempt at a time, each given :data:`ANNOUNCE_WAIT_SECONDS` (a connection
@@ -430,7 +430,7 @@ class AuthCache:
             message = json.dumps({"origin": self.origin, "users": users})
             try:
                 async with asyncio.timeout(ANNOUNCE_WAIT_SECONDS):
-                    await self.redis.publish(CHANNEL, message)
+                    await redis.publish(CHANNEL, message)
             except Exception as error:  # retried; meanwhile probes keep the caches honest
                 self._pending |= marks
                 if failures == 0:
@@ -479,21 +479,21 @@ class AuthCache:
             return
         self._sure_until = self.clock()  # unsure from now until a probe comes back
         self.forget([ALL])
-        prober = asyncio.create_task(self._probe()) if self.ttl > 0 else None
+        prober = asyncio.create_task(self._probe(self.redis)) if self.ttl > 0 else None
         self.listening = prober is not None
         try:
-            await self._listen(retry_seconds)
+            await self._listen(self.redis, retry_seconds)
         finally:
             self.listening = False
             if prober is not None:
                 prober.cancel()
                 await asyncio.gather(prober, return_exceptions=True)
 
-    async def _listen(self, retry_seconds: float) -> None:
+    async def _listen(self, redis: Redis, retry_seconds: float) -> None:
         probe_channel = self._probe_channel.encode()
         while True:
             try:
-                async with self.redis.pubsub() as pubsub:
+                async with redis.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL, probe_channel)
                     while True:
                         message = await pubsub.get_message(timeout=None)
@@ -511,14 +511,14 @@ class AuthCache:
                 self._lapse()
             await asyncio.sleep(retry_seconds)
 
-    async def _probe(self) -> None:
+    async def _probe(self, redis: Redis) -> None:
         """Publish the send time to this replica's probe channel, every interval."""
         while True:
             sent = self.clock()
             # A stalled or absent Redis: the lease runs out by itself.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(LEASE_SECONDS):
-                    await self.redis.publish(self._probe_channel, repr(sent))
+                    await redis.publish(self._probe_channel, repr(sent))
             if self._was_sure and self.clock() >= self._sure_until:
                 self._was_sure = False
                 logger.warning(
@@ -612,9 +612,10 @@ def _mark_flushed(session: OrmSession, _flush_context: Any) -> None:
 
 @event.listens_for(OrmSession, "do_orm_execute")
 def _mark_bulk(state: ORMExecuteState) -> None:
-    if not (state.is_update or state.is_delete) or _INFO_CACHE not in state.session.info:
+    statement = state.statement
+    if not isinstance(statement, Update | Delete) or _INFO_CACHE not in state.session.info:
         return
-    if state.statement.table not in (User.__table__, Session.__table__):
+    if statement.table not in (User.__table__, Session.__table__):
         return
     users = state.execution_options.get("auth_cache_users")
     _marks(state.session).update([ALL] if users is None else users)
@@ -638,7 +639,7 @@ def _refuse_snapshot_write(state: Any, value: Any, _old: Any, _initiator: Any) -
 
 
 for _model in (User, Session):
-    for _attribute in sa_inspect(_model).column_attrs:
+    for _attribute in _model.__mapper__.column_attrs:
         event.listen(
             _attribute.class_attribute, "set", _refuse_snapshot_write, raw=True, retval=True
         )

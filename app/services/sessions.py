@@ -16,6 +16,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
+from app.core.database import rows_matched
 from app.core.errors import NotFound, Unauthorized
 from app.core.security import (
     AccessClaims,
@@ -126,7 +127,7 @@ async def revoke_sessions(
     if keep_session_id is not None:
         statement = statement.where(Session.id != keep_session_id)
     result = await db.execute(statement)
-    return result.rowcount or 0
+    return rows_matched(result)
 
 
 # Access tokens -------------------------------------------------------------------------
@@ -242,7 +243,7 @@ async def refresh(
         # A rotation leaves the session open: nothing cached changes.
         .execution_options(synchronize_session=False, auth_cache_users=[])
     )
-    if swapped.rowcount != 1:
+    if rows_matched(swapped) != 1:
         # Another use of this token won (then this one is a reuse), or the session
         # was ended meanwhile.
         await db.rollback()
@@ -276,7 +277,7 @@ async def _end_session_of_reused_token(
         .values(revoked_at=now_epoch())
         .execution_options(synchronize_session=False, auth_cache_users=[session.user_uuid])
     )
-    if ended.rowcount == 1:
+    if rows_matched(ended) == 1:
         user = await db.get(User, session.user_uuid)
         if user is not None:
             record_event(
@@ -348,7 +349,7 @@ async def revoke_own_session(
         .values(revoked_at=now_epoch())
         .execution_options(auth_cache_users=[auth.user.uuid])
     )
-    if result.rowcount != 1:
+    if rows_matched(result) != 1:
         raise NotFound("No such session", code="SESSION_NOT_FOUND")
     record_event(
         db,

@@ -17,7 +17,7 @@ from sqlalchemy.orm import aliased
 
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
-from app.core.database import release_connection
+from app.core.database import release_connection, rows_matched
 from app.core.email import Mailer
 from app.core.errors import AppError, Conflict, NotFound, PermissionDenied
 from app.core.otp import new_otp_secret
@@ -314,14 +314,14 @@ async def update_profile(
     actor = auth.user
     user = await _target(db, actor, user_uuid, "update")
     password = changes.pop("current_password", None)
-    new_email = changes.get("email")
-    asks_new_email = new_email is not None and new_email != user.email
-    if asks_new_email:
+    new_email: str | None = changes.get("email")
+    asked_email = new_email if new_email is not None and new_email != user.email else None
+    if asked_email is not None:
         await require_recent_auth(
             db, settings, guard, actor, auth.session, password, client, purpose="email_change"
         )
-        await check_deliverability(settings, new_email)
-        await ensure_email_available(db, new_email, owner=user.uuid)
+        await check_deliverability(settings, asked_email)
+        await ensure_email_available(db, asked_email, owner=user.uuid)
     changed: list[str] = []
     if "display_name" in changes:
         display_name = changes["display_name"] or user.username
@@ -333,32 +333,33 @@ async def update_profile(
     if "description" in changes and changes["description"] != user.description:
         user.description = changes["description"]
         changed.append("description")
-    pending = asks_new_email and mailer.enabled
-    if pending:
+    # With email the new address is pending until verified; without, it applies at once.
+    pending_email = asked_email if mailer.enabled else None
+    if pending_email is not None:
         # Each request mails the new address: limited per account and per address.
         await guard.spend("email_change", account=user.uuid)
-        await guard.spend("email_change", account=new_email)
-    if asks_new_email and not pending:
-        user.email = new_email
+        await guard.spend("email_change", account=pending_email)
+    if asked_email is not None and pending_email is None:
+        user.email = asked_email
         user.email_verified = False
         user.pending_email = None
         changed.append("email")
-    elif pending:
-        user.pending_email = new_email
+    elif pending_email is not None:
+        user.pending_email = pending_email
         changed.append("pending_email")
     elif new_email is not None and user.pending_email is not None:
         user.pending_email = None  # back to the current email: the change is cancelled
         changed.append("pending_email")
     if changed:
         details: dict[str, Any] = {"fields": changed}
-        if asks_new_email:
-            details["email"] = new_email
+        if asked_email is not None:
+            details["email"] = asked_email
         record_event(
             db, user.uuid, "profile_updated", by=actor.uuid, client=client, details=details
         )
         await commit_or_conflict(db)
-    if pending:
-        _mail_email_change(settings, mailer, user, new_email)
+    if pending_email is not None:
+        _mail_email_change(settings, mailer, user, pending_email)
     return user
 
 
@@ -401,14 +402,12 @@ async def ensure_first_admin(
     session_factory: async_sessionmaker[AsyncSession], settings: Settings
 ) -> None:
     """Create the FIRST_ADMIN_* account at start, once, when no admin exists yet."""
-    values = (
-        settings.FIRST_ADMIN_USERNAME,
-        settings.FIRST_ADMIN_EMAIL,
-        settings.FIRST_ADMIN_PASSWORD,
-    )
-    if not any(values):
+    username = settings.FIRST_ADMIN_USERNAME
+    email = settings.FIRST_ADMIN_EMAIL
+    password = settings.FIRST_ADMIN_PASSWORD
+    if not (username or email or password):
         return
-    if not all(values):
+    if not (username and email and password):
         logger.warning(
             "FIRST_ADMIN_USERNAME, FIRST_ADMIN_EMAIL and FIRST_ADMIN_PASSWORD must all be set: "
             "no admin created"
@@ -419,11 +418,7 @@ async def ensure_first_admin(
             return
         try:
             user = await create_admin(
-                db,
-                settings,
-                username=values[0],
-                email=values[1],
-                password=values[2],
+                db, settings, username=username, email=email, password=password
             )
         except AppError as error:
             logger.error("first admin not created: {}", error.detail)
@@ -631,7 +626,7 @@ async def _set_user_fields(db: AsyncSession, user: User, values: dict[str, Any])
         .values(**values)
         .execution_options(synchronize_session="fetch", auth_cache_users=[user.uuid])
     )
-    if result.rowcount != 1:
+    if rows_matched(result) != 1:
         raise LastAdmin()
 
 
@@ -654,7 +649,7 @@ async def admin_update(
     actor: User,
     user_uuid: str,
     *,
-    roles: list[str] | None,
+    roles: Sequence[str] | None,
     is_active: bool | None,
     client: ClientInfo,
 ) -> User:
