@@ -79,9 +79,9 @@ def _enabled(
     }
 
 
-def _person(**overrides) -> ProviderUser:
+def _person(**overrides: Any) -> ProviderUser:
     number = next(_ids)
-    values = {
+    values: dict[str, Any] = {
         "id": str(number),
         "username": f"Octo-Cat.{number}",
         "email": f"octo{number}@example.org",
@@ -589,7 +589,9 @@ async def test_an_expired_provider_token_is_refreshed_through_authlib(
     async with app.state.session_factory() as session:
         github = app.state.oauth.create_client("github")
         row = await refresh_provider_token(session, github, me["uuid"], "github")
+    assert row is not None
     assert row.access_token != old_access
+    assert row.expires_at is not None
     assert row.expires_at > 1
     assert "github token refresh_token" in fake_provider.requests
 

@@ -428,7 +428,9 @@ async def test_nobody_gives_a_role_they_do_not_hold(
     )
     assert refused.status_code == 403
     assert refused.json()["code"] == "ROLE_NOT_HELD"
-    assert (await _row(app, alice.uuid)).roles == ["user"]
+    row = await _row(app, alice.uuid)
+    assert row is not None
+    assert row.roles == ["user"]
 
 
 async def test_the_last_admin_stays(app: FastAPI, client: httpx.AsyncClient, people) -> None:
