@@ -20,7 +20,7 @@ class _Handler:
     def __init__(self, catcher: MailCatcher) -> None:
         self.catcher = catcher
 
-    async def handle_DATA(self, server, session, envelope) -> str:
+    async def handle_DATA(self, _server, _session, envelope) -> str:
         message = message_from_bytes(envelope.content, policy=policy.default)
         with self.catcher.lock:
             self.catcher.messages.append(message)

@@ -213,7 +213,7 @@ async def test_a_provider_picture_on_a_full_disk_does_not_stop_the_sign_in(
     user, tokens = await user_with_tokens(app, client)
     picture = _noise_png()
 
-    async def download(url: str) -> bytes:
+    async def download(_url: str) -> bytes:
         return picture
 
     monkeypatch.setattr(oauth_service, "fetch_picture", download)

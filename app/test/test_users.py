@@ -355,7 +355,7 @@ async def test_a_file_change_is_in_the_owners_history(client: httpx.AsyncClient,
     ]
 
 
-async def test_history_pages_newest_first(app: FastAPI, client: httpx.AsyncClient, people) -> None:
+async def test_history_pages_newest_first(client: httpx.AsyncClient, people) -> None:
     alice, alice_tokens = people["alice"]
     for i in range(60):
         await client.patch(
