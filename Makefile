@@ -7,6 +7,14 @@ PORT ?= 8000
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
+# The static checks, run by `make lint` and before the suite by `make test` (and by
+# .pre-commit-config.yaml): lint, formatting, types (mypy reads pyproject.toml).
+define STATIC_CHECKS
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+endef
+
 .PHONY: run test lint format reports bench audit clean
 
 $(BIN)/python:
@@ -27,15 +35,15 @@ $(VENV)/.test-installed: app/requirements.txt app/test/requirements.txt | $(BIN)
 run: $(VENV)/.runtime-installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" HOST=$(HOST) PORT=$(PORT) WORKERS=$(WORKERS) sh scripts/serve.sh
 
-## test: install everything, lint, run the suite with coverage
+## test: install everything, run the static checks, run the suite with coverage
 test: $(VENV)/.test-installed
 	bash scripts/install-test-tools.sh
-	$(BIN)/ruff check .
+	$(STATIC_CHECKS)
 	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered $(PYTEST_ARGS)
 
+## lint: ruff (lint and formatting) and mypy, without the suite
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(STATIC_CHECKS)
 
 format: $(VENV)/.test-installed
 	$(BIN)/ruff check --fix .
@@ -61,4 +69,4 @@ audit: $(VENV)/.test-installed
 	$(BIN)/pip-audit --strict --disable-pip --no-deps -r app/requirements.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage htmlcov
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .coverage htmlcov

@@ -14,7 +14,7 @@ import typer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.auth_cache import AuthCache, install_hooks, session_options
-from app.core.config import ConfigError, Settings, ensure_jwt_secret, load_settings
+from app.core.config import ConfigError, Settings, load_settings
 from app.core.database import create_engine, create_session_factory, upgrade_database
 from app.core.errors import AppError
 from app.core.feature_flags import FlagStore, InvalidFlags, dump_flags, parse_flags
@@ -35,7 +35,6 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
     setup_logging(settings)
     settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
-    ensure_jwt_secret(settings)
     return settings
 
 

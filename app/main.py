@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.core.auth_cache import AuthCache, SQLiteProcesses, install_hooks, session_options
 from app.core.authentication import AuthenticationMiddleware, Authenticator
 from app.core.brute_force import BruteForceGuard, FallbackAttemptLog, MemoryAttemptLog, Window
-from app.core.config import ConfigError, Settings, ensure_jwt_secret, get_settings
+from app.core.config import ConfigError, Settings, get_settings
 from app.core.database import create_engine, create_session_factory, upgrade_database
 from app.core.email import Mailer
 from app.core.errors import install_error_handlers
@@ -78,7 +78,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for warning in settings.warnings:
         logger.warning(warning)
     settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
-    ensure_jwt_secret(settings)
 
     engine = create_engine(settings.database_url)
     app.state.engine = engine

@@ -69,7 +69,7 @@ class Authenticator:
     Parameters
     ----------
     settings
-        Read for the JWT secret at each use (it may be generated at start).
+        The app's settings (the JWT secret).
 
     The database and the auth cache come at start (:meth:`attach`): the middleware
     that hands out callers is built before them.
@@ -97,7 +97,7 @@ class Authenticator:
 
     def claims(self, token: str) -> AccessClaims:
         """The claims of a validly signed, unexpired access token naming its session."""
-        secret = self.settings.JWT_SECRET_KEY or ""
+        secret = self.settings.JWT_SECRET_KEY
         key = (secret, token)
         known = self._verified.get(key)
         if known is not None:

@@ -15,7 +15,7 @@ import secrets
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
 
 from limits import parse as parse_rate
@@ -85,8 +85,9 @@ class Settings(BaseSettings):
     LOG_FILE_ROTATION: str = "24"
     LOG_FILE_RETENTION: str = "30"
 
-    # JWT
-    JWT_SECRET_KEY: str | None = Field(default=None, repr=False)
+    # JWT. Empty means "not given": validation puts the kept secret there (see
+    # _settle_jwt_secret), so every Settings object carries the key that signs tokens.
+    JWT_SECRET_KEY: str = Field(default="", repr=False)
     JWT_EXP: int = Field(default=30, gt=0)
     REFRESH_TOKEN_EXP_DAYS: int = Field(default=30, gt=0)
 
@@ -275,7 +276,17 @@ class Settings(BaseSettings):
                     f"DATABASE_URI must be a sqlite:// or postgresql:// URL, got scheme {scheme!r}"
                 )
         self._check_email_method()
+        self._settle_jwt_secret()
         return self
+
+    def _settle_jwt_secret(self) -> None:
+        """Give JWT_SECRET_KEY its value outside production when it was not set.
+
+        Done last, once the rest is known to be valid, as it may write DATA_DIR. Failing
+        to keep a secret raises :class:`ConfigError`, which validation lets through.
+        """
+        if not self.JWT_SECRET_KEY:
+            self.JWT_SECRET_KEY = keep_jwt_secret(self.DATA_DIR)
 
     def _check_email_method(self) -> None:
         """Fall back to EMAIL_METHOD=none, with a warning, when its variables are incomplete."""
@@ -348,16 +359,19 @@ def format_validation_error(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read the settings, turning validation errors into a :class:`ConfigError`."""
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning validation errors into a :class:`ConfigError`.
+
+    ``overrides`` take precedence over the environment and are converted like it.
+    """
     try:
         return Settings(**overrides)
     except ValidationError as error:
         raise ConfigError(f"invalid configuration: {format_validation_error(error)}") from None
 
 
-def ensure_jwt_secret(settings: Settings) -> str:
-    """Return the JWT secret, generating and keeping one in DATA_DIR outside production.
+def keep_jwt_secret(data_dir: Path) -> str:
+    """The JWT secret generated and kept in ``data_dir`` (for when none is configured).
 
     Several workers may start at once, so the file never exists half-written: each
     worker writes a candidate to a temporary file beside it, flushed to disk, and
@@ -365,11 +379,9 @@ def ensure_jwt_secret(settings: Settings) -> str:
     wins and every other worker reads that complete secret. (A rename would not do:
     it replaces, so two workers could each go on with their own secret.)
     """
-    if settings.JWT_SECRET_KEY:
-        return settings.JWT_SECRET_KEY
-    path = settings.DATA_DIR / JWT_SECRET_FILE
+    path = data_dir / JWT_SECRET_FILE
     try:
-        settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             _publish_new_secret(path)
         secret = path.read_text().strip()
@@ -380,7 +392,6 @@ def ensure_jwt_secret(settings: Settings) -> str:
         ) from None
     if len(secret.encode()) < JWT_SECRET_MIN_BYTES:
         raise ConfigError(f"JWT_SECRET_KEY: the secret kept in {path} is too short; delete it")
-    settings.JWT_SECRET_KEY = secret
     return secret
 
 

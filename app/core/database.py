@@ -20,7 +20,7 @@ from alembic import command
 from alembic.config import Config
 from loguru import logger
 from sqlalchemy import event, make_url, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, CursorResult, Result
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -114,6 +114,17 @@ async def release_connection(db: AsyncSession) -> None:
     if db.new or db.dirty or db.deleted:
         raise RuntimeError("release_connection() with unsaved changes")
     await db.commit()
+
+
+def rows_matched(result: Result[Any]) -> int:
+    """How many rows the UPDATE or DELETE that gave ``result`` matched.
+
+    ``AsyncSession.execute`` is typed to return a plain :class:`Result` whatever the
+    statement; for DML it is a :class:`CursorResult`, the one that carries ``rowcount``.
+    """
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"expected the result of an UPDATE or DELETE, got {type(result)}")
+    return result.rowcount
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -95,11 +95,12 @@ class MailjetEmailSender:
         options: dict[str, Any] = {"version": "v3.1", "timeout": 15}
         if api_url:
             options["api_url"] = api_url
+        public, private = settings.MJ_APIKEY_PUBLIC, settings.MJ_APIKEY_PRIVATE
+        if not (public and private):  # Settings fall back to EMAIL_METHOD=none without them
+            raise ValueError("Mailjet needs MJ_APIKEY_PUBLIC and MJ_APIKEY_PRIVATE")
         self.sender = settings.MJ_SENDER_EMAIL
         self.project = settings.PROJECT_NAME
-        self.client = Client(
-            auth=(settings.MJ_APIKEY_PUBLIC, settings.MJ_APIKEY_PRIVATE), **options
-        )
+        self.client = Client(auth=(public, private), **options)
 
     def _send_sync(self, message: OutgoingEmail) -> None:
         payload = {

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeGuard, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from loguru import logger
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import HTTPExceptionHandler
 
 from app.core.routes import allowed_methods, endpoint_table
+
+_E = TypeVar("_E", bound=Exception)
 
 #: Default ``code`` for an HTTP status when the raiser gave none.
 STATUS_CODES: dict[int, str] = {
@@ -122,8 +126,8 @@ class InsufficientStorage(AppError):
     detail = "The server has no room left to save this; nothing was kept. Try again later"
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """True when ``error`` says the disk (or a quota) is full."""
+def is_disk_full(error: BaseException) -> TypeGuard[OSError]:
+    """True when ``error`` says the disk (or a quota) is full (it is then an OSError)."""
     return isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS
 
 
@@ -176,7 +180,7 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
 
 
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = [
+    errors: list[dict[str, Any]] = [
         {
             "loc": list(error.get("loc", ())),
             "msg": error.get("msg", "invalid"),
@@ -184,7 +188,7 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
         }
         for error in exc.errors()
     ]
-    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    first: dict[str, Any] = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     detail = f"{_location(first['loc'])}: {first['msg']}" if first["loc"] else first["msg"]
     return JSONResponse(
         error_body(detail, "VALIDATION_ERROR", errors=errors),
@@ -226,15 +230,26 @@ async def _database_busy(_request: Request, _exc: Exception) -> JSONResponse:
     )
 
 
+def _add_handler(
+    app: FastAPI, kind: type[_E], handler: Callable[[Request, _E], Awaitable[Response]]
+) -> None:
+    """Register ``handler`` for ``kind`` and its subclasses.
+
+    Starlette calls a handler only with instances of the class it was registered for,
+    but types every handler as taking any Exception; this signature says which one.
+    """
+    app.add_exception_handler(kind, cast("HTTPExceptionHandler", handler))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that give every error the common shape.
 
     Unhandled exceptions are answered by ``RequestIdMiddleware`` (a 500 in the same
     shape, with the request id).
     """
-    app.add_exception_handler(AppError, _app_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    _add_handler(app, AppError, _app_error)
+    _add_handler(app, StarletteHTTPException, _http_error)
+    _add_handler(app, RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_error)
     app.add_exception_handler(InterfaceError, _database_error)
     app.add_exception_handler(PoolTimeout, _database_busy)

@@ -159,29 +159,26 @@ class BodySizeLimitMiddleware:
 
 class OAuthSessionMiddleware:
     """Starlette's signed-cookie session, for the OAuth paths only (Authlib keeps ``state``
-    there), built on first use so that a JWT secret generated at start can sign it."""
+    there), signed with a key derived from the JWT secret."""
 
     def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
-        self.settings = settings
         self.prefix = f"{settings.API_STR}/oauth/"
-        self._sessions: ASGIApp | None = None
+        key = hashlib.sha256(f"oauth-session:{settings.JWT_SECRET_KEY}".encode())
+        self._sessions = SessionMiddleware(
+            app,
+            secret_key=key.hexdigest(),
+            session_cookie="user_manager_oauth",
+            max_age=600,
+            path=self.prefix,
+            same_site="lax",
+            https_only=settings.is_production,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
             return
-        if self._sessions is None:
-            key = hashlib.sha256(f"oauth-session:{self.settings.JWT_SECRET_KEY}".encode())
-            self._sessions = SessionMiddleware(
-                self.app,
-                secret_key=key.hexdigest(),
-                session_cookie="user_manager_oauth",
-                max_age=600,
-                path=self.prefix,
-                same_site="lax",
-                https_only=self.settings.is_production,
-            )
         await self._sessions(scope, receive, send)
 
 

@@ -173,7 +173,9 @@ async def _cap_body(response: httpx.Response) -> None:
     length = response.headers.get("Content-Length", "0")
     if not length.isdigit() or int(length) > PROVIDER_MAX_BODY_BYTES:
         raise ProviderAnswerTooLarge(f"body announced over {PROVIDER_MAX_BODY_BYTES} bytes")
-    response.stream = _CappedStream(response.stream, PROVIDER_MAX_BODY_BYTES)
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)  # a hook of async clients only
+    response.stream = _CappedStream(stream, PROVIDER_MAX_BODY_BYTES)
 
 
 def create_oauth(settings: Settings) -> OAuth:

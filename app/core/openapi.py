@@ -11,7 +11,6 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.routing import BaseRoute
 
 from app.schemas.common import ErrorResponse, ValidationErrorResponse
 
@@ -34,7 +33,7 @@ def install_openapi(app: FastAPI, api_prefix: str, reading_order: Sequence[APIRo
     """
     rank = {id(router): position for position, router in enumerate(reading_order)}
 
-    def reading_rank(route: BaseRoute) -> int:
+    def reading_rank(route: object) -> int:
         return rank.get(id(getattr(route, "original_router", None)), len(rank))
 
     def openapi() -> dict[str, Any]:

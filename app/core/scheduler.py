@@ -16,6 +16,7 @@ from loguru import logger
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.database import rows_matched
 from app.models import ScheduledJob, now_epoch
 
 
@@ -59,7 +60,7 @@ async def claim_run(
             .values(last_run_at=now)
         )
         await db.commit()
-    return result.rowcount == 1
+    return rows_matched(result) == 1
 
 
 class JobScheduler:

@@ -37,7 +37,7 @@ run its search worker from a ``blob:`` URL.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
 import fastapi_offline
@@ -65,7 +65,7 @@ DOCS_COOKIE = "user_manager_docs"
 DOCS_STATIC = StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static")
 #: The pages' own scripts and styles (no page has an inline one).
 PAGE_STATIC = StaticFiles(directory=Path(__file__).resolve().parent.parent / "static")
-_HTML = {"content": {"text/html": {}}}
+_HTML: dict[str, Any] = {"content": {"text/html": {}}}
 _NO_STORE = {"Cache-Control": "no-store"}
 
 _LOCKED_DOWN = (
@@ -407,11 +407,12 @@ async def swagger_ui(
     gate = await _gate(request, authenticator, settings, html=True)
     if isinstance(gate, Response):
         return gate
-    signed_in = gate is not None and DOCS_COOKIE in request.cookies
+    # The name is shown only to a session signed in through the docs (its cookie).
+    username = gate.username if gate is not None and DOCS_COOKIE in request.cookies else None
     return templates.TemplateResponse(
         request,
         "swagger.html",
-        {"title": settings.PROJECT_NAME, "username": gate.username if signed_in else None},
+        {"title": settings.PROJECT_NAME, "username": username},
         headers=_DOCS_HEADERS,
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Path, Response, UploadFile, status
 from fastapi.responses import FileResponse
@@ -31,7 +31,7 @@ Upload = Annotated[UploadFile, File(description="The file (multipart/form-data).
 Description = Annotated[Text | None, Form(max_length=256)]
 
 _NOSNIFF = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-cache"}
-_IMAGE_RESPONSES = {
+_IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}, "image/jpeg": {}, "image/gif": {}, "image/bmp": {}}},
     304: {"description": "Not modified (the ETag matches)"},
 }

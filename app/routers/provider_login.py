@@ -52,7 +52,9 @@ RedirectUri = Annotated[
         "redirect carries a one-time `code` for /auth/token/exchange.",
     ),
 ]
-_REDIRECT = {302: {"description": "To the provider's consent page"}}
+_REDIRECT: dict[int | str, dict[str, Any]] = {
+    302: {"description": "To the provider's consent page"}
+}
 _SESSION_KEY = "oauth_flow"
 
 

@@ -31,7 +31,7 @@ def file_info(file: File, settings: Settings) -> FileInfo:
     """The client's view of a file (never its path on disk)."""
     return FileInfo(
         id=file.id,
-        kind=file.kind,  # type: ignore[arg-type]
+        kind=file.kind,
         file_name=file.file_name,
         file_type=file.file_type,
         description=file.description,

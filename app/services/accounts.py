@@ -266,14 +266,12 @@ async def ensure_first_admin(
     session_factory: async_sessionmaker[AsyncSession], settings: Settings
 ) -> None:
     """Create the FIRST_ADMIN_* account at start, once, when no admin exists yet."""
-    values = (
-        settings.FIRST_ADMIN_USERNAME,
-        settings.FIRST_ADMIN_EMAIL,
-        settings.FIRST_ADMIN_PASSWORD,
-    )
-    if not any(values):
+    username = settings.FIRST_ADMIN_USERNAME
+    email = settings.FIRST_ADMIN_EMAIL
+    password = settings.FIRST_ADMIN_PASSWORD
+    if not (username or email or password):
         return
-    if not all(values):
+    if not (username and email and password):
         logger.warning(
             "FIRST_ADMIN_USERNAME, FIRST_ADMIN_EMAIL and FIRST_ADMIN_PASSWORD must all be set: "
             "no admin created"
@@ -284,11 +282,7 @@ async def ensure_first_admin(
             return
         try:
             user = await create_admin(
-                db,
-                settings,
-                username=values[0],
-                email=values[1],
-                password=values[2],
+                db, settings, username=username, email=email, password=password
             )
         except AppError as error:
             logger.error("first admin not created: {}", error.detail)

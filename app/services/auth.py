@@ -16,7 +16,7 @@ from app.core.auth_cache import bulk_write
 from app.core.authentication import Auth
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
-from app.core.database import release_connection
+from app.core.database import release_connection, rows_matched
 from app.core.email import Mailer
 from app.core.errors import AppError, Unauthorized
 from app.core.metrics import LOGINS
@@ -367,7 +367,7 @@ async def _apply(db: AsyncSession, user: User, where: Any, values: dict[str, Any
     except IntegrityError:
         await db.rollback()
         raise EmailTaken() from None
-    if result.rowcount != 1:
+    if rows_matched(result) != 1:
         await db.rollback()
         raise InvalidLink("This change was cancelled or replaced meanwhile")
 

@@ -370,7 +370,7 @@ async def link_account(
     """
     session = await db.get(Session, session_id) if session_id else None
     user = await db.get(User, session.user_uuid) if session is not None else None
-    if user is None or not user.is_active:
+    if session is None or user is None or not user.is_active:
         raise AccountInactive()
     if session.revoked_at is not None or session.expires_at <= now_epoch():
         raise ReauthenticationRequired("The sign-in that started this link has ended")

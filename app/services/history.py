@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.database import rows_matched
 from app.models import UserEvent, now_epoch
 from app.services.context import ClientInfo
 
@@ -81,4 +82,4 @@ async def trim_history(db: AsyncSession, keep: int = HISTORY_MAX_ENTRIES) -> int
     result = await db.execute(
         delete(UserEvent).where(UserEvent.id.in_(select(ranked.c.id).where(ranked.c.rank > keep)))
     )
-    return result.rowcount or 0
+    return rows_matched(result)

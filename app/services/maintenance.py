@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.auth_cache import bulk_write
 from app.core.config import Settings
+from app.core.database import rows_matched
 from app.core.scheduler import Job
 from app.models import File, OtpChallenge, Session, UsedToken, User, now_epoch
 from app.services.deletion import finish_pending_deletions
@@ -51,9 +52,9 @@ async def purge_expired(session_factory: async_sessionmaker[AsyncSession]) -> di
         )
         await db.commit()
     return {
-        "sessions": sessions.rowcount or 0,
-        "used_tokens": tokens.rowcount or 0,
-        "otp_challenges": challenges.rowcount or 0,
+        "sessions": rows_matched(sessions),
+        "used_tokens": rows_matched(tokens),
+        "otp_challenges": rows_matched(challenges),
     }
 
 

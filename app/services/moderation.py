@@ -3,6 +3,7 @@ service always keeps an active admin."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import exists, func, select, update
@@ -10,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from app.core.auth_cache import bulk_write
+from app.core.database import rows_matched
 from app.core.errors import AppError, Conflict, PermissionDenied
 from app.core.permissions import check_permission, require_permission, ungivable_roles
 from app.models import User
@@ -102,7 +104,7 @@ async def set_user_fields(db: AsyncSession, user: User, values: dict[str, Any]) 
         .execution_options(synchronize_session="fetch"),
         users=[user.uuid],
     )
-    if result.rowcount != 1:
+    if rows_matched(result) != 1:
         raise LastAdmin()
 
 
@@ -125,7 +127,7 @@ async def admin_update(
     actor: User,
     user_uuid: str,
     *,
-    roles: list[str] | None,
+    roles: Sequence[str] | None,
     is_active: bool | None,
     client: ClientInfo,
 ) -> User:

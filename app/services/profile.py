@@ -109,14 +109,14 @@ async def update_profile(
     actor = auth.user
     user = await target_user(db, actor, user_uuid, "update")
     password = changes.pop("current_password", None)
-    new_email = changes.get("email")
-    asks_new_email = new_email is not None and new_email != user.email
-    if asks_new_email:
+    new_email: str | None = changes.get("email")
+    asked_email = new_email if new_email is not None and new_email != user.email else None
+    if asked_email is not None:
         await require_recent_auth(
             db, settings, guard, actor, auth.session, password, client, purpose="email_change"
         )
-        await check_deliverability(settings, new_email)
-        await ensure_email_available(db, new_email, owner=user.uuid)
+        await check_deliverability(settings, asked_email)
+        await ensure_email_available(db, asked_email, owner=user.uuid)
     changed: list[str] = []
     if "display_name" in changes:
         display_name = changes["display_name"] or user.username
@@ -128,30 +128,31 @@ async def update_profile(
     if "description" in changes and changes["description"] != user.description:
         user.description = changes["description"]
         changed.append("description")
-    pending = asks_new_email and mailer.enabled
-    if pending:
+    # With email the new address is pending until verified; without, it applies at once.
+    pending_email = asked_email if mailer.enabled else None
+    if pending_email is not None:
         # Each request mails the new address: limited per account and per address.
         await guard.spend("email_change", account=user.uuid)
-        await guard.spend("email_change", account=new_email)
-    if asks_new_email and not pending:
-        user.email = new_email
+        await guard.spend("email_change", account=pending_email)
+    if asked_email is not None and pending_email is None:
+        user.email = asked_email
         user.email_verified = False
         user.pending_email = None
         changed.append("email")
-    elif pending:
-        user.pending_email = new_email
+    elif pending_email is not None:
+        user.pending_email = pending_email
         changed.append("pending_email")
     elif new_email is not None and user.pending_email is not None:
         user.pending_email = None  # back to the current email: the change is cancelled
         changed.append("pending_email")
     if changed:
         details: dict[str, Any] = {"fields": changed}
-        if asks_new_email:
-            details["email"] = new_email
+        if asked_email is not None:
+            details["email"] = asked_email
         record_event(
             db, user.uuid, "profile_updated", by=actor.uuid, client=client, details=details
         )
         await commit_or_conflict(db)
-    if pending:
-        _mail_email_change(settings, mailer, user, new_email)
+    if pending_email is not None:
+        _mail_email_change(settings, mailer, user, pending_email)
     return user

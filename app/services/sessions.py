@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.auth_cache import bulk_write
 from app.core.authentication import Auth
 from app.core.config import Settings
+from app.core.database import rows_matched
 from app.core.errors import NotFound, Unauthorized
 from app.core.security import create_token, hash_secret, new_refresh_token
 from app.models import RotatedRefreshToken, Session, User, new_uuid, now_epoch
@@ -102,7 +103,7 @@ async def revoke_sessions(
     if keep_session_id is not None:
         statement = statement.where(Session.id != keep_session_id)
     result = await bulk_write(db, statement, users=[user_uuid])
-    return result.rowcount or 0
+    return rows_matched(result)
 
 
 # Refresh -------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ async def refresh(
         # last_used_at is read from the database only (the session list).
         users=[],
     )
-    if swapped.rowcount != 1:
+    if rows_matched(swapped) != 1:
         # Another use of this token won (then this one is a reuse), or the session
         # was ended meanwhile.
         await db.rollback()
@@ -184,7 +185,7 @@ async def _end_session_of_reused_token(
         .execution_options(synchronize_session=False),
         users=[session.user_uuid],
     )
-    if ended.rowcount == 1:
+    if rows_matched(ended) == 1:
         user = await db.get(User, session.user_uuid)
         if user is not None:
             record_event(
@@ -258,7 +259,7 @@ async def revoke_own_session(
         .values(revoked_at=now_epoch()),
         users=[auth.user.uuid],
     )
-    if result.rowcount != 1:
+    if rows_matched(result) != 1:
         raise NotFound("No such session", code="SESSION_NOT_FOUND")
     record_event(
         db,

@@ -21,6 +21,7 @@ from app.core.auth_cache import bulk_write
 from app.core.authentication import Auth
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
+from app.core.database import rows_matched
 from app.core.email import Mailer
 from app.core.errors import AppError, Conflict, Unauthorized
 from app.core.one_time_codes import (
@@ -226,7 +227,7 @@ async def _redeem(
         .execution_options(synchronize_session=False)
     )
     await db.commit()
-    if counted.rowcount != 1:
+    if rows_matched(counted) != 1:
         raise InvalidOtpToken("This code request is over; start again")
     await _check_throttle(db, user_uuid, counting_this_one=True)
     step = None
@@ -244,7 +245,7 @@ async def _redeem(
             .values(used_at=now, failed_attempts=OtpChallenge.failed_attempts - 1)
             .execution_options(synchronize_session=False)
         )
-        ok = claimed.rowcount == 1
+        ok = rows_matched(claimed) == 1
     if ok and step is not None:
         # The step must be newer than the last one used: a code works once.
         advanced = await bulk_write(
@@ -260,7 +261,7 @@ async def _redeem(
             # caller's commit changes this user's session or user row anyway.)
             users=[user_uuid],
         )
-        ok = advanced.rowcount == 1
+        ok = rows_matched(advanced) == 1
     if ok:
         return
     await db.rollback()
@@ -279,12 +280,21 @@ async def _redeem(
 # Login ---------------------------------------------------------------------------------
 
 
+def _enabled_method(user: User) -> OtpMethod:
+    """The user's second factor, or OtpNotEnabled when 2FA is off."""
+    if user.otp_method == "authenticator":
+        return "authenticator"
+    if user.otp_method == "email":
+        return "email"
+    raise OtpNotEnabled()
+
+
 async def begin_login(
     db: AsyncSession, settings: Settings, mailer: Mailer, user: User, client: ClientInfo
 ) -> OtpChallengeResponse:
     """The password was right and 2FA is on: open a login challenge, answer with its token."""
     await _check_throttle(db, user.uuid)
-    method = user.otp_method
+    method = _enabled_method(user)
     challenge, code = await _new_challenge(db, settings, user, "login", method)
     record_event(db, user.uuid, "login_otp_required", client=client, details={"method": method})
     await db.commit()

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NoReturn
 
 import httpx
 import psycopg
@@ -49,7 +50,7 @@ def auth_cache_hooks() -> None:
     enforce_declarations()
 
 
-def missing(reason: str) -> None:
+def missing(reason: str) -> NoReturn:
     """Skip the test for ``reason``, or fail it when services are required (CI)."""
     if REQUIRE_SERVICES:
         pytest.fail(f"{reason} (REQUIRE_SERVICES=1)")
@@ -110,9 +111,9 @@ def db_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def make_settings(data_dir: Path, database_url: str | None = None, **overrides: object) -> Settings:
+def make_settings(data_dir: Path, database_url: str | None = None, **overrides: Any) -> Settings:
     """Settings for a test: its own DATA_DIR, no .env file, fast bcrypt."""
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         "DATA_DIR": data_dir,
         "JWT_SECRET_KEY": TEST_JWT_SECRET,
         "PASSWORD_BCRYPT_ROUNDS": 4,

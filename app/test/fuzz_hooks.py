@@ -130,7 +130,7 @@ def _target(label: str, turn: int) -> str:
 
 
 @schemathesis.hook
-def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+def before_call(_context: Any, case: Any, _kwargs: dict[str, Any]) -> None:
     """Fill in what the account knows, on every other valid request of each operation."""
     label = case.operation.label
     if case.method.upper() != case.operation.method.upper():
@@ -179,7 +179,7 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
 
 
 @schemathesis.hook
-def after_call(context: Any, case: Any, response: Any) -> None:
+def after_call(_context: Any, case: Any, response: Any) -> None:
     """Record the answer; follow a password change."""
     phase = case.meta.phase.name.value if case.meta is not None else "unknown"
     with RECORD.open("a", encoding="utf-8") as record:
@@ -196,7 +196,7 @@ def after_call(context: Any, case: Any, response: Any) -> None:
 class SignedIn:
     """Signs in and re-authenticates the session."""
 
-    def get(self, case: Any, context: Any) -> str:
+    def get(self, _case: Any, _context: Any) -> str:
         with _client() as http:
             token = _sign_in(http)["access_token"]
             http.post(
@@ -208,7 +208,7 @@ class SignedIn:
             record.write(json.dumps(["(sign-in)", 200, "auth"]) + "\n")
         return token
 
-    def set(self, case: Any, data: str, context: Any) -> None:
+    def set(self, case: Any, data: str, _context: Any) -> None:
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
         if case.operation.label in {"POST /docs/token", "GET /signout"}:
             # The docs pages' session travels in a cookie.

@@ -20,7 +20,7 @@ class _Handler:
     def __init__(self, catcher: MailCatcher) -> None:
         self.catcher = catcher
 
-    async def handle_DATA(self, server, session, envelope) -> str:
+    async def handle_DATA(self, _server, _session, envelope) -> str:
         message = message_from_bytes(envelope.content, policy=policy.default)
         with self.catcher.lock:
             self.catcher.messages.append(message)
@@ -74,14 +74,20 @@ class MailCatcher:
         raise AssertionError(f"no message #{count} for {address} within {timeout} s")
 
 
+def _body(message: EmailMessage, subtype: str) -> str:
+    part = message.get_body(preferencelist=(subtype,))
+    assert part is not None, f"the message has no text/{subtype} part"
+    return part.get_content()
+
+
 def text_body(message: EmailMessage) -> str:
     """The plain-text part of a message."""
-    return message.get_body(preferencelist=("plain",)).get_content()
+    return _body(message, "plain")
 
 
 def html_body(message: EmailMessage) -> str:
     """The HTML part of a message."""
-    return message.get_body(preferencelist=("html",)).get_content()
+    return _body(message, "html")
 
 
 def links_in(message: EmailMessage) -> list[str]:

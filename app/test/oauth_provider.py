@@ -163,7 +163,7 @@ class FakeProvider:
         headers = {"content-length": str(size_bytes)} if declare_length else None
         return _StopsWhenLeft(flood(), media_type="application/json", headers=headers)
 
-    async def picture(self, request: Request) -> Response:
+    async def picture(self, _request: Request) -> Response:
         self.requests.append("picture")
         return Response(b"not fetched", media_type="image/png")
 

@@ -7,6 +7,7 @@ import base64
 import json
 import time
 import uuid
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -383,6 +384,7 @@ async def test_no_endpoint_shows_a_plain_user_another_users_email(
             path = path.replace(placeholder, value)
         for method, operation in item.items():
             content = operation.get("requestBody", {}).get("content", {})
+            variants: list[dict[str, Any]]
             if "multipart/form-data" in content:
                 variants = [{"files": {"file": ("x.png", b"not an image", "image/png")}}]
             elif "application/x-www-form-urlencoded" in content:

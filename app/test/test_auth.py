@@ -66,6 +66,7 @@ async def test_signup_creates_a_user(app: FastAPI, client: httpx.AsyncClient) ->
     assert [event.action for event in await history(app.state.session_factory, row.uuid)] == [
         "signup"
     ]
+    assert row.hashed_password is not None
     assert row.hashed_password.startswith("$2b$")
 
 

@@ -96,7 +96,9 @@ def test_a_stored_session_is_answered_until_its_time_is_up() -> None:
     cache = AuthCache(60, clock=clock)
     user, session = _user_and_session()
     cache.store_session(cache.ticket(), session, user)
-    cached_session, cached_user = cache.session(session.id)
+    cached = cache.session(session.id)
+    assert cached is not None
+    cached_session, cached_user = cached
     assert (cached_session.id, cached_user.uuid) == (session.id, user.uuid)
     clock.now += 59
     assert cache.session(session.id) is not None
@@ -605,13 +607,14 @@ def test_the_hooks_go_in_with_an_app_not_on_import(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def redis_cache() -> AsyncIterator[tuple[AuthCache, asyncio.Task]]:
-    cache = AuthCache(60, redis=create_redis(require_redis()))
+    redis_client = create_redis(require_redis())
+    cache = AuthCache(60, redis=redis_client)
     task = asyncio.create_task(cache.listen(retry_seconds=0.2))
     try:
         yield cache, task
     finally:
         await stop_background_tasks([task])
-        await cache.redis.aclose()
+        await redis_client.aclose()
 
 
 async def _wait_for(condition, seconds: float = 5.0) -> None:
@@ -626,7 +629,8 @@ async def test_an_announcement_reaches_the_other_caches_only(redis_cache) -> Non
     await _wait_for(lambda: listener.available)
     user, session = _user_and_session()
     listener.store_session(listener.ticket(), session, user)
-    sender = AuthCache(60, redis=create_redis(require_redis()))
+    redis_client = create_redis(require_redis())
+    sender = AuthCache(60, redis=redis_client)
     try:
         await sender.announce([new_uuid()])
         await asyncio.sleep(0.2)
@@ -641,7 +645,7 @@ async def test_an_announcement_reaches_the_other_caches_only(redis_cache) -> Non
         assert listener.session(session.id) is not None
         assert listener.store_user(ticket, user) is not None  # no fill was refused
     finally:
-        await sender.redis.aclose()
+        await redis_client.aclose()
 
 
 async def test_a_garbled_announcement_empties_the_cache(redis_cache) -> None:
@@ -710,14 +714,15 @@ def _live_me(server: LiveServer, tokens: dict) -> httpx.Response:
 @pytest.fixture
 async def stallable_cache(private_redis: str) -> AsyncIterator[AuthCache]:
     """A listening cache on a Redis of the test's own, that the test may pause."""
-    cache = AuthCache(60, redis=create_redis(private_redis))
+    redis_client = create_redis(private_redis)
+    cache = AuthCache(60, redis=redis_client)
     task = asyncio.create_task(cache.listen(retry_seconds=0.2))
     try:
         yield cache
     finally:
         await stop_background_tasks([task])
         await cache.aclose(drain_seconds=0)
-        await cache.redis.aclose()
+        await redis_client.aclose()
 
 
 def _pause(redis_url: str, seconds: float, *, writes_only: bool = False) -> None:
@@ -745,7 +750,8 @@ async def test_a_commit_waits_briefly_on_a_paused_redis_and_is_announced_once_it
     private_redis: str,
 ) -> None:
     listener = create_redis(private_redis)
-    sender = AuthCache(60, redis=create_redis(private_redis))
+    redis_client = create_redis(private_redis)
+    sender = AuthCache(60, redis=redis_client)
     try:
         async with listener.pubsub() as pubsub:
             await pubsub.subscribe(CHANNEL)
@@ -763,7 +769,7 @@ async def test_a_commit_waits_briefly_on_a_paused_redis_and_is_announced_once_it
             assert json.loads(message["data"])["users"] == ["someone"]
     finally:
         await sender.aclose(drain_seconds=0)
-        await sender.redis.aclose()
+        await redis_client.aclose()
         await listener.aclose()
 
 
@@ -771,7 +777,8 @@ async def test_once_redis_has_been_silent_for_a_lease_commits_no_longer_wait() -
     silent = socket.socket()  # accepts connections (the backlog), never answers
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
-    cache = AuthCache(60, redis=create_redis(f"redis://127.0.0.1:{silent.getsockname()[1]}/0"))
+    redis_client = create_redis(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+    cache = AuthCache(60, redis=redis_client)
     task = asyncio.create_task(cache.listen(retry_seconds=0.2))
     try:
         # Every replica whose probes that Redis holds has stopped trusting its cache.
@@ -785,7 +792,7 @@ async def test_once_redis_has_been_silent_for_a_lease_commits_no_longer_wait() -
     finally:
         await stop_background_tasks([task])
         await cache.aclose(drain_seconds=0)
-        await cache.redis.aclose()
+        await redis_client.aclose()
         silent.close()
 
 
@@ -858,7 +865,9 @@ def test_a_second_process_on_the_database_stops_the_owners_cache(tmp_path: Path)
 
 
 def _database_file(settings: Settings) -> str:
-    return make_url(settings.database_url).database
+    path = make_url(settings.database_url).database
+    assert path is not None, "an SQLite URL names its file"
+    return path
 
 
 def _change_in_sqlite(settings: Settings, username: str, assignment: str) -> None:

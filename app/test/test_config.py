@@ -16,7 +16,6 @@ from app.core.config import (
     JWT_SECRET_FILE,
     ConfigError,
     Settings,
-    ensure_jwt_secret,
     load_settings,
 )
 from app.test.server import ROOT
@@ -184,19 +183,27 @@ def test_secrets_are_not_in_the_settings_repr() -> None:
 
 
 def test_local_generates_and_keeps_a_jwt_secret(tmp_path: Path) -> None:
-    first = settings(DATA_DIR=str(tmp_path))
-    secret = ensure_jwt_secret(first)
+    secret = settings(DATA_DIR=str(tmp_path)).JWT_SECRET_KEY
     assert len(secret.encode()) >= 32
     path = tmp_path / JWT_SECRET_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == secret
     # A restart (a new process, new settings) reads the same secret back.
-    assert ensure_jwt_secret(settings(DATA_DIR=str(tmp_path))) == secret
+    restarted = settings(DATA_DIR=str(tmp_path))
+    assert secret == restarted.JWT_SECRET_KEY
 
 
 def test_a_given_jwt_secret_is_not_written_to_disk(tmp_path: Path) -> None:
     values = settings(DATA_DIR=str(tmp_path), JWT_SECRET_KEY="given-" * 8)
-    assert ensure_jwt_secret(values) == "given-" * 8
+    assert values.JWT_SECRET_KEY == "given-" * 8
     assert not (tmp_path / JWT_SECRET_FILE).exists()
+
+
+def test_production_without_a_secret_writes_none(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with pytest.raises(ConfigError, match="JWT_SECRET_KEY"):
+        settings(ENVIRONMENT="production", DATA_DIR=str(data_dir))
+    assert not data_dir.exists()
 
 
 def test_the_server_refuses_to_start_and_names_the_variable(tmp_path: Path) -> None:
@@ -241,7 +248,7 @@ def _secret_in_a_race(barrier, data_dirs: list[str], results) -> None:
     for data_dir in data_dirs:
         barrier.wait()
         try:
-            results.put((data_dir, ensure_jwt_secret(settings(DATA_DIR=data_dir))))
+            results.put((data_dir, settings(DATA_DIR=data_dir).JWT_SECRET_KEY))
         except ConfigError as error:
             results.put((data_dir, f"error: {error}"))
 

@@ -256,7 +256,7 @@ def test_two_processes_starting_at_once_both_serve(settings: Settings, tmp_path:
             server.stop()
 
 
-def test_required_postgresql_that_is_unreachable_fails_the_run(tmp_path: Path) -> None:
+def test_required_postgresql_that_is_unreachable_fails_the_run() -> None:
     """Under REQUIRE_SERVICES=1 (CI) a down PostgreSQL fails tests instead of skipping them."""
     env = {
         **os.environ,

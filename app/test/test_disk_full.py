@@ -29,7 +29,7 @@ from loguru import logger
 from PIL import Image
 from redis.asyncio import Redis
 
-from app.core.config import JWT_SECRET_FILE, ConfigError, Settings, ensure_jwt_secret
+from app.core.config import JWT_SECRET_FILE, ConfigError, Settings
 from app.core.feature_flags import FlagBroadcaster, FlagStore
 from app.core.logging import log_file_path
 from app.core.oauth_client import ExternalProfile
@@ -213,7 +213,7 @@ async def test_a_provider_picture_on_a_full_disk_does_not_stop_the_sign_in(
     user, tokens = await user_with_tokens(app, client)
     picture = _noise_png()
 
-    async def download(url: str) -> bytes:
+    async def download(_url: str) -> bytes:
         return picture
 
     monkeypatch.setattr(external_accounts, "fetch_picture", download)
@@ -344,12 +344,11 @@ class TestStartingOnAFullDisk:
 def test_a_jwt_secret_that_cannot_be_kept(disk: Disk) -> None:
     """Generating the secret on a full disk stops the start clearly and leaves no empty file."""
     disk.fill(0)
-    values = Settings(_env_file=None, DATA_DIR=disk.path)
     with pytest.raises(ConfigError, match="JWT_SECRET_KEY"):
-        ensure_jwt_secret(values)
+        Settings(_env_file=None, DATA_DIR=disk.path)
     assert sorted(disk.contents()) == []
     disk.free()
-    secret = ensure_jwt_secret(Settings(_env_file=None, DATA_DIR=disk.path))
+    secret = Settings(_env_file=None, DATA_DIR=disk.path).JWT_SECRET_KEY
     assert (disk.path / JWT_SECRET_FILE).read_text() == secret
 
 

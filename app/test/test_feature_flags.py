@@ -32,7 +32,7 @@ SEED_FLAGS = {
 }
 
 # flag -> roles held -> expected share of users with the feature (percent)
-EXPECTED_SHARES = {
+EXPECTED_SHARES: dict[str, dict[tuple[str, ...], int]] = {
     "FEATURE_FLAG_1": {("user",): 100, ("admin",): 100},
     "FEATURE_FLAG_2": {("user",): 0, ("admin",): 0},
     "DANGEROUS_AB_TEST_FEATURE": {("user",): 25, ("admin",): 25, ("moderator",): 25},

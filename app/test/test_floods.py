@@ -220,9 +220,7 @@ class TestGuardThroughRedis:
     def settings_overrides(self) -> dict[str, object]:
         return {"REDIS_URL": empty_redis()}
 
-    async def test_replicas_share_the_count(
-        self, app: FastAPI, client: httpx.AsyncClient, settings
-    ) -> None:
+    async def test_replicas_share_the_count(self, client: httpx.AsyncClient, settings) -> None:
         from app.main import create_app
 
         victim = await signup(client)

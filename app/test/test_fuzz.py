@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ NO_SUCCESS_REACHABLE = {
 
 
 @pytest.fixture
-def fuzzed_server(settings: Settings, tmp_path: Path) -> LiveServer:
+def fuzzed_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
     configured = settings.model_copy(
         update={
             "FIRST_ADMIN_USERNAME": "fuzz_admin",

@@ -79,9 +79,9 @@ def _enabled(
     }
 
 
-def _person(**overrides) -> ProviderUser:
+def _person(**overrides: Any) -> ProviderUser:
     number = next(_ids)
-    values = {
+    values: dict[str, Any] = {
         "id": str(number),
         "username": f"Octo-Cat.{number}",
         "email": f"octo{number}@example.org",
@@ -668,10 +668,10 @@ BAD_FIELDS: list[tuple[str, str, Any, str]] = [
 # Whole answers replaced (each answer of the provider, and its token answer).
 BAD_ANSWERS: list[tuple[str, Callable[[Any], Any]]] = [
     ("a list", lambda body: [body]),
-    ("null", lambda body: None),
-    ("a string", lambda body: "surprise"),
-    ("not JSON", lambda body: Response("<html>Oops</html>", media_type="text/html")),
-    ("a server error", lambda body: Response("{}", 500, media_type="application/json")),
+    ("null", lambda _body: None),
+    ("a string", lambda _body: "surprise"),
+    ("not JSON", lambda _body: Response("<html>Oops</html>", media_type="text/html")),
+    ("a server error", lambda _body: Response("{}", 500, media_type="application/json")),
 ]
 # The token answer with one member changed.
 BAD_TOKENS: list[tuple[str, dict[str, Any]]] = [
@@ -732,7 +732,7 @@ def _malformed_cases(provider: str) -> list[tuple[str, dict[str, Callable], str 
     for what, changes in BAD_TOKENS:
         cases.append((what, {f"{provider} token": _with_members(changes)}, REFUSED))
     if provider == "twitch":
-        cases.append(("no user in data", {"twitch users": lambda body: {"data": []}}, REFUSED))
+        cases.append(("no user in data", {"twitch users": lambda _body: {"data": []}}, REFUSED))
     if provider == "github":
         tamper = _changed((1,), "octo@example.org")
         cases.append(("an email entry not an object", {"github user/emails": tamper}, REFUSED))
@@ -841,7 +841,7 @@ class TestMisbehavingProviders:
     ) -> None:
         size = 64 * 1024 * 1024
         fake_provider.tamper = {
-            "github user": lambda body: fake_provider.endless(size, declare_length=declare_length)
+            "github user": lambda _body: fake_provider.endless(size, declare_length=declare_length)
         }
         fake_provider.next_user = _person()
         response = await _flow(client, "github")
@@ -853,7 +853,7 @@ class TestMisbehavingProviders:
         self, client: httpx.AsyncClient, fake_provider: FakeProvider
     ) -> None:
         size = 64 * 1024 * 1024
-        fake_provider.tamper = {"github token": lambda body: fake_provider.endless(size)}
+        fake_provider.tamper = {"github token": lambda _body: fake_provider.endless(size)}
         fake_provider.next_user = _person()
         response = await _flow(client, "github")
         assert (response.status_code, response.json().get("code")) == (502, "OAUTH_PROVIDER_ERROR")
@@ -866,7 +866,7 @@ async def test_a_failure_after_the_user_insert_leaves_nothing(
     """The user, its link and the provider's token are one transaction: a failure while
     storing the link (here, injected) leaves no account that could never log in."""
 
-    def fail(*args: object) -> None:
+    def fail(*_args: object) -> None:
         raise RuntimeError("the link could not be stored")
 
     event.listen(ExternalAccount, "before_insert", fail)
@@ -915,7 +915,7 @@ class TestSingleUseStates:
         return _enabled(fake_provider, ALL_PROVIDERS, **extra)
 
     async def test_a_replayed_callback_is_refused(
-        self, app: FastAPI, client: httpx.AsyncClient, fake_provider: FakeProvider
+        self, client: httpx.AsyncClient, fake_provider: FakeProvider
     ) -> None:
         fake_provider.codes_reusable = True
         fake_provider.next_user = _person()
@@ -989,7 +989,7 @@ class _Listener:
         self.connections = 0
 
     async def __aenter__(self) -> _Listener:
-        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.connections += 1
             writer.close()
 
@@ -1063,7 +1063,7 @@ async def test_a_pinned_download_keeps_the_name_for_tls_and_host(tmp_path: Path)
     server_tls.load_cert_chain(cert_path, key_path)
     seen: dict[str, Any] = {}
 
-    def sni(connection: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
+    def sni(_connection: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> None:
         seen["sni"] = name
 
     server_tls.sni_callback = sni

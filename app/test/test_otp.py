@@ -61,6 +61,7 @@ async def _enrol_authenticator(
     uri = _decode_qr(base64.b64decode(body["qr_png"]), tmp_path)
     assert uri == body["provisioning_uri"]
     totp = pyotp.parse_uri(uri)
+    assert isinstance(totp, pyotp.TOTP)
     enabled = await client.post(
         "/api/auth/otp/enable",
         json={"method": "authenticator", "code": totp.now()},
@@ -279,7 +280,9 @@ async def test_a_password_reset_keeps_2fa(
     await _enrol_authenticator(client, tokens, tmp_path)
     await client.post("/api/auth/password/forgot", json={"email": user["email"]})
     message = await smtp_server.wait_for(user["email"], 3)  # after "2FA turned on"
-    token = parse_qs(urlsplit(re.search(r"https?://\S+", text_body(message)).group()).query)
+    link = re.search(r"https?://\S+", text_body(message))
+    assert link is not None
+    token = parse_qs(urlsplit(link.group()).query)
     reset = await client.post(
         "/api/auth/password/reset",
         json={"token": token["token"][0], "new_password": "a new and long passphrase"},

@@ -420,6 +420,7 @@ def test_a_browser_with_a_plain_user_is_refused(live_server: LiveServer, browser
         headers=bearer(tokens),
     )
     totp = pyotp.parse_uri(setup.json()["provisioning_uri"])
+    assert isinstance(totp, pyotp.TOTP)
     httpx.post(
         f"{url}/api/auth/otp/enable",
         json={"method": "authenticator", "code": totp.now()},

@@ -7,7 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from app.core.permissions import ROLES, check_permission, ungivable_roles
+from app.core.permissions import (
+    ROLES,
+    RolesWithPermissions,
+    check_permission,
+    ungivable_roles,
+)
 
 
 @dataclass
@@ -202,7 +207,7 @@ def test_a_raising_predicate_denies_and_is_logged(captured_logs: list[str]) -> N
     def broken(_user, target):
         return target.no_such_attribute
 
-    table = {"user": {"thing": {"read": broken}}}
+    table: RolesWithPermissions = {"user": {"thing": {"read": broken}}}
     decision = check_permission(
         Person(ACTOR_UUID, ["user"]), "thing", "read", object(), table=table
     )

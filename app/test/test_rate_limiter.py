@@ -105,7 +105,7 @@ class TestTrustedProxy:
             assert statuses == [401, 401, 429]
 
     async def test_the_forwarded_address_reaches_the_history(
-        self, app: FastAPI, client: httpx.AsyncClient
+        self, client: httpx.AsyncClient
     ) -> None:
         user = await signup(client, username="proxied_user")
         tokens = (

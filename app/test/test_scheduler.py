@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 
-import httpx
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
@@ -136,8 +135,6 @@ async def test_a_job_runs_once_per_period_across_replicas(app: FastAPI) -> None:
     assert await app.state.scheduler.run("purge_expired") is None  # claimed this period
 
 
-async def test_jobs_log_what_they_did(
-    app: FastAPI, client: httpx.AsyncClient, captured_logs: list[str]
-) -> None:
+async def test_jobs_log_what_they_did(app: FastAPI, captured_logs: list[str]) -> None:
     await app.state.scheduler.run("purge_expired", force=True)
     assert any("job purge_expired: sessions=0, used_tokens=0" in line for line in captured_logs)

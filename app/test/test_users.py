@@ -356,7 +356,7 @@ async def test_a_file_change_is_in_the_owners_history(client: httpx.AsyncClient,
     ]
 
 
-async def test_history_pages_newest_first(app: FastAPI, client: httpx.AsyncClient, people) -> None:
+async def test_history_pages_newest_first(client: httpx.AsyncClient, people) -> None:
     alice, alice_tokens = people["alice"]
     for i in range(60):
         await client.patch(
@@ -429,7 +429,9 @@ async def test_nobody_gives_a_role_they_do_not_hold(
     )
     assert refused.status_code == 403
     assert refused.json()["code"] == "ROLE_NOT_HELD"
-    assert (await _row(app, alice.uuid)).roles == ["user"]
+    row = await _row(app, alice.uuid)
+    assert row is not None
+    assert row.roles == ["user"]
 
 
 async def test_the_last_admin_stays(app: FastAPI, client: httpx.AsyncClient, people) -> None:

@@ -23,7 +23,7 @@ depends_on: str | Sequence[str] | None = None
 _BATCH = 1000
 
 
-def _event_table() -> sa.Table:
+def _event_table() -> sa.TableClause:
     return sa.table(
         "user_event",
         sa.column("id", sa.BigInteger),
@@ -60,7 +60,9 @@ def _row(uuid: str, entry: dict) -> dict:
 def _entries(value: object) -> list[dict]:
     if isinstance(value, str):  # some drivers hand JSON back as text
         value = json.loads(value or "[]")
-    return [entry for entry in value or [] if isinstance(entry, dict)]
+    if not isinstance(value, list):  # null, or JSON that was never a list of entries
+        return []
+    return [entry for entry in value if isinstance(entry, dict)]
 
 
 def upgrade() -> None:
