@@ -17,7 +17,7 @@ from fastapi.security import OAuth2PasswordBearer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app.core.authentication import Auth, Authenticator, Caller, UserCopies, caller_of
+from app.core.authentication import Auth, Authenticator, UserCopies, caller_of
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
 from app.core.email import Mailer
@@ -102,17 +102,12 @@ async def get_authenticator(request: Request) -> Authenticator:
     return request.app.state.authenticator
 
 
-async def get_caller(request: Request) -> Caller:
-    """Who is calling: the request's one :class:`~app.core.authentication.Caller`."""
-    return caller_of(request.scope)
-
-
 AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
-CallerDep = Annotated[Caller, Depends(get_caller)]
 
 # The dependencies below take the bearer token from ``oauth2_scheme`` only so that the
-# OpenAPI document marks their routes as needing it; the caller is resolved by the
-# request's Caller, once, whoever asks first (a rule-based flag may have already).
+# OpenAPI document marks their routes as needing it; the caller is the request's one
+# Caller (``app.core.authentication``), resolved once, whoever asks first (a
+# rule-based flag may have already).
 
 
 async def get_auth(
