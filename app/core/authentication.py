@@ -182,17 +182,22 @@ def _check(claims: AccessClaims, session: Session, user: User) -> None:
 class Caller:
     """The caller of one request, resolved at most once, when first asked.
 
-    A token that is refused stays refused for the rest of the request; a read-only
-    principal, once read, answers every later :meth:`reader` call of the request.
+    A token is verified once; a token or session that is refused stays refused for
+    the rest of the request; a read-only principal, once read, answers every later
+    :meth:`reader` call of the request. The live principal is loaded by each
+    :meth:`live` call (one per request: FastAPI shares a dependency's result).
     """
 
-    __slots__ = ("_authenticator", "_claims", "_reader", "token")
+    __slots__ = ("_authenticator", "_claims", "_reader", "_refused", "token")
 
     def __init__(self, authenticator: Authenticator, token: str | None) -> None:
         self._authenticator = authenticator
         self.token = token
         self._claims: AccessClaims | InvalidToken | None = None
         self._reader: Auth | None = None
+        #: The session was refused (ended, expired, user inactive): the signature
+        #: still names whose token it is, for :meth:`subject`.
+        self._refused: InvalidToken | None = None
 
     def claims(self) -> AccessClaims:
         """The token's verified claims; InvalidToken without a valid token."""
@@ -218,10 +223,13 @@ class Caller:
     async def reader(self) -> Auth:
         """The caller as read-only copies (routes that only read); InvalidToken else."""
         if self._reader is None:
+            claims = self.claims()
+            if self._refused is not None:
+                raise self._refused
             try:
-                self._reader = await self._authenticator.reader(self.claims())
+                self._reader = await self._authenticator.reader(claims)
             except InvalidToken as error:
-                self._claims = error
+                self._refused = error
                 raise
         return self._reader
 
@@ -234,10 +242,13 @@ class Caller:
 
     async def live(self, db: AsyncSession) -> Auth:
         """The caller as live ORM objects of ``db`` (routes that change something)."""
+        claims = self.claims()
+        if self._refused is not None:
+            raise self._refused
         try:
-            return await self._authenticator.live(db, self.claims())
+            return await self._authenticator.live(db, claims)
         except InvalidToken as error:
-            self._claims = error
+            self._refused = error
             raise
 
 

@@ -143,9 +143,9 @@ async def get_reader(
     return (await caller_of(request.scope).reader()).user
 
 
-async def get_user_copies(request: Request) -> UserCopies:
+async def get_user_copies(authenticator: AuthenticatorDep) -> UserCopies:
     """Read-only copies of any user, by UUID, usually from the auth cache."""
-    return request.app.state.authenticator.read_user
+    return authenticator.read_user
 
 
 #: ``AuthDep`` / ``CurrentUser`` for routes that only read; writing to them raises.

@@ -122,3 +122,18 @@ def test_a_remembered_token_vouches_for_no_other(
     other = Authenticator(make_settings(tmp_path / "other", JWT_SECRET_KEY="another-" + "x" * 40))
     with pytest.raises(InvalidToken):  # the same token under another secret
         other.claims(token)
+
+
+async def test_an_ended_session_still_names_whose_token_it_is(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """The rate limit counts a flood of ended sessions' tokens per user, whatever asked
+    about the session first."""
+    user, tokens = await user_with_tokens(app, client)
+    assert (await client.post("/api/auth/logout", headers=bearer(tokens))).status_code == 204
+    caller = app.state.authenticator.caller(tokens["access_token"])
+    with pytest.raises(InvalidToken):
+        await caller.reader()
+    with pytest.raises(InvalidToken):
+        await caller.reader()  # refused again, without asking again
+    assert caller.subject() == user.uuid
