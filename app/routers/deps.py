@@ -143,9 +143,10 @@ async def get_reader(
     return (await caller_of(request.scope).reader()).user
 
 
-async def get_user_copies(authenticator: AuthenticatorDep) -> UserCopies:
-    """Read-only copies of any user, by UUID, usually from the auth cache."""
-    return authenticator.read_user
+async def get_user_copies(request: Request) -> UserCopies:
+    """Read-only copies of any user, by UUID, usually from the auth cache (the profile
+    read's hot path: no sub-dependency; override this one in tests)."""
+    return request.app.state.authenticator.read_user
 
 
 #: ``AuthDep`` / ``CurrentUser`` for routes that only read; writing to them raises.
