@@ -30,7 +30,7 @@ JWT_SECRET_MIN_BYTES = 32
 JWT_SECRET_FILE = ".jwt_secret"
 
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
-EmailMethod = Literal["none", "smtp", "mj"]
+EmailMethod = Literal["none", "console", "smtp", "mj"]
 
 #: OAuth providers whose client id / secret can be configured.
 OAUTH_PROVIDERS = ("github", "discord", "twitch", "google", "reddit", "twitter")
@@ -70,8 +70,9 @@ class Settings(BaseSettings):
 
     PROJECT_NAME: str = "UserManager"
 
-    # URL
-    BASE_URL: str = "http://localhost:8000"
+    # URL. PORT comes first: BASE_URL's default is built from it.
+    PORT: int = Field(default=8000, ge=1, le=65535)
+    BASE_URL: str = ""
     API_STR: str = "/api"
     FRONTEND_URL: str = "http://localhost:3000"
 
@@ -175,6 +176,10 @@ class Settings(BaseSettings):
     @field_validator("BASE_URL", "FRONTEND_URL")
     @classmethod
     def _url(cls, value: str, info) -> str:
+        if info.field_name == "BASE_URL" and not value:
+            # Unset: the address `make run` and the image serve on, so links in mails
+            # point at the port actually in use.
+            return f"http://localhost:{info.data.get('PORT', 8000)}"
         return _check_http_url(info.field_name, value)
 
     @field_validator("API_STR")
@@ -275,7 +280,14 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"DATABASE_URI must be a sqlite:// or postgresql:// URL, got scheme {scheme!r}"
                 )
+        if self.EMAIL_METHOD == "console" and self.is_production:
+            raise ValueError(
+                "EMAIL_METHOD=console prints whole mails, links included, to the console; "
+                "it is for development and refused when ENVIRONMENT=production "
+                "(use smtp or mj)"
+            )
         self._check_email_method()
+        check_data_dir(self.DATA_DIR)
         self._settle_jwt_secret()
         return self
 
@@ -368,6 +380,38 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as error:
         raise ConfigError(f"invalid configuration: {format_validation_error(error)}") from None
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Create ``data_dir`` if needed and make sure this process can write in it.
+
+    Raises
+    ------
+    ConfigError
+        Naming DATA_DIR, when the directory cannot be created or is not writable (owned
+        by another user, on a read-only mount, or a file is in the way), so the service
+        stops with one line instead of a traceback from whatever touched it first.
+
+    Notes
+    -----
+    Nothing is written to test it: a full disk is not an unwritable directory (the
+    service starts on one and says what fails), so the check is ``access(2)``, which
+    also reports a read-only filesystem to root.
+    """
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"DATA_DIR: cannot create {data_dir} ({error.strerror}); "
+            "point DATA_DIR at a writable directory"
+        ) from None
+    if not data_dir.is_dir():
+        raise ConfigError(f"DATA_DIR: {data_dir} is not a directory")
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"DATA_DIR: {data_dir} is not writable by this process (uid {os.getuid()}); "
+            "change its owner or permissions, or point DATA_DIR elsewhere"
+        )
 
 
 def keep_jwt_secret(data_dir: Path) -> str:

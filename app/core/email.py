@@ -1,19 +1,21 @@
-"""Sending email: one ``EmailSender`` protocol, three implementations, one outbox.
+"""Sending email: one ``EmailSender`` protocol, four implementations, one outbox.
 
-``none`` only logs that nothing was sent; ``smtp`` uses aiosmtplib (STARTTLS when
-SMTP_TLS); ``mj`` uses mailjet_rest in a worker thread. Services hand messages to the
-:class:`Mailer`, which renders templates and sends in the background once the
-caller's transaction is committed: a failure is logged, never lost silently, and
-never turns into an error for the user.
+``none`` only logs that nothing was sent; ``console`` prints whole mails to standard
+output for development (refused in production by the settings); ``smtp`` uses
+aiosmtplib (STARTTLS when SMTP_TLS); ``mj`` uses mailjet_rest in a worker thread.
+Services hand messages to the :class:`Mailer`, which renders templates and sends in
+the background once the caller's transaction is committed: a failure is logged, never
+lost silently, and never turns into an error for the user.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import aiosmtplib
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -51,6 +53,41 @@ class NoEmailSender:
     async def send(self, message: OutgoingEmail) -> None:
         """Log that nothing was sent (without the content, which may hold links)."""
         logger.info("email not sent (EMAIL_METHOD=none): {!r}", message.subject)
+
+
+class ConsoleEmailSender:
+    """EMAIL_METHOD=console: whole mails, links included, printed to standard output.
+
+    For development only (the settings refuse it when ENVIRONMENT=production). The mail
+    is written straight to the process's standard output, not through the logger: log
+    records are redacted (a ``token=`` in a link would be cut) and may go to the log
+    file, and a mail's links are credentials that must stay out of that file.
+    """
+
+    name = "console"
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+
+    @staticmethod
+    def format(message: OutgoingEmail) -> str:
+        """The printed form: headers and the text part between two delimiter lines."""
+        rule = "=" * 72
+        return (
+            f"{rule}\n"
+            f"EMAIL (EMAIL_METHOD=console, not sent)\n"
+            f"To: {message.to}\n"
+            f"Subject: {message.subject}\n"
+            f"{'-' * 72}\n"
+            f"{message.text.rstrip()}\n"
+            f"{rule}\n"
+        )
+
+    async def send(self, message: OutgoingEmail) -> None:
+        """Print ``message`` in one write, so workers' mails do not interleave."""
+        stream = self.stream or sys.stdout  # looked up now: tests and servers replace it
+        stream.write(self.format(message))
+        stream.flush()
 
 
 class SmtpEmailSender:
@@ -129,6 +166,8 @@ def create_sender(settings: Settings) -> EmailSender:
         return SmtpEmailSender(settings)
     if settings.EMAIL_METHOD == "mj":
         return MailjetEmailSender(settings)
+    if settings.EMAIL_METHOD == "console":
+        return ConsoleEmailSender()
     return NoEmailSender()
 
 
