@@ -25,6 +25,7 @@ COPY scripts/serve.sh ./scripts/serve.sh
 USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 8000
+# On $PORT, read when the check runs: a container started with another PORT is checked there.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status != 200)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=4).status != 200)"]
 CMD ["sh", "scripts/serve.sh"]
