@@ -40,7 +40,7 @@ from app.core.middleware import (
     RequestIdMiddleware,
 )
 from app.core.oauth_client import create_oauth
-from app.core.openapi import install_openapi
+from app.core.openapi import install_openapi, operation_id
 from app.core.rate_limiter import (
     ClientAddressMiddleware,
     Limiter,
@@ -196,6 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
         license_info={"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.scheduler = None
@@ -223,8 +224,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(provider_login.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
     app.include_router(health.router)
-    app.include_router(docs_pages.router)
-    app.include_router(legal.router)
+    # Pages for browsers, not operations for API clients: the README lists them.
+    app.include_router(docs_pages.router, include_in_schema=False)
+    app.include_router(legal.router, include_in_schema=False)
     store.protected = protected_flags(app.routes, settings.API_STR)
     app.mount("/docs-static", docs_pages.DOCS_STATIC, name="docs-static")
     app.mount("/static", docs_pages.PAGE_STATIC, name="static")
@@ -233,8 +235,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.API_STR,
         reading_order=[
             health.router,
-            docs_pages.router,
-            legal.router,
             auth.router,
             users.router,
             files.router,

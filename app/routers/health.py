@@ -14,11 +14,16 @@ from app.schemas.common import ErrorResponse
 from app.schemas.health import HealthResponse, NotReadyResponse, ReadinessResponse
 from app.services.health import check_readiness
 
-# Tagged "pages" as well, like every route outside the API prefix.
-router = APIRouter(tags=["pages"])
+router = APIRouter(tags=["health"])
+
+_NOT_READY_EXAMPLE = {
+    "detail": "not ready: redis unreachable",
+    "code": "NOT_READY",
+    "checks": {"database": "ok", "redis": "unreachable", "brute_force_guard": "shared"},
+}
 
 
-@router.get("/health", response_model=HealthResponse, summary="Liveness", tags=["health"])
+@router.get("/health", response_model=HealthResponse, summary="Liveness")
 async def health() -> HealthResponse:
     """Tell that the process is up and serving.
 
@@ -36,8 +41,13 @@ async def health() -> HealthResponse:
     "/health/ready",
     response_model=ReadinessResponse,
     summary="Readiness",
-    tags=["health"],
-    responses={503: {"model": NotReadyResponse, "description": "A dependency is unreachable"}},
+    responses={
+        503: {
+            "model": NotReadyResponse,
+            "description": "A dependency is unreachable",
+            "content": {"application/json": {"example": _NOT_READY_EXAMPLE}},
+        }
+    },
 )
 async def health_ready(engine: EngineDep, redis: RedisDep, guard: GuardDep) -> ReadinessResponse:
     """Tell whether the service can handle requests: database and Redis reachable.
@@ -58,7 +68,8 @@ async def health_ready(engine: EngineDep, redis: RedisDep, guard: GuardDep) -> R
 @router.get(
     "/metrics",
     response_class=Response,
-    tags=["health"],
+    # For Prometheus, not for API clients: the README documents it.
+    include_in_schema=False,
     responses={
         200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
         403: {"model": ErrorResponse, "description": "Not from METRICS_ALLOW_IPS"},

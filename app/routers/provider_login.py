@@ -18,6 +18,7 @@ from loguru import logger
 from pydantic import BaseModel
 
 from app.core.config import Settings
+from app.core.errors import error_body
 from app.core.oauth_client import (
     PROVIDERS,
     ExternalProfile,
@@ -208,7 +209,18 @@ async def oauth_link(
     responses={
         303: {"description": "To redirect_uri, with a one-time `code`"},
         **error_responses(400, 403, 404, 409, 422),
-        502: {"model": ErrorResponse, "description": "The provider failed"},
+        502: {
+            "model": ErrorResponse,
+            "description": "The provider failed",
+            "content": {
+                "application/json": {
+                    "example": error_body(
+                        external_accounts.ProviderUnavailable.detail,
+                        external_accounts.ProviderUnavailable.code,
+                    )
+                }
+            },
+        },
     },
 )
 async def oauth_callback(

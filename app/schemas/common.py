@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
+
+from app.core.errors import STATUS_CODES
 
 
 def check_text(value: str) -> str:
@@ -54,9 +57,8 @@ class ErrorResponse(BaseModel):
     """The one shape of every error."""
 
     detail: str = Field(description="What went wrong, for a person to read.")
-    code: str = Field(
-        description="Stable machine-readable code, UPPER_SNAKE.", examples=["NOT_FOUND"]
-    )
+    # No example here: each response gives its own, with its status's code.
+    code: str = Field(description="Stable machine-readable code, UPPER_SNAKE.")
 
 
 class FieldError(BaseModel):
@@ -87,12 +89,25 @@ _DESCRIPTIONS = {
 }
 
 
+def error_example(status_code: int) -> dict[str, Any]:
+    """An example body of an error with this status: its default code, not another's."""
+    code = STATUS_CODES.get(status_code) or HTTPStatus(status_code).name
+    body: dict[str, Any] = {"detail": _DESCRIPTIONS.get(status_code, "Error"), "code": code}
+    if status_code == 422:
+        body["errors"] = [
+            {"loc": ["body", "email"], "msg": "Field required", "type": "missing"},
+        ]
+    return body
+
+
 def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the errors an endpoint can answer."""
+    """OpenAPI ``responses`` entries for the errors an endpoint can answer, each with
+    an example carrying that status's code."""
     return {
         code: {
             "model": ValidationErrorResponse if code == 422 else ErrorResponse,
             "description": _DESCRIPTIONS.get(code, "Error"),
+            "content": {"application/json": {"example": error_example(code)}},
         }
         for code in status_codes
     }

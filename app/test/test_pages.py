@@ -371,7 +371,7 @@ def test_a_browser_signs_in_and_tries_an_endpoint(live_server: LiveServer, brows
     assert "frame-ancestors 'none'" in docs.value.headers["content-security-policy"]
     html = docs.value.text()
     assert page.locator(".docs-bar").inner_text().startswith("Signed in as docs_admin")
-    operation = page.locator("#operations-users-read_me_api_users_me_get")
+    operation = page.locator("#operations-users-users-read-me")
     operation.locator(".opblock-summary").click()
     operation.locator(".try-out__btn").click()
     operation.locator(".execute").click()
