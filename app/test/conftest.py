@@ -35,7 +35,20 @@ from app.test.mail import MailCatcher
 from app.test.server import LiveServer, start_server
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL")
+
+
+def _redis_of_this_worker(url: str | None) -> str | None:
+    """TEST_REDIS_URL, with a database of its own for each pytest-xdist worker: tests
+    empty their database, so workers must not share one. The first worker keeps the
+    given number, the second takes the one below it, and so on."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not url or not worker.startswith("gw"):
+        return url
+    base, _, database = url.rpartition("/")
+    return f"{base}/{int(database or 0) - int(worker[2:])}"
+
+
+TEST_REDIS_URL = _redis_of_this_worker(os.environ.get("TEST_REDIS_URL"))
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 #: A JWT secret for tests (48 bytes).
 TEST_JWT_SECRET = "test-secret-" + "x" * 36
