@@ -19,6 +19,7 @@ from app.core.auth_cache import AuthCache, SQLiteProcesses, install_hooks, sessi
 from app.core.authentication import AuthenticationMiddleware, Authenticator
 from app.core.brute_force import BruteForceGuard, FallbackAttemptLog, MemoryAttemptLog, Window
 from app.core.config import ConfigError, Settings, get_settings
+from app.core.cors import Cors
 from app.core.database import create_engine, create_session_factory, upgrade_database
 from app.core.email import Mailer
 from app.core.errors import install_error_handlers
@@ -286,7 +287,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
     )
     app.add_middleware(HtmlSecurityHeadersMiddleware, policy=docs_pages.PAGE_POLICY)
-    app.add_middleware(RequestIdMiddleware)  # added last: the outermost
+    app.add_middleware(RequestIdMiddleware)
+    if settings.CORS_ORIGINS:
+        # Outermost: preflights cost nothing, and every answer (the 500 too) is readable.
+        app.add_middleware(Cors, origins=settings.CORS_ORIGINS)
     return app
 
 
