@@ -54,6 +54,7 @@ from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
 from app.core.security import warm_up_password_hashing
 from app.routers import admin, auth, docs_pages, files, health, legal, provider_login, users
+from app.routers import flags as caller_flags
 from app.services.accounts import ensure_first_admin
 from app.services.maintenance import maintenance_jobs
 
@@ -223,6 +224,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router, prefix=settings.API_STR)
     app.include_router(provider_login.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
+    app.include_router(caller_flags.router, prefix=settings.API_STR)
     app.include_router(health.router)
     app.include_router(docs_pages.router)
     app.include_router(legal.router)
@@ -240,6 +242,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             users.router,
             files.router,
             provider_login.router,
+            caller_flags.router,
         ],
     )
 

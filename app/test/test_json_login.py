@@ -116,11 +116,10 @@ class TestGuard:
             assert wrong.status_code == 401
             assert wrong.json()["code"] == "INVALID_CREDENTIALS"
         # The same count, whichever body asks next.
-        for right in (
-            {"json": {"username": user["email"], "password": PASSWORD}},
-            {"data": {"username": user["username"], "password": PASSWORD}},
+        for locked in (
+            await client.post(LOGIN, json={"username": user["email"], "password": PASSWORD}),
+            await client.post(LOGIN, data={"username": user["username"], "password": PASSWORD}),
         ):
-            locked = await client.post(LOGIN, **right)
             assert locked.status_code == 429
             assert locked.json()["code"] == "RATE_LIMITED"
 
