@@ -75,7 +75,9 @@ async def login_credentials(request: Request) -> LoginRequest | LoginForm:
     one), so Swagger's "Authorize" and existing clients see no difference.
     """
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type == "application/json":
+    if media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):  # as FastAPI reads JSON bodies elsewhere
         try:
             raw = await request.json()
         except ValueError:  # not JSON, or not UTF-8

@@ -31,6 +31,12 @@ async def test_a_json_login_gives_the_token_pair_and_the_device_token(
         headers={"Content-Type": "application/json; charset=utf-8"},
     )
     assert charset.status_code == 200
+    vendor = await client.post(
+        LOGIN,
+        json={"username": user["username"], "password": PASSWORD},
+        headers={"Content-Type": "application/vnd.api+json"},
+    )
+    assert vendor.status_code == 200
 
 
 async def test_the_form_still_works(client: httpx.AsyncClient) -> None:
