@@ -19,6 +19,7 @@ from app.core.auth_cache import AuthCache, SQLiteProcesses, install_hooks, sessi
 from app.core.authentication import AuthenticationMiddleware, Authenticator
 from app.core.brute_force import BruteForceGuard, FallbackAttemptLog, MemoryAttemptLog, Window
 from app.core.config import ConfigError, Settings, get_settings
+from app.core.cors import Cors
 from app.core.database import create_engine, create_session_factory, upgrade_database
 from app.core.email import Mailer
 from app.core.errors import install_error_handlers
@@ -53,6 +54,7 @@ from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
 from app.core.security import warm_up_password_hashing
 from app.routers import admin, auth, docs_pages, files, health, legal, provider_login, users
+from app.routers import flags as caller_flags
 from app.services.accounts import ensure_first_admin
 from app.services.maintenance import maintenance_jobs
 
@@ -223,6 +225,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router, prefix=settings.API_STR)
     app.include_router(provider_login.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
+    app.include_router(caller_flags.router, prefix=settings.API_STR)
     app.include_router(health.router)
     # Pages for browsers, not operations for API clients: the README lists them.
     app.include_router(docs_pages.router, include_in_schema=False)
@@ -239,6 +242,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             users.router,
             files.router,
             provider_login.router,
+            caller_flags.router,
         ],
     )
 
@@ -286,7 +290,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
     )
     app.add_middleware(HtmlSecurityHeadersMiddleware, policy=docs_pages.PAGE_POLICY)
-    app.add_middleware(RequestIdMiddleware)  # added last: the outermost
+    app.add_middleware(RequestIdMiddleware)
+    if settings.CORS_ORIGINS:
+        # Outermost: preflights cost nothing, and every answer (the 500 too) is readable.
+        app.add_middleware(Cors, origins=settings.CORS_ORIGINS)
     return app
 
 

@@ -51,6 +51,33 @@ def _check_http_url(name: str, value: str) -> str:
     return value.rstrip("/")
 
 
+def _check_origin(value: str) -> str:
+    """An exact browser origin: ``scheme://host[:port]``, nothing after it."""
+    if value == "*":
+        # Browsers send cookies and Authorization only to an origin named exactly: a
+        # wildcard would either break every signed-in call or, echoed back, hand the
+        # caller's session to any site.
+        raise ValueError(
+            "'*' is refused: credentials (the device cookie, the Authorization "
+            "header) are allowed, which needs exact origins; list them, comma-separated"
+        )
+    parts = urlsplit(value)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise ValueError(
+            "each entry must be an origin as a browser sends it, such as "
+            f"https://app.example.com:8080 (scheme, host, optional port, no path), got {value!r}"
+        )
+    # Browsers send the scheme and host in lower case.
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
 def _split_list(value: object) -> object:
     """Read a comma-separated list from the environment ("a, b" -> ["a", "b"])."""
     if isinstance(value, str):
@@ -158,6 +185,8 @@ class Settings(BaseSettings):
     MAX_UPLOAD_SIZE_MB: int = Field(default=10, gt=0)
     FORWARDED_ALLOW_IPS: Annotated[list[str], NoDecode] = []
     ALLOWED_REDIRECT_ORIGINS: Annotated[list[str], NoDecode] = []
+    # Web apps on other origins that may call the API from a browser (CORS).
+    CORS_ORIGINS: Annotated[list[str], NoDecode] = []
     FIRST_ADMIN_USERNAME: str | None = None
     FIRST_ADMIN_EMAIL: str | None = None
     FIRST_ADMIN_PASSWORD: str | None = Field(default=None, repr=False)
@@ -196,6 +225,14 @@ class Settings(BaseSettings):
         value = _split_list(value)
         if isinstance(value, list):
             return [_check_http_url("ALLOWED_REDIRECT_ORIGINS", str(v)) for v in value]
+        return value
+
+    @field_validator("CORS_ORIGINS", mode="before")
+    @classmethod
+    def _cors_origins(cls, value: object) -> object:
+        value = _split_list(value)
+        if isinstance(value, list):
+            return [_check_origin(str(v)) for v in value]
         return value
 
     @field_validator("FORWARDED_ALLOW_IPS", "METRICS_ALLOW_IPS", mode="before")

@@ -23,7 +23,7 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from loguru import logger
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.authentication import caller_of
 from app.core.errors import AppError, error_body
@@ -63,11 +63,16 @@ class LimitResult:
     limit: int
     remaining: int
     reset_in_seconds: int
+    #: False when the storage failed and the request was let through uncounted.
+    counted: bool = True
 
     def headers(self) -> dict[str, str]:
         """Retry-After and the RateLimit-* headers."""
+        return {"Retry-After": str(max(1, self.reset_in_seconds)), **self.budget_headers()}
+
+    def budget_headers(self) -> dict[str, str]:
+        """The RateLimit-* headers: the budget, what is left of it, when it refills."""
         return {
-            "Retry-After": str(max(1, self.reset_in_seconds)),
             "RateLimit-Limit": str(self.limit),
             "RateLimit-Remaining": str(self.remaining),
             "RateLimit-Reset": str(max(1, self.reset_in_seconds)),
@@ -95,7 +100,7 @@ class Limiter:
                     "rate limiter storage unavailable ({}): requests are not limited",
                     type(error).__name__,
                 )
-            return LimitResult(True, item.amount, item.amount, 0)
+            return LimitResult(True, item.amount, item.amount, 0, counted=False)
         reset = max(0, math.ceil(stats.reset_time - time.time()))
         return LimitResult(allowed, item.amount, max(0, stats.remaining), reset)
 
@@ -177,6 +182,9 @@ class ClientAddressMiddleware:
 class RateLimitMiddleware:
     """The global limit: per user with a valid token, else per client address (pure ASGI).
 
+    Every answer it counted carries the ``RateLimit-*`` headers (the 429 adds
+    ``Retry-After``); the exempt paths and answers while the storage is down carry none.
+
     The user is the one a validly signed access token names (the request's caller,
     ``app.core.authentication``): no database or cache is asked, so a flood of tokens
     whose sessions ended is still counted per user.
@@ -206,4 +214,18 @@ class RateLimitMiddleware:
             )
             await response(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        if not result.counted:  # nothing known about the budget: say nothing
+            await self.app(scope, receive, send)
+            return
+        budget = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in result.budget_headers().items()
+        ]
+
+        async def send_with_budget(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                # Every answer tells the client its budget, not only the 429.
+                message["headers"] = [*message.get("headers", ()), *budget]
+            await send(message)
+
+        await self.app(scope, receive, send_with_budget)

@@ -5,11 +5,12 @@ The second login step and the two-factor settings are :mod:`app.routers.two_fact
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Response, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
 from app.routers import two_factor
 from app.routers.deps import (
@@ -26,6 +27,8 @@ from app.schemas.auth import (
     EmailRequest,
     ExchangeRequest,
     LinkTokenRequest,
+    LoginForm,
+    LoginRequest,
     Message,
     PasswordChangeRequest,
     PasswordResetRequest,
@@ -48,7 +51,55 @@ from app.services import sessions as session_service
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
-LoginForm = Annotated[OAuth2PasswordRequestForm, Depends()]
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _validated(model: type[_Model], raw: object) -> _Model:
+    """``raw`` as ``model``; a 422 naming each field at fault (under ``body``) else."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [
+                {**problem, "loc": ("body", *problem["loc"])}
+                for problem in error.errors(include_url=False, include_input=False)
+            ]
+        ) from None
+
+
+async def login_credentials(request: Request) -> LoginRequest | LoginForm:
+    """The login's credentials: a JSON body, or else the OAuth2 password form.
+
+    The form is read as FastAPI reads a form parameter (an empty field is a missing
+    one), so Swagger's "Authorize" and existing clients see no difference.
+    """
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):  # as FastAPI reads JSON bodies elsewhere
+        try:
+            raw = await request.json()
+        except ValueError:  # not JSON, or not UTF-8
+            raise RequestValidationError(
+                [{"loc": ("body",), "msg": "JSON decode error", "type": "json_invalid"}]
+            ) from None
+        return _validated(LoginRequest, raw)
+    async with request.form() as form:
+        fields = {name: value for name, value in form.items() if value != ""}
+        return _validated(LoginForm, fields)
+
+
+#: Both bodies the login takes, for the API document (the route reads the body itself).
+LOGIN_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {"schema": LoginForm.model_json_schema()},
+            "application/json": {"schema": LoginRequest.model_json_schema()},
+        },
+    }
+}
 
 
 @router.post(
@@ -103,9 +154,10 @@ async def signup(
     "/login",
     response_model=TokenPair | OtpChallengeResponse,
     responses=error_responses(401, 422, 429),
+    openapi_extra=LOGIN_BODY,
 )
 async def login(
-    form: LoginForm,
+    credentials: Annotated[LoginRequest | LoginForm, Depends(login_credentials)],
     response: Response,
     db: SessionDep,
     settings: SettingsDep,
@@ -113,9 +165,12 @@ async def login(
     guard: GuardDep,
     client: ClientDep,
 ) -> TokenPair | OtpChallengeResponse:
-    """Log in with a username or email and a password (OAuth2 password form).
+    """Log in with a username or email and a password.
 
-    Swagger's "Authorize" button uses this endpoint (for accounts without 2FA).
+    The body is JSON, ``{"username": ..., "password": ...}`` (web apps), or the
+    OAuth2 password form (``application/x-www-form-urlencoded``), which Swagger's
+    "Authorize" button sends (for accounts without 2FA). Both take the same path: the
+    same attempt limits, device token and second step.
 
     Returns
     -------
@@ -132,12 +187,14 @@ async def login(
     401
         ``INVALID_CREDENTIALS``: the same answer for an unknown account, a wrong
         password and an inactive account.
+    422
+        ``VALIDATION_ERROR``: a field is missing or empty; ``errors[].loc`` names it.
     429
         ``RATE_LIMITED`` (too many attempts from this address, or failures for this
         account), or ``OTP_THROTTLED`` (too many wrong codes lately).
     """
     answer = await auth_service.login(
-        db, settings, mailer, guard, form.username, form.password, client
+        db, settings, mailer, guard, credentials.username, credentials.password, client
     )
     remember_device(response, settings, answer)
     return answer

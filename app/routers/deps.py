@@ -143,6 +143,14 @@ async def get_reader(
     return (await caller_of(request.scope).reader()).user
 
 
+async def get_optional_reader_auth(
+    request: Request, _token: Annotated[str | None, Depends(oauth2_scheme)]
+) -> Auth | None:
+    """As ``get_reader_auth`` for routes that anonymous callers may use too: None
+    without a token or with a refused one (as the feature flags see such a caller)."""
+    return await caller_of(request.scope).optional_reader()
+
+
 async def get_user_copies(request: Request) -> UserCopies:
     """Read-only copies of any user, by UUID, usually from the auth cache (the profile
     read's hot path: no sub-dependency; override this one in tests)."""
@@ -152,6 +160,8 @@ async def get_user_copies(request: Request) -> UserCopies:
 #: ``AuthDep`` / ``CurrentUser`` for routes that only read; writing to them raises.
 ReaderAuth = Annotated[Auth, Depends(get_reader_auth)]
 Reader = Annotated[User, Depends(get_reader)]
+#: ``ReaderAuth``, or None for an anonymous caller.
+OptionalReaderAuth = Annotated[Auth | None, Depends(get_optional_reader_auth)]
 #: Looks up other users for routes that only read (None: no such user).
 UserCopiesDep = Annotated[UserCopies, Depends(get_user_copies)]
 

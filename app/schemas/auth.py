@@ -50,6 +50,30 @@ class SignupRequest(RequestModel):
         return self
 
 
+class LoginRequest(RequestModel):
+    """A login as JSON: the two fields of the OAuth2 password form."""
+
+    username: str = Field(
+        min_length=1,
+        max_length=320,
+        description="The username or the email address (any case).",
+        examples=["john_doe"],
+    )
+    password: GivenPassword = Field(min_length=1, json_schema_extra={"format": "password"})
+
+
+class LoginForm(BaseModel):
+    """The OAuth2 password form (``application/x-www-form-urlencoded``), as Swagger's
+    "Authorize" sends it; ``username`` is the username or the email address."""
+
+    grant_type: str | None = Field(default=None, pattern="^password$")
+    username: str
+    password: str = Field(json_schema_extra={"format": "password"})
+    scope: str = ""
+    client_id: str | None = None
+    client_secret: str | None = Field(default=None, json_schema_extra={"format": "password"})
+
+
 class TokenPair(BaseModel):
     """A successful login: a short-lived access token and a rotating refresh token."""
 

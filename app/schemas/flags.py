@@ -1,4 +1,4 @@
-"""Request and response models of the feature-flag admin endpoints."""
+"""Request and response models of the feature-flag endpoints."""
 
 from __future__ import annotations
 
@@ -54,3 +54,18 @@ class FeatureFlagChange(RequestModel):
         examples=[FLAG_EXAMPLE],
     )
     remove: list[str] | None = Field(default=None, examples=[["OLD_EXPERIMENT"]])
+
+
+class CallerFeatureFlags(BaseModel):
+    """The flags as they apply to the caller: ``true`` (on) or ``false`` (off)."""
+
+    enabled: bool = Field(
+        description="FEATURE_FLAGS_ENABLED: whether flags are enforced. While False "
+        "nothing is switched off, and every flag listed is true."
+    )
+    flags: dict[str, bool] = Field(
+        description="Every flag of the flag file, evaluated for the caller (rules by role "
+        "and percentage included; an anonymous caller has every rule-based flag off). A "
+        "flag that is not listed is on.",
+        examples=[{"AB_TEST_FEATURE": False, "READ_ME": True, "SIGNUP": True}],
+    )

@@ -90,3 +90,12 @@ async def change_flags(
         sorted(remove or []),
     )
     return dump_flags(store.flags)
+
+
+def flags_for(store: FlagStore, user: User | None, *, enforced: bool) -> dict[str, bool]:
+    """Every flag of ``store`` as it applies to ``user`` (None: anonymous), by name.
+
+    While flags are not ``enforced`` (FEATURE_FLAGS_ENABLED is False) nothing is off.
+    """
+    subject = (user.uuid, list(user.roles)) if user is not None else None
+    return {name: not enforced or store.is_enabled(name, subject) for name in sorted(store.flags)}

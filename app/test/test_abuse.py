@@ -252,6 +252,8 @@ async def test_bad_tokens_on_every_endpoint(
         ("POST", "/api/auth/email/verify/request"),
         ("GET", "/api/auth/email/verify"),
         ("GET", "/api/oauth/providers"),
+        # Open to anonymous callers; a refused token is one (as for the flags themselves).
+        ("GET", "/api/feature-flags/me"),
     }
     checked = 0
     for method, path, has_body in _operations(app):
