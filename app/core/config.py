@@ -183,6 +183,9 @@ class Settings(BaseSettings):
     PASSWORD_BCRYPT_ROUNDS: int = Field(default=12, ge=4, le=31)
     DEACTIVATE_ON_PASSWORD_FORGOT: bool = False
     MAX_UPLOAD_SIZE_MB: int = Field(default=10, gt=0)
+    # Signed picture URLs change once per this many seconds and stay valid one to two times
+    # as long (see app.core.picture_links).
+    PICTURE_URL_SECONDS: int = Field(default=14_400, ge=60, le=604_800)
     FORWARDED_ALLOW_IPS: Annotated[list[str], NoDecode] = []
     ALLOWED_REDIRECT_ORIGINS: Annotated[list[str], NoDecode] = []
     # Web apps on other origins that may call the API from a browser (CORS).

@@ -56,6 +56,10 @@ class User(Base):
         ForeignKey("file.id", ondelete="SET NULL", use_alter=True)
     )
 
+    # A new random value whenever the picture is uploaded or removed: signed picture URLs
+    # name it, so a URL handed out earlier never shows a later picture. Null until then.
+    picture_version: Mapped[str | None] = mapped_column(String(16))
+
     profile_picture: Mapped[File | None] = relationship(
         foreign_keys=[profile_picture_id], post_update=True, lazy="raise"
     )

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, Path, Response, UploadFile, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    Header,
+    Path,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+    status,
+)
 from fastapi.responses import FileResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.authentication import caller_of
 from app.core.config import Settings
+from app.core.picture_links import PictureReplaced, check_picture_link, picture_version
 from app.models import User
 from app.routers.deps import (
     ClientDep,
@@ -17,18 +31,29 @@ from app.routers.deps import (
     Reader,
     SessionDep,
     SettingsDep,
+    UserCopiesDep,
     UserUuid,
+    oauth2_scheme,
 )
 from app.schemas.common import Text, error_responses
 from app.schemas.files import FileInfo, FilePage, FileUpdate, file_info
 from app.services import files as file_service
 from app.services.context import ClientInfo
+from app.services.directory import UserNotFound
 
 router = APIRouter(tags=["files"])
 
 FileId = Annotated[int, Path(ge=1, le=2_147_483_647, description="The file's id.")]
 Upload = Annotated[UploadFile, File(description="The file (multipart/form-data).")]
 Description = Annotated[Text | None, Form(max_length=256)]
+Version = Annotated[
+    str | None, Query(max_length=64, description="Signed URLs: the picture's version.")
+]
+Expiry = Annotated[
+    int | None,
+    Query(ge=0, le=10**12, description="Signed URLs: when the URL expires (epoch seconds)."),
+]
+Signature = Annotated[str | None, Query(max_length=128, description="Signed URLs: the signature.")]
 
 _NOSNIFF = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-cache"}
 _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -344,27 +369,77 @@ async def delete_profile_picture(
 @router.get(
     "/user/{uuid}/pfp",
     response_class=Response,
-    responses={**_IMAGE_RESPONSES, **error_responses(401, 404, 422)},
+    responses={**_IMAGE_RESPONSES, **error_responses(401, 403, 404, 422)},
 )
 async def read_profile_picture(
+    request: Request,
     user_uuid: UserUuid,
-    actor: Reader,
     db: SessionDep,
     settings: SettingsDep,
+    users: UserCopiesDep,
+    _token: Annotated[str | None, Depends(oauth2_scheme)],
+    v: Version = None,
+    exp: Expiry = None,
+    sig: Signature = None,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The profile picture: the uploaded one, or a gray square with the initials.
 
-    Answers 304 when ``If-None-Match`` carries the current ``ETag``.
+    Two ways in. A user's ``picture_url`` (in their profile) is this path signed with
+    ``v``, ``exp`` and ``sig``: it needs no Authorization header, so it goes in an
+    ``<img>``, and answers with ``Cache-Control: public, max-age=...`` up to its
+    expiry and the version as ``ETag``. Without those parameters a bearer token is
+    needed (API clients; ``Cache-Control: private, no-cache``). Both answer 304 when
+    ``If-None-Match`` carries the current ``ETag``.
 
     Raises
     ------
+    401
+        No signature and no valid bearer token.
+    403
+        ``PICTURE_LINK_INVALID``: a signature that does not match the UUID, ``v`` and
+        ``exp`` (or one of them is missing); ``PICTURE_LINK_EXPIRED``: a signed URL
+        past its expiry. Read the profile again for a fresh ``picture_url``.
     404
-        ``USER_NOT_FOUND`` (also when the user blocked the caller).
+        ``USER_NOT_FOUND`` (also when the user blocked the caller);
+        ``PICTURE_REPLACED``: a signed URL of a picture that has changed since.
     """
-    picture = await file_service.get_profile_picture(db, settings, actor, user_uuid)
-    headers = {**_NOSNIFF, "ETag": picture.etag}
-    if if_none_match and picture.etag in [tag.strip() for tag in if_none_match.split(",")]:
+    if v is None and exp is None and sig is None:
+        actor = (await caller_of(request.scope).reader()).user
+        picture = await file_service.get_profile_picture(db, settings, actor, user_uuid)
+        return _picture_response(picture, _NOSNIFF, if_none_match)
+    link = check_picture_link(settings, user_uuid, v, exp, sig)
+    etag = f'"{link.version}"'
+    headers = {
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": f"public, max-age={link.seconds_left}, immutable",
+    }
+    if _matches(etag, if_none_match):
+        # Revalidation needs only the version: a copy of the user, usually cached.
+        user = await users(user_uuid)
+        if user is None:
+            raise UserNotFound()
+        if picture_version(user) != link.version:
+            raise PictureReplaced()
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={**headers, "ETag": etag})
+    picture = await file_service.get_signed_picture(db, settings, user_uuid, link.version)
+    if picture.stand_in:
+        # Not the picture the version names (its file is gone): serve it, cache nothing.
+        headers["Cache-Control"] = "no-store"
+    return _picture_response(picture, headers, None)
+
+
+def _matches(etag: str, if_none_match: str | None) -> bool:
+    if not if_none_match:
+        return False
+    return etag in [tag.strip() for tag in if_none_match.split(",")]
+
+
+def _picture_response(
+    picture: file_service.PictureResponse, headers: dict[str, str], if_none_match: str | None
+) -> Response:
+    headers = {**headers, "ETag": picture.etag}
+    if _matches(picture.etag, if_none_match):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     if picture.path is not None:
         return FileResponse(picture.path, media_type=picture.media_type, headers=headers)

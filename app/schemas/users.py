@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.config import Settings
+from app.core.picture_links import signed_picture_url
 from app.models import User
 from app.schemas.common import RequestModel
 from app.schemas.fields import CurrentPassword, Description, Email
@@ -21,7 +22,11 @@ class UserPublic(BaseModel):
     username: str
     display_name: str
     description: str | None
-    picture_url: str = Field(description="The profile picture (uploaded or generated).")
+    picture_url: str = Field(
+        description="The profile picture (uploaded or generated): a signed URL that needs "
+        "no Authorization header (for an ``<img>``). It changes with the picture and "
+        "expires within hours (PICTURE_URL_SECONDS): read the profile again for a new one."
+    )
     created_at: int
 
 
@@ -41,11 +46,6 @@ class UserPrivate(UserPublic):
     updated_at: int
 
 
-def picture_url(settings: Settings, user_uuid: str) -> str:
-    """Where a user's profile picture is served."""
-    return f"{settings.BASE_URL}{settings.API_STR}/user/{user_uuid}/pfp"
-
-
 def public_view(user: User, settings: Settings) -> UserPublic:
     """What others see of ``user``."""
     return UserPublic(
@@ -53,7 +53,7 @@ def public_view(user: User, settings: Settings) -> UserPublic:
         username=user.username,
         display_name=user.display_name,
         description=user.description,
-        picture_url=picture_url(settings, user.uuid),
+        picture_url=signed_picture_url(settings, user),
         created_at=user.created_at,
     )
 

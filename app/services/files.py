@@ -16,9 +16,10 @@ import asyncio
 import hashlib
 import os
 import re
+import secrets
 import unicodedata
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
@@ -41,9 +42,10 @@ from app.core.images import (
     sniff_image_type,
 )
 from app.core.permissions import require_permission
+from app.core.picture_links import PictureReplaced, picture_version
 from app.models import File, User, now_epoch, user_file
 from app.services.context import ClientInfo
-from app.services.directory import get_visible_user
+from app.services.directory import UserNotFound, get_visible_user
 from app.services.history import record_event
 
 FILE_NAME_MAX_STEM = 100
@@ -411,6 +413,11 @@ async def delete_file(
     file = await get_file(db, actor, file_id, "delete")
     path = _absolute(settings, file.file_path)
     owner_uuid = file.owner_uuid
+    if file.kind == "picture":
+        # The database clears the owner's picture id; their URLs must change with it.
+        owner = await db.get(User, owner_uuid)
+        if owner is not None:
+            _new_picture_version(owner)
     await db.delete(file)
     record_event(
         db, owner_uuid, "file_deleted", by=actor.uuid, client=client, details={"file": file_id}
@@ -490,10 +497,19 @@ async def store_picture(
         description="Profile picture",
     )
     user.profile_picture_id = file.id
+    _new_picture_version(user)
     record_event(db, user.uuid, "picture_changed", by=actor_uuid, client=client)
     await db.commit()
     await _unlink([_absolute(settings, path) for path in replaced])
     return user
+
+
+def _new_picture_version(user: User) -> None:
+    """Name the user's new picture: signed URLs of the earlier one stop serving.
+
+    Random rather than counted: parallel uploads must not both write the same next value.
+    """
+    user.picture_version = secrets.token_urlsafe(12)
 
 
 async def _remove_pictures(db: AsyncSession, user: User) -> list[str]:
@@ -516,6 +532,7 @@ async def delete_profile_picture(
     removed = await _remove_pictures(db, user)
     if not removed:
         return
+    _new_picture_version(user)
     record_event(db, user.uuid, "picture_removed", by=actor.uuid, client=client)
     await db.commit()
     await _unlink([_absolute(settings, path) for path in removed])
@@ -529,6 +546,9 @@ class PictureResponse:
     media_type: str
     data: bytes | None = None
     path: Path | None = None
+    #: The generated picture standing in for an uploaded one that is gone (missing on
+    #: disk, or removed while this request read it): not what a signed URL names.
+    stand_in: bool = False
 
 
 @lru_cache(maxsize=1024)
@@ -541,17 +561,50 @@ async def get_profile_picture(
 ) -> PictureResponse:
     """The uploaded picture, or a gray square with the display name's initials."""
     user, _ = await get_visible_user(db, actor, user_uuid)
-    if user.profile_picture_id is not None:
-        file = await db.get(File, user.profile_picture_id)
-        if file is not None:
-            path = _absolute(settings, file.file_path)
-            if await asyncio.to_thread(path.is_file):
-                # Every stored picture has a fresh generated name, whereas ids can come
-                # back (SQLite) within the same second: tag by the (hidden) name.
-                stored = hashlib.sha256(file.file_path.encode()).hexdigest()[:20]
-                return PictureResponse(etag=f'"pfp-{stored}"', media_type=file.file_type, path=path)
-            logger.error("profile picture {} of user {} is missing on disk", file.id, user.uuid)
+    picture_id = user.profile_picture_id
+    file = None if picture_id is None else await db.get(File, picture_id)
+    return await _picture_of(settings, user, file)
+
+
+async def get_signed_picture(
+    db: AsyncSession, settings: Settings, user_uuid: str, version: str
+) -> PictureResponse:
+    """The picture a signed URL names, tagged with its version (the URL was checked).
+
+    404: ``USER_NOT_FOUND`` when the user is gone, ``PICTURE_REPLACED`` when their
+    picture has changed since the URL was made.
+    """
+    # One statement, so the version and the file are read as of the same moment: a
+    # picture uploaded meanwhile can never be served under the version of the one before.
+    query = (
+        select(User, File)
+        .outerjoin(File, File.id == User.profile_picture_id)
+        .where(User.uuid == user_uuid)
+    )
+    row = (await db.execute(query)).first()
+    if row is None:
+        raise UserNotFound()
+    user, file = row.tuple()
+    if picture_version(user) != version:
+        raise PictureReplaced()
+    picture = await _picture_of(settings, user, file)
+    return picture if picture.stand_in else replace(picture, etag=f'"{version}"')
+
+
+async def _picture_of(settings: Settings, user: User, file: File | None) -> PictureResponse:
+    """``file`` (the user's uploaded picture, None if the row is gone) or the generated one."""
+    stand_in = user.profile_picture_id is not None
+    if stand_in and file is not None:
+        path = _absolute(settings, file.file_path)
+        if await asyncio.to_thread(path.is_file):
+            # Every stored picture has a fresh generated name, whereas ids can come
+            # back (SQLite) within the same second: tag by the (hidden) name.
+            stored = hashlib.sha256(file.file_path.encode()).hexdigest()[:20]
+            return PictureResponse(etag=f'"pfp-{stored}"', media_type=file.file_type, path=path)
+        logger.error("profile picture {} of user {} is missing on disk", file.id, user.uuid)
     text = initials(user.display_name)
     data = await asyncio.to_thread(_avatar, text)
     digest = hashlib.sha256(data).hexdigest()[:20]
-    return PictureResponse(etag=f'"avatar-{digest}"', media_type="image/png", data=data)
+    return PictureResponse(
+        etag=f'"avatar-{digest}"', media_type="image/png", data=data, stand_in=stand_in
+    )

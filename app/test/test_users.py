@@ -55,7 +55,10 @@ async def test_public_and_private_views(client: httpx.AsyncClient, people) -> No
     _, moderator_tokens = people["moderator"]
     seen_by_bob = (await client.get(f"/api/user/{alice.uuid}", headers=bearer(bob_tokens))).json()
     assert set(seen_by_bob) == PUBLIC_KEYS
-    assert seen_by_bob["picture_url"] == f"http://localhost:8000/api/user/{alice.uuid}/pfp"
+    # Signed for an <img> (test_picture_links.py).
+    assert seen_by_bob["picture_url"].startswith(
+        f"http://localhost:8000/api/user/{alice.uuid}/pfp?v="
+    )
     seen_by_self = (
         await client.get(f"/api/user/{alice.uuid}", headers=bearer(alice_tokens))
     ).json()
