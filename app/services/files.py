@@ -584,7 +584,7 @@ async def get_signed_picture(
     row = (await db.execute(query)).first()
     if row is None:
         raise UserNotFound()
-    user, file = row.tuple()
+    user, file = row
     if picture_version(user) != version:
         raise PictureReplaced()
     picture = await _picture_of(settings, user, file)
