@@ -51,6 +51,10 @@ def _check_http_url(name: str, value: str) -> str:
     return value.rstrip("/")
 
 
+#: Characters a front-end path may not hold.
+_NOT_IN_PATH = "\\ \t\r\n?#"
+
+
 def _split_list(value: object) -> object:
     """Read a comma-separated list from the environment ("a, b" -> ["a", "b"])."""
     if isinstance(value, str):
@@ -73,7 +77,14 @@ class Settings(BaseSettings):
     # URL
     BASE_URL: str = "http://localhost:8000"
     API_STR: str = "/api"
-    FRONTEND_URL: str = "http://localhost:3000"
+    # Empty: no front end; mailed links open the service's own pages (/account/...).
+    FRONTEND_URL: str = ""
+    # The front end's pages that mailed links open (each gets ?token=...).
+    FRONTEND_VERIFY_PATH: str = "/verify-email"
+    FRONTEND_RESET_PATH: str = "/reset-password"
+    FRONTEND_CONFIRM_EMAIL_CHANGE_PATH: str = "/confirm-email-change"
+    FRONTEND_UNDO_EMAIL_CHANGE_PATH: str = "/undo-email-change"
+    FRONTEND_FORGOT_PASSWORD_PATH: str = "/forgot-password"
 
     # Storage
     DATA_DIR: Path = Path("./data")
@@ -175,7 +186,27 @@ class Settings(BaseSettings):
     @field_validator("BASE_URL", "FRONTEND_URL")
     @classmethod
     def _url(cls, value: str, info) -> str:
+        if info.field_name == "FRONTEND_URL" and not value.strip():
+            return ""  # no front end
         return _check_http_url(info.field_name, value)
+
+    @field_validator(
+        "FRONTEND_VERIFY_PATH",
+        "FRONTEND_RESET_PATH",
+        "FRONTEND_CONFIRM_EMAIL_CHANGE_PATH",
+        "FRONTEND_UNDO_EMAIL_CHANGE_PATH",
+        "FRONTEND_FORGOT_PASSWORD_PATH",
+    )
+    @classmethod
+    def _frontend_path(cls, value: str, info) -> str:
+        # A path only: a host, query or fragment here would send tokens elsewhere.
+        if (
+            not value.startswith("/")
+            or value.startswith("//")
+            or any(c in value for c in _NOT_IN_PATH)
+        ):
+            raise ValueError(f"{info.field_name} must be a path such as /page, got {value!r}")
+        return value
 
     @field_validator("API_STR")
     @classmethod
