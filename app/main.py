@@ -52,7 +52,17 @@ from app.core.rate_limiter import (
 from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
 from app.core.security import warm_up_password_hashing
-from app.routers import admin, auth, docs_pages, files, health, legal, provider_login, users
+from app.routers import (
+    account_pages,
+    admin,
+    auth,
+    docs_pages,
+    files,
+    health,
+    legal,
+    provider_login,
+    users,
+)
 from app.services.accounts import ensure_first_admin
 from app.services.maintenance import maintenance_jobs
 
@@ -225,6 +235,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(docs_pages.router)
     app.include_router(legal.router)
+    app.include_router(account_pages.router)
     store.protected = protected_flags(app.routes, settings.API_STR)
     app.mount("/docs-static", docs_pages.DOCS_STATIC, name="docs-static")
     app.mount("/static", docs_pages.PAGE_STATIC, name="static")
