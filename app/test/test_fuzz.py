@@ -53,6 +53,7 @@ NO_SUCCESS_REACHABLE = {
     "POST /api/auth/password/reset/info": "needs the one-time token mailed by password/forgot",
     "POST /api/auth/password/reset": "needs the one-time token mailed by password/forgot",
     "GET /api/auth/email/verify": "needs the one-time token mailed to the address",
+    "POST /api/auth/email/verify": "needs the one-time token mailed to the address",
     "POST /api/auth/email/change/confirm": "needs the one-time token mailed to the new address",
     "POST /api/auth/email/change/undo": "needs the one-time token mailed to the old address",
     "POST /api/auth/token/exchange": "needs the one-time code that ends a sign-in through "
