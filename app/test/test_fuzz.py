@@ -79,6 +79,8 @@ def fuzzed_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
             "METRICS_ENABLED": True,
             "API_CLIENT_ID_GITHUB": "fuzz-client",
             "API_CLIENT_SECRET_GITHUB": "fuzz-secret",
+            # So that /terms and /privacy redirect (without a front end they answer 404).
+            "FRONTEND_URL": "https://app.example",
             "LOG_LEVEL": "WARNING",
         }
     )
