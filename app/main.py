@@ -53,7 +53,17 @@ from app.core.rate_limiter import (
 from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
 from app.core.security import warm_up_password_hashing
-from app.routers import admin, auth, docs_pages, files, health, legal, provider_login, users
+from app.routers import (
+    account_pages,
+    admin,
+    auth,
+    docs_pages,
+    files,
+    health,
+    legal,
+    provider_login,
+    users,
+)
 from app.routers import flags as caller_flags
 from app.services.accounts import ensure_first_admin
 from app.services.maintenance import maintenance_jobs
@@ -230,6 +240,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Pages for browsers, not operations for API clients: the README lists them.
     app.include_router(docs_pages.router, include_in_schema=False)
     app.include_router(legal.router, include_in_schema=False)
+    app.include_router(account_pages.router, include_in_schema=False)
     store.protected = protected_flags(app.routes, settings.API_STR)
     app.mount("/docs-static", docs_pages.DOCS_STATIC, name="docs-static")
     app.mount("/static", docs_pages.PAGE_STATIC, name="static")

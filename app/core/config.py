@@ -78,6 +78,10 @@ def _check_origin(value: str) -> str:
     return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
+#: Characters a front-end path may not hold.
+_NOT_IN_PATH = "\\ \t\r\n?#"
+
+
 def _split_list(value: object) -> object:
     """Read a comma-separated list from the environment ("a, b" -> ["a", "b"])."""
     if isinstance(value, str):
@@ -101,7 +105,14 @@ class Settings(BaseSettings):
     PORT: int = Field(default=8000, ge=1, le=65535)
     BASE_URL: str = ""
     API_STR: str = "/api"
-    FRONTEND_URL: str = "http://localhost:3000"
+    # Empty: no front end; mailed links open the service's own pages (/account/...).
+    FRONTEND_URL: str = ""
+    # The front end's pages that mailed links open (each gets ?token=...).
+    FRONTEND_VERIFY_PATH: str = "/verify-email"
+    FRONTEND_RESET_PATH: str = "/reset-password"
+    FRONTEND_CONFIRM_EMAIL_CHANGE_PATH: str = "/confirm-email-change"
+    FRONTEND_UNDO_EMAIL_CHANGE_PATH: str = "/undo-email-change"
+    FRONTEND_FORGOT_PASSWORD_PATH: str = "/forgot-password"
 
     # Storage
     DATA_DIR: Path = Path("./data")
@@ -212,7 +223,27 @@ class Settings(BaseSettings):
             # Unset: the address `make run` and the image serve on, so links in mails
             # point at the port actually in use.
             return f"http://localhost:{info.data.get('PORT', 8000)}"
+        if info.field_name == "FRONTEND_URL" and not value.strip():
+            return ""  # no front end
         return _check_http_url(info.field_name, value)
+
+    @field_validator(
+        "FRONTEND_VERIFY_PATH",
+        "FRONTEND_RESET_PATH",
+        "FRONTEND_CONFIRM_EMAIL_CHANGE_PATH",
+        "FRONTEND_UNDO_EMAIL_CHANGE_PATH",
+        "FRONTEND_FORGOT_PASSWORD_PATH",
+    )
+    @classmethod
+    def _frontend_path(cls, value: str, info) -> str:
+        # A path only: a host, query or fragment here would send tokens elsewhere.
+        if (
+            not value.startswith("/")
+            or value.startswith("//")
+            or any(c in value for c in _NOT_IN_PATH)
+        ):
+            raise ValueError(f"{info.field_name} must be a path such as /page, got {value!r}")
+        return value
 
     @field_validator("API_STR")
     @classmethod

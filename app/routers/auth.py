@@ -384,8 +384,9 @@ async def forgot_password(
     """Ask for a password-reset link by email.
 
     The answer is the same whether or not an account has this email. A link is sent
-    only to a verified email; it (``FRONTEND_URL/reset-password?token=...``) works
-    once, for one hour, and the mail names the providers linked to the account.
+    only to a verified email; it opens the front end's FRONTEND_RESET_PATH page (or
+    the service's own ``/account/reset``), works once, for one hour, and the mail
+    names the providers linked to the account.
 
     Returns
     -------
@@ -481,6 +482,31 @@ async def verify_email(
     return Message(detail="Email verified")
 
 
+@router.post("/email/verify", response_model=Message, responses=error_responses(400, 422))
+async def verify_email_by_post(
+    body: LinkTokenRequest, db: SessionDep, settings: SettingsDep, client: ClientDep
+) -> Message:
+    """Verify an email address with the token of the link mailed to it, in the body.
+
+    What the page opened by the mailed link sends (the front end's
+    FRONTEND_VERIFY_PATH, or the service's own ``/account/verify``): the token stays
+    out of URLs, so out of browser histories and proxies' logs. The GET form (token
+    in the query) keeps working.
+
+    Returns
+    -------
+    Message
+        Confirmation.
+
+    Raises
+    ------
+    400
+        ``INVALID_LINK``: forged, expired, already used, or for an older address.
+    """
+    await auth_service.verify_email(db, settings, body.token, client)
+    return Message(detail="Email verified")
+
+
 @router.post(
     "/email/verify/request",
     status_code=status.HTTP_202_ACCEPTED,
@@ -521,9 +547,10 @@ async def confirm_email_change(
 ) -> Message:
     """Confirm a new email with the token mailed to it: it becomes the account's email.
 
-    The mail links to ``FRONTEND_URL/confirm-email-change?token=...``, a page that
-    sends this request when the user clicks (a POST, so that a mail scanner opening
-    the link confirms nothing). A password change or reset since the request, a
+    The mail links to a page (the front end's FRONTEND_CONFIRM_EMAIL_CHANGE_PATH, or
+    the service's own ``/account/confirm-email-change``) that sends this request
+    when the user clicks (a POST, so that a mail scanner opening the link confirms
+    nothing). A password change or reset since the request, a
     cancelled or replaced change, and a banned account all make the token invalid.
 
     Returns
@@ -561,8 +588,9 @@ async def undo_email_change(
     address stays reserved to the account for as long as this works). Either way
     every session ends and the password is cleared: whoever asked for the change
     knew it or held a fresh session. A reset link is mailed to the old address at
-    once. The mail links to ``FRONTEND_URL/undo-email-change?token=...``, a page that
-    sends this request when the user clicks.
+    once. The mail links to a page (the front end's FRONTEND_UNDO_EMAIL_CHANGE_PATH,
+    or the service's own ``/account/undo-email-change``) that sends this request when
+    the user clicks.
 
     Raises
     ------

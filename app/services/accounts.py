@@ -24,6 +24,7 @@ from app.schemas.common import check_text
 from app.schemas.fields import check_email, check_username
 from app.services.context import SYSTEM, ClientInfo
 from app.services.history import record_event
+from app.services.mail_links import LinkPage, mail_link
 
 EMAIL_VERIFY_PURPOSE = "email-verify"
 EMAIL_VERIFY_MAX_AGE_SECONDS = 48 * 3600
@@ -182,7 +183,7 @@ def send_verification_email(settings: Settings, mailer: Mailer, user: User) -> N
     token = create_one_time_token(
         settings.JWT_SECRET_KEY, EMAIL_VERIFY_PURPOSE, {"uuid": user.uuid, "email": user.email}
     )
-    link = f"{settings.BASE_URL}{settings.API_STR}/auth/email/verify?token={token}"
+    link = mail_link(settings, LinkPage.VERIFY_EMAIL, token)
     mailer.send_later(
         mailer.render(
             "verify_email",

@@ -46,6 +46,7 @@ from app.services.context import ClientInfo
 from app.services.devices import claim_login, new_device_token
 from app.services.history import record_event
 from app.services.links import InvalidLink, consume_link, read_link
+from app.services.mail_links import LinkPage, mail_link
 from app.services.notices import send_security_notice
 from app.services.profile import (
     EMAIL_CHANGE_PURPOSE,
@@ -231,7 +232,7 @@ async def mail_reset_link(db: AsyncSession, settings: Settings, mailer: Mailer, 
             to=user.email,
             subject=f"Reset your {settings.PROJECT_NAME} password",
             display_name=user.display_name,
-            link=f"{settings.FRONTEND_URL}/reset-password?token={token}",
+            link=mail_link(settings, LinkPage.RESET_PASSWORD, token),
             valid_minutes=PASSWORD_RESET_MAX_AGE_SECONDS // 60,
             providers=providers,
         )

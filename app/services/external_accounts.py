@@ -153,7 +153,7 @@ def _origin(url: str) -> tuple[str, str, int]:
 
 def check_redirect_uri(settings: Settings, redirect_uri: str) -> str:
     """Accept only an absolute http(s) URL whose origin is BASE_URL's, FRONTEND_URL's
-    or one of ALLOWED_REDIRECT_ORIGINS; no credentials, backslashes or controls."""
+    (when set) or one of ALLOWED_REDIRECT_ORIGINS; no credentials, backslashes or controls."""
     if any(ch in redirect_uri for ch in "\\\r\n\t ") or len(redirect_uri) > 2048:
         raise InvalidRedirectUri()
     try:
@@ -166,6 +166,7 @@ def check_redirect_uri(settings: Settings, redirect_uri: str) -> str:
     allowed = {
         _origin(url)
         for url in (settings.BASE_URL, settings.FRONTEND_URL, *settings.ALLOWED_REDIRECT_ORIGINS)
+        if url  # FRONTEND_URL is empty without a front end
     }
     if origin not in allowed:
         raise InvalidRedirectUri()

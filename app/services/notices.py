@@ -10,6 +10,7 @@ from __future__ import annotations
 from app.core.config import Settings
 from app.core.email import Mailer
 from app.models import User
+from app.services.mail_links import LinkPage, mail_link
 
 
 def send_security_notice(
@@ -41,6 +42,6 @@ def send_security_notice(
             action_link=action_link,
             action_label=action_label,
             valid_days=valid_days,
-            reset_link=f"{settings.FRONTEND_URL}/forgot-password",
+            reset_link=mail_link(settings, LinkPage.FORGOT_PASSWORD),
         )
     )

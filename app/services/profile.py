@@ -24,6 +24,7 @@ from app.services.accounts import (
 from app.services.context import ClientInfo
 from app.services.directory import target_user
 from app.services.history import record_event
+from app.services.mail_links import LinkPage, mail_link
 from app.services.notices import send_security_notice
 from app.services.reauth import require_recent_auth
 
@@ -66,7 +67,7 @@ def _mail_email_change(settings: Settings, mailer: Mailer, user: User, new_email
             to=new_email,
             subject=f"Confirm your new email for {settings.PROJECT_NAME}",
             display_name=user.display_name,
-            link=f"{settings.FRONTEND_URL}/confirm-email-change?token={confirm}",
+            link=mail_link(settings, LinkPage.CONFIRM_EMAIL_CHANGE, confirm),
             valid_hours=EMAIL_VERIFY_MAX_AGE_SECONDS // 3600,
         )
     )
@@ -79,7 +80,7 @@ def _mail_email_change(settings: Settings, mailer: Mailer, user: User, new_email
             "It takes effect when the link mailed to the new address is followed; until "
             "then this address stays the account's."
         ),
-        action_link=f"{settings.FRONTEND_URL}/undo-email-change?token={undo}",
+        action_link=mail_link(settings, LinkPage.UNDO_EMAIL_CHANGE, undo),
         action_label="It was not me: keep this address, sign out everywhere and choose a "
         "new password",
         valid_days=EMAIL_CHANGE_UNDO_MAX_AGE_SECONDS // 86400,

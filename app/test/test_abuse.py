@@ -251,6 +251,7 @@ async def test_bad_tokens_on_every_endpoint(
         ("POST", "/api/auth/token/exchange"),
         ("POST", "/api/auth/email/verify/request"),
         ("GET", "/api/auth/email/verify"),
+        ("POST", "/api/auth/email/verify"),
         ("GET", "/api/oauth/providers"),
         # Open to anonymous callers; a refused token is one (as for the flags themselves).
         ("GET", "/api/feature-flags/me"),

@@ -57,6 +57,7 @@ NO_SUCCESS_REACHABLE = {
     "POST /api/auth/password/reset/info": "needs the one-time token mailed by password/forgot",
     "POST /api/auth/password/reset": "needs the one-time token mailed by password/forgot",
     "GET /api/auth/email/verify": "needs the one-time token mailed to the address",
+    "POST /api/auth/email/verify": "needs the one-time token mailed to the address",
     "POST /api/auth/email/change/confirm": "needs the one-time token mailed to the new address",
     "POST /api/auth/email/change/undo": "needs the one-time token mailed to the old address",
     "POST /api/auth/token/exchange": "needs the one-time code that ends a sign-in through "
@@ -82,6 +83,8 @@ def fuzzed_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
             "METRICS_ENABLED": True,
             "API_CLIENT_ID_GITHUB": "fuzz-client",
             "API_CLIENT_SECRET_GITHUB": "fuzz-secret",
+            # So that /terms and /privacy redirect (without a front end they answer 404).
+            "FRONTEND_URL": "https://app.example",
             "LOG_LEVEL": "WARNING",
         }
     )

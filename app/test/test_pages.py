@@ -252,13 +252,6 @@ async def test_every_html_page_forbids_framing_and_inline_scripts(
         assert "content-security-policy" not in served.headers, asset  # not HTML
 
 
-async def test_legal_pages_redirect_to_the_front_end(client: httpx.AsyncClient) -> None:
-    for page in ("terms", "privacy"):
-        response = await client.get(f"/{page}")
-        assert response.status_code == 307
-        assert response.headers["location"] == f"http://localhost:3000/{page}"
-
-
 class TestPublicDocs:
     @pytest.fixture
     def settings_overrides(self) -> dict[str, object]:
