@@ -466,7 +466,8 @@ async def verify_email(
     settings: SettingsDep,
     client: ClientDep,
 ) -> Message:
-    """Verify an email address with the link mailed to it.
+    """Verify an email address with a token in the query (links mailed by earlier
+    versions; mails now link to a page that uses the POST form).
 
     Returns
     -------

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
@@ -44,8 +45,14 @@ def _redis_of_this_worker(url: str | None) -> str | None:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if not url or not worker.startswith("gw"):
         return url
-    base, _, database = url.rpartition("/")
-    return f"{base}/{int(database or 0) - int(worker[2:])}"
+    parsed = urlsplit(url)
+    number = int(parsed.path.strip("/") or 0) - int(worker[2:])
+    if number < 0:
+        raise pytest.UsageError(
+            f"TEST_REDIS_URL {url!r}: worker {worker} needs a database below it; "
+            "name a database number of at least the number of workers minus one"
+        )
+    return urlunsplit(parsed._replace(path=f"/{number}"))
 
 
 TEST_REDIS_URL = _redis_of_this_worker(os.environ.get("TEST_REDIS_URL"))

@@ -90,6 +90,15 @@ def test_data_is_a_named_volume_the_image_user_can_write(compose: dict) -> None:
     assert "chown 10001:10001 /data" in (ROOT / "Dockerfile").read_text()
 
 
+def test_without_a_front_end_mails_link_to_the_service(compose: dict) -> None:
+    """FRONTEND_URL left unset means no front end: the mailed links open the service's
+    own pages instead of a page nothing serves."""
+    for name in ("app", "app-dev"):
+        environment = compose["services"][name]["environment"]
+        assert environment["FRONTEND_URL"] == "${FRONTEND_URL-}", name
+        assert environment["CORS_ORIGINS"] == "${CORS_ORIGINS-}", name
+
+
 def test_development_services_only_in_the_dev_profile(compose: dict) -> None:
     services = compose["services"]
     for name in ("app", "db", "redis"):
