@@ -251,6 +251,33 @@ def live_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
         server.stop()
 
 
+#: Chromium's switches for headless tests in a container (no sandbox, GPU or updates).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A headless Debian Chromium driven by Playwright (installed by
+    scripts/install-test-tools.sh), closed after the test."""
+    executable = require_tool("chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
 @pytest.fixture
 def smtp_server() -> Iterator[MailCatcher]:
     """A real SMTP server (aiosmtpd) on a free loopback port, catching every message."""

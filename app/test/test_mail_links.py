@@ -4,7 +4,6 @@ service's own pages, which carry the token in the fragment and never log it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from email.message import EmailMessage
 from urllib.parse import urlsplit
 
@@ -17,7 +16,7 @@ from app.test.conftest import make_settings
 from app.test.factories import PASSWORD, bearer, live_signup_and_login, login, signup
 from app.test.mail import MailCatcher, link_in, links_in, token_in, verify_address
 from app.test.server import LiveServer
-from app.test.test_pages import CHROMIUM_ARGS, assert_cannot_be_framed_nor_injected
+from app.test.test_pages import assert_cannot_be_framed_nor_injected
 
 NEW_PASSWORD = "a brand new passphrase"
 FRONTEND = "https://app.example"
@@ -179,21 +178,6 @@ class TestWithAFrontEnd:
 
 
 # A real browser on the service's own pages ---------------------------------------------
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    from app.test.conftest import require_tool
-
-    executable = require_tool("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
 
 
 def _mail(catcher: MailCatcher, address: str, count: int = 1) -> EmailMessage:

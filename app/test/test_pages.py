@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 
 import httpx
 import pyotp
 import pytest
 from fastapi import FastAPI
 
-from app.test.conftest import require_tool
 from app.test.factories import PASSWORD, bearer, user_with_tokens
 from app.test.server import LiveServer
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: The in-process client's own origin (its base URL); the sign-in page sends it.
 OWN_ORIGIN = {"Origin": "http://testserver"}
 #: The settings' default BASE_URL.
@@ -320,19 +309,6 @@ def settings_overrides() -> dict[str, object]:
         "FIRST_ADMIN_EMAIL": "docs_admin@example.com",
         "FIRST_ADMIN_PASSWORD": PASSWORD,
     }
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    executable = require_tool("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
 
 
 def _sign_in(page, base_url: str, username: str) -> None:

@@ -28,10 +28,9 @@ from app.core.picture_links import (
     signature,
     signed_picture_url,
 )
-from app.test.conftest import make_settings, require_tool
+from app.test.conftest import make_settings
 from app.test.factories import bearer, live_signup_and_login, make_user, user_with_tokens
 from app.test.server import LiveServer
-from app.test.test_pages import CHROMIUM_ARGS
 
 RED, GREEN = (200, 0, 0), (0, 200, 0)
 
@@ -310,19 +309,6 @@ def test_the_version_follows_the_picture() -> None:
 
 
 # A real browser ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    executable = require_tool("chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
 
 
 @contextmanager
