@@ -198,7 +198,6 @@ class Mailer:
         values = {
             "project_name": self.settings.PROJECT_NAME,
             "contact_email": self.settings.CONTACT_EMAIL,
-            "frontend_url": self.settings.FRONTEND_URL,
             "subject": subject,
             **context,
         }
