@@ -53,10 +53,16 @@ def listening_socket() -> socket.socket:
     return sock
 
 
-def spawn_server(env: dict[str, str], log_path: Path, extra_args: Sequence[str] = ()) -> LiveServer:
+def spawn_server(
+    env: dict[str, str],
+    log_path: Path,
+    extra_args: Sequence[str] = (),
+    sock: socket.socket | None = None,
+) -> LiveServer:
     """Start uvicorn with ``env`` added to this process's environment (and uvicorn's
-    ``extra_args``); do not wait."""
-    sock = listening_socket()
+    ``extra_args``) on ``sock`` (from :func:`listening_socket`; a new one if not given,
+    e.g. when ``env`` must name the port in ``BASE_URL``); do not wait."""
+    sock = sock or listening_socket()
     port = sock.getsockname()[1]
     with log_path.open("ab") as log:
         process = subprocess.Popen(
