@@ -1,22 +1,23 @@
 """A web app on another origin, in a real browser, using the API through fetch() only.
 
-The app is the example shipped in ``examples/web-app``, served by a static file server
-on a port of its own (another origin). It signs up, follows the mailed verification
-link (which opens the web app, since FRONTEND_URL names it), signs in with JSON, shows
-the profile picture in an ``<img>``, turns on an authenticator app, signs out and
-signs in again with the second factor. Nothing but the page's own fetch() calls
+The app is the example shipped in ``examples/web-app``, served by its own static file
+server (``serve.py``) on a port of its own (another origin). It signs up, follows the
+mailed verification link (which opens the web app, since FRONTEND_URL names it), signs
+in with JSON, shows the profile picture in an ``<img>``, turns on an authenticator app,
+signs out and signs in again with the second factor. Nothing but the page's own fetch() calls
 reaches the API; the test only types what a user would type.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -32,28 +33,14 @@ WEB_APP = ROOT / "examples" / "web-app"
 PASSWORD = "a long passphrase nobody guesses"
 
 
-class _WebAppHandler(SimpleHTTPRequestHandler):
-    """Serves the example's files; any other path gets index.html (a single-page app);
-    ``/config.js`` points the app at the API under test."""
-
-    api = ""
-
-    def do_GET(self) -> None:
-        path = urlsplit(self.path).path
-        if path == "/config.js":
-            body = f'window.USERMANAGER_API = "{self.api}";\n'.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/javascript")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        if not (WEB_APP / path.lstrip("/")).is_file():
-            self.path = "/index.html"
-        super().do_GET()
-
-    def log_message(self, *_args: object) -> None:
-        pass
+def _example_server() -> ModuleType:
+    """The example's own static server (``examples/web-app/serve.py``)."""
+    spec = importlib.util.spec_from_file_location("web_app_serve", WEB_APP / "serve.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture
@@ -88,10 +75,9 @@ def api_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
 @pytest.fixture
 def web_app(web_app_socket: tuple[str, socket.socket], api_server: LiveServer) -> Iterator[str]:
     origin, sock = web_app_socket
-    handler = type("Handler", (_WebAppHandler,), {"api": f"{api_server.url}/api"})
     server = ThreadingHTTPServer(
         sock.getsockname(),
-        partial(handler, directory=str(WEB_APP)),
+        _example_server().handler_for(f"{api_server.url}/api"),
         bind_and_activate=False,
     )
     server.socket.close()
