@@ -26,6 +26,10 @@ _VALIDATION_CONTENT = {
 }
 
 
+#: ``openapi_extra`` of an operation that answers anonymous callers too: an empty
+#: security requirement beside the bearer token is OpenAPI's "optional".
+OPTIONAL_BEARER: dict[str, Any] = {"security": [{}, {"OAuth2PasswordBearer": []}]}
+
 _MALFORMED_BODY = {
     "description": "The body cannot be decoded",
     "content": {

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.authentication import caller_of
 from app.core.config import Settings
+from app.core.openapi import OPTIONAL_BEARER
 from app.core.picture_links import PictureReplaced, check_picture_link, picture_version
 from app.models import User
 from app.routers.deps import (
@@ -370,6 +371,7 @@ async def delete_profile_picture(
     "/user/{uuid}/pfp",
     response_class=Response,
     responses={**_IMAGE_RESPONSES, **error_responses(401, 403, 404, 422)},
+    openapi_extra=OPTIONAL_BEARER,  # a signed URL needs no token
 )
 async def read_profile_picture(
     request: Request,

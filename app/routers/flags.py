@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.core.openapi import OPTIONAL_BEARER
 from app.routers.deps import FlagStoreDep, OptionalReaderAuth, SettingsDep
 from app.schemas.common import error_responses
 from app.schemas.flags import CallerFeatureFlags
@@ -12,7 +13,12 @@ from app.services import flags as flag_service
 router = APIRouter(prefix="/feature-flags", tags=["feature-flags"])
 
 
-@router.get("/me", response_model=CallerFeatureFlags, responses=error_responses(403, 429))
+@router.get(
+    "/me",
+    response_model=CallerFeatureFlags,
+    responses=error_responses(403, 429),
+    openapi_extra=OPTIONAL_BEARER,
+)
 async def read_my_feature_flags(
     auth: OptionalReaderAuth, store: FlagStoreDep, settings: SettingsDep
 ) -> CallerFeatureFlags:

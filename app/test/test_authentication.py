@@ -137,3 +137,41 @@ async def test_an_ended_session_still_names_whose_token_it_is(
     with pytest.raises(InvalidToken):
         await caller.reader()  # refused again, without asking again
     assert caller.subject() == user.uuid
+
+
+_SAMPLE_PATH_VALUES = {
+    "uuid": "00000000-0000-4000-8000-000000000000",
+    "user_uuid": "00000000-0000-4000-8000-000000000000",
+    "file_id": "1",
+    "session_id": "1",
+    "provider": "github",
+    "flag": "some_flag",
+}
+
+
+def _sample_path(path: str) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: _SAMPLE_PATH_VALUES.get(m.group(1), "1"), path)
+
+
+async def test_the_documented_security_matches_what_anonymous_callers_get(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """An operation documented as needing the bearer token refuses a call without one
+    (401); one documented as optional (``{}`` beside the token) answers it."""
+    document = app.openapi()
+    bearer_only, optional = [], []
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            security = operation.get("security", [])
+            if {} in security:
+                optional.append((method, path))
+            elif security:
+                bearer_only.append((method, path))
+    assert ("get", "/api/feature-flags/me") in optional
+    assert ("get", "/api/user/{uuid}/pfp") in optional
+    assert ("get", "/api/users/me") in bearer_only
+    for method, path in bearer_only:
+        response = await client.request(method, _sample_path(path))
+        assert response.status_code == 401, (method, path, response.status_code)
+    flags = await client.get("/api/feature-flags/me")
+    assert flags.status_code == 200
