@@ -11,11 +11,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
 
-from app.core.config import Settings
+from app.core.config import JWT_SECRET_FILE, Settings
 from app.test.server import ROOT, LiveServer, listening_socket, wait_ready
 
 BIN = Path(sys.executable).parent
@@ -84,9 +85,9 @@ def compose() -> dict:
 def test_data_is_a_named_volume_the_image_user_can_write(compose: dict) -> None:
     """A named volume starts as a copy of the image's /data, owned by uid 10001; a bind
     mount would be created by Docker as root and refused by the service."""
-    for name in ("app", "app-dev"):
-        assert "data:/data" in compose["services"][name]["volumes"], name
-    assert "data" in compose["volumes"]
+    assert "data:/data" in compose["services"]["app"]["volumes"]
+    assert "data-dev:/data" in compose["services"]["app-dev"]["volumes"]
+    assert {"data", "data-dev"} <= set(compose["volumes"])
     assert "chown 10001:10001 /data" in (ROOT / "Dockerfile").read_text()
 
 
@@ -117,9 +118,10 @@ def test_the_dev_instance_mails_to_mailpit(compose: dict) -> None:
     assert env["SMTP_TLS"] == "False"  # Mailpit offers no STARTTLS by default
     assert env["SMTP_SENDER_EMAIL"]
     assert "mailpit" in dev["depends_on"]
-    # Everything else is the production instance's (the YAML merge key worked).
+    # Everything else is the production instance's (the YAML merge key worked)...
+    own = ("SMTP_", "EMAIL_", "ENVIRONMENT", "BASE_URL", "JWT_", "POSTGRES_", "REDIS_")
     for name, value in app["environment"].items():
-        if not name.startswith(("SMTP_", "EMAIL_", "ENVIRONMENT", "BASE_URL")):
+        if not name.startswith(own):
             assert env[name] == value, name
     # Its own port, inside and out, and links that point at it.
     assert env["PORT"] == "8080"
@@ -175,3 +177,23 @@ def listening_socket_port_closed() -> int:
     port = sock.getsockname()[1]
     sock.close()
     return port
+
+
+def test_the_dev_instance_shares_no_accounts_with_production(compose: dict, tmp_path: Path) -> None:
+    """The dev instance's settings, as the service reads them: its own SQLite database
+    and JWT secret in its own volume, no Redis, so a token or an account made while
+    trying things out means nothing to the production instance."""
+    environment = compose["services"]["app-dev"]["environment"]
+    isolating = ("JWT_SECRET_KEY", "POSTGRES_SERVER", "POSTGRES_USER", "POSTGRES_PASSWORD")
+    assert all("${" not in environment[name] for name in (*isolating, "REDIS_URL"))
+    # What the operator's shell fills in (${...}) is left at its default here.
+    values: dict[str, Any] = {
+        name: str(value) for name, value in environment.items() if "${" not in str(value)
+    }
+    settings = Settings(_env_file=None, **{**values, "DATA_DIR": tmp_path})
+    assert settings.database_url.startswith("sqlite")
+    assert str(tmp_path) in settings.database_url
+    assert settings.REDIS_URL is None
+    assert (tmp_path / JWT_SECRET_FILE).exists()  # generated in its own volume
+    assert len(settings.JWT_SECRET_KEY) >= 32
+    assert set(compose["services"]["app-dev"]["depends_on"]) == {"mailpit"}
