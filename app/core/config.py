@@ -22,6 +22,8 @@ from limits import parse as parse_rate
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.core.origins import serialize, url_origin
+
 APP_DIR = Path(__file__).resolve().parent.parent
 
 #: Minimum length, in bytes, of a JWT secret in production.
@@ -74,8 +76,11 @@ def _check_origin(value: str) -> str:
             "each entry must be an origin as a browser sends it, such as "
             f"https://app.example.com:8080 (scheme, host, optional port, no path), got {value!r}"
         )
-    # Browsers send the scheme and host in lower case.
-    return f"{parts.scheme}://{parts.netloc.lower()}"
+    origin = url_origin(value)
+    if origin is None:  # a malformed port
+        raise ValueError(f"not an origin: {value!r}")
+    # As browsers send it: host in lower case, no default port (:443 for https).
+    return serialize(origin)
 
 
 #: Characters a front-end path may not hold.

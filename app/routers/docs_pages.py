@@ -49,6 +49,7 @@ from fastapi.templating import Jinja2Templates
 from app.core.authentication import Auth, Authenticator, InvalidToken, caller_of
 from app.core.config import Settings
 from app.core.errors import PermissionDenied, Unauthorized, error_body
+from app.core.origins import Origin, url_origin
 from app.core.permissions import check_permission
 from app.models import User, now_epoch
 from app.routers.deps import AuthenticatorDep, ClientDep, SessionDep, SettingsDep
@@ -112,21 +113,6 @@ class CrossOriginRequest(PermissionDenied):
     detail = "This request must come from this service's own pages"
 
 
-Origin = tuple[str, str, int]
-
-
-def _url_origin(url: str) -> Origin | None:
-    """(scheme, host, port) of an http(s) URL, or None."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    return parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)
-
-
 def _sent_origin(value: str) -> Origin | None:
     """An ``Origin`` header as (scheme, host, port): exactly ``scheme://host[:port]``."""
     try:
@@ -135,7 +121,7 @@ def _sent_origin(value: str) -> Origin | None:
         return None
     if parts.path or parts.query or parts.fragment or "@" in parts.netloc:
         return None
-    return _url_origin(value)
+    return url_origin(value)
 
 
 async def require_same_origin(request: Request, settings: SettingsDep) -> None:
@@ -158,7 +144,7 @@ async def require_same_origin(request: Request, settings: SettingsDep) -> None:
     fetch_site = request.headers.get("sec-fetch-site")
     if (
         origin is None
-        or origin not in (_url_origin(settings.BASE_URL), _url_origin(str(request.base_url)))
+        or origin not in (url_origin(settings.BASE_URL), url_origin(str(request.base_url)))
         or fetch_site not in (None, "same-origin")
     ):
         raise CrossOriginRequest()

@@ -30,6 +30,7 @@ from app.core.email import Mailer
 from app.core.errors import AppError, Conflict, InsufficientStorage, NotFound
 from app.core.images import InvalidImage, process_picture
 from app.core.oauth_client import ExternalProfile, fetch_picture, provider_label
+from app.core.origins import url_origin
 from app.core.security import create_one_time_token
 from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, now_epoch
 from app.schemas.auth import TokenPair
@@ -145,26 +146,16 @@ class AccountInactive(AppError):
 # redirect_uri --------------------------------------------------------------------------
 
 
-def _origin(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.scheme, (parts.hostname or "").lower(), port
-
-
 def check_redirect_uri(settings: Settings, redirect_uri: str) -> str:
     """Accept only an absolute http(s) URL whose origin is BASE_URL's, FRONTEND_URL's
     (when set) or one of ALLOWED_REDIRECT_ORIGINS; no credentials, backslashes or controls."""
     if any(ch in redirect_uri for ch in "\\\r\n\t ") or len(redirect_uri) > 2048:
         raise InvalidRedirectUri()
-    try:
-        parts = urlsplit(redirect_uri)
-        origin = _origin(redirect_uri)
-    except ValueError:
-        raise InvalidRedirectUri() from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+    origin = url_origin(redirect_uri)
+    if origin is None or "@" in urlsplit(redirect_uri).netloc:
         raise InvalidRedirectUri()
     allowed = {
-        _origin(url)
+        url_origin(url)
         for url in (settings.BASE_URL, settings.FRONTEND_URL, *settings.ALLOWED_REDIRECT_ORIGINS)
         if url  # FRONTEND_URL is empty without a front end
     }

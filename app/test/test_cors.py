@@ -138,6 +138,7 @@ class TestNoOrigins:
         (f"{WEB_APP}, *", "'*' is refused"),
         ("http://localhost:5173/app", "no path"),
         ("localhost:5173", "origin as a browser sends it"),
+        ("http://localhost:99999", "not an origin"),
     ],
 )
 def test_bad_origins_stop_the_service_with_a_message(
@@ -154,3 +155,19 @@ def test_origins_are_kept_as_browsers_send_them(tmp_path: Path) -> None:
         _env_file=None, DATA_DIR=tmp_path, CORS_ORIGINS="https://App.Example:8443/, http://x.test"
     )
     assert settings.CORS_ORIGINS == ["https://app.example:8443", "http://x.test"]
+
+
+def test_default_ports_are_left_out_as_browsers_do(tmp_path: Path) -> None:
+    """A browser never sends ``:443`` for https (nor ``:80`` for http): an origin listed
+    with it would match nothing."""
+    settings = load_settings(
+        _env_file=None,
+        DATA_DIR=tmp_path,
+        CORS_ORIGINS="https://app.example:443,http://x.test:80,http://[::1]:5173,http://x.test:443",
+    )
+    assert settings.CORS_ORIGINS == [
+        "https://app.example",
+        "http://x.test",
+        "http://[::1]:5173",
+        "http://x.test:443",
+    ]
