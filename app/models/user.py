@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, String
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, String, func
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.models.base import Base, new_uuid, now_epoch
@@ -59,6 +59,31 @@ class User(Base):
     # A new random value whenever the picture is uploaded or removed: signed picture URLs
     # name it, so a URL handed out earlier never shows a later picture. Null until then.
     picture_version: Mapped[str | None] = mapped_column(String(16))
+
+    __table_args__ = (
+        # The listing's order, for pages reached by cursor.
+        Index("ix_user_created_at_uuid", "created_at", "uuid"),
+        # Prefix search (services.directory). The display name is searched lower-cased:
+        # PostgreSQL with LIKE, which needs pattern operators when the collation is not
+        # C; SQLite with a range, which any index answers.
+        Index(
+            "ix_user_display_name_lower",
+            func.lower(display_name).label("display_name_lower"),
+            postgresql_ops={"display_name_lower": "text_pattern_ops"},
+        ),
+        # Usernames and emails are stored lower-case; SQLite's range search uses their
+        # unique indexes, PostgreSQL's LIKE these.
+        Index(
+            "ix_user_username_pattern",
+            "username",
+            postgresql_ops={"username": "varchar_pattern_ops"},
+        ).ddl_if(dialect="postgresql"),
+        Index(
+            "ix_user_email_pattern",
+            "email",
+            postgresql_ops={"email": "varchar_pattern_ops"},
+        ).ddl_if(dialect="postgresql"),
+    )
 
     profile_picture: Mapped[File | None] = relationship(
         foreign_keys=[profile_picture_id], post_update=True, lazy="raise"

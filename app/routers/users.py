@@ -109,9 +109,23 @@ async def list_users(
     db: SessionDep,
     settings: SettingsDep,
     page: PageDep,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="`next_cursor` of the previous page: the page after it "
+            "(with `offset` left at 0).",
+        ),
+    ] = None,
+    with_total: Annotated[
+        bool, Query(description="Count the matching users (`total`); ignored with `cursor`.")
+    ] = True,
     search: Annotated[
         Text | None,
-        Query(max_length=100, description="Part of a username, email or display name."),
+        Query(
+            max_length=100,
+            description="Start of a username, display name (any case) or email.",
+        ),
     ] = None,
     role: Annotated[Role | None, Query(description="Only users holding this role.")] = None,
     is_active: Annotated[bool | None, Query(description="Only active or inactive users.")] = None,
@@ -119,23 +133,31 @@ async def list_users(
     """List users (admins and moderators), oldest first, a page at a time.
 
     The order (creation time, then UUID) is stable, so walking the pages returns
-    each user once.
+    each user once. Walk with ``cursor`` (each page's ``next_cursor``): a deep page
+    then costs what the first does, where a large ``offset`` makes the database skip
+    every row before it. ``with_total=false`` spares the count on the first page.
 
     Returns
     -------
     UserPage
-        ``items``, ``total`` (all matching users), ``offset``, ``limit``.
+        ``items``, ``total`` (all matching users, or null), ``offset``, ``limit``,
+        ``next_cursor``.
 
     Raises
     ------
     403
         The caller is not staff.
+    422
+        A cursor this list did not hand out (``INVALID_CURSOR``), or both a cursor and
+        an offset (``CURSOR_WITH_OFFSET``).
     """
-    users, total = await directory.list_users(
+    users, total, next_cursor = await directory.list_users(
         db,
         actor,
         offset=page.offset,
         limit=page.limit,
+        cursor=cursor,
+        with_total=with_total,
         search=search,
         role=role,
         is_active=is_active,
@@ -145,6 +167,7 @@ async def list_users(
         total=total,
         offset=page.offset,
         limit=page.limit,
+        next_cursor=next_cursor,
     )
 
 

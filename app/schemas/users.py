@@ -100,12 +100,18 @@ class AdminUserUpdate(RequestModel):
 
 
 class UserPage(BaseModel):
-    """A page of users, with the total matching the filters."""
+    """A page of users, the total matching the filters, and where the next page starts."""
 
     items: list[UserPrivate]
-    total: int
+    total: int | None = Field(
+        description="Users matching the filters; null when a cursor was given or "
+        "`with_total=false` (counting costs a pass over every match)."
+    )
     offset: int
     limit: int
+    next_cursor: str | None = Field(
+        description="Send as `cursor` to get the next page; null on the last page."
+    )
 
 
 class HistoryEntry(BaseModel):

@@ -3,12 +3,24 @@ users, a user's history."""
 
 from __future__ import annotations
 
+import sys
+from base64 import urlsafe_b64decode, urlsafe_b64encode
 from typing import Any
+from uuid import UUID
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    SQLColumnExpression,
+    and_,
+    func,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.errors import NotFound
+from app.core.errors import AppError, NotFound
 from app.core.permissions import check_permission, require_permission
 from app.models import User
 from app.services.accounts import get_user, has_role
@@ -51,41 +63,120 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-async def list_users(
+class InvalidCursor(AppError):
+    """A ``cursor`` this service did not hand out."""
+
+    status_code = 422
+    code = "INVALID_CURSOR"
+    detail = "The cursor is not one this list handed out; start again without it"
+
+
+class CursorWithOffset(AppError):
+    """Both ways of saying where a page starts."""
+
+    status_code = 422
+    code = "CURSOR_WITH_OFFSET"
+    detail = "Give either a cursor or an offset, not both"
+
+
+def encode_cursor(user: User) -> str:
+    """An opaque cursor for the page after ``user`` (its place in the list's order)."""
+    return urlsafe_b64encode(f"{user.created_at}.{user.uuid}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """(created_at, uuid) of a cursor from :func:`encode_cursor`; 422 otherwise."""
+    try:
+        created_at, uuid = urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split(".")
+        return int(created_at), str(UUID(uuid))
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidCursor() from None
+
+
+def _starts_with(
+    db: AsyncSession, column: SQLColumnExpression[str], prefix: str
+) -> ColumnElement[bool]:
+    """``column`` starts with ``prefix``, in a form the column's index can answer.
+
+    PostgreSQL: ``LIKE 'prefix%'`` over an index with pattern operators (which works
+    whatever the database's collation). SQLite: the range ``prefix <= column < next``,
+    where ``next`` is the prefix with its last character raised by one: SQLite compares
+    bytes, so every string with the prefix, and nothing else, falls in that range, and
+    a plain index answers it (SQLite's LIKE is case-blind and uses no ordinary index).
+    """
+    if db.get_bind().dialect.name == "postgresql":
+        return column.like(f"{_escape_like(prefix)}%", escape="\\")
+    if ord(prefix[-1]) == sys.maxunicode:  # no character above it: compare the start
+        return func.substr(column, 1, len(prefix)) == prefix
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    return and_(column >= prefix, column < upper)
+
+
+def listing_query(
     db: AsyncSession,
-    actor: User,
     *,
-    offset: int,
-    limit: int,
     search: str | None = None,
     role: str | None = None,
     is_active: bool | None = None,
-) -> tuple[list[User], int]:
-    """A page of users in a stable order (creation time, then UUID), and the total."""
-    require_permission(actor, "user", "list")
-    conditions = []
+) -> tuple[Select[User], list[ColumnElement[bool]]]:
+    """The users matching the filters in the listing's order, and the filters alone
+    (for the count). ``search`` is a prefix of the username, the display name (any
+    case) or the email."""
+    conditions: list[ColumnElement[bool]] = []
     if search:
-        pattern = f"%{_escape_like(search.lower())}%"
+        prefix = search.lower()
         conditions.append(
             or_(
-                func.lower(User.username).like(pattern, escape="\\"),
-                func.lower(User.email).like(pattern, escape="\\"),
-                func.lower(User.display_name).like(pattern, escape="\\"),
+                _starts_with(db, User.username, prefix),
+                _starts_with(db, func.lower(User.display_name), prefix),
+                _starts_with(db, User.email, prefix),
             )
         )
     if role:
         conditions.append(has_role(role))
     if is_active is not None:
         conditions.append(User.is_active.is_(is_active))
-    total = await db.scalar(select(func.count()).select_from(User).where(*conditions)) or 0
-    users = await db.scalars(
-        select(User)
-        .where(*conditions)
-        .order_by(User.created_at, User.uuid)
-        .offset(offset)
-        .limit(limit)
-    )
-    return list(users), total
+    return select(User).where(*conditions).order_by(User.created_at, User.uuid), conditions
+
+
+def after(query: Select[User], cursor: str) -> Select[User]:
+    """``query`` from the user after the one ``cursor`` names: the database seeks
+    there through the (created_at, uuid) index."""
+    return query.where(tuple_(User.created_at, User.uuid) > tuple_(*decode_cursor(cursor)))
+
+
+async def list_users(
+    db: AsyncSession,
+    actor: User,
+    *,
+    limit: int,
+    offset: int = 0,
+    cursor: str | None = None,
+    with_total: bool = True,
+    search: str | None = None,
+    role: str | None = None,
+    is_active: bool | None = None,
+) -> tuple[list[User], int | None, str | None]:
+    """A page of users in a stable order (creation time, then UUID), the total (when
+    asked for and no cursor is given) and the cursor of the next page (None at the end).
+
+    With ``cursor``, the page starts after the user it names, so a deep page costs
+    what the first does, where ``offset`` walks past every skipped row.
+    """
+    require_permission(actor, "user", "list")
+    if cursor is not None and offset:
+        raise CursorWithOffset()
+    query, conditions = listing_query(db, search=search, role=role, is_active=is_active)
+    total = None
+    if with_total and cursor is None:
+        total = await db.scalar(select(func.count()).select_from(User).where(*conditions)) or 0
+    if cursor is not None:
+        query = after(query, cursor)
+    # One row more than asked tells whether a next page exists.
+    rows = list(await db.scalars(query.offset(offset).limit(limit + 1)))
+    users = rows[:limit]
+    next_cursor = encode_cursor(users[-1]) if len(rows) > limit else None
+    return users, total, next_cursor
 
 
 async def read_history(

@@ -29,7 +29,16 @@ HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def _schema_diff(connection) -> list:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    dialect = connection.dialect.name
+
+    def on_this_database(obj, _name, _type, _reflected, _compare_to) -> bool:
+        # An index the models create on one database only (``Index.ddl_if``).
+        only_on = getattr(getattr(obj, "_ddl_if", None), "dialect", None)
+        return only_on in (None, dialect)
+
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_object": on_this_database}
+    )
     return compare_metadata(context, Base.metadata)
 
 
