@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import typer
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.auth_cache import AuthCache, install_hooks, session_options
@@ -23,6 +25,10 @@ from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
 from app.services.accounts import create_admin
 from app.services.maintenance import maintenance_jobs
+from app.services.seeding import seed_users
+
+#: A seed prefix leaves room for "_" and seven digits in a 31-character username.
+USERNAME_PREFIX = re.compile(r"[a-z0-9_]{1,23}")
 
 cli = typer.Typer(help="UserManager administration.", no_args_is_help=True, add_completion=False)
 
@@ -146,6 +152,51 @@ def purge() -> None:
 
     for name, result in asyncio.run(run()).items():
         typer.echo(f"{name}: {json.dumps(result)}")
+
+
+@cli.command("seed-users")
+def seed_users_command(
+    count: int = typer.Option(..., min=1, max=10_000_000, help="How many users to add."),
+    start: int = typer.Option(0, min=0, help="Number of the first one (to add more later)."),
+    password: str = typer.Option(
+        ..., prompt=True, hide_input=True, help="Every seeded user's password."
+    ),
+    prefix: str = typer.Option("seed", help="Usernames are PREFIX_0000000, PREFIX_0000001..."),
+) -> None:
+    """Add COUNT users quickly, for benchmarks and trials (refused in production).
+
+    Usernames are PREFIX_ and a 7-digit number, emails USERNAME@example.test
+    (verified), all with one password hashed once.
+    """
+    settings = _settings()
+    if settings.is_production:
+        typer.echo(
+            "seed-users adds throwaway accounts: refused when ENVIRONMENT=production", err=True
+        )
+        raise typer.Exit(2)
+    if not USERNAME_PREFIX.fullmatch(prefix):
+        typer.echo("--prefix: 1-23 characters of a-z, 0-9, _", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> int:
+        async with _database(settings) as factory:
+            return await seed_users(
+                factory,
+                count=count,
+                start=start,
+                password=password,
+                rounds=settings.PASSWORD_BCRYPT_ROUNDS,
+                prefix=prefix,
+            )
+
+    try:
+        inserted = asyncio.run(run())
+    except IntegrityError:
+        typer.echo(
+            "Some of these users exist already: choose another --start or --prefix", err=True
+        )
+        raise typer.Exit(1) from None
+    typer.echo(f"Added {inserted} users.")
 
 
 if __name__ == "__main__":

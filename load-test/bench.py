@@ -290,17 +290,8 @@ def me_during_flood(
     return result, statuses
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
-    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
-    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL"))
-    parser.add_argument("--output", default=str(ROOT / "reports" / "benchmark.md"))
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is needed: apt-get install wrk (make bench installs it as root)")
-        return 2
-
+def measure_budget(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, str, str, bool]]]:
+    """The performance budget's table and verdicts."""
     cores = os.cpu_count() or 1
     hash_seconds = bcrypt_seconds()
     bare_server = Server("bare_app:app", HERE, {})
@@ -414,6 +405,41 @@ def main() -> int:
             "PostgreSQL + Redis not measured: set BENCH_DATABASE_URL and BENCH_REDIS_URL "
             "(make bench BENCH_DATABASE_URL=postgresql+psycopg://... BENCH_REDIS_URL=redis://...).",
         ]
+    return lines, verdicts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL"))
+    parser.add_argument("--output", default=str(ROOT / "reports" / "benchmark.md"))
+    parser.add_argument(
+        "--growth-sizes",
+        default=os.environ.get("BENCH_GROWTH_SIZES", "10000,100000,1000000"),
+        help="user counts of the growth table (PostgreSQL only); empty to skip it",
+    )
+    parser.add_argument("--growth-only", action="store_true", help="measure only the growth table")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is needed: apt-get install wrk (make bench installs it as root)")
+        return 2
+
+    if args.growth_only:
+        lines: list[str] = ["# Benchmark", ""]
+        verdicts: list[tuple[str, str, str, bool]] = []
+    else:
+        lines, verdicts = measure_budget(args)
+    if args.database_url and args.growth_sizes:
+        from growth import measure_growth
+
+        sizes = [int(size) for size in args.growth_sizes.split(",")]
+        with fresh_schema(args.database_url) as database_url:
+            growth_lines, growth_verdicts = measure_growth(
+                database_url, args.redis_url, sizes, args.seconds, Server, wrk
+            )
+        lines += growth_lines
+        verdicts += growth_verdicts
     lines += ["", "| ratio | measured | budget | met |", "|---|---:|---:|:---:|"]
     lines += [
         f"| {name} | {value} | {budget} | {'yes' if ok else 'NO'} |"

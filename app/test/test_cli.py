@@ -1,11 +1,15 @@
-"""The admin command line: flags and purge (create-admin is in test_first_admin)."""
+"""The admin command line: flags, purge, seed-users (create-admin is in test_first_admin)."""
 
 from __future__ import annotations
 
 import json
 
+import httpx
+from fastapi import FastAPI
+
 from app.core.config import Settings
 from app.test.conftest import settings_env
+from app.test.factories import PASSWORD, bearer, user_with_tokens
 from app.test.server import run_cli
 
 
@@ -55,3 +59,38 @@ def test_purge_runs_every_job(settings: Settings) -> None:
         "used_tokens": 0,
         "otp_challenges": 0,
     }
+
+
+async def test_seed_users_adds_accounts_that_can_log_in(
+    settings: Settings, app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    env = settings_env(settings)
+    seeded = run_cli(env, "seed-users", "--count", "12345", "--password", PASSWORD)
+    assert seeded.returncode == 0, seeded.stderr
+    assert "Added 12345 users." in seeded.stdout
+    more = run_cli(env, "seed-users", "--count", "5", "--start", "12345", "--password", PASSWORD)
+    assert more.returncode == 0, more.stderr
+    again = run_cli(env, "seed-users", "--count", "5", "--password", PASSWORD)
+    assert again.returncode == 1
+    assert "exist" in again.stderr
+
+    login = await client.post(
+        "/api/auth/login", json={"username": "seed_0012349", "password": PASSWORD}
+    )
+    assert login.status_code == 200, login.text
+    _, staff_tokens = await user_with_tokens(app, client, ("moderator", "user"))
+    listed = await client.get(
+        "/api/users", params={"search": "seed_", "limit": 1}, headers=bearer(staff_tokens)
+    )
+    assert listed.json()["total"] == 12350
+    found = await client.get(
+        "/api/users", params={"search": "seed_0000042"}, headers=bearer(staff_tokens)
+    )
+    assert [user["email"] for user in found.json()["items"]] == ["seed_0000042@example.test"]
+
+
+def test_seed_users_is_refused_in_production(settings: Settings) -> None:
+    env = {**settings_env(settings), "ENVIRONMENT": "production"}
+    refused = run_cli(env, "seed-users", "--count", "1", "--password", PASSWORD)
+    assert refused.returncode == 2
+    assert "production" in refused.stderr
