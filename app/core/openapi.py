@@ -27,8 +27,9 @@ _VALIDATION_CONTENT = {
 
 
 #: ``openapi_extra`` of an operation that answers anonymous callers too: an empty
-#: security requirement beside the bearer token is OpenAPI's "optional".
-OPTIONAL_BEARER: dict[str, Any] = {"security": [{}, {"OAuth2PasswordBearer": []}]}
+#: security requirement beside the bearer token is OpenAPI's "optional". (FastAPI
+#: appends a list given here to the one it made, which names the token already.)
+OPTIONAL_BEARER: dict[str, Any] = {"security": [{}]}
 
 _MALFORMED_BODY = {
     "description": "The body cannot be decoded",

@@ -170,6 +170,8 @@ async def test_the_documented_security_matches_what_anonymous_callers_get(
     assert ("get", "/api/feature-flags/me") in optional
     assert ("get", "/api/user/{uuid}/pfp") in optional
     assert ("get", "/api/users/me") in bearer_only
+    for method, path in optional:
+        assert document["paths"][path][method]["security"] == [{"OAuth2PasswordBearer": []}, {}]
     for method, path in bearer_only:
         response = await client.request(method, _sample_path(path))
         assert response.status_code == 401, (method, path, response.status_code)
