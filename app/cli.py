@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import typer
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +21,7 @@ from app.core.config import ConfigError, Settings, load_settings
 from app.core.database import create_engine, create_session_factory, upgrade_database
 from app.core.errors import AppError
 from app.core.feature_flags import FlagStore, InvalidFlags, dump_flags, parse_flags
+from app.core.flag_sources import FlagBroadcaster, FlagSource, flag_source_for
 from app.core.logging import setup_logging
 from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
@@ -108,13 +110,32 @@ flags_cli = typer.Typer(help="Feature flags.", no_args_is_help=True)
 cli.add_typer(flags_cli, name="flags")
 
 
+@asynccontextmanager
+async def _flags(settings: Settings) -> AsyncIterator[tuple[FlagSource, FlagBroadcaster | None]]:
+    """The flags where the service keeps them (file or database), loaded, and what
+    announces a change to running replicas (with Redis)."""
+    async with _database(settings) as factory:
+        store = FlagStore(settings.DATA_DIR / settings.FEATURE_FLAGS_FILE)
+        source = flag_source_for(settings, store, factory)
+        await source.load()
+        redis = create_redis(settings.REDIS_URL) if settings.REDIS_URL else None
+        try:
+            yield source, FlagBroadcaster(redis, source) if redis is not None else None
+        finally:
+            if redis is not None:
+                await redis.aclose()
+
+
 @flags_cli.command("list")
 def flags_list() -> None:
-    """Print every flag of the flag file as JSON."""
+    """Print every flag as JSON (the flag file's format)."""
     settings = _settings()
-    store = FlagStore(settings.DATA_DIR / settings.FEATURE_FLAGS_FILE)
-    store.load()
-    typer.echo(json.dumps(dump_flags(store.flags), indent=2))
+
+    async def run() -> dict:
+        async with _flags(settings) as (source, _):
+            return dump_flags(source.store.flags)
+
+    typer.echo(json.dumps(asyncio.run(run()), indent=2))
 
 
 @flags_cli.command("set")
@@ -122,22 +143,66 @@ def flags_set(
     name: str,
     value: str = typer.Argument(..., help="true, false, or a JSON list of rules"),
 ) -> None:
-    """Set one flag in the flag file (running replicas pick it up within seconds).
+    """Set one flag (running replicas pick it up within seconds).
 
     This sets any flag, the ones the API refuses too (LOGIN, VERIFY_OTP, REFRESH,
     HEALTH, HEALTH_READY, READ_FEATURE_FLAGS, UPDATE_FEATURE_FLAGS): it is the way back
     in when a flag keeps admins out.
     """
     settings = _settings()
-    store = FlagStore(settings.DATA_DIR / settings.FEATURE_FLAGS_FILE)
-    store.load()
     try:
         parsed = parse_flags({name: json.loads(value)})
     except (json.JSONDecodeError, InvalidFlags) as error:
         typer.echo(f"Invalid flag value: {error}", err=True)
         raise typer.Exit(1) from None
-    store.replace({**store.flags, **parsed})
+
+    async def run() -> None:
+        async with _flags(settings) as (source, broadcaster):
+            await source.change(parsed, [])
+            if broadcaster is not None:
+                await broadcaster.publish()
+
+    asyncio.run(run())
     typer.echo(f"{name} = {json.dumps(dump_flags(parsed)[name])}")
+
+
+@flags_cli.command("export")
+def flags_export(
+    path: Path = typer.Argument(..., help="File to write (the flag file's JSON format)."),
+) -> None:
+    """Write every flag to a file in the flag file's format (a backup, or to move the
+    flags from the database back to a file)."""
+    settings = _settings()
+
+    async def run() -> dict:
+        async with _flags(settings) as (source, _):
+            return dump_flags(source.store.flags)
+
+    flags = asyncio.run(run())
+    path.write_text(json.dumps(flags, indent=2) + "\n", encoding="utf-8")
+    typer.echo(f"{len(flags)} flags written to {path}.")
+
+
+@flags_cli.command("import")
+def flags_import(
+    path: Path = typer.Argument(..., help="A file in the flag file's JSON format."),
+) -> None:
+    """Set every flag of a file (flags it does not name keep their value)."""
+    settings = _settings()
+    try:
+        parsed = parse_flags(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, InvalidFlags) as error:
+        typer.echo(f"Cannot import {path}: {error}", err=True)
+        raise typer.Exit(1) from None
+
+    async def run() -> None:
+        async with _flags(settings) as (source, broadcaster):
+            await source.change(parsed, [])
+            if broadcaster is not None:
+                await broadcaster.publish()
+
+    asyncio.run(run())
+    typer.echo(f"{len(parsed)} flags imported from {path}.")
 
 
 @cli.command()

@@ -25,12 +25,11 @@ from app.core.email import Mailer
 from app.core.errors import install_error_handlers
 from app.core.feature_flags import (
     FeatureFlagMiddleware,
-    FlagBroadcaster,
     FlagStore,
     flagged_routes,
     protected_flags,
-    watch_flag_file,
 )
+from app.core.flag_sources import FlagBroadcaster, flag_source_for, watch_flags
 from app.core.logging import setup_logging
 from app.core.metrics import MetricsMiddleware
 from app.core.middleware import (
@@ -176,19 +175,22 @@ async def _create_auth_cache(app: FastAPI, settings: Settings, engine: AsyncEngi
 
 
 async def _start_feature_flags(app: FastAPI, settings: Settings) -> list[asyncio.Task[None]]:
-    """Load the flag file; when flags are on, register every endpoint's flags and keep
-    the file and the other replicas in sync."""
+    """Load the flags from their source (file or database); when flags are on, register
+    every endpoint's flags; keep this replica in step with the others."""
     store: FlagStore = app.state.flag_store
-    await asyncio.to_thread(store.load)
+    source = app.state.flag_source = flag_source_for(settings, store, app.state.session_factory)
+    if app.state.redis is not None:
+        app.state.flag_broadcaster = FlagBroadcaster(app.state.redis, source)
+    await source.load()
     tasks = []
     if app.state.flag_broadcaster is not None:
         tasks.append(asyncio.create_task(app.state.flag_broadcaster.listen()))
     if settings.FEATURE_FLAGS_ENABLED:
         names = [name for _, flags in flagged_routes(app.routes) for name in flags]
-        added = await asyncio.to_thread(store.register, names)
+        added = await source.register(names)
         if added:
-            logger.info("feature flags added to {}: {}", store.path, ", ".join(added))
-        tasks.append(asyncio.create_task(watch_flag_file(store)))
+            logger.info("feature flags added to {}: {}", source.where, ", ".join(added))
+        tasks.append(asyncio.create_task(watch_flags(source)))
     return tasks
 
 
@@ -225,9 +227,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     authenticator = app.state.authenticator = Authenticator(settings)
     store = FlagStore(settings.DATA_DIR / settings.FEATURE_FLAGS_FILE)
     app.state.flag_store = store
-    app.state.flag_broadcaster = (
-        FlagBroadcaster(app.state.redis, store) if app.state.redis is not None else None
-    )
+    # Both need the database: made when the app starts (_start_feature_flags).
+    app.state.flag_source = None
+    app.state.flag_broadcaster = None
     install_error_handlers(app)
     # Routing tries routes in order, one by one: the busiest routers go first.
     app.include_router(users.router, prefix=settings.API_STR)

@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     # Feature flags and docs
     FEATURE_FLAGS_ENABLED: bool = False
     FEATURE_FLAGS_FILE: str = "feature_flags.json"
+    # Where the flags live: "file" (FEATURE_FLAGS_FILE), "database" (shared by every
+    # replica), or "auto": the database on PostgreSQL, the file on SQLite.
+    FEATURE_FLAGS_SOURCE: Literal["auto", "file", "database"] = "auto"
     PROTECTED_INTERACTIVE_DOCS: bool = True
 
     # Database

@@ -20,20 +20,17 @@ the command line that writes it, still set any flag.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
 import os
 import tempfile
-import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from redis.asyncio import Redis
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -355,64 +352,3 @@ class FeatureFlagMiddleware:
             error_body("This feature is disabled", "FEATURE_DISABLED"), status_code=403
         )
         await response(scope, receive, send)
-
-
-async def watch_flag_file(store: FlagStore, interval_seconds: float = 2.0) -> None:
-    """Re-read the flag file whenever it changes (a lost announcement only delays)."""
-    while True:
-        await asyncio.sleep(interval_seconds)
-        try:
-            if await asyncio.to_thread(store.reload_if_changed):
-                logger.info("feature flags reloaded from {}", store.path)
-        except Exception as error:  # keep watching whatever happened
-            logger.error("feature flag watcher: {}: {}", type(error).__name__, error)
-
-
-class FlagBroadcaster:
-    """Announces flag changes over Redis pub/sub and applies other replicas' changes."""
-
-    def __init__(self, redis: Redis, store: FlagStore) -> None:
-        self.redis = redis
-        self.store = store
-        self.origin = uuid.uuid4().hex
-
-    async def publish(self) -> None:
-        """Tell the other replicas the complete set of flags (failures are logged)."""
-        message = json.dumps({"origin": self.origin, "flags": dump_flags(self.store.flags)})
-        try:
-            await self.redis.publish(FLAGS_CHANNEL, message)
-        except Exception as error:  # the file watcher still converges
-            logger.warning("feature flags not announced over Redis: {}", type(error).__name__)
-
-    async def listen(self, retry_seconds: float = 2.0) -> None:
-        """Apply announcements from other replicas until cancelled; reconnect on errors."""
-        while True:
-            try:
-                async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(FLAGS_CHANNEL)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            await self._apply(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                logger.warning(
-                    "feature flag subscription lost ({}); retrying", type(error).__name__
-                )
-                await asyncio.sleep(retry_seconds)
-
-    async def _apply(self, data: bytes | str) -> None:
-        try:
-            payload = json.loads(data)
-            if payload.get("origin") == self.origin:
-                return
-            flags = parse_flags(payload.get("flags"))
-        except (ValueError, AttributeError) as error:  # not JSON, not UTF-8, bad flags
-            logger.error("ignoring a malformed feature flag announcement: {}", error)
-            return
-        try:
-            await asyncio.to_thread(self.store.replace, flags)
-        except OSError as error:  # a full disk: keep the flags the file still has
-            logger.error("feature flags of another replica not applied: {}", error.strerror)
-            return
-        logger.info("feature flags updated by another replica")

@@ -2,6 +2,7 @@
 
 from app.models.base import Base, new_uuid, now_epoch
 from app.models.external_account import ExternalAccount
+from app.models.feature_flag import FeatureFlag
 from app.models.file import File, user_file
 from app.models.oauth_token import OAuthToken
 from app.models.otp_challenge import OtpChallenge
@@ -15,6 +16,7 @@ from app.models.user_event import UserEvent
 __all__ = [
     "Base",
     "ExternalAccount",
+    "FeatureFlag",
     "File",
     "OAuthToken",
     "OtpChallenge",

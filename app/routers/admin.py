@@ -8,6 +8,7 @@ from app.routers.deps import (
     ClientDep,
     CurrentUser,
     FlagBroadcasterDep,
+    FlagSourceDep,
     FlagStoreDep,
     Reader,
     SessionDep,
@@ -91,7 +92,8 @@ async def read_feature_flags(
 async def update_feature_flags(
     body: FeatureFlagChange,
     actor: CurrentUser,
-    store: FlagStoreDep,
+    db: SessionDep,
+    source: FlagSourceDep,
     broadcaster: FlagBroadcasterDep,
     settings: SettingsDep,
 ) -> FeatureFlags:
@@ -122,9 +124,11 @@ async def update_feature_flags(
         ``PROTECTED_FLAG``, naming the flag and the endpoint it guards.
     507
         ``INSUFFICIENT_STORAGE``: the flag file cannot be saved (disk full); no flag
-        changed.
+        changed. (With the flags in the database, a failed write changes none either.)
     """
     flags = await flag_service.change_flags(
-        store, broadcaster, actor, add=body.add, remove=body.remove
+        db, source, broadcaster, actor, add=body.add, remove=body.remove
     )
-    return FeatureFlags.of(flags, enabled=settings.FEATURE_FLAGS_ENABLED, protected=store.protected)
+    return FeatureFlags.of(
+        flags, enabled=settings.FEATURE_FLAGS_ENABLED, protected=source.store.protected
+    )

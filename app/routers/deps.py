@@ -21,7 +21,8 @@ from app.core.authentication import Auth, Authenticator, UserCopies, caller_of
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
 from app.core.email import Mailer
-from app.core.feature_flags import FlagBroadcaster, FlagStore
+from app.core.feature_flags import FlagStore
+from app.core.flag_sources import FlagBroadcaster, FlagSource
 from app.models import User
 from app.services.context import ClientInfo
 from app.services.devices import DEVICE_COOKIE, DEVICE_HEADER
@@ -48,6 +49,11 @@ async def get_redis(request: Request) -> Redis | None:
 async def get_flag_store(request: Request) -> FlagStore:
     """The app's feature flags."""
     return request.app.state.flag_store
+
+
+async def get_flag_source(request: Request) -> FlagSource:
+    """Where the flags are kept (file or database), for changing them."""
+    return request.app.state.flag_source
 
 
 async def get_flag_broadcaster(request: Request) -> FlagBroadcaster | None:
@@ -91,6 +97,7 @@ RedisDep = Annotated[Redis | None, Depends(get_redis)]
 SessionDep = Annotated[AsyncSession, Depends(get_db)]
 MailerDep = Annotated[Mailer, Depends(get_mailer)]
 FlagStoreDep = Annotated[FlagStore, Depends(get_flag_store)]
+FlagSourceDep = Annotated[FlagSource, Depends(get_flag_source)]
 FlagBroadcasterDep = Annotated[FlagBroadcaster | None, Depends(get_flag_broadcaster)]
 GuardDep = Annotated[BruteForceGuard, Depends(get_guard)]
 ClientDep = Annotated[ClientInfo, Depends(get_client)]

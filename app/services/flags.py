@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from loguru import logger
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import AppError, InsufficientStorage, is_disk_full
 from app.core.feature_flags import (
-    FlagBroadcaster,
     FlagStore,
     FlagValue,
     InvalidFlags,
     dump_flags,
     parse_flags,
 )
+from app.core.flag_sources import FlagBroadcaster, FlagSource
 from app.core.permissions import require_permission
 from app.models import User
 
@@ -52,7 +51,8 @@ def read_flags(store: FlagStore, actor: User) -> dict:
 
 
 async def change_flags(
-    store: FlagStore,
+    db: AsyncSession,
+    source: FlagSource,
     broadcaster: FlagBroadcaster | None,
     actor: User,
     *,
@@ -62,20 +62,18 @@ async def change_flags(
     """Add (or overwrite) and remove flags; applied at once, saved, announced, logged.
 
     ``add`` maps names to values; a plain list of names means ``true``. A removed
-    flag is on again (a flag missing from the file is on). A change naming a protected
+    flag is on again (a flag missing from the flags is on). A change naming a protected
     flag is refused whole, whatever the value.
     """
     require_permission(actor, "feature_flags", "update")
     raw = {name: True for name in add} if isinstance(add, list) else dict(add or {})
-    _refuse_protected(store, [*raw, *(remove or [])])
+    _refuse_protected(source.store, [*raw, *(remove or [])])
     try:
         added: dict[str, FlagValue] = parse_flags(raw)
     except InvalidFlags as error:
         raise InvalidFlagChange(str(error)) from None
-    flags = {name: value for name, value in store.flags.items() if name not in set(remove or [])}
-    flags.update(added)
     try:
-        await asyncio.to_thread(store.replace, flags)
+        await source.change(added, remove or [], db)
     except OSError as error:  # nothing changed, in memory or on disk
         if is_disk_full(error):
             logger.error("feature flags not saved: {}", error.strerror)
@@ -89,7 +87,7 @@ async def change_flags(
         sorted(added),
         sorted(remove or []),
     )
-    return dump_flags(store.flags)
+    return dump_flags(source.store.flags)
 
 
 def flags_for(store: FlagStore, user: User | None, *, enforced: bool) -> dict[str, bool]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
@@ -42,6 +43,29 @@ def test_flags_set_changes_what_the_api_refuses(settings: Settings) -> None:
     assert run_cli(env, "flags", "set", "LOGIN", "true").returncode == 0
     listed = run_cli(env, "flags", "list")
     assert json.loads(listed.stdout) == {"LOGIN": True, "UPDATE_FEATURE_FLAGS": False}
+
+
+def test_flags_export_and_import(settings: Settings, tmp_path: Path) -> None:
+    """The flags leave and come back in the flag file's format, wherever they are kept
+    (the file on SQLite, the database on PostgreSQL)."""
+    env = settings_env(settings)
+    assert run_cli(env, "flags", "set", "ROLLOUT", '[{"percentageOfUsers": 0.5}]').returncode == 0
+    exported = tmp_path / "exported.json"
+    done = run_cli(env, "flags", "export", str(exported))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(exported.read_text()) == {"ROLLOUT": [{"percentageOfUsers": 0.5}]}
+
+    exported.write_text(json.dumps({"ROLLOUT": False, "NEW_ONE": True}))
+    imported = run_cli(env, "flags", "import", str(exported))
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(run_cli(env, "flags", "list").stdout) == {"ROLLOUT": False, "NEW_ONE": True}
+
+    exported.write_text('{"BROKEN": [{"percentageOfUsers": 3}]}')
+    refused = run_cli(env, "flags", "import", str(exported))
+    assert refused.returncode == 1
+    assert "BROKEN" in refused.stderr
+    missing = run_cli(env, "flags", "import", str(tmp_path / "nothing.json"))
+    assert missing.returncode == 1
 
 
 def test_purge_runs_every_job(settings: Settings) -> None:

@@ -30,7 +30,8 @@ from PIL import Image
 from redis.asyncio import Redis
 
 from app.core.config import JWT_SECRET_FILE, ConfigError, Settings
-from app.core.feature_flags import FlagBroadcaster, FlagStore
+from app.core.feature_flags import FlagStore
+from app.core.flag_sources import FileFlagSource, FlagBroadcaster
 from app.core.logging import log_file_path
 from app.core.oauth_client import ExternalProfile
 from app.models import User
@@ -245,11 +246,12 @@ async def test_a_provider_picture_on_a_full_disk_does_not_stop_the_sign_in(
 
 
 class TestFeatureFlags:
-    """A flag change that cannot be saved is not applied either."""
+    """A flag change that cannot be saved to the flag file is not applied either."""
 
     @pytest.fixture
     def settings_overrides(self) -> dict[str, object]:
-        return {"FEATURE_FLAGS_ENABLED": True}
+        # The file, also on PostgreSQL (which keeps the flags in the database otherwise).
+        return {"FEATURE_FLAGS_ENABLED": True, "FEATURE_FLAGS_SOURCE": "file"}
 
     async def test_a_flag_change_that_cannot_be_saved(
         self, app: FastAPI, client: httpx.AsyncClient, disk: Disk
@@ -288,11 +290,11 @@ async def test_a_change_from_another_replica_that_cannot_be_saved(disk: Disk) ->
     saved = store.path.read_text()
     disk.fill(0)
     announcement = json.dumps({"origin": "another replica", "flags": {"SIGNUP": False}})
-    await FlagBroadcaster(Redis(), store)._apply(announcement)
+    await FlagBroadcaster(Redis(), FileFlagSource(store))._apply(announcement)
     assert store.flags == {"SIGNUP": True, "LOGIN": True}
     assert store.path.read_text() == saved
     disk.free()
-    await FlagBroadcaster(Redis(), store)._apply(announcement)
+    await FlagBroadcaster(Redis(), FileFlagSource(store))._apply(announcement)
     assert store.flags == {"SIGNUP": False}
 
 

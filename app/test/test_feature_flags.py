@@ -7,17 +7,23 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import select, update
 
+from app.core.config import Settings
 from app.core.feature_flags import FlagStore, bucket, evaluate, parse_flags, protected_flags
+from app.core.flag_sources import DatabaseFlagSource
 from app.core.permissions import feature_flag
-from app.test.factories import bearer, login, refreshed, user_with_tokens
-from app.test.server import ROOT
+from app.models import FeatureFlag
+from app.test.conftest import TEST_JWT_SECRET, settings_env
+from app.test.factories import PASSWORD, bearer, login, refreshed, user_with_tokens
+from app.test.server import ROOT, LiveServer, start_server
 
 SEED_FLAGS = {
     "FEATURE_FLAG_1": True,
@@ -158,6 +164,17 @@ def test_a_protected_endpoint_that_no_longer_exists_is_an_error() -> None:
 # With the app --------------------------------------------------------------------------
 
 
+async def stored_flags(app: FastAPI) -> dict[str, object]:
+    """The flags as their source keeps them: the file, or the database's rows (the
+    database on PostgreSQL, see app/core/flag_sources.py)."""
+    source = app.state.flag_source
+    if isinstance(source, DatabaseFlagSource):
+        async with app.state.session_factory() as session:
+            rows = await session.execute(select(FeatureFlag.name, FeatureFlag.value))
+            return {name: value for name, value in rows.all()}
+    return json.loads(source.store.path.read_text())
+
+
 #: The flags the API must refuse to change, written independently of the app's table:
 #: with any of them off, admins could not sign in, keep a session, change the flags back,
 #: or the orchestrator would take the service for dead.
@@ -196,8 +213,7 @@ class TestEnabled:
         return application
 
     async def test_every_endpoint_gets_a_flag(self, app: FastAPI) -> None:
-        path = app.state.settings.DATA_DIR / "feature_flags.json"
-        flags = json.loads(path.read_text())
+        flags = await stored_flags(app)
         assert flags["SIGNUP"] is False  # kept from the file
         for name in ("LOGIN", "READ_ME", "HEALTH", "UPDATE_FEATURE_FLAGS", "READ_FILE"):
             assert flags[name] is True
@@ -210,17 +226,13 @@ class TestEnabled:
     async def test_custom_flags_from_the_decorator(self, app_with_custom_flag: FastAPI) -> None:
         application = app_with_custom_flag
         async with application.router.lifespan_context(application):
-            flags = json.loads(
-                (application.state.settings.DATA_DIR / "feature_flags.json").read_text()
-            )
+            flags = await stored_flags(application)
             assert flags["_PING"] is True
             assert flags["DISABLE_FEATURE"] is True
             transport = httpx.ASGITransport(app=application)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
                 assert (await client.get("/ping")).json() == "pong"
-                application.state.flag_store.replace(
-                    {**application.state.flag_store.flags, "DISABLE_FEATURE": False}
-                )
+                await application.state.flag_source.change({"DISABLE_FEATURE": False}, [])
                 assert (await client.get("/ping")).status_code == 403
 
     async def test_admin_api_and_rules_apply_at_once(
@@ -256,7 +268,7 @@ class TestEnabled:
             "/api/admin/feature-flags", json={"add": ["READ_ME"]}, headers=bearer(admin_tokens)
         )
         assert as_list.json()["flags"]["READ_ME"] is True
-        saved = json.loads((app.state.settings.DATA_DIR / "feature_flags.json").read_text())
+        saved = await stored_flags(app)
         assert saved["READ_ME"] is True
 
         invalid = await client.patch(
@@ -272,8 +284,7 @@ class TestEnabled:
         self, app: FastAPI, client: httpx.AsyncClient
     ) -> None:
         admin, tokens = await user_with_tokens(app, client, ("admin", "user"))
-        path = app.state.settings.DATA_DIR / "feature_flags.json"
-        before = json.loads(path.read_text())
+        before = await stored_flags(app)
         attempts = [
             {"add": {name: False for name in PROTECTED}},
             {"add": {name: [{"userRoles": ["admin"]}] for name in PROTECTED}},
@@ -294,7 +305,7 @@ class TestEnabled:
             for name in named:
                 assert name in response.json()["detail"]
                 assert PROTECTED[name] in response.json()["detail"]  # the reason: what it guards
-        assert json.loads(path.read_text()) == before  # nothing stored, SIGNUP included
+        assert await stored_flags(app) == before  # nothing stored, SIGNUP included
 
         # Every protected endpoint still answers (none of them is FEATURE_DISABLED).
         fresh = await login(client, admin.username)
@@ -332,18 +343,118 @@ class TestEnabled:
         assert "percentOfUsers" in detail
         assert "boolean" not in detail
 
-    async def test_a_changed_file_is_read_again(
+    async def test_a_change_written_by_hand_is_read_again(
         self, app: FastAPI, client: httpx.AsyncClient
     ) -> None:
-        path = app.state.settings.DATA_DIR / "feature_flags.json"
-        flags = json.loads(path.read_text())
-        flags["HEALTH"] = False
-        path.write_text(json.dumps(flags))
+        """An edit of the file, or of the database's row, applies within seconds."""
+        if isinstance(app.state.flag_source, DatabaseFlagSource):
+            async with app.state.session_factory() as session:
+                await session.execute(
+                    update(FeatureFlag).where(FeatureFlag.name == "HEALTH").values(value=False)
+                )
+                await session.commit()
+        else:
+            path = app.state.settings.DATA_DIR / "feature_flags.json"
+            flags = json.loads(path.read_text())
+            flags["HEALTH"] = False
+            path.write_text(json.dumps(flags))
         for _ in range(50):
             if (await client.get("/health")).status_code == 403:
                 break
             await asyncio.sleep(0.1)
         assert (await client.get("/health")).status_code == 403
+
+    async def test_parallel_changes_of_different_flags_all_stay(
+        self, app: FastAPI, client: httpx.AsyncClient
+    ) -> None:
+        """Twenty admins' changes at once: none is lost to another's read-modify-write."""
+        _, tokens = await user_with_tokens(app, client, ("admin", "user"))
+        answers = await asyncio.gather(
+            *(
+                client.patch(
+                    "/api/admin/feature-flags",
+                    json={"add": {f"PARALLEL_{number}": False}},
+                    headers=bearer(tokens),
+                )
+                for number in range(20)
+            )
+        )
+        assert [answer.status_code for answer in answers] == [200] * 20
+        stored = await stored_flags(app)
+        assert {f"PARALLEL_{number}" for number in range(20)} <= set(stored)
+        listed = await client.get("/api/admin/feature-flags", headers=bearer(tokens))
+        assert all(listed.json()["flags"][f"PARALLEL_{number}"] is False for number in range(20))
+
+
+class TestSharedByReplicas:
+    """FEATURE_FLAGS_SOURCE=database (what PostgreSQL gets by default): replicas with
+    DATA_DIRs of their own share the flags through the database."""
+
+    @pytest.fixture
+    def settings_overrides(self, tmp_path: Path, db_backend: str) -> dict[str, object]:
+        # The first replica's DATA_DIR holds the flag file imported on the first start.
+        first = tmp_path / "replica0"
+        first.mkdir(parents=True, exist_ok=True)
+        (first / "feature_flags.json").write_text(json.dumps({"SIGNUP": False}))
+        overrides: dict[str, object] = {"FEATURE_FLAGS_ENABLED": True}
+        if db_backend.startswith("sqlite"):  # PostgreSQL chooses the database by itself
+            overrides["FEATURE_FLAGS_SOURCE"] = "database"
+        return overrides
+
+    def test_a_replica_started_later_sees_the_current_flags_at_once(
+        self, settings: Settings, tmp_path: Path
+    ) -> None:
+        def start(index: int) -> LiveServer:
+            env = {
+                **settings_env(settings),
+                "DATA_DIR": str(tmp_path / f"replica{index}"),
+                "JWT_SECRET_KEY": TEST_JWT_SECRET,
+                "FIRST_ADMIN_USERNAME": "flag_admin",
+                "FIRST_ADMIN_EMAIL": "flag_admin@example.com",
+                "FIRST_ADMIN_PASSWORD": PASSWORD,
+            }
+            return start_server(env, tmp_path / f"replica{index}.log")
+
+        first = start(0)
+        second = None
+        try:
+            # The file of the first start was imported: SIGNUP is off.
+            assert httpx.post(f"{first.url}/api/auth/signup", json={}).status_code == 403
+            token = httpx.post(
+                f"{first.url}/api/auth/login",
+                json={"username": "flag_admin", "password": PASSWORD},
+            ).json()["access_token"]
+            changed = httpx.patch(
+                f"{first.url}/api/admin/feature-flags",
+                json={"add": {"LIST_PROVIDERS": False}, "remove": ["SIGNUP"]},
+                headers=bearer(token),
+            )
+            assert changed.status_code == 200, changed.text
+            # No Redis, an empty DATA_DIR: the second replica still starts with them.
+            second = start(1)
+            assert not (tmp_path / "replica1" / "feature_flags.json").exists()
+            assert httpx.get(f"{second.url}/api/oauth/providers").status_code == 403
+            assert httpx.post(f"{second.url}/api/auth/signup", json={}).status_code == 422
+            # And a change on the second reaches the first by polling, without Redis.
+            token = httpx.post(
+                f"{second.url}/api/auth/login",
+                json={"username": "flag_admin", "password": PASSWORD},
+            ).json()["access_token"]
+            httpx.patch(
+                f"{second.url}/api/admin/feature-flags",
+                json={"remove": ["LIST_PROVIDERS"]},
+                headers=bearer(token),
+            ).raise_for_status()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if httpx.get(f"{first.url}/api/oauth/providers").status_code == 200:
+                    break
+                time.sleep(0.1)
+            assert httpx.get(f"{first.url}/api/oauth/providers").status_code == 200
+        finally:
+            first.stop()
+            if second is not None:
+                second.stop()
 
 
 class TestDisabled:
@@ -359,8 +470,7 @@ class TestDisabled:
     async def test_flags_are_ignored(self, app: FastAPI, client: httpx.AsyncClient) -> None:
         response = await client.post("/api/auth/signup", json={})
         assert response.status_code == 422
-        saved = json.loads((app.state.settings.DATA_DIR / "feature_flags.json").read_text())
-        assert saved == {"SIGNUP": False}
+        assert await stored_flags(app) == {"SIGNUP": False}
 
     async def test_a_change_is_stored_and_the_answer_says_flags_are_off(
         self, app: FastAPI, client: httpx.AsyncClient
@@ -373,7 +483,7 @@ class TestDisabled:
         assert changed.json()["enabled"] is False
         assert "FEATURE_FLAGS_ENABLED" in changed.json()["notice"]
         assert "not enforced" in changed.json()["notice"]
-        saved = json.loads((app.state.settings.DATA_DIR / "feature_flags.json").read_text())
+        saved = await stored_flags(app)
         assert saved == {"SIGNUP": False, "READ_ME": False}
         listed = await client.get("/api/admin/feature-flags", headers=bearer(tokens))
         assert listed.json()["flags"] == saved
