@@ -64,3 +64,41 @@ class OtpDisableRequest(RequestModel):
 
     password: CurrentPassword = None
     code: str = OtpCode
+
+
+#: A recovery code as typed: any case, with or without its dashes (a code of the wrong
+#: length or letters is a wrong code, counted like one).
+RecoveryCodeField = Field(
+    min_length=1, max_length=64, pattern=r"^[A-Za-z0-9 -]+$", examples=["ABCD-EFGH-JKLM-NPQR"]
+)
+
+
+class RecoveryCodes(BaseModel):
+    """New recovery codes, shown this once: only their hashes are kept."""
+
+    recovery_codes: list[str] = Field(
+        description=(
+            "Single-use codes, each able to finish one sign-in instead of a two-factor "
+            "code. Store them somewhere safe: they are never shown again."
+        ),
+        examples=[["ABCD-EFGH-JKLM-NPQR", "STUV-WXYZ-2345-67AB"]],
+    )
+
+
+class RecoveryCodesLeft(BaseModel):
+    """How many recovery codes the caller can still use."""
+
+    remaining: int = Field(ge=0, description="Unused recovery codes (0 with 2FA off).")
+
+
+class RecoveryCodeVerifyRequest(RequestModel):
+    """The second login step with a recovery code instead of a code."""
+
+    otp_token: str = Field(min_length=1, max_length=2048)
+    recovery_code: str = RecoveryCodeField
+
+
+class RecoveryCodesRequest(RequestModel):
+    """Make new recovery codes (a re-authentication confirms it is the owner)."""
+
+    password: CurrentPassword = None
