@@ -347,11 +347,12 @@ async def test_malformed_input_is_refused_with_4xx(client: httpx.AsyncClient) ->
     assert swapped.status_code == 401
     assert swapped.json()["code"] == "INVALID_OTP_TOKEN"
 
-    for body in ({"password": 1}, {"password": PASSWORD, "extra": True}, []):
+    regenerate_bodies: list[object] = [{"password": 1}, {"password": PASSWORD, "extra": 1}, []]
+    for regenerate_body in regenerate_bodies:
         response = await client.post(
-            "/api/auth/otp/recovery-codes", json=body, headers=bearer(tokens)
+            "/api/auth/otp/recovery-codes", json=regenerate_body, headers=bearer(tokens)
         )
-        assert response.status_code == 422, (body, response.text)
+        assert response.status_code == 422, (regenerate_body, response.text)
     assert await _left(client, tokens) == 10
 
 
