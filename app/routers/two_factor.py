@@ -298,20 +298,34 @@ async def disable_otp(
 ) -> None:
     """Turn off two-factor authentication with a re-authentication and a current code.
 
-    Send ``password`` (or leave it out after a recent re-authentication) and a code.
-    Other sessions end, and the account's verified email is told.
+    Send ``password`` (or leave it out after a recent re-authentication) and a code,
+    or, when the authenticator or the mailbox is lost, a ``recovery_code`` instead of
+    the code. The recovery codes are deleted. Other sessions end, and the account's
+    verified email is told.
 
     Raises
     ------
     400
         ``WRONG_PASSWORD``, or ``NO_PENDING_CODE`` (email: ask /auth/otp/disable/code).
     401
-        ``INVALID_OTP_CODE``.
+        ``INVALID_OTP_CODE`` (a wrong code or recovery code).
     403
         ``REAUTHENTICATION_REQUIRED``.
     409
         ``OTP_NOT_ENABLED``.
+    422
+        ``VALIDATION_ERROR``: neither or both of ``code`` and ``recovery_code``.
     429
         ``OTP_THROTTLED`` or ``RATE_LIMITED``.
     """
-    await two_factor.disable(db, settings, mailer, guard, auth, body.password, body.code, client)
+    await two_factor.disable(
+        db,
+        settings,
+        mailer,
+        guard,
+        auth,
+        body.password,
+        body.code,
+        client,
+        recovery_code=body.recovery_code,
+    )

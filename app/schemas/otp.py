@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from app.schemas.common import RequestModel
 from app.schemas.fields import CurrentPassword
@@ -12,6 +13,10 @@ from app.schemas.fields import CurrentPassword
 OtpMethod = Literal["authenticator", "email"]
 #: A code as typed: checked against the challenge (a malformed one is a wrong one).
 OtpCode = Field(min_length=1, max_length=16, examples=["123456"])
+#: The characters a recovery code may be typed with: any case, with or without its
+#: dashes (a code of the wrong length or letters is a wrong code, counted like one).
+RECOVERY_CODE_PATTERN = r"^[A-Za-z0-9 -]+$"
+RECOVERY_CODE_EXAMPLE = "ABCD-EFGH-JKLM-NPQR"
 
 
 class OtpChallengeResponse(BaseModel):
@@ -60,16 +65,31 @@ class OtpEnableRequest(RequestModel):
 
 
 class OtpDisableRequest(RequestModel):
-    """Turn 2FA off: a re-authentication and a current code."""
+    """Turn 2FA off: a re-authentication and a current code, or a recovery code (the
+    authenticator is lost)."""
 
     password: CurrentPassword = None
-    code: str = OtpCode
+    code: str | None = Field(default=None, min_length=1, max_length=16, examples=["123456"])
+    recovery_code: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=RECOVERY_CODE_PATTERN,
+        description="Instead of `code`: one of the recovery codes (used up).",
+        examples=[RECOVERY_CODE_EXAMPLE],
+    )
+
+    @model_validator(mode="after")
+    def _one_proof(self) -> OtpDisableRequest:
+        if (self.code is None) == (self.recovery_code is None):
+            raise PydanticCustomError(
+                "one_code", "give either code or recovery_code (exactly one of them)"
+            )
+        return self
 
 
-#: A recovery code as typed: any case, with or without its dashes (a code of the wrong
-#: length or letters is a wrong code, counted like one).
 RecoveryCodeField = Field(
-    min_length=1, max_length=64, pattern=r"^[A-Za-z0-9 -]+$", examples=["ABCD-EFGH-JKLM-NPQR"]
+    min_length=1, max_length=64, pattern=RECOVERY_CODE_PATTERN, examples=[RECOVERY_CODE_EXAMPLE]
 )
 
 

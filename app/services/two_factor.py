@@ -60,6 +60,8 @@ ACCOUNT_FAILURE_WINDOW_SECONDS = 900
 #: How long an authenticator login may wait for its code.
 AUTHENTICATOR_CHALLENGE_SECONDS = 300
 OTP_PENDING_TOKEN = "otp_pending"
+#: The ``method`` of a challenge answered with a recovery code, and of its failures.
+RECOVERY_CODE_METHOD = "recovery_code"
 
 
 class InvalidOtpToken(Unauthorized):
@@ -322,7 +324,7 @@ async def _redeem_recovery_code(
         db, user_uuid, code
     ):
         return await recovery_codes.count_left(db, user_uuid)
-    await _refuse(db, user_uuid, purpose, "recovery_code", client)
+    await _refuse(db, user_uuid, purpose, RECOVERY_CODE_METHOD, client)
 
 
 # Login ---------------------------------------------------------------------------------
@@ -611,6 +613,26 @@ async def confirm_code(
     await _guarded_redeem(db, settings, guard, user, challenge, code, client)
 
 
+async def confirm_recovery_code(
+    db: AsyncSession,
+    settings: Settings,
+    guard: BruteForceGuard,
+    user: User,
+    recovery_code: str,
+    client: ClientInfo,
+) -> None:
+    """Accept one of the user's recovery codes once, or raise, under the limits of
+    :func:`confirm_code` (the caller commits its change with it, which uses the code up)."""
+    if user.otp_method == "none":
+        raise OtpNotEnabled()
+    await guard.attempt("otp", address=client.ip)
+    challenge, _ = await _new_challenge(db, settings, user, "disable", RECOVERY_CODE_METHOD)
+    await db.commit()
+    await _guarded(
+        guard, user.uuid, lambda: _redeem_recovery_code(db, user, challenge, recovery_code, client)
+    )
+
+
 async def disable(
     db: AsyncSession,
     settings: Settings,
@@ -618,10 +640,13 @@ async def disable(
     guard: BruteForceGuard,
     auth: Auth,
     password: str | None,
-    code: str,
+    code: str | None,
     client: ClientInfo,
+    *,
+    recovery_code: str | None = None,
 ) -> None:
-    """Turn 2FA off with a re-authentication and a current code; other sessions end."""
+    """Turn 2FA off with a re-authentication and a current code (or, when the second
+    factor is lost, a recovery code); other sessions end."""
     user = auth.user
     if user.otp_method == "none":
         raise OtpNotEnabled()
@@ -629,12 +654,16 @@ async def disable(
         db, settings, guard, user, auth.session, password, client, purpose="otp_disable"
     )
     method = user.otp_method
-    await confirm_code(db, settings, guard, user, code, client, purpose="disable")
+    if recovery_code is not None:
+        await confirm_recovery_code(db, settings, guard, user, recovery_code, client)
+    else:
+        await confirm_code(db, settings, guard, user, code or "", client, purpose="disable")
     await reset(db, user)
     await revoke_sessions(db, user.uuid, keep_session_id=auth.session.id)
-    record_event(
-        db, user.uuid, "otp_disabled", by=user.uuid, client=client, details={"method": method}
-    )
+    details: dict[str, object] = {"method": method}
+    if recovery_code is not None:
+        details["with"] = RECOVERY_CODE_METHOD
+    record_event(db, user.uuid, "otp_disabled", by=user.uuid, client=client, details=details)
     await db.commit()
     send_security_notice(settings, mailer, user, what="Two-factor authentication was turned off")
 

@@ -398,3 +398,48 @@ async def test_reset_clears_method_secret_and_codes(
     # A login that was waiting for its second factor is over.
     assert (await _recover(client, otp_token, codes[0])).json()["code"] == "INVALID_OTP_TOKEN"
     assert "access_token" in await login(client, user["username"])
+
+
+async def test_a_lost_phone_turns_2fa_off_with_a_recovery_code(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Signed in with a recovery code, the owner swaps the lost authenticator: 2FA off
+    with the password and another recovery code, then a new one set up."""
+    user, tokens = await signup_and_login(client)
+    _, codes = await _enable_authenticator(client, tokens)
+    signed_in = await _recover(client, await _pending(client, user["username"]), codes[0])
+    assert signed_in.status_code == 200
+    fresh = signed_in.json()
+
+    disable = "/api/auth/otp/disable"
+    for body in (
+        {"password": PASSWORD},
+        {"password": PASSWORD, "code": "123456", "recovery_code": codes[1]},
+        {"password": PASSWORD, "recovery_code": "not/a code"},
+    ):
+        response = await client.post(disable, json=body, headers=bearer(fresh))
+        assert response.status_code == 422, (body, response.text)
+    used = await client.post(
+        disable, json={"password": PASSWORD, "recovery_code": codes[0]}, headers=bearer(fresh)
+    )
+    assert used.status_code == 401
+    assert used.json()["code"] == "INVALID_OTP_CODE"
+    wrong_password = await client.post(
+        disable,
+        json={"password": "a wrong password here", "recovery_code": codes[1]},
+        headers=bearer(fresh),
+    )
+    assert wrong_password.status_code == 400
+    assert await _left(client, fresh) == 9  # a refused request used nothing up
+
+    disabled = await client.post(
+        disable, json={"password": PASSWORD, "recovery_code": codes[1]}, headers=bearer(fresh)
+    )
+    assert disabled.status_code == 204, disabled.text
+    assert await _stored(app, user["uuid"]) == 0
+    events = await history(app.state.session_factory, user["uuid"])
+    assert events[-1].action == "otp_disabled"
+    assert events[-1].details == {"method": "authenticator", "with": "recovery_code"}
+    _, new_codes = await _enable_authenticator(client, fresh)
+    assert not set(new_codes) & set(codes)
+    assert await _left(client, fresh) == 10
