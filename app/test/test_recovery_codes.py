@@ -15,8 +15,16 @@ from sqlalchemy import func, select
 from app.models import RecoveryCode, Session, User
 from app.services import two_factor
 from app.services.two_factor import ACCOUNT_FAILURE_LIMIT, MAX_FAILED_ATTEMPTS
-from app.test.factories import PASSWORD, bearer, history, login, signup_and_login
+from app.test.factories import (
+    PASSWORD,
+    bearer,
+    history,
+    live_signup_and_login,
+    login,
+    signup_and_login,
+)
 from app.test.mail import MailCatcher, text_body, verify_address
+from app.test.server import LiveServer
 
 CODE_SHAPE = re.compile(r"[A-Z2-7]{4}(-[A-Z2-7]{4}){3}")
 INTERVAL = 30
@@ -443,3 +451,45 @@ async def test_a_lost_phone_turns_2fa_off_with_a_recovery_code(
     _, new_codes = await _enable_authenticator(client, fresh)
     assert not set(new_codes) & set(codes)
     assert await _left(client, fresh) == 10
+
+
+def test_the_sign_in_page_takes_a_recovery_code(live_server: LiveServer, browser) -> None:
+    """On /signin, "Use a recovery code instead" finishes the 2FA step with one."""
+    url = live_server.url
+    user, tokens = live_signup_and_login(url)
+    setup = httpx.post(
+        f"{url}/api/auth/otp/setup",
+        json={"method": "authenticator", "password": PASSWORD},
+        headers=bearer(tokens),
+    )
+    totp = pyotp.parse_uri(setup.json()["provisioning_uri"])
+    assert isinstance(totp, pyotp.TOTP)
+    enabled = httpx.post(
+        f"{url}/api/auth/otp/enable",
+        json={"method": "authenticator", "code": totp.now()},
+        headers=bearer(tokens),
+    )
+    codes = enabled.json()["recovery_codes"]
+
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text))
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(f"{url}/docs")
+    page.wait_for_url("**/signin**")
+    page.fill("#username", user["username"])
+    page.fill("#password", PASSWORD)
+    page.click("#sign-in")
+    page.wait_for_selector("#code-step:not([hidden])")
+    page.click("#use-recovery-code")
+    page.wait_for_selector("text=Enter one of the recovery codes")
+    page.fill("#code", "AAAA-BBBB-CCCC-DDDD")
+    page.click("#verify")
+    page.wait_for_selector("text=Incorrect or already used code")
+    page.fill("#code", codes[0].lower())
+    page.click("#verify")
+    page.wait_for_selector("text=Not allowed")  # signed in: a plain user may not read the docs
+    assert user["username"] in page.content()
+    assert [m for m in problems if "Content Security Policy" in m] == []
+    left = httpx.get(f"{url}/api/auth/otp/recovery-codes", headers=bearer(tokens))
+    assert left.json() == {"remaining": 9}
