@@ -4,7 +4,8 @@ Authenticator codes are RFC 6238 TOTP (pyotp) over a random 32-character base32
 secret per user, never derived from anything public. Email codes cannot be TOTP
 (pyotp refuses steps over 120 s, and an emailed code should not be replayable from
 the secret anyway): each is a random OTP_LENGTH-digit number made for one login or
-enrolment, stored only as a keyed hash.
+enrolment, stored only as a keyed hash. Recovery codes are 16 random base32
+characters (80 bits), stored as a plain SHA-256 (see :func:`recovery_code_hash`).
 """
 
 from __future__ import annotations

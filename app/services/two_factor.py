@@ -400,16 +400,19 @@ async def verify_login_with_recovery_code(
         mailer,
         user,
         what="A recovery code was used to sign in",
-        more=(
-            f"{left} recovery code{'' if left == 1 else 's'} left. "
-            + (
-                "Make new ones in your account's two-factor settings now."
-                if left <= 2
-                else "You can make new ones in your account's two-factor settings."
-            )
-        ),
+        more=_codes_left_text(left),
     )
     return pair.model_copy(update={"device_token": new_device_token(settings, user.uuid)})
+
+
+def _codes_left_text(left: int) -> str:
+    """What the notice of a used recovery code says of the rest."""
+    if left == 0:
+        return "No recovery codes are left: make new ones now."
+    text = f"{left} recovery code{'' if left == 1 else 's'} left (each works once)."
+    if left <= 2:
+        text += " Make new ones soon."
+    return text
 
 
 async def _pending_login(
