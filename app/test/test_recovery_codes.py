@@ -197,11 +197,14 @@ async def test_the_whole_journey(
     # No code, in any spelling, reached the logs, the history or the account's pages.
     assert any("/api/auth/otp/recovery-codes/verify" in line for line in captured_logs)
     everything = "".join(captured_logs)
-    seen = [
-        (await client.get("/api/users/me", headers=bearer(fresh))).text,
-        (await client.get(f"/api/user/{user['uuid']}/history", headers=bearer(fresh))).text,
-        str([e.details for e in await history(app.state.session_factory, user["uuid"])]),
+    pages = [
+        await client.get("/api/users/me", headers=bearer(fresh)),
+        await client.get(f"/api/user/{user['uuid']}/history", headers=bearer(fresh)),
     ]
+    assert [page.status_code for page in pages] == [200, 200]
+    assert "recovery_code_used" in pages[1].text
+    seen = [page.text for page in pages]
+    seen.append(str([e.details for e in await history(app.state.session_factory, user["uuid"])]))
     for code in codes + new_codes:
         for spelling in (code, code.replace("-", ""), code.lower()):
             assert spelling not in everything
