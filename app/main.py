@@ -299,6 +299,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "password/reset",
                 "otp/setup",
                 "otp/disable",
+                "otp/recovery-codes",
             )
         ),
     )

@@ -66,6 +66,7 @@ _ACCEPTED_RULE_KEYS = {*RULE_KEYS, *FlagRule.model_fields}
 PROTECTED_ENDPOINTS: dict[tuple[str, str], str] = {
     ("POST", "{api}/auth/login"): "signing in",
     ("POST", "{api}/auth/otp/verify"): "signing in with two-factor authentication",
+    ("POST", "{api}/auth/otp/recovery-codes/verify"): "signing in with a recovery code",
     ("POST", "{api}/auth/refresh"): "staying signed in",
     ("GET", "/health"): "the liveness check",
     ("GET", "/health/ready"): "the readiness check",

@@ -4,7 +4,8 @@ Authenticator codes are RFC 6238 TOTP (pyotp) over a random 32-character base32
 secret per user, never derived from anything public. Email codes cannot be TOTP
 (pyotp refuses steps over 120 s, and an emailed code should not be replayable from
 the secret anyway): each is a random OTP_LENGTH-digit number made for one login or
-enrolment, stored only as a keyed hash.
+enrolment, stored only as a keyed hash. Recovery codes are 16 random base32
+characters (80 bits), stored as a plain SHA-256 (see :func:`recovery_code_hash`).
 """
 
 from __future__ import annotations
@@ -89,3 +90,47 @@ def email_code_hash(secret_key: str, challenge_id: str, code: str) -> str:
     """Keyed hash of an email code, bound to its challenge (a stolen table reveals nothing)."""
     message = f"{challenge_id}:{code}".encode()
     return hmac.new(secret_key.encode(), message, hashlib.sha256).hexdigest()
+
+
+# Recovery codes ------------------------------------------------------------------------
+
+#: Characters of a recovery code (RFC 4648 base32: no 0, 1, 8 or 9 to misread).
+RECOVERY_CODE_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+#: 16 characters of 5 bits: 80 random bits, shown in four groups of four.
+RECOVERY_CODE_LENGTH = 16
+RECOVERY_CODE_GROUP = 4
+#: What people type for the letters that look like digits.
+_LOOKALIKES = str.maketrans({"0": "O", "1": "I", "8": "B"})
+
+
+def new_recovery_code() -> str:
+    """A random recovery code as shown to the user: ``ABCD-EFGH-IJKL-MNOP``."""
+    raw = "".join(secrets.choice(RECOVERY_CODE_ALPHABET) for _ in range(RECOVERY_CODE_LENGTH))
+    return "-".join(
+        raw[i : i + RECOVERY_CODE_GROUP]
+        for i in range(0, RECOVERY_CODE_LENGTH, RECOVERY_CODE_GROUP)
+    )
+
+
+def normalized_recovery_code(code: str) -> str | None:
+    """The 16 characters of a code as typed (any case, with or without dashes and
+    spaces, 0/1/8 read as O/I/B), or None when it cannot be one."""
+    compact = "".join(code.split()).replace("-", "").upper().translate(_LOOKALIKES)
+    if len(compact) != RECOVERY_CODE_LENGTH or not all(
+        c in RECOVERY_CODE_ALPHABET for c in compact
+    ):
+        return None
+    return compact
+
+
+def recovery_code_hash(user_uuid: str, normalized: str) -> str:
+    """What is stored of a recovery code: SHA-256 of the user's UUID and the code.
+
+    A plain hash, neither bcrypt nor keyed, on purpose: the code is 80 random bits, so
+    a stolen table cannot be searched (2^80 guesses per code, whatever the speed of
+    the hash), and a fast hash lets a login look its code up by equality in one
+    conditional UPDATE (the single-use guarantee). The UUID makes each account's hashes
+    its own. No server key is mixed in, so that rotating JWT_SECRET_KEY never voids the
+    codes of users who have nothing else left to sign in with.
+    """
+    return hashlib.sha256(f"{user_uuid}:{normalized}".encode()).hexdigest()

@@ -6,6 +6,7 @@ from app.models.feature_flag import FeatureFlag
 from app.models.file import File, user_file
 from app.models.oauth_token import OAuthToken
 from app.models.otp_challenge import OtpChallenge
+from app.models.recovery_code import RecoveryCode
 from app.models.rotated_refresh_token import RotatedRefreshToken
 from app.models.scheduled_job import ScheduledJob
 from app.models.session import Session
@@ -20,6 +21,7 @@ __all__ = [
     "File",
     "OAuthToken",
     "OtpChallenge",
+    "RecoveryCode",
     "RotatedRefreshToken",
     "ScheduledJob",
     "Session",

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from app.routers.deps import AuthDep, ClientDep, GuardDep, MailerDep, SessionDep, SettingsDep
+from app.routers.deps import (
+    AuthDep,
+    ClientDep,
+    GuardDep,
+    MailerDep,
+    Reader,
+    SessionDep,
+    SettingsDep,
+)
 from app.routers.device_cookie import remember_device
 from app.schemas.auth import Message, TokenPair
 from app.schemas.common import error_responses
@@ -19,6 +27,10 @@ from app.schemas.otp import (
     OtpSetupRequest,
     OtpSetupResponse,
     OtpVerifyRequest,
+    RecoveryCodes,
+    RecoveryCodesLeft,
+    RecoveryCodesRequest,
+    RecoveryCodeVerifyRequest,
 )
 from app.services import two_factor
 
@@ -54,6 +66,50 @@ async def verify_otp(
         ``OTP_THROTTLED`` or ``RATE_LIMITED``, with ``Retry-After``.
     """
     answer = await two_factor.verify_login(db, settings, guard, body.otp_token, body.code, client)
+    remember_device(response, settings, answer)
+    return answer
+
+
+@router.post(
+    "/otp/recovery-codes/verify",
+    response_model=TokenPair,
+    responses=error_responses(401, 422, 429),
+)
+async def verify_recovery_code(
+    body: RecoveryCodeVerifyRequest,
+    response: Response,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    guard: GuardDep,
+    client: ClientDep,
+) -> TokenPair:
+    """Finish a two-factor login with a recovery code instead of a code.
+
+    For when the authenticator or the mailbox is out of reach: send the ``otp_token``
+    from /auth/login and one of the recovery codes handed out when two-factor
+    authentication was turned on (case, dashes and spaces do not matter). Each code
+    works once; the account's verified email is told, with how many are left. A wrong
+    recovery code counts as a wrong code, under the same limits as /auth/otp/verify.
+
+    Returns
+    -------
+    TokenPair
+        The same answer as a login without 2FA.
+
+    Raises
+    ------
+    401
+        ``INVALID_OTP_CODE`` (wrong or used recovery code) or ``INVALID_OTP_TOKEN``
+        (the pending login expired, failed too often, or the token is not one).
+    422
+        ``VALIDATION_ERROR``: the code is empty, too long, or has characters no code has.
+    429
+        ``OTP_THROTTLED`` or ``RATE_LIMITED``, with ``Retry-After``.
+    """
+    answer = await two_factor.verify_login_with_recovery_code(
+        db, settings, mailer, guard, body.otp_token, body.recovery_code, client
+    )
     remember_device(response, settings, answer)
     return answer
 
@@ -104,8 +160,7 @@ async def setup_otp(
 
 @router.post(
     "/otp/enable",
-    status_code=status.HTTP_204_NO_CONTENT,
-    response_class=Response,
+    response_model=RecoveryCodes,
     responses=error_responses(400, 401, 409, 422, 429),
 )
 async def enable_otp(
@@ -115,9 +170,15 @@ async def enable_otp(
     settings: SettingsDep,
     mailer: MailerDep,
     client: ClientDep,
-) -> None:
+) -> RecoveryCodes:
     """Turn on two-factor authentication with a valid code. Other sessions end, and the
     account's verified email is told.
+
+    Returns
+    -------
+    RecoveryCodes
+        Ten single-use recovery codes, shown this once: each can finish one sign-in
+        instead of a code (/auth/otp/recovery-codes/verify).
 
     Raises
     ------
@@ -130,7 +191,66 @@ async def enable_otp(
     429
         ``OTP_THROTTLED``.
     """
-    await two_factor.enable(db, settings, mailer, auth, body.method, body.code, client)
+    codes = await two_factor.enable(db, settings, mailer, auth, body.method, body.code, client)
+    return RecoveryCodes(recovery_codes=codes)
+
+
+@router.get(
+    "/otp/recovery-codes",
+    response_model=RecoveryCodesLeft,
+    responses=error_responses(401),
+)
+async def count_recovery_codes(user: Reader, db: SessionDep) -> RecoveryCodesLeft:
+    """How many recovery codes the caller has left (the codes themselves are never
+    shown again).
+
+    Returns
+    -------
+    RecoveryCodesLeft
+        ``remaining``: unused codes; 0 when two-factor authentication is off.
+    """
+    return RecoveryCodesLeft(remaining=await two_factor.recovery_codes_left(db, user))
+
+
+@router.post(
+    "/otp/recovery-codes",
+    response_model=RecoveryCodes,
+    responses=error_responses(400, 401, 403, 409, 422, 429),
+)
+async def regenerate_recovery_codes(
+    body: RecoveryCodesRequest,
+    auth: AuthDep,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    guard: GuardDep,
+    client: ClientDep,
+) -> RecoveryCodes:
+    """Make ten new recovery codes; the old ones stop working at once.
+
+    Send ``password``, or leave it out when this session was re-authenticated in the
+    last minutes (see /auth/reauthenticate). The account's verified email is told.
+
+    Returns
+    -------
+    RecoveryCodes
+        The new codes, shown this once.
+
+    Raises
+    ------
+    400
+        ``WRONG_PASSWORD``.
+    403
+        ``REAUTHENTICATION_REQUIRED``: no password and no recent re-authentication.
+    409
+        ``OTP_NOT_ENABLED``: recovery codes come with two-factor authentication.
+    429
+        ``RATE_LIMITED``: too many wrong passwords for this account lately.
+    """
+    codes = await two_factor.regenerate_recovery_codes(
+        db, settings, mailer, guard, auth, body.password, client
+    )
+    return RecoveryCodes(recovery_codes=codes)
 
 
 @router.post(
@@ -178,20 +298,34 @@ async def disable_otp(
 ) -> None:
     """Turn off two-factor authentication with a re-authentication and a current code.
 
-    Send ``password`` (or leave it out after a recent re-authentication) and a code.
-    Other sessions end, and the account's verified email is told.
+    Send ``password`` (or leave it out after a recent re-authentication) and a code,
+    or, when the authenticator or the mailbox is lost, a ``recovery_code`` instead of
+    the code. The recovery codes are deleted. Other sessions end, and the account's
+    verified email is told.
 
     Raises
     ------
     400
         ``WRONG_PASSWORD``, or ``NO_PENDING_CODE`` (email: ask /auth/otp/disable/code).
     401
-        ``INVALID_OTP_CODE``.
+        ``INVALID_OTP_CODE`` (a wrong code or recovery code).
     403
         ``REAUTHENTICATION_REQUIRED``.
     409
         ``OTP_NOT_ENABLED``.
+    422
+        ``VALIDATION_ERROR``: neither or both of ``code`` and ``recovery_code``.
     429
         ``OTP_THROTTLED`` or ``RATE_LIMITED``.
     """
-    await two_factor.disable(db, settings, mailer, guard, auth, body.password, body.code, client)
+    await two_factor.disable(
+        db,
+        settings,
+        mailer,
+        guard,
+        auth,
+        body.password,
+        body.code,
+        client,
+        recovery_code=body.recovery_code,
+    )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from app.schemas.common import RequestModel
 from app.schemas.fields import CurrentPassword
@@ -12,6 +13,10 @@ from app.schemas.fields import CurrentPassword
 OtpMethod = Literal["authenticator", "email"]
 #: A code as typed: checked against the challenge (a malformed one is a wrong one).
 OtpCode = Field(min_length=1, max_length=16, examples=["123456"])
+#: The characters a recovery code may be typed with: any case, with or without its
+#: dashes (a code of the wrong length or letters is a wrong code, counted like one).
+RECOVERY_CODE_PATTERN = r"^[A-Za-z0-9 -]+$"
+RECOVERY_CODE_EXAMPLE = "ABCD-EFGH-JKLM-NPQR"
 
 
 class OtpChallengeResponse(BaseModel):
@@ -60,7 +65,60 @@ class OtpEnableRequest(RequestModel):
 
 
 class OtpDisableRequest(RequestModel):
-    """Turn 2FA off: a re-authentication and a current code."""
+    """Turn 2FA off: a re-authentication and a current code, or a recovery code (the
+    authenticator is lost)."""
 
     password: CurrentPassword = None
-    code: str = OtpCode
+    code: str | None = Field(default=None, min_length=1, max_length=16, examples=["123456"])
+    recovery_code: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=RECOVERY_CODE_PATTERN,
+        description="Instead of `code`: one of the recovery codes (used up).",
+        examples=[RECOVERY_CODE_EXAMPLE],
+    )
+
+    @model_validator(mode="after")
+    def _one_proof(self) -> OtpDisableRequest:
+        if (self.code is None) == (self.recovery_code is None):
+            raise PydanticCustomError(
+                "one_code", "give either code or recovery_code (exactly one of them)"
+            )
+        return self
+
+
+RecoveryCodeField = Field(
+    min_length=1, max_length=64, pattern=RECOVERY_CODE_PATTERN, examples=[RECOVERY_CODE_EXAMPLE]
+)
+
+
+class RecoveryCodes(BaseModel):
+    """New recovery codes, shown this once: only their hashes are kept."""
+
+    recovery_codes: list[str] = Field(
+        description=(
+            "Single-use codes, each able to finish one sign-in instead of a two-factor "
+            "code. Store them somewhere safe: they are never shown again."
+        ),
+        examples=[["ABCD-EFGH-JKLM-NPQR", "STUV-WXYZ-2345-67AB"]],
+    )
+
+
+class RecoveryCodesLeft(BaseModel):
+    """How many recovery codes the caller can still use."""
+
+    remaining: int = Field(ge=0, description="Unused recovery codes (0 with 2FA off).")
+
+
+class RecoveryCodeVerifyRequest(RequestModel):
+    """The second login step with a recovery code instead of a code."""
+
+    otp_token: str = Field(min_length=1, max_length=2048)
+    recovery_code: str = RecoveryCodeField
+
+
+class RecoveryCodesRequest(RequestModel):
+    """Make new recovery codes (a re-authentication confirms it is the owner)."""
+
+    password: CurrentPassword = None

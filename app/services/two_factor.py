@@ -7,12 +7,17 @@ authenticator code's time step must be later than the last one used, and a
 challenge dies after ``MAX_FAILED_ATTEMPTS`` wrong codes. Across challenges an
 account gets ``ACCOUNT_FAILURE_LIMIT`` wrong codes per ``ACCOUNT_FAILURE_WINDOW_SECONDS``
 before every code is refused with 429.
+
+Turning 2FA on hands out recovery codes (:mod:`app.services.recovery_codes`): one can
+finish a pending login instead of the code, once, under the same limits (a wrong
+recovery code is a wrong code). :func:`reset` turns 2FA off and deletes them.
 """
 
 from __future__ import annotations
 
 import base64
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Literal, NoReturn, TypeVar
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,6 +41,7 @@ from app.core.security import TokenError, create_token, decode_token, secrets_ma
 from app.models import OtpChallenge, User, new_uuid, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse, OtpSetupResponse
+from app.services import recovery_codes
 from app.services.context import ClientInfo
 from app.services.devices import new_device_token
 from app.services.history import record_event
@@ -44,6 +50,7 @@ from app.services.reauth import require_recent_auth
 from app.services.sessions import revoke_sessions, start_session
 
 OtpMethod = Literal["authenticator", "email"]
+T = TypeVar("T")
 
 #: Wrong codes after which a challenge (a pending login, say) is dead.
 MAX_FAILED_ATTEMPTS = 5
@@ -53,6 +60,8 @@ ACCOUNT_FAILURE_WINDOW_SECONDS = 900
 #: How long an authenticator login may wait for its code.
 AUTHENTICATOR_CHALLENGE_SECONDS = 300
 OTP_PENDING_TOKEN = "otp_pending"
+#: The ``method`` of a challenge answered with a recovery code, and of its failures.
+RECOVERY_CODE_METHOD = "recovery_code"
 
 
 class InvalidOtpToken(Unauthorized):
@@ -195,6 +204,58 @@ async def _check_throttle(
         raise OtpThrottled(headers={"Retry-After": str(retry_after)})
 
 
+async def _count_attempt(db: AsyncSession, challenge_id: str, user_uuid: str) -> None:
+    """Count an attempt on the challenge (committed) before any code is checked, so
+    that parallel guesses never check more than MAX_FAILED_ATTEMPTS codes against a
+    challenge, nor more than ACCOUNT_FAILURE_LIMIT against an account."""
+    counted = await db.execute(
+        update(OtpChallenge)
+        .where(
+            OtpChallenge.id == challenge_id,
+            OtpChallenge.used_at.is_(None),
+            OtpChallenge.expires_at > now_epoch(),
+            OtpChallenge.failed_attempts < MAX_FAILED_ATTEMPTS,
+        )
+        .values(failed_attempts=OtpChallenge.failed_attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    await db.commit()
+    if rows_matched(counted) != 1:
+        raise InvalidOtpToken("This code request is over; start again")
+    await _check_throttle(db, user_uuid, counting_this_one=True)
+
+
+async def _claim_challenge(db: AsyncSession, challenge_id: str, now: int) -> bool:
+    """Mark the challenge used, giving back the attempt counted for the right code
+    (the caller commits); False when a parallel request used it first."""
+    claimed = await db.execute(
+        update(OtpChallenge)
+        .where(OtpChallenge.id == challenge_id, OtpChallenge.used_at.is_(None))
+        # A right code is no failure: its count is given back.
+        .values(used_at=now, failed_attempts=OtpChallenge.failed_attempts - 1)
+        .execution_options(synchronize_session=False)
+    )
+    return rows_matched(claimed) == 1
+
+
+async def _refuse(
+    db: AsyncSession, user_uuid: str, purpose: str, method: str, client: ClientInfo
+) -> NoReturn:
+    """Undo the uncommitted success steps, record the failure, raise InvalidOtpCode (the
+    attempt stays counted)."""
+    await db.rollback()
+    if await db.get(User, user_uuid) is not None:
+        record_event(
+            db,
+            user_uuid,
+            "otp_failed",
+            client=client,
+            details={"purpose": purpose, "method": method},
+        )
+        await db.commit()
+    raise InvalidOtpCode()
+
+
 async def _redeem(
     db: AsyncSession,
     settings: Settings,
@@ -206,30 +267,15 @@ async def _redeem(
     """Accept ``code`` for ``challenge`` once, or count a failure and raise.
 
     The attempt is counted (and committed) before the code is checked and given back
-    when it is right, so parallel guesses never check more than MAX_FAILED_ATTEMPTS
-    codes against a challenge, nor more than ACCOUNT_FAILURE_LIMIT against an account.
-    On success the challenge is marked used (and the authenticator step recorded) in
-    the caller's transaction; the caller commits with its own changes.
+    when it is right (:func:`_count_attempt`). On success the challenge is marked used
+    (and the authenticator step recorded) in the caller's transaction; the caller
+    commits with its own changes.
     """
     # Read now: after a rollback the loaded objects are expired.
     challenge_id, user_uuid = challenge.id, user.uuid
     purpose, method = challenge.purpose, challenge.method
     now = now_epoch()
-    counted = await db.execute(
-        update(OtpChallenge)
-        .where(
-            OtpChallenge.id == challenge_id,
-            OtpChallenge.used_at.is_(None),
-            OtpChallenge.expires_at > now,
-            OtpChallenge.failed_attempts < MAX_FAILED_ATTEMPTS,
-        )
-        .values(failed_attempts=OtpChallenge.failed_attempts + 1)
-        .execution_options(synchronize_session=False)
-    )
-    await db.commit()
-    if rows_matched(counted) != 1:
-        raise InvalidOtpToken("This code request is over; start again")
-    await _check_throttle(db, user_uuid, counting_this_one=True)
+    await _count_attempt(db, challenge_id, user_uuid)
     step = None
     if method == "email":
         expected = challenge.code_hash or ""
@@ -238,14 +284,7 @@ async def _redeem(
         step = matching_timestep(user.otp_secret or "", code, settings)
         ok = step is not None
     if ok:
-        claimed = await db.execute(
-            update(OtpChallenge)
-            .where(OtpChallenge.id == challenge_id, OtpChallenge.used_at.is_(None))
-            # A right code is no failure: its count is given back.
-            .values(used_at=now, failed_attempts=OtpChallenge.failed_attempts - 1)
-            .execution_options(synchronize_session=False)
-        )
-        ok = rows_matched(claimed) == 1
+        ok = await _claim_challenge(db, challenge_id, now)
     if ok and step is not None:
         # The step must be newer than the last one used: a code works once.
         advanced = await bulk_write(
@@ -264,17 +303,28 @@ async def _redeem(
         ok = rows_matched(advanced) == 1
     if ok:
         return
-    await db.rollback()
-    if await db.get(User, user_uuid) is not None:
-        record_event(
-            db,
-            user_uuid,
-            "otp_failed",
-            client=client,
-            details={"purpose": purpose, "method": method},
-        )
-        await db.commit()
-    raise InvalidOtpCode()
+    await _refuse(db, user_uuid, purpose, method, client)
+
+
+async def _redeem_recovery_code(
+    db: AsyncSession, user: User, challenge: OtpChallenge, code: str, client: ClientInfo
+) -> int:
+    """Accept a recovery code for ``challenge`` instead of its code, once, or count a
+    failure and raise; returns how many codes are left.
+
+    The attempt counts against the challenge and the account like any code. On
+    success the challenge and the code are marked used in the caller's transaction
+    (the challenge first, then the code: parallel requests take the row locks in the
+    same order); the caller commits.
+    """
+    challenge_id, user_uuid, purpose = challenge.id, user.uuid, challenge.purpose
+    now = now_epoch()
+    await _count_attempt(db, challenge_id, user_uuid)
+    if await _claim_challenge(db, challenge_id, now) and await recovery_codes.use(
+        db, user_uuid, code
+    ):
+        return await recovery_codes.count_left(db, user_uuid)
+    await _refuse(db, user_uuid, purpose, RECOVERY_CODE_METHOD, client)
 
 
 # Login ---------------------------------------------------------------------------------
@@ -321,6 +371,54 @@ async def verify_login(
     """Finish a 2FA login: the pending token and a valid code give the token pair (and
     a new device token)."""
     await guard.attempt("otp", address=client.ip)
+    user, challenge = await _pending_login(db, settings, otp_token)
+    await _guarded_redeem(db, settings, guard, user, challenge, code, client)
+    pair = await start_session(db, settings, user, client)
+    return pair.model_copy(update={"device_token": new_device_token(settings, user.uuid)})
+
+
+async def verify_login_with_recovery_code(
+    db: AsyncSession,
+    settings: Settings,
+    mailer: Mailer,
+    guard: BruteForceGuard,
+    otp_token: str,
+    recovery_code: str,
+    client: ClientInfo,
+) -> TokenPair:
+    """Finish a 2FA login with a recovery code instead of the code: like
+    :func:`verify_login`, and the code is used up, recorded and told by mail."""
+    await guard.attempt("otp", address=client.ip)
+    user, challenge = await _pending_login(db, settings, otp_token)
+    left = await _guarded(
+        guard, user.uuid, lambda: _redeem_recovery_code(db, user, challenge, recovery_code, client)
+    )
+    record_event(db, user.uuid, "recovery_code_used", client=client, details={"left": left})
+    pair = await start_session(db, settings, user, client)  # commits the code's use
+    send_security_notice(
+        settings,
+        mailer,
+        user,
+        what="A recovery code was used to sign in",
+        more=_codes_left_text(left),
+    )
+    return pair.model_copy(update={"device_token": new_device_token(settings, user.uuid)})
+
+
+def _codes_left_text(left: int) -> str:
+    """What the notice of a used recovery code says of the rest."""
+    if left == 0:
+        return "No recovery codes are left: make new ones now."
+    text = f"{left} recovery code{'' if left == 1 else 's'} left (each works once)."
+    if left <= 2:
+        text += " Make new ones soon."
+    return text
+
+
+async def _pending_login(
+    db: AsyncSession, settings: Settings, otp_token: str
+) -> tuple[User, OtpChallenge]:
+    """The user and the login challenge a 2FA-pending token names, or InvalidOtpToken."""
     try:
         claims = decode_token(
             otp_token, secret=settings.JWT_SECRET_KEY, token_type=OTP_PENDING_TOKEN
@@ -338,9 +436,21 @@ async def verify_login(
         or not user.is_active
     ):
         raise InvalidOtpToken()
-    await _guarded_redeem(db, settings, guard, user, challenge, code, client)
-    pair = await start_session(db, settings, user, client)
-    return pair.model_copy(update={"device_token": new_device_token(settings, user.uuid)})
+    return user, challenge
+
+
+async def _guarded(guard: BruteForceGuard, user_uuid: str, redeem: Callable[[], Awaitable[T]]) -> T:
+    """``redeem`` under the account's guard: only a wrong code stays counted."""
+    slot = await guard.claim("otp", account=user_uuid)
+    try:
+        result = await redeem()
+    except InvalidOtpCode:
+        raise  # a wrong code: counted
+    except BaseException:
+        await guard.forgive(slot)  # no code was judged (the request is over, throttled...)
+        raise
+    await guard.forgive(slot)
+    return result
 
 
 async def _guarded_redeem(
@@ -352,16 +462,8 @@ async def _guarded_redeem(
     code: str,
     client: ClientInfo,
 ) -> None:
-    """:func:`_redeem` under the account's guard: only a wrong code stays counted."""
-    slot = await guard.claim("otp", account=user.uuid)
-    try:
-        await _redeem(db, settings, user, challenge, code, client)
-    except InvalidOtpCode:
-        raise  # a wrong code: counted
-    except BaseException:
-        await guard.forgive(slot)  # no code was judged (the request is over, throttled...)
-        raise
-    await guard.forgive(slot)
+    """:func:`_redeem` under the account's guard."""
+    await _guarded(guard, user.uuid, lambda: _redeem(db, settings, user, challenge, code, client))
 
 
 # Enrolment -----------------------------------------------------------------------------
@@ -451,8 +553,11 @@ async def enable(
     method: OtpMethod,
     code: str,
     client: ClientInfo,
-) -> None:
-    """Turn 2FA on once a valid code proves the method works; other sessions end."""
+) -> list[str]:
+    """Turn 2FA on once a valid code proves the method works; other sessions end.
+
+    Returns the new recovery codes: this is the only time they are shown.
+    """
     user = auth.user
     if user.otp_method != "none":
         raise OtpAlreadyEnabled()
@@ -461,12 +566,14 @@ async def enable(
     challenge = await _challenge_for(db, settings, user, "enable", method)
     await _redeem(db, settings, user, challenge, code, client)
     user.otp_method = method
+    codes = await recovery_codes.issue(db, user.uuid)
     await revoke_sessions(db, user.uuid, keep_session_id=auth.session.id)
     record_event(
         db, user.uuid, "otp_enabled", by=user.uuid, client=client, details={"method": method}
     )
     await db.commit()
     send_security_notice(settings, mailer, user, what="Two-factor authentication was turned on")
+    return codes
 
 
 async def send_code(
@@ -509,6 +616,26 @@ async def confirm_code(
     await _guarded_redeem(db, settings, guard, user, challenge, code, client)
 
 
+async def confirm_recovery_code(
+    db: AsyncSession,
+    settings: Settings,
+    guard: BruteForceGuard,
+    user: User,
+    recovery_code: str,
+    client: ClientInfo,
+) -> None:
+    """Accept one of the user's recovery codes once, or raise, under the limits of
+    :func:`confirm_code` (the caller commits its change with it, which uses the code up)."""
+    if user.otp_method == "none":
+        raise OtpNotEnabled()
+    await guard.attempt("otp", address=client.ip)
+    challenge, _ = await _new_challenge(db, settings, user, "disable", RECOVERY_CODE_METHOD)
+    await db.commit()
+    await _guarded(
+        guard, user.uuid, lambda: _redeem_recovery_code(db, user, challenge, recovery_code, client)
+    )
+
+
 async def disable(
     db: AsyncSession,
     settings: Settings,
@@ -516,10 +643,13 @@ async def disable(
     guard: BruteForceGuard,
     auth: Auth,
     password: str | None,
-    code: str,
+    code: str | None,
     client: ClientInfo,
+    *,
+    recovery_code: str | None = None,
 ) -> None:
-    """Turn 2FA off with a re-authentication and a current code; other sessions end."""
+    """Turn 2FA off with a re-authentication and a current code (or, when the second
+    factor is lost, a recovery code); other sessions end."""
     user = auth.user
     if user.otp_method == "none":
         raise OtpNotEnabled()
@@ -527,11 +657,69 @@ async def disable(
         db, settings, guard, user, auth.session, password, client, purpose="otp_disable"
     )
     method = user.otp_method
-    await confirm_code(db, settings, guard, user, code, client, purpose="disable")
-    user.otp_method = "none"
+    if recovery_code is not None:
+        await confirm_recovery_code(db, settings, guard, user, recovery_code, client)
+    else:
+        await confirm_code(db, settings, guard, user, code or "", client, purpose="disable")
+    await reset(db, user)
     await revoke_sessions(db, user.uuid, keep_session_id=auth.session.id)
-    record_event(
-        db, user.uuid, "otp_disabled", by=user.uuid, client=client, details={"method": method}
-    )
+    details: dict[str, object] = {"method": method}
+    if recovery_code is not None:
+        details["with"] = RECOVERY_CODE_METHOD
+    record_event(db, user.uuid, "otp_disabled", by=user.uuid, client=client, details=details)
     await db.commit()
     send_security_notice(settings, mailer, user, what="Two-factor authentication was turned off")
+
+
+async def reset(db: AsyncSession, user: User) -> None:
+    """Turn the user's 2FA off: the method, the authenticator secret and the recovery
+    codes all go (a pending login is refused from then on).
+
+    The one way 2FA is turned off, by the user (:func:`disable`) or for them (an
+    admin's reset). It changes ``user`` through the ORM, so the commit drops the
+    cached copy; the caller records the event, ends sessions, commits and mails.
+    """
+    user.otp_method = "none"
+    user.otp_secret = None
+    user.otp_last_timestep = None
+    await recovery_codes.clear(db, user.uuid)
+
+
+# Recovery codes ------------------------------------------------------------------------
+
+
+async def recovery_codes_left(db: AsyncSession, user: User) -> int:
+    """How many unused recovery codes the user has (0 with 2FA off)."""
+    if user.otp_method == "none":
+        return 0
+    return await recovery_codes.count_left(db, user.uuid)
+
+
+async def regenerate_recovery_codes(
+    db: AsyncSession,
+    settings: Settings,
+    mailer: Mailer,
+    guard: BruteForceGuard,
+    auth: Auth,
+    password: str | None,
+    client: ClientInfo,
+) -> list[str]:
+    """New recovery codes for the caller after a re-authentication; the old ones stop
+    working at once and the verified email is told. Returns the codes (shown once)."""
+    user = auth.user
+    if user.otp_method == "none":
+        raise OtpNotEnabled()
+    await require_recent_auth(
+        db, settings, guard, user, auth.session, password, client, purpose="recovery_codes"
+    )
+    codes = await recovery_codes.issue(db, user.uuid)
+    record_event(db, user.uuid, "recovery_codes_regenerated", by=user.uuid, client=client)
+    await db.commit()
+    send_security_notice(
+        settings,
+        mailer,
+        user,
+        what="New recovery codes were made",
+        more="The previous recovery codes no longer work.",
+    )
+    return codes

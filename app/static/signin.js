@@ -1,6 +1,6 @@
-// The sign-in page: password step, then the 2FA step when the account has one. The
-// access token obtained goes once, by a form POST, to /interactive-docs (which keeps
-// it in an HttpOnly cookie); the page keeps nothing.
+// The sign-in page: password step, then the 2FA step when the account has one (a code,
+// or a recovery code instead). The access token obtained goes once, by a form POST, to
+// /interactive-docs (which keeps it in an HttpOnly cookie); the page keeps nothing.
 "use strict";
 (() => {
   const passwordStep = document.getElementById("password-step");
@@ -8,6 +8,7 @@
   const api = passwordStep.dataset.api;
   const error = document.getElementById("error");
   let otpToken = null;
+  let recovery = false;
 
   function finish(tokens) {
     document.getElementById("token").value = tokens.access_token;
@@ -42,14 +43,30 @@
     finish(body);
   });
 
+  document.getElementById("use-recovery-code").addEventListener("click", (event) => {
+    recovery = true;
+    const input = document.getElementById("code");
+    input.inputMode = "text";
+    input.autocomplete = "off";
+    input.value = "";
+    input.focus();
+    document.querySelector("label[for=code]").textContent = "Recovery code";
+    document.getElementById("code-hint").textContent =
+      "Enter one of the recovery codes you saved when you turned on two-factor authentication.";
+    event.target.hidden = true;
+  });
+
   codeStep.addEventListener("submit", async (event) => {
     event.preventDefault();
     error.textContent = "";
     const code = document.getElementById("code").value.trim();
-    const body = await answer(await fetch(api + "/auth/otp/verify", {
+    const [path, proof] = recovery
+      ? ["/auth/otp/recovery-codes/verify", { recovery_code: code }]
+      : ["/auth/otp/verify", { code }];
+    const body = await answer(await fetch(api + path, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ otp_token: otpToken, code }),
+      body: JSON.stringify({ otp_token: otpToken, ...proof }),
     }));
     if (body) finish(body);
   });

@@ -46,6 +46,7 @@ SAME_ORIGIN = {"POST /interactive-docs", "POST /docs/token"}
 PASSWORD_FIELDS = {
     "POST /api/auth/otp/setup": "password",
     "POST /api/auth/otp/disable": "password",
+    "POST /api/auth/otp/recovery-codes": "password",
     "POST /api/auth/password/change": "current_password",
     "PATCH /api/users/me": "current_password",
     "PATCH /api/user/{uuid}": "current_password",

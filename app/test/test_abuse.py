@@ -55,6 +55,7 @@ JSON_ENDPOINTS = [
     "/api/auth/password/forgot",
     "/api/auth/password/reset",
     "/api/auth/otp/verify",
+    "/api/auth/otp/recovery-codes/verify",
     "/api/auth/token/exchange",
     "/api/auth/email/verify/request",
 ]
@@ -138,6 +139,7 @@ async def test_hostile_text_in_every_field(
         ("POST", "/api/auth/refresh", {"refresh_token": text}),
         ("POST", "/api/auth/password/reset", {"token": text, "new_password": PASSWORD}),
         ("POST", "/api/auth/otp/verify", {"otp_token": text, "code": text}),
+        ("POST", "/api/auth/otp/recovery-codes/verify", {"otp_token": text, "recovery_code": text}),
         ("POST", "/api/auth/token/exchange", {"code": text}),
         ("POST", "/api/auth/password/change", {"current_password": text, "new_password": text}),
     ]
@@ -248,6 +250,7 @@ async def test_bad_tokens_on_every_endpoint(
         ("POST", "/api/auth/password/forgot"),
         ("POST", "/api/auth/password/reset"),
         ("POST", "/api/auth/otp/verify"),
+        ("POST", "/api/auth/otp/recovery-codes/verify"),
         ("POST", "/api/auth/token/exchange"),
         ("POST", "/api/auth/email/verify/request"),
         ("GET", "/api/auth/email/verify"),

@@ -181,6 +181,7 @@ async def stored_flags(app: FastAPI) -> dict[str, object]:
 PROTECTED = {
     "LOGIN": "/api/auth/login",
     "VERIFY_OTP": "/api/auth/otp/verify",
+    "VERIFY_RECOVERY_CODE": "/api/auth/otp/recovery-codes/verify",
     "REFRESH": "/api/auth/refresh",
     "HEALTH": "/health",
     "HEALTH_READY": "/health/ready",
@@ -314,6 +315,11 @@ class TestEnabled:
             "/api/auth/otp/verify", json={"otp_token": "not-a-token", "code": "123456"}
         )
         assert otp.status_code == 401
+        recovery = await client.post(
+            "/api/auth/otp/recovery-codes/verify",
+            json={"otp_token": "not-a-token", "recovery_code": "ABCD-EFGH-JKLM-NPQR"},
+        )
+        assert recovery.status_code == 401
         assert (await client.get("/health")).status_code == 200
         assert (await client.get("/health/ready")).status_code == 200
         listed = await client.get("/api/admin/feature-flags", headers=bearer(fresh))

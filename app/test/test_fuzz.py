@@ -50,6 +50,9 @@ NO_SUCCESS_REACHABLE = {
     "POST /api/auth/otp/verify": "needs the otp_token of a sign-in with two-factor "
     "authentication on, which no fuzzed account has (see otp/enable)",
     "POST /api/auth/otp/disable": "needs two-factor authentication on (see otp/enable)",
+    "POST /api/auth/otp/recovery-codes/verify": "needs the otp_token of a sign-in with "
+    "two-factor authentication on and a recovery code (see otp/verify)",
+    "POST /api/auth/otp/recovery-codes": "needs two-factor authentication on (see otp/enable)",
     "POST /api/auth/otp/disable/code": "needs two-factor authentication by email on "
     "(see otp/enable; email is off on the fuzzed server)",
     "POST /api/auth/reauthenticate/code": "only for accounts without a password (signed "
