@@ -423,6 +423,17 @@ async def remove_links(db: AsyncSession, user_uuid: str, providers: list[str]) -
     return sorted(account.provider for account in accounts)
 
 
+async def remove_link(db: AsyncSession, user: User, provider: str) -> None:
+    """Delete the user's account of ``provider`` unless it is their only way in
+    (whoever asks: the user, or an admin); the caller records it and commits."""
+    linked = await linked_providers(db, user.uuid)
+    if provider not in linked:
+        raise NotFound("No account of this provider is linked", code="OAUTH_ACCOUNT_NOT_LINKED")
+    if user.hashed_password is None and len(linked) == 1:
+        raise LastLoginMethod()
+    await remove_links(db, user.uuid, [provider])
+
+
 async def unlink(
     db: AsyncSession,
     settings: Settings,
@@ -433,12 +444,7 @@ async def unlink(
 ) -> None:
     """Remove the user's account of ``provider``, unless it is their only way in; the
     account's verified email is told."""
-    linked = await linked_providers(db, user.uuid)
-    if provider not in linked:
-        raise NotFound("No account of this provider is linked", code="OAUTH_ACCOUNT_NOT_LINKED")
-    if user.hashed_password is None and len(linked) == 1:
-        raise LastLoginMethod()
-    await remove_links(db, user.uuid, [provider])
+    await remove_link(db, user, provider)
     record_event(
         db, user.uuid, "oauth_unlinked", by=user.uuid, client=client, details={"provider": provider}
     )

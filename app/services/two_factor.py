@@ -509,6 +509,15 @@ async def confirm_code(
     await _guarded_redeem(db, settings, guard, user, challenge, code, client)
 
 
+async def reset(db: AsyncSession, user: User) -> None:  # noqa: ARG001 (recovery codes will use db)
+    """Turn the user's 2FA off and forget its secret, without a code (an admin's reset
+    for someone who lost their second factor); the caller (``user`` is loaded in
+    ``db``) records it and commits."""
+    user.otp_method = "none"
+    user.otp_secret = None
+    user.otp_last_timestep = None
+
+
 async def disable(
     db: AsyncSession,
     settings: Settings,
