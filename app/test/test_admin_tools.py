@@ -4,12 +4,18 @@ who is refused each of them."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import httpx
+import jwt
 import pyotp
 import pytest
 from fastapi import FastAPI
 
+from app.core.config import Settings
 from app.models import ExternalAccount, User
+from app.test.conftest import empty_redis, settings_env
 from app.test.factories import (
     PASSWORD,
     bearer,
@@ -18,6 +24,7 @@ from app.test.factories import (
     user_with_tokens,
 )
 from app.test.mail import MailCatcher, link_in, text_body, token_in, verify_address
+from app.test.server import run_cli
 
 NEW_PASSWORD = "a completely new passphrase"
 
@@ -366,3 +373,128 @@ async def test_admins_change_their_own_second_factor_and_providers_themselves(
     other = await _use(client, ("POST", "/two-factor/reset", False), admin_uuid, other_admin_tokens)
     assert other.status_code == 409  # allowed; there is just no 2FA to reset
     assert other.json()["code"] == "OTP_NOT_ENABLED"
+
+
+# The command line ---------------------------------------------------------------------
+
+
+def _session_of(tokens: dict) -> str:
+    """The session an access token names (read, not verified: the test made it)."""
+    return jwt.decode(tokens["access_token"], options={"verify_signature": False})["sid"]
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
+    return run_cli(settings_env(settings), "users", *args)
+
+
+async def test_cli_reset_two_factor_and_send_reset(
+    settings: Settings, client: httpx.AsyncClient, smtp_server: MailCatcher
+) -> None:
+    user, tokens = await _verified_user(client, smtp_server)
+    await _enrol_authenticator(client, tokens)
+    await smtp_server.wait_for(user["email"], 2)  # "turned on", before the command runs
+
+    reset = _cli(settings, "reset-2fa", user["username"])
+    assert reset.returncode == 0, reset.stderr
+    assert "is off" in reset.stdout
+    assert "turned off by an administrator" in await _notice(smtp_server, user["email"], 3)
+    fresh = await login(client, user["username"])
+    events = await _history(client, user["uuid"], fresh)
+    event = next(event for event in events if event["action"] == "otp_reset")
+    assert event["by"] is None  # the operator, not a user
+
+    again = _cli(settings, "reset-2fa", user["uuid"])
+    assert again.returncode == 1
+    assert "OTP_NOT_ENABLED" in again.stderr
+
+    sent = _cli(settings, "send-reset", user["email"].upper())
+    assert sent.returncode == 0, sent.stderr
+    mail = await smtp_server.wait_for(user["email"], 4)
+    assert "Reset your" in mail["Subject"]
+    applied = await client.post(
+        "/api/auth/password/reset",
+        json={"token": token_in(link_in(mail)), "new_password": NEW_PASSWORD},
+    )
+    assert applied.status_code == 204, applied.text
+
+    unknown = _cli(settings, "send-reset", "nobody_here")
+    assert unknown.returncode == 1
+    assert "USER_NOT_FOUND" in unknown.stderr
+
+
+async def test_cli_sessions_and_providers(
+    app: FastAPI, settings: Settings, client: httpx.AsyncClient, smtp_server: MailCatcher
+) -> None:
+    user, phone = await _verified_user(client, smtp_server)
+    laptop = await login(client, user["username"])
+    listed = _cli(settings, "sessions", user["username"])
+    assert listed.returncode == 0, listed.stderr
+    sessions = json.loads(listed.stdout)
+    # Without Redis the service hears of the command's changes only when its cached
+    # copies expire (TestWithRedis: at once); these tokens are not cached yet.
+    laptop_session = _session_of(laptop)
+    assert {session["id"] for session in sessions} == {_session_of(phone), laptop_session}
+
+    one = _cli(settings, "revoke-sessions", user["username"], "--session", laptop_session)
+    assert one.returncode == 0, one.stderr
+    assert (await client.get("/api/users/me", headers=bearer(laptop))).status_code == 401
+    left = json.loads(_cli(settings, "sessions", user["username"]).stdout)
+    assert [session["id"] for session in left] == [_session_of(phone)]
+    every = _cli(settings, "revoke-sessions", user["uuid"])
+    assert every.stdout.strip() == "1 session(s) ended."
+    assert (await client.get("/api/users/me", headers=bearer(phone))).status_code == 401
+    assert "signed you out" in await _notice(smtp_server, user["email"], 2)
+
+    await _link(app, user["uuid"], "github")
+    providers = _cli(settings, "providers", user["username"])
+    assert [a["provider"] for a in json.loads(providers.stdout)] == ["github"]
+    unlinked = _cli(settings, "unlink", user["username"], "github")
+    assert unlinked.returncode == 0, unlinked.stderr
+    assert json.loads(_cli(settings, "providers", user["username"]).stdout) == []
+    missing = _cli(settings, "unlink", user["username"], "github")
+    assert missing.returncode == 1
+    assert "OAUTH_ACCOUNT_NOT_LINKED" in missing.stderr
+
+
+async def test_cli_unlock_needs_redis(settings: Settings, client: httpx.AsyncClient) -> None:
+    user, _ = await signup_and_login(client)
+    refused = _cli(settings, "unlock", user["username"])
+    assert refused.returncode == 1
+    assert "REDIS_URL" in refused.stderr
+
+
+class TestWithRedis:
+    """The service and the command line share Redis: the guard's counts and the
+    invalidations of the auth cache."""
+
+    @pytest.fixture
+    def settings_overrides(self, smtp_server: MailCatcher) -> dict[str, object]:
+        return {
+            **smtp_server.settings(),
+            "AUTH_RATE_LIMIT_ACCOUNT": "3 per 15 minutes",
+            "REDIS_URL": empty_redis(),
+        }
+
+    async def test_cli_unlock_and_revoke(
+        self, settings: Settings, client: httpx.AsyncClient, smtp_server: MailCatcher
+    ) -> None:
+        user, tokens = await _verified_user(client, smtp_server)
+        for _attempt in range(3):
+            client.cookies.clear()
+            assert (await _login_answer(client, user["username"], "wrong")).status_code == 401
+        client.cookies.clear()
+        assert (await _login_answer(client, user["username"], PASSWORD)).status_code == 429
+
+        unlocked = _cli(settings, "unlock", user["username"])
+        assert unlocked.returncode == 0, unlocked.stderr
+        client.cookies.clear()
+        fresh = await login(client, user["username"])
+        assert "cleared the lock" in await _notice(smtp_server, user["email"], 2)
+
+        # A cached token is refused as soon as the command has ended its session.
+        for pair in (tokens, fresh):
+            assert (await client.get("/api/users/me", headers=bearer(pair))).status_code == 200
+        ended = _cli(settings, "revoke-sessions", user["username"])
+        assert ended.returncode == 0, ended.stderr
+        for pair in (tokens, fresh):
+            assert (await client.get("/api/users/me", headers=bearer(pair))).status_code == 401
