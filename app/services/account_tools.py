@@ -16,7 +16,7 @@ runs the service and passes no permission check.
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.auth_cache import bulk_write
@@ -137,7 +137,7 @@ async def clear_login_lock(
     await db.execute(
         update(OtpChallenge)
         .where(OtpChallenge.user_uuid == user.uuid, OtpChallenge.failed_attempts > 0)
-        .values(failed_attempts=0, used_at=now_epoch())
+        .values(failed_attempts=0, used_at=func.coalesce(OtpChallenge.used_at, now_epoch()))
         .execution_options(synchronize_session=False)
     )
     record_event(db, user.uuid, "login_lock_cleared", by=_by(actor), client=client)

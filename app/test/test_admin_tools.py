@@ -4,8 +4,10 @@ who is refused each of them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import time
 
 import httpx
 import jwt
@@ -156,6 +158,44 @@ async def test_clear_login_lock(
     assert cleared_event["by"] == moderator_uuid
 
 
+class TestTwoFactorCodeLock:
+    """Wrong 2FA codes lock an account too (counted in the database, per account)."""
+
+    @pytest.fixture
+    def settings_overrides(self, smtp_server: MailCatcher) -> dict[str, object]:
+        return {**smtp_server.settings(), "AUTH_RATE_LIMIT_ACCOUNT": "50 per 15 minutes"}
+
+    async def test_clear_a_code_lock(
+        self, app: FastAPI, client: httpx.AsyncClient, smtp_server: MailCatcher
+    ) -> None:
+        user, tokens = await _verified_user(client, smtp_server)
+        totp = await _enrol_authenticator(client, tokens)
+        for _login in range(2):
+            pending = (await _login_answer(client, user["username"], PASSWORD)).json()
+            for _code in range(5):
+                wrong = await client.post(
+                    "/api/auth/otp/verify",
+                    json={"otp_token": pending["otp_token"], "code": "000000"},
+                )
+                assert wrong.status_code in (400, 401), wrong.text
+        locked = await _login_answer(client, user["username"], PASSWORD)
+        assert locked.status_code == 429
+        assert locked.json()["code"] == "OTP_THROTTLED"
+
+        _, admin_tokens = await _admin(app, client)
+        cleared = await client.delete(
+            f"/api/admin/users/{user['uuid']}/login-lock", headers=bearer(admin_tokens)
+        )
+        assert cleared.status_code == 204
+        pending = (await _login_answer(client, user["username"], PASSWORD)).json()
+        verified = await client.post(
+            "/api/auth/otp/verify",
+            json={"otp_token": pending["otp_token"], "code": totp.at(time.time() + 30)},
+        )
+        assert verified.status_code == 200, verified.text
+        assert "access_token" in verified.json()
+
+
 async def test_list_and_revoke_sessions(
     app: FastAPI, client: httpx.AsyncClient, smtp_server: MailCatcher
 ) -> None:
@@ -303,6 +343,35 @@ async def test_unlink_never_leaves_an_account_without_a_way_in(
         f"/api/admin/users/{user.uuid}/external-accounts", headers=bearer(admin_tokens)
     )
     assert [a["provider"] for a in listed.json()["items"]] == ["github"]
+
+
+async def test_parallel_unlinks_leave_a_way_in(app: FastAPI, client: httpx.AsyncClient) -> None:
+    """The user's and an admin's unlinks of the last two providers at the same moment:
+    one succeeds, the other is refused, whatever the timing."""
+    for _round in range(5):
+        user, user_tokens = await user_with_tokens(app, client)
+        async with app.state.session_factory() as db:
+            stored = await db.get(User, user.uuid)
+            assert stored is not None
+            stored.hashed_password = None
+            await db.commit()
+        await _link(app, user.uuid, "github")
+        await _link(app, user.uuid, "discord")
+        _, admin_tokens = await _admin(app, client)
+        answers = await asyncio.gather(
+            client.delete("/api/oauth/github", headers=bearer(user_tokens)),
+            client.delete(
+                f"/api/admin/users/{user.uuid}/external-accounts/discord",
+                headers=bearer(admin_tokens),
+            ),
+        )
+        assert sorted(answer.status_code for answer in answers) == [204, 409], [
+            answer.text for answer in answers
+        ]
+        listed = await client.get(
+            f"/api/admin/users/{user.uuid}/external-accounts", headers=bearer(admin_tokens)
+        )
+        assert len(listed.json()["items"]) == 1
 
 
 # Who may use them -----------------------------------------------------------------------
