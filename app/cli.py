@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import typer
 from limits import parse as parse_rate
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.auth_cache import AuthCache, install_hooks, session_options
@@ -203,6 +204,9 @@ def _run_tool(
         return asyncio.run(run())
     except AppError as error:
         typer.echo(f"Refused: {error.detail} ({error.code})", err=True)
+        raise typer.Exit(1) from None
+    except RedisError as error:
+        typer.echo(f"Redis (REDIS_URL) did not answer: {type(error).__name__}", err=True)
         raise typer.Exit(1) from None
 
 
