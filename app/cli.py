@@ -8,29 +8,39 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import typer
+from limits import parse as parse_rate
+from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.auth_cache import AuthCache, install_hooks, session_options
+from app.core.brute_force import BruteForceGuard, MemoryAttemptLog, RedisAttemptLog, Window
 from app.core.config import ConfigError, Settings, load_settings
 from app.core.database import create_engine, create_session_factory, upgrade_database
+from app.core.email import Mailer
 from app.core.errors import AppError
 from app.core.feature_flags import FlagStore, InvalidFlags, dump_flags, parse_flags
 from app.core.flag_sources import FlagBroadcaster, FlagSource, flag_source_for
 from app.core.logging import setup_logging
 from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
-from app.services.accounts import create_admin
+from app.services import account_tools
+from app.services.accounts import create_admin, find_user_by_login
+from app.services.context import SYSTEM
 from app.services.maintenance import maintenance_jobs
 from app.services.seeding import seed_users
 
 #: A seed prefix leaves room for "_" and seven digits in a 31-character username.
 USERNAME_PREFIX = re.compile(r"[a-z0-9_]{1,23}")
+
+T = TypeVar("T")
 
 cli = typer.Typer(help="UserManager administration.", no_args_is_help=True, add_completion=False)
 
@@ -262,6 +272,185 @@ def seed_users_command(
         )
         raise typer.Exit(1) from None
     typer.echo(f"Added {inserted} users.")
+
+
+users_cli = typer.Typer(
+    help="Account tools: help a user back in, or shut someone out. USER is a UUID, a "
+    "username or an email. With REDIS_URL the running service sees a change at once; "
+    "without it, within AUTH_CACHE_SECONDS.",
+    no_args_is_help=True,
+)
+cli.add_typer(users_cli, name="users")
+
+
+def _run_tool(
+    settings: Settings,
+    identifier: str,
+    tool: Callable[[AsyncSession, Mailer, BruteForceGuard, str], Awaitable[T]],
+) -> T:
+    """Run ``tool`` (a session, the mailer, the brute-force guard, the user's UUID) on
+    the user named ``identifier``, and wait for its mail; a refusal exits 1.
+
+    The guard counts in Redis, with the service, when REDIS_URL is set; otherwise in
+    this process only (the service's counts are in its own memory)."""
+
+    async def run() -> T:
+        mailer = Mailer(settings)
+        async with _database(settings) as factory, factory() as db:
+            user_uuid = identifier
+            try:
+                user_uuid = str(uuid.UUID(identifier))
+            except ValueError:
+                user = await find_user_by_login(db, identifier)
+                user_uuid = user.uuid if user is not None else ""
+            redis = create_redis(settings.REDIS_URL) if settings.REDIS_URL else None
+            guard = BruteForceGuard(
+                RedisAttemptLog(redis) if redis is not None else MemoryAttemptLog(),
+                account=Window.of(parse_rate(settings.AUTH_RATE_LIMIT_ACCOUNT)),
+                address=Window.of(parse_rate(settings.AUTH_RATE_LIMIT_ADDRESS)),
+            )
+            try:
+                return await tool(db, mailer, guard, user_uuid)
+            finally:
+                await mailer.drain()
+                if redis is not None:
+                    await redis.aclose()
+
+    try:
+        return asyncio.run(run())
+    except AppError as error:
+        typer.echo(f"Refused: {error.detail} ({error.code})", err=True)
+        raise typer.Exit(1) from None
+    except RedisError as error:
+        typer.echo(f"Redis (REDIS_URL) did not answer: {type(error).__name__}", err=True)
+        raise typer.Exit(1) from None
+
+
+USER_ARGUMENT = typer.Argument(..., metavar="USER", help="UUID, username or email.")
+
+
+@users_cli.command("reset-2fa")
+def users_reset_two_factor(user: str = USER_ARGUMENT) -> None:
+    """Turn off a user's two-factor authentication (they lost their second factor);
+    their sessions end and their verified email is told."""
+    settings = _settings()
+
+    async def tool(db: AsyncSession, mailer: Mailer, _guard: object, user_uuid: str) -> str:
+        done = await account_tools.reset_two_factor(db, settings, mailer, None, user_uuid, SYSTEM)
+        return done.username
+
+    typer.echo(f"Two-factor authentication of {_run_tool(settings, user, tool)!r} is off.")
+
+
+@users_cli.command("unlock")
+def users_unlock(user: str = USER_ARGUMENT) -> None:
+    """Clear the lock that failed sign-ins put on an account (needs REDIS_URL, where
+    the service keeps its counts)."""
+    settings = _settings()
+    if not settings.REDIS_URL:
+        typer.echo(
+            "Without REDIS_URL the sign-in counts live in the service's memory: restart "
+            "it to clear them.",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+    async def tool(
+        db: AsyncSession, mailer: Mailer, guard: BruteForceGuard, user_uuid: str
+    ) -> None:
+        await account_tools.clear_login_lock(db, settings, mailer, guard, None, user_uuid, SYSTEM)
+
+    _run_tool(settings, user, tool)
+    typer.echo("Sign-in lock cleared.")
+
+
+@users_cli.command("sessions")
+def users_sessions(user: str = USER_ARGUMENT) -> None:
+    """Print the user's open sessions as JSON, newest first."""
+    settings = _settings()
+
+    async def tool(db: AsyncSession, _mailer: Mailer, _guard: object, user_uuid: str) -> list:
+        sessions = await account_tools.list_sessions(db, None, user_uuid)
+        return [
+            {
+                "id": session.id,
+                "created_at": session.created_at,
+                "last_used_at": session.last_used_at,
+                "expires_at": session.expires_at,
+                "user_agent": session.user_agent,
+                "ip": session.ip,
+            }
+            for session in sessions
+        ]
+
+    typer.echo(json.dumps(_run_tool(settings, user, tool), indent=2))
+
+
+@users_cli.command("revoke-sessions")
+def users_revoke_sessions(
+    user: str = USER_ARGUMENT,
+    session: str | None = typer.Option(None, help="Only this session (its id)."),
+) -> None:
+    """End every session of the user (or one, with --session); their tokens are refused."""
+    settings = _settings()
+
+    async def tool(db: AsyncSession, mailer: Mailer, _guard: object, user_uuid: str) -> int:
+        return await account_tools.revoke_user_sessions(
+            db, settings, mailer, None, user_uuid, SYSTEM, session_id=session
+        )
+
+    typer.echo(f"{_run_tool(settings, user, tool)} session(s) ended.")
+
+
+@users_cli.command("send-reset")
+def users_send_reset(user: str = USER_ARGUMENT) -> None:
+    """Mail the user a password-reset link (to a verified email only)."""
+    settings = _settings()
+
+    async def tool(
+        db: AsyncSession, mailer: Mailer, guard: BruteForceGuard, user_uuid: str
+    ) -> None:
+        await account_tools.send_password_reset(
+            db, settings, mailer, guard, None, user_uuid, SYSTEM
+        )
+
+    _run_tool(settings, user, tool)
+    typer.echo("Password-reset link sent.")
+
+
+@users_cli.command("providers")
+def users_providers(user: str = USER_ARGUMENT) -> None:
+    """Print the provider accounts linked to the user as JSON."""
+    settings = _settings()
+
+    async def tool(db: AsyncSession, _mailer: Mailer, _guard: object, user_uuid: str) -> list:
+        accounts = await account_tools.list_external_accounts(db, None, user_uuid)
+        return [
+            {
+                "provider": account.provider,
+                "username": account.username,
+                "display_name": account.display_name,
+                "email": account.email,
+                "created_at": account.created_at,
+            }
+            for account in accounts
+        ]
+
+    typer.echo(json.dumps(_run_tool(settings, user, tool), indent=2))
+
+
+@users_cli.command("unlink")
+def users_unlink(user: str = USER_ARGUMENT, provider: str = typer.Argument(...)) -> None:
+    """Unlink the user's account of PROVIDER, unless it is their only way to sign in."""
+    settings = _settings()
+
+    async def tool(db: AsyncSession, mailer: Mailer, _guard: object, user_uuid: str) -> None:
+        await account_tools.unlink_external_account(
+            db, settings, mailer, None, user_uuid, provider, SYSTEM
+        )
+
+    _run_tool(settings, user, tool)
+    typer.echo(f"{provider} account unlinked.")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,9 @@ class AttemptLog(Protocol):
     async def give_back(self, key: str, member: str) -> None:
         """Return the slot ``member`` took."""
 
+    async def forget(self, key: str) -> None:
+        """Drop every slot of ``key`` (an admin clears a lock)."""
+
 
 class MemoryAttemptLog:
     """The logs in this process's memory (one process, or Redis unreachable)."""
@@ -90,6 +93,10 @@ class MemoryAttemptLog:
                         break
                 if not log:
                     del self._logs[key]
+
+    async def forget(self, key: str) -> None:
+        with self._lock:
+            self._logs.pop(key, None)
 
 
 # KEYS[1] the log; ARGV now, window seconds, limit, member. Returns the oldest entry's
@@ -125,6 +132,9 @@ class RedisAttemptLog:
 
     async def give_back(self, key: str, member: str) -> None:
         await self.redis.zrem(_KEY_PREFIX + key, member)
+
+    async def forget(self, key: str) -> None:
+        await self.redis.delete(_KEY_PREFIX + key)
 
 
 class FallbackAttemptLog:
@@ -164,6 +174,12 @@ class FallbackAttemptLog:
             await self.shared.give_back(key, member)
         except Exception as error:
             self._fall_back(error)
+
+    async def forget(self, key: str) -> None:
+        # Unlike a slot given back, a cleared lock must be cleared where the counts
+        # are shared: a Redis failure is the caller's to report.
+        await self.local.forget(key)
+        await self.shared.forget(key)
 
 
 class BruteForceGuard:
@@ -219,6 +235,10 @@ class BruteForceGuard:
     async def forgive(self, slot: Slot) -> None:
         """Give back a slot whose attempt succeeded."""
         await self.log.give_back(slot.key, slot.member)
+
+    async def clear(self, action: str, *, account: str) -> None:
+        """Forget every counted attempt of ``action`` on ``account`` (its lock ends)."""
+        await self.log.forget(f"{action}:account:{account.lower()}")
 
     async def spend(self, action: str, *, account: str) -> None:
         """Count one use of ``action`` for ``account`` (a mail sent to it, say), kept

@@ -201,6 +201,11 @@ class Settings(BaseSettings):
     # Security and operations
     PASSWORD_BCRYPT_ROUNDS: int = Field(default=12, ge=4, le=31)
     DEACTIVATE_ON_PASSWORD_FORGOT: bool = False
+    # A Pwned-Passwords-compatible range API (".../range/") asked whether a new password
+    # is known from a breach; empty: not asked. Its whole answer must come within the
+    # timeout, else the password is accepted (app.core.breached_passwords).
+    PASSWORD_BREACH_CHECK_URL: str = ""
+    PASSWORD_BREACH_CHECK_TIMEOUT_SECONDS: float = Field(default=2, gt=0, le=30)
     MAX_UPLOAD_SIZE_MB: int = Field(default=10, gt=0)
     # Signed picture URLs change once per this many seconds and stay valid one to two times
     # as long (see app.core.picture_links).
@@ -234,6 +239,13 @@ class Settings(BaseSettings):
         if info.field_name == "FRONTEND_URL" and not value.strip():
             return ""  # no front end
         return _check_http_url(info.field_name, value)
+
+    @field_validator("PASSWORD_BREACH_CHECK_URL")
+    @classmethod
+    def _breach_check_url(cls, value: str, info) -> str:
+        if not value.strip():
+            return ""  # off
+        return _check_http_url(info.field_name, value.strip()) + "/"
 
     @field_validator(
         "FRONTEND_VERIFY_PATH",

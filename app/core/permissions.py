@@ -62,6 +62,12 @@ def _not_staff(_user: Subject, target: Any) -> bool:
     return not (STAFF_ROLES & set(target.roles))
 
 
+def _someone_else(user: Subject, target: Any) -> bool:
+    """Not oneself: one's own account changes through one's own endpoints, which ask
+    for a re-authentication."""
+    return target is not None and user.uuid != target.uuid
+
+
 def _linked(user: Subject, file: Any) -> bool:
     """The user is linked to the file (uploaded it, or it was uploaded for them)."""
     return any(linked.uuid == user.uuid for linked in file.users)
@@ -83,6 +89,14 @@ ROLES: RolesWithPermissions = {
             "delete": True,
             "deactivate": True,
             "change_roles": True,
+            # Account tools (app.services.account_tools): helping a user back in.
+            "reset_two_factor": _someone_else,
+            "clear_login_lock": True,
+            "list_sessions": True,
+            "revoke_sessions": True,
+            "send_password_reset": True,
+            "list_external_accounts": True,
+            "unlink_external_account": _someone_else,
         },
         "role": {"give": _holds_role, "remove": True},
         "feature_flags": {"read": True, "update": True},
@@ -99,6 +113,13 @@ ROLES: RolesWithPermissions = {
             "update": _is_self,
             "delete": _is_self,
             "deactivate": _not_staff,
+            # Account tools for users who are neither admin nor moderator; second
+            # factors and providers stay with admins.
+            "clear_login_lock": _not_staff,
+            "list_sessions": _not_staff,
+            "revoke_sessions": _not_staff,
+            "send_password_reset": _not_staff,
+            "list_external_accounts": _not_staff,
         },
         "user_files": {"create": _is_self, "list": True},
         "file": {"read": True, "update": _linked, "delete": _linked},

@@ -1,8 +1,10 @@
-"""Staff endpoints: roles, bans and feature flags."""
+"""Staff endpoints: roles, bans, account tools and feature flags."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from uuid import UUID
+
+from fastapi import APIRouter, Response, status
 
 from app.routers.deps import (
     ClientDep,
@@ -10,16 +12,20 @@ from app.routers.deps import (
     FlagBroadcasterDep,
     FlagSourceDep,
     FlagStoreDep,
+    GuardDep,
+    MailerDep,
     Reader,
     SessionDep,
     SettingsDep,
     UserUuid,
 )
+from app.schemas.account_tools import ExternalAccountInfo, ExternalAccountList, SessionsRevoked
+from app.schemas.auth import Message, ProviderName, SessionInfo, SessionList
 from app.schemas.common import error_responses
 from app.schemas.flags import FeatureFlagChange, FeatureFlags
 from app.schemas.users import AdminUserUpdate, UserPrivate, private_view
+from app.services import account_tools, moderation
 from app.services import flags as flag_service
-from app.services import moderation
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -61,6 +67,282 @@ async def admin_update_user(
         db, actor, user_uuid, roles=body.roles, is_active=body.is_active, client=client
     )
     return private_view(user, settings)
+
+
+# Account tools ------------------------------------------------------------------------
+# Who may use which (ROLES): admins all of them (not on themselves for 2FA and
+# providers), moderators the others on users who are neither admin nor moderator.
+
+
+@router.post(
+    "/users/{uuid}/two-factor/reset",
+    response_model=UserPrivate,
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+async def reset_user_two_factor(
+    user_uuid: UserUuid,
+    actor: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    client: ClientDep,
+) -> UserPrivate:
+    """Turn off a user's two-factor authentication (admins), for someone who lost their
+    second factor.
+
+    The user then signs in with the password alone and may enrol again. Every session
+    of theirs ends; the history records ``otp_reset`` and the user's verified email is
+    told. An admin's own 2FA is changed through their own endpoints, which ask for a
+    re-authentication.
+
+    Returns
+    -------
+    UserPrivate
+        The account after the reset.
+
+    Raises
+    ------
+    403
+        Not an admin, or the admin's own account.
+    404
+        ``USER_NOT_FOUND``.
+    409
+        ``OTP_NOT_ENABLED``: the user has no two-factor authentication.
+    """
+    user = await account_tools.reset_two_factor(db, settings, mailer, actor, user_uuid, client)
+    return private_view(user, settings)
+
+
+@router.delete(
+    "/users/{uuid}/login-lock",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(401, 403, 404, 422),
+)
+async def clear_user_login_lock(
+    user_uuid: UserUuid,
+    actor: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    guard: GuardDep,
+    client: ClientDep,
+) -> None:
+    """Clear the lock that failed sign-ins put on an account (admins; moderators for
+    users who are not staff).
+
+    The failed passwords and two-factor codes counted against the account are
+    forgotten, so that its owner signs in again at once. The limits per client address
+    stay. The history records ``login_lock_cleared``; the user's verified email is told.
+
+    Raises
+    ------
+    403
+        Not allowed for this user.
+    404
+        ``USER_NOT_FOUND``.
+    """
+    await account_tools.clear_login_lock(db, settings, mailer, guard, actor, user_uuid, client)
+
+
+@router.get(
+    "/users/{uuid}/sessions",
+    response_model=SessionList,
+    responses=error_responses(401, 403, 404, 422),
+)
+async def list_user_sessions(user_uuid: UserUuid, actor: Reader, db: SessionDep) -> SessionList:
+    """List a user's open sessions, newest first (admins; moderators for users who are
+    not staff).
+
+    Returns
+    -------
+    SessionList
+        Each session's id, times, user agent and address (``current`` is always false).
+
+    Raises
+    ------
+    403
+        Not allowed for this user.
+    404
+        ``USER_NOT_FOUND``.
+    """
+    sessions = await account_tools.list_sessions(db, actor, user_uuid)
+    return SessionList(items=[SessionInfo.model_validate(session) for session in sessions])
+
+
+@router.delete(
+    "/users/{uuid}/sessions",
+    response_model=SessionsRevoked,
+    responses=error_responses(401, 403, 404, 422),
+)
+async def revoke_user_sessions(
+    user_uuid: UserUuid,
+    actor: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    client: ClientDep,
+) -> SessionsRevoked:
+    """End every session of a user (admins; moderators for users who are not staff).
+
+    Their access and refresh tokens are refused at once. The history records
+    ``sessions_revoked``; the user's verified email is told.
+
+    Returns
+    -------
+    SessionsRevoked
+        How many sessions ended.
+
+    Raises
+    ------
+    403
+        Not allowed for this user.
+    404
+        ``USER_NOT_FOUND``.
+    """
+    revoked = await account_tools.revoke_user_sessions(
+        db, settings, mailer, actor, user_uuid, client
+    )
+    return SessionsRevoked(revoked=revoked)
+
+
+@router.delete(
+    "/users/{uuid}/sessions/{session_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(401, 403, 404, 422),
+)
+async def revoke_user_session(
+    user_uuid: UserUuid,
+    session_id: UUID,
+    actor: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    client: ClientDep,
+) -> None:
+    """End one session of a user (admins; moderators for users who are not staff).
+
+    Its access and refresh tokens are refused at once. The history records
+    ``sessions_revoked``; the user's verified email is told.
+
+    Raises
+    ------
+    403
+        Not allowed for this user.
+    404
+        ``USER_NOT_FOUND``, or ``SESSION_NOT_FOUND``: no open session of this user has
+        this id.
+    """
+    await account_tools.revoke_user_sessions(
+        db, settings, mailer, actor, user_uuid, client, session_id=str(session_id)
+    )
+
+
+@router.post(
+    "/users/{uuid}/password-reset",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Message,
+    responses=error_responses(401, 403, 404, 409, 422, 429),
+)
+async def send_user_password_reset(
+    user_uuid: UserUuid,
+    actor: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    guard: GuardDep,
+    client: ClientDep,
+) -> Message:
+    """Mail a user a password-reset link (admins; moderators for users who are not
+    staff).
+
+    The same link as ``/auth/password/forgot`` sends: to the user's verified email
+    only, valid one hour, once. The history records ``password_reset_sent``.
+
+    Returns
+    -------
+    Message
+        An acknowledgement.
+
+    Raises
+    ------
+    403
+        Not allowed for this user.
+    404
+        ``USER_NOT_FOUND``.
+    409
+        ``EMAIL_DISABLED`` (no mail on this server), ``EMAIL_NOT_VERIFIED`` or
+        ``USER_INACTIVE`` (banned or being deleted).
+    429
+        ``RATE_LIMITED``: too many reset mails for this email lately.
+    """
+    await account_tools.send_password_reset(db, settings, mailer, guard, actor, user_uuid, client)
+    return Message(detail="A password-reset link was sent to the user's email")
+
+
+@router.get(
+    "/users/{uuid}/external-accounts",
+    response_model=ExternalAccountList,
+    responses=error_responses(401, 403, 404, 422),
+)
+async def list_user_external_accounts(
+    user_uuid: UserUuid, actor: Reader, db: SessionDep
+) -> ExternalAccountList:
+    """List the provider accounts linked to a user (admins; moderators for users who
+    are not staff).
+
+    Returns
+    -------
+    ExternalAccountList
+        Each account's provider, its name and email there, and when it was linked.
+
+    Raises
+    ------
+    403
+        Not allowed for this user.
+    404
+        ``USER_NOT_FOUND``.
+    """
+    accounts = await account_tools.list_external_accounts(db, actor, user_uuid)
+    return ExternalAccountList(
+        items=[ExternalAccountInfo.model_validate(account) for account in accounts]
+    )
+
+
+@router.delete(
+    "/users/{uuid}/external-accounts/{provider}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+async def unlink_user_external_account(
+    user_uuid: UserUuid,
+    provider: ProviderName,
+    actor: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    client: ClientDep,
+) -> None:
+    """Unlink a provider account from a user (admins; not their own account).
+
+    Signing in with that provider account no longer opens the user's. Refused when it
+    is the user's only way to sign in. The history records ``oauth_unlinked``; the
+    user's verified email is told.
+
+    Raises
+    ------
+    403
+        Not an admin, or the admin's own account.
+    404
+        ``USER_NOT_FOUND``, or ``OAUTH_ACCOUNT_NOT_LINKED``.
+    409
+        ``LAST_LOGIN_METHOD``: the user has no password and no other provider.
+    """
+    await account_tools.unlink_external_account(
+        db, settings, mailer, actor, user_uuid, provider, client
+    )
 
 
 @router.get("/feature-flags", response_model=FeatureFlags, responses=error_responses(401, 403))

@@ -120,7 +120,8 @@ async def signup(
     The username is 1-31 characters of ``a-z``, ``0-9`` and ``_``; the display name,
     when given, is the username with capitals and spaces for underscores. The email
     must be free (case-insensitive) and, when email is enabled, is sent a
-    verification link. The password must be 8-128 characters and not a common one.
+    verification link. The password must be 8-128 characters, not a common one, and
+    (when PASSWORD_BREACH_CHECK_URL is set) not one known from a data breach.
 
     Returns
     -------
@@ -134,7 +135,7 @@ async def signup(
     422
         A rule is broken; ``errors[].type`` names it (``username_invalid``,
         ``display_name_mismatch``, ``email_invalid``, ``password_too_short``,
-        ``password_too_common``, ...).
+        ``password_too_common``, ``password_breached``, ...).
     """
     user = await accounts.signup(
         db,
@@ -358,7 +359,8 @@ async def change_password(
     403
         ``REAUTHENTICATION_REQUIRED``: no password and no recent re-authentication.
     422
-        The new password breaks the policy.
+        The new password breaks the policy; ``errors[].type`` names the rule
+        (``password_too_common``, ``password_breached``, ...).
     429
         ``RATE_LIMITED``: too many wrong passwords for this account lately.
     """
@@ -452,7 +454,8 @@ async def reset_password(
         ``INVALID_LINK``: the token is forged, expired, already used, or the password
         changed since it was sent.
     422
-        The new password breaks the policy.
+        The new password breaks the policy; ``errors[].type`` names the rule
+        (``password_too_common``, ``password_breached``, ...).
     """
     await auth_service.reset_password(
         db, settings, mailer, body.token, body.new_password, body.unlink_providers, client

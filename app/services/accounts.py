@@ -12,6 +12,7 @@ from sqlalchemy import String, and_, cast, func, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.breached_passwords import ensure_not_breached
 from app.core.config import Settings
 from app.core.database import release_connection
 from app.core.email import Mailer
@@ -208,7 +209,11 @@ async def signup(
     description: str | None,
     client: ClientInfo,
 ) -> User:
-    """Register a local account and mail its verification link."""
+    """Register a local account and mail its verification link.
+
+    A password known from a breach is refused (when PASSWORD_BREACH_CHECK_URL is set).
+    """
+    await ensure_not_breached(settings, password, field="password")
     user = await create_user(
         db,
         settings,

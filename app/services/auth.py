@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.auth_cache import bulk_write
 from app.core.authentication import Auth
+from app.core.breached_passwords import ensure_not_breached
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
 from app.core.database import release_connection, rows_matched
@@ -167,6 +168,7 @@ async def change_password(
         db, settings, guard, user, auth.session, current_password, client, purpose="password_change"
     )
     await release_connection(db)
+    await ensure_not_breached(settings, new_password, field="new_password")
     user.hashed_password = await hash_password(new_password, settings.PASSWORD_BCRYPT_ROUNDS)
     user.is_external_only = False
     user.pending_email = None  # an email change nobody confirmed yet dies with it
@@ -281,6 +283,7 @@ async def reset_password(
         db, settings, PASSWORD_RESET_PURPOSE, token, PASSWORD_RESET_MAX_AGE_SECONDS, _reset_applies
     )
     await release_connection(db)
+    await ensure_not_breached(settings, new_password, field="new_password")
     hashed = await hash_password(new_password, settings.PASSWORD_BCRYPT_ROUNDS)
     user, _ = await consume_link(
         db, settings, PASSWORD_RESET_PURPOSE, token, PASSWORD_RESET_MAX_AGE_SECONDS, _reset_applies

@@ -21,11 +21,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from loguru import logger
-from sqlalchemy import select
+from sqlalchemy import delete, exists, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from app.core.config import Settings
+from app.core.database import rows_matched
 from app.core.email import Mailer
 from app.core.errors import AppError, Conflict, InsufficientStorage, NotFound
 from app.core.images import InvalidImage, process_picture
@@ -414,6 +416,41 @@ async def remove_links(db: AsyncSession, user_uuid: str, providers: list[str]) -
     return sorted(account.provider for account in accounts)
 
 
+async def remove_link(db: AsyncSession, user: User, provider: str) -> None:
+    """Delete the user's account of ``provider`` unless it is their only way in
+    (whoever asks: the user, or an admin); the caller records it and commits.
+
+    The check and the delete are one statement, so that two unlinks at once (the
+    user's and an admin's) of an account's last two providers cannot both pass. On
+    SQLite it runs under the database's single write lock; on PostgreSQL the
+    statement sees what was committed when it starts, so it first locks the user's
+    row (held until commit), and the second one looks after the first has committed.
+    """
+    if db.get_bind().dialect.name == "postgresql":
+        await db.execute(select(User.uuid).where(User.uuid == user.uuid).with_for_update())
+    other = aliased(ExternalAccount)
+    another_way_in = or_(
+        exists().where(User.uuid == user.uuid, User.hashed_password.is_not(None)),
+        exists().where(other.user_uuid == user.uuid, other.provider != provider),
+    )
+    result = await db.execute(
+        delete(ExternalAccount)
+        .where(
+            ExternalAccount.user_uuid == user.uuid,
+            ExternalAccount.provider == provider,
+            another_way_in,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if rows_matched(result) != 1:
+        if provider not in await linked_providers(db, user.uuid):
+            raise NotFound("No account of this provider is linked", code="OAUTH_ACCOUNT_NOT_LINKED")
+        raise LastLoginMethod()
+    await db.execute(
+        delete(OAuthToken).where(OAuthToken.user_uuid == user.uuid, OAuthToken.provider == provider)
+    )
+
+
 async def unlink(
     db: AsyncSession,
     settings: Settings,
@@ -424,12 +461,7 @@ async def unlink(
 ) -> None:
     """Remove the user's account of ``provider``, unless it is their only way in; the
     account's verified email is told."""
-    linked = await linked_providers(db, user.uuid)
-    if provider not in linked:
-        raise NotFound("No account of this provider is linked", code="OAUTH_ACCOUNT_NOT_LINKED")
-    if user.hashed_password is None and len(linked) == 1:
-        raise LastLoginMethod()
-    await remove_links(db, user.uuid, [provider])
+    await remove_link(db, user, provider)
     record_event(
         db, user.uuid, "oauth_unlinked", by=user.uuid, client=client, details={"provider": provider}
     )

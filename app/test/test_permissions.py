@@ -43,6 +43,7 @@ EVERYONE = set(TARGETS)
 ANY_FILE = set(FILE_TARGETS)
 NOBODY: set[str] = set()
 NOT_STAFF = {"plain", "blocker", "inactive"}
+OTHERS = EVERYONE - {"self"}
 
 # What each role may do to each kind of target, written out independently of ROLES.
 EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
@@ -55,6 +56,13 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         ("user", "delete"): EVERYONE,
         ("user", "deactivate"): EVERYONE,
         ("user", "change_roles"): EVERYONE,
+        ("user", "reset_two_factor"): OTHERS,
+        ("user", "clear_login_lock"): EVERYONE,
+        ("user", "list_sessions"): EVERYONE,
+        ("user", "revoke_sessions"): EVERYONE,
+        ("user", "send_password_reset"): EVERYONE,
+        ("user", "list_external_accounts"): EVERYONE,
+        ("user", "unlink_external_account"): OTHERS,
         ("user_files", "create"): EVERYONE,
         ("user_files", "list"): EVERYONE,
         ("file", "read"): ANY_FILE,
@@ -72,6 +80,11 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         ("user", "update"): {"self"},
         ("user", "delete"): {"self"},
         ("user", "deactivate"): NOT_STAFF,
+        ("user", "clear_login_lock"): NOT_STAFF,
+        ("user", "list_sessions"): NOT_STAFF,
+        ("user", "revoke_sessions"): NOT_STAFF,
+        ("user", "send_password_reset"): NOT_STAFF,
+        ("user", "list_external_accounts"): NOT_STAFF,
         ("user_files", "create"): {"self"},
         ("user_files", "list"): EVERYONE,
         ("file", "read"): ANY_FILE,
