@@ -5,6 +5,7 @@ from app.models.external_account import ExternalAccount
 from app.models.file import File, user_file
 from app.models.oauth_token import OAuthToken
 from app.models.otp_challenge import OtpChallenge
+from app.models.passkey import Passkey, WebAuthnChallenge
 from app.models.rotated_refresh_token import RotatedRefreshToken
 from app.models.scheduled_job import ScheduledJob
 from app.models.session import Session
@@ -18,12 +19,14 @@ __all__ = [
     "File",
     "OAuthToken",
     "OtpChallenge",
+    "Passkey",
     "RotatedRefreshToken",
     "ScheduledJob",
     "Session",
     "UsedToken",
     "User",
     "UserEvent",
+    "WebAuthnChallenge",
     "new_uuid",
     "now_epoch",
     "user_file",
