@@ -61,6 +61,7 @@ from app.routers import (
     files,
     health,
     legal,
+    passkeys,
     provider_login,
     users,
 )
@@ -232,6 +233,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Routing tries routes in order, one by one: the busiest routers go first.
     app.include_router(users.router, prefix=settings.API_STR)
     app.include_router(auth.router, prefix=settings.API_STR)
+    app.include_router(passkeys.router, prefix=settings.API_STR)
     app.include_router(files.router, prefix=settings.API_STR)
     app.include_router(provider_login.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
@@ -250,6 +252,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reading_order=[
             health.router,
             auth.router,
+            passkeys.router,
             users.router,
             files.router,
             provider_login.router,
