@@ -6,6 +6,8 @@ cloned authenticator, a deleted passkey, a banned account)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,15 +20,18 @@ from app.core.config import Settings
 from app.models import Passkey, User, WebAuthnChallenge
 from app.services.maintenance import purge_expired
 from app.test.authenticator import SoftAuthenticator, b64url
+from app.test.conftest import settings_env
 from app.test.factories import (
     PASSWORD,
     bearer,
     history,
+    live_signup_and_login,
     login,
     reauthenticate,
     user_with_tokens,
 )
 from app.test.mail import MailCatcher, text_body
+from app.test.server import LiveServer, listening_socket, start_server
 
 BEGIN = "/api/auth/passkeys/sign-in/begin"
 FINISH = "/api/auth/passkeys/sign-in/finish"
@@ -582,3 +587,160 @@ async def test_only_the_passkeys_left_to_an_account_appear(
     tokens = await login(client, user.username)
     listed = (await client.get("/api/auth/passkeys", headers=bearer(tokens))).json()["items"]
     assert len(listed) == 2
+
+
+# A real browser ------------------------------------------------------------------------
+
+#: What a web app's settings page does to add a passkey: the API's options to
+#: navigator.credentials.create(), its answer back (run in the page, with a token).
+REGISTER_IN_PAGE = """
+async ({ token, password }) => {
+  const fromB64 = (text) => {
+    const base64 = text.replace(/-/g, "+").replace(/_/g, "/");
+    const binary = atob(base64 + "=".repeat((4 - (base64.length % 4)) % 4));
+    return Uint8Array.from(binary, (c) => c.charCodeAt(0)).buffer;
+  };
+  const toB64 = (buffer) => btoa(String.fromCharCode(...new Uint8Array(buffer)))
+    .replace(/\\+/g, "-").replace(/\\//g, "_").replace(/=+$/, "");
+  const headers = { "Content-Type": "application/json", Authorization: "Bearer " + token };
+  const begun = await (await fetch("/api/auth/passkeys/register/begin", {
+    method: "POST", headers, body: JSON.stringify({ password }),
+  })).json();
+  const options = begun.options;
+  const credential = await navigator.credentials.create({ publicKey: {
+    ...options,
+    challenge: fromB64(options.challenge),
+    user: { ...options.user, id: fromB64(options.user.id) },
+    excludeCredentials: options.excludeCredentials.map((c) => ({ ...c, id: fromB64(c.id) })),
+  } });
+  const finished = await fetch("/api/auth/passkeys/register/finish", {
+    method: "POST", headers, body: JSON.stringify({
+      challenge_id: begun.challenge_id,
+      name: "Chromium",
+      credential: {
+        id: credential.id,
+        rawId: toB64(credential.rawId),
+        type: credential.type,
+        response: {
+          clientDataJSON: toB64(credential.response.clientDataJSON),
+          attestationObject: toB64(credential.response.attestationObject),
+          transports: credential.response.getTransports(),
+        },
+        clientExtensionResults: credential.getClientExtensionResults(),
+      },
+    }),
+  });
+  return { status: finished.status, body: await finished.json() };
+}
+"""
+
+
+@pytest.fixture
+def localhost_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
+    """The app on http://localhost:<port>: browsers allow WebAuthn on localhost (a
+    secure context and a valid relying party id), not on an IP address."""
+    sock = listening_socket()
+    origin = f"http://localhost:{sock.getsockname()[1]}"
+    env = {
+        **settings_env(settings),
+        "BASE_URL": origin,
+        "WEBAUTHN_RP_ID": "localhost",
+        "WEBAUTHN_ORIGINS": origin,
+    }
+    server = start_server(env, tmp_path / "server.log", sock=sock, host="localhost")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _virtual_authenticator(context: Any, page: Any) -> tuple[Any, str]:
+    """Chromium's virtual platform authenticator (CDP ``WebAuthn``), user verified."""
+    cdp = context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    added = cdp.send(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": True,
+                "hasUserVerification": True,
+                "isUserVerified": True,
+                "automaticPresenceSimulation": True,
+            }
+        },
+    )
+    return cdp, added["authenticatorId"]
+
+
+def _console(page: Any) -> list[str]:
+    messages: list[str] = []
+    page.on("console", lambda message: messages.append(message.text))
+    page.on("pageerror", lambda error: messages.append(str(error)))
+    return messages
+
+
+def test_a_browser_registers_a_passkey_and_signs_in_without_typing(
+    localhost_server: LiveServer, browser: Any
+) -> None:
+    url = localhost_server.url
+    user, tokens = live_signup_and_login(url)
+    context = browser.new_context()
+    page = context.new_page()
+    console = _console(page)
+    cdp, authenticator_id = _virtual_authenticator(context, page)
+    page.goto(f"{url}/signin")
+    created = page.evaluate(
+        REGISTER_IN_PAGE, {"token": tokens["access_token"], "password": PASSWORD}
+    )
+    assert created["status"] == 201, created
+    stored = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator_id})
+    assert [c["isResidentCredential"] for c in stored["credentials"]] == [True]
+
+    page.goto(f"{url}/signin?next=/interactive-docs")
+    button = page.get_by_role("button", name="Sign in with a passkey")
+    button.click()
+    # A plain user may not read the docs: the page says so, naming who signed in.
+    page.wait_for_selector("text=Not allowed")
+    assert user["username"] in page.content()
+    after = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator_id})
+    assert after["credentials"][0]["signCount"] >= 1
+    assert [m for m in console if "Content Security Policy" in m] == []
+
+
+def test_a_browser_uses_a_passkey_instead_of_the_code(
+    localhost_server: LiveServer, browser: Any
+) -> None:
+    url = localhost_server.url
+    user, tokens = live_signup_and_login(url)
+    context = browser.new_context()
+    page = context.new_page()
+    console = _console(page)
+    _virtual_authenticator(context, page)
+    page.goto(f"{url}/signin")
+    created = page.evaluate(
+        REGISTER_IN_PAGE, {"token": tokens["access_token"], "password": PASSWORD}
+    )
+    assert created["status"] == 201, created
+    setup = httpx.post(
+        f"{url}/api/auth/otp/setup",
+        json={"method": "authenticator", "password": PASSWORD},
+        headers=bearer(tokens),
+    )
+    totp = pyotp.parse_uri(setup.json()["provisioning_uri"])
+    assert isinstance(totp, pyotp.TOTP)
+    enabled = httpx.post(
+        f"{url}/api/auth/otp/enable",
+        json={"method": "authenticator", "code": totp.now()},
+        headers=bearer(tokens),
+    )
+    assert enabled.status_code == 204, enabled.text
+    page.goto(f"{url}/signin?next=/interactive-docs")
+    page.fill("#username", user["username"])
+    page.fill("#password", PASSWORD)
+    page.click("#sign-in")
+    page.get_by_role("button", name="Use a passkey instead").click()
+    page.wait_for_selector("text=Not allowed")
+    assert user["username"] in page.content()
+    assert [m for m in console if "Content Security Policy" in m] == []
