@@ -14,6 +14,7 @@ import httpx
 import pyotp
 import pytest
 from fastapi import FastAPI
+from pydantic import ValidationError
 from sqlalchemy import select, update
 
 from app.core.config import Settings
@@ -105,6 +106,60 @@ async def _verified_user(app: FastAPI, client: httpx.AsyncClient) -> tuple[User,
 async def _stored(app: FastAPI, passkey_id: str) -> Passkey | None:
     async with app.state.session_factory() as db:
         return await db.get(Passkey, passkey_id)
+
+
+# Settings ------------------------------------------------------------------------------
+
+
+def _settings(tmp_path: Path, **values: Any) -> Settings:
+    return Settings(_env_file=None, DATA_DIR=tmp_path, JWT_SECRET_KEY="k" * 40, **values)
+
+
+def test_the_relying_party_follows_the_urls_unless_set(tmp_path: Path) -> None:
+    alone = _settings(tmp_path, BASE_URL="https://api.example.com/users")
+    assert alone.WEBAUTHN_RP_ID == "api.example.com"
+    assert alone.WEBAUTHN_ORIGINS == ["https://api.example.com"]
+    assert alone.WEBAUTHN_RP_NAME == alone.PROJECT_NAME
+    # With a front end, passkeys belong to its host; the API's own pages are elsewhere.
+    both = _settings(
+        tmp_path, BASE_URL="https://api.example.com", FRONTEND_URL="https://App.example.com:8443"
+    )
+    assert both.WEBAUTHN_RP_ID == "app.example.com"
+    assert both.WEBAUTHN_ORIGINS == ["https://app.example.com:8443"]
+    # The parent domain serves both.
+    parent = _settings(
+        tmp_path,
+        BASE_URL="https://api.example.com",
+        FRONTEND_URL="https://app.example.com",
+        WEBAUTHN_RP_ID="Example.com",
+        WEBAUTHN_RP_NAME="Example",
+    )
+    assert parent.WEBAUTHN_RP_ID == "example.com"
+    assert parent.WEBAUTHN_ORIGINS == ["https://app.example.com", "https://api.example.com"]
+    assert parent.WEBAUTHN_RP_NAME == "Example"
+    given = _settings(
+        tmp_path,
+        WEBAUTHN_RP_ID="example.com",
+        WEBAUTHN_ORIGINS="https://a.example.com, https://example.com",
+    )
+    assert given.WEBAUTHN_ORIGINS == ["https://a.example.com", "https://example.com"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"WEBAUTHN_RP_ID": "https://example.com"}, "must be a domain"),
+        ({"WEBAUTHN_RP_ID": "10.0.0.1"}, "must be a domain"),
+        ({"WEBAUTHN_ORIGINS": "https://evil.example"}, "is not on WEBAUTHN_RP_ID"),
+        ({"WEBAUTHN_RP_ID": "example.com", "WEBAUTHN_ORIGINS": "https://xexample.com"}, "not on"),
+        ({"WEBAUTHN_ORIGINS": "https://localhost/path"}, "an origin"),
+    ],
+)
+def test_relying_party_settings_that_cannot_work_stop_the_start(
+    tmp_path: Path, values: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        _settings(tmp_path, **values)
 
 
 # Registration --------------------------------------------------------------------------
