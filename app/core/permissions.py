@@ -83,6 +83,8 @@ ROLES: RolesWithPermissions = {
             "delete": True,
             "deactivate": True,
             "change_roles": True,
+            "list_passkeys": True,
+            "remove_passkey": True,
         },
         "role": {"give": _holds_role, "remove": True},
         "feature_flags": {"read": True, "update": True},

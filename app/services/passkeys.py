@@ -67,6 +67,7 @@ from app.schemas.passkeys import PasskeyOptions
 from app.services import two_factor
 from app.services.context import ClientInfo
 from app.services.devices import new_device_token
+from app.services.directory import target_user
 from app.services.history import record_event
 from app.services.notices import send_security_notice
 from app.services.reauth import require_recent_auth
@@ -437,6 +438,45 @@ async def delete(
     await db.commit()
     send_security_notice(
         settings, mailer, user, what="A passkey was removed", more=f"Passkey: {passkey.name}"
+    )
+
+
+async def list_for_admin(db: AsyncSession, actor: User, user_uuid: str) -> list[Passkey]:
+    """Another account's passkeys (``list_passkeys`` on the user, admins)."""
+    user = await target_user(db, actor, user_uuid, "list_passkeys")
+    return await _passkeys_of(db, user.uuid)
+
+
+async def remove_by_admin(
+    db: AsyncSession,
+    settings: Settings,
+    mailer: Mailer,
+    actor: User,
+    user_uuid: str,
+    passkey_id: str,
+    client: ClientInfo,
+) -> None:
+    """Delete one of another account's passkeys (``remove_passkey`` on the user, admins),
+    a lost or stolen authenticator, say; the account's history names the admin, and its
+    verified address is told."""
+    user = await target_user(db, actor, user_uuid, "remove_passkey")
+    passkey = await _own_passkey(db, user.uuid, passkey_id)
+    await db.delete(passkey)
+    record_event(
+        db,
+        user.uuid,
+        "passkey_removed",
+        by=actor.uuid,
+        client=client,
+        details={"passkey": passkey.id, "name": passkey.name},
+    )
+    await db.commit()
+    send_security_notice(
+        settings,
+        mailer,
+        user,
+        what="A passkey was removed by an administrator",
+        more=f"Passkey: {passkey.name}",
     )
 
 

@@ -72,6 +72,8 @@ NO_SUCCESS_REACHABLE = {
     "(see register/finish)",
     "PATCH /api/auth/passkeys/{passkey_id}": "needs a registered passkey (see register/finish)",
     "DELETE /api/auth/passkeys/{passkey_id}": "needs a registered passkey (see register/finish)",
+    "DELETE /api/admin/user/{uuid}/passkeys/{passkey_id}": "needs a registered passkey "
+    "(see register/finish)",
     "POST /api/auth/passkeys/second-factor/begin": "needs the otp_token of a sign-in with "
     "two-factor authentication on (see otp/verify)",
     "POST /api/auth/passkeys/second-factor/finish": "needs two-factor authentication on "

@@ -799,3 +799,51 @@ def test_a_browser_uses_a_passkey_instead_of_the_code(
     page.wait_for_selector("text=Not allowed")
     assert user["username"] in page.content()
     assert [m for m in console if "Content Security Policy" in m] == []
+
+
+# Admins ---------------------------------------------------------------------------------
+
+
+async def test_an_admin_lists_and_removes_a_users_passkey(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings, smtp_server: MailCatcher
+) -> None:
+    user, tokens = await _verified_user(app, client)
+    authenticator, passkey = await _register(client, settings, tokens)
+    admin, admin_tokens = await user_with_tokens(app, client, roles=("admin", "user"))
+    _, moderator_tokens = await user_with_tokens(app, client, roles=("moderator", "user"))
+    _, plain_tokens = await user_with_tokens(app, client)
+    listing = f"/api/admin/user/{user.uuid}/passkeys"
+    removal = f"{listing}/{passkey['id']}"
+    for outsider in (moderator_tokens, plain_tokens):
+        _refused(await client.get(listing, headers=bearer(outsider)), 403, "FORBIDDEN")
+        _refused(await client.delete(removal, headers=bearer(outsider)), 403, "FORBIDDEN")
+    listed = await client.get(listing, headers=bearer(admin_tokens))
+    assert [item["id"] for item in listed.json()["items"]] == [passkey["id"]]
+    assert (await _sign_in(client, authenticator)).status_code == 200
+
+    removed = await client.delete(removal, headers=bearer(admin_tokens))
+    assert removed.status_code == 204, removed.text
+    _refused(await _sign_in(client, authenticator), 401, "INVALID_PASSKEY")
+    notice = await smtp_server.wait_for(user.email, 2)
+    assert "removed by an administrator" in notice["Subject"]
+    events = await history(app.state.session_factory, user.uuid)
+    assert [e.by for e in events if e.action == "passkey_removed"] == [admin.uuid]
+    _refused(await client.delete(removal, headers=bearer(admin_tokens)), 404, "PASSKEY_NOT_FOUND")
+    unknown = f"/api/admin/user/{admin.uuid[:-4]}0000/passkeys"
+    assert (await client.get(unknown, headers=bearer(admin_tokens))).status_code == 404
+
+
+async def test_a_deleted_account_takes_its_passkeys_along(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    user, tokens = await _verified_user(app, client)
+    authenticator, passkey = await _register(client, settings, tokens)
+    deleted = await client.request(
+        "DELETE",
+        f"/api/user/{user.uuid}",
+        json={"current_password": PASSWORD},
+        headers=bearer(tokens),
+    )
+    assert deleted.status_code == 204, deleted.text
+    assert await _stored(app, passkey["id"]) is None
+    _refused(await _sign_in(client, authenticator), 401, "INVALID_PASSKEY")

@@ -55,6 +55,8 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         ("user", "delete"): EVERYONE,
         ("user", "deactivate"): EVERYONE,
         ("user", "change_roles"): EVERYONE,
+        ("user", "list_passkeys"): EVERYONE,
+        ("user", "remove_passkey"): EVERYONE,
         ("user_files", "create"): EVERYONE,
         ("user_files", "list"): EVERYONE,
         ("file", "read"): ANY_FILE,
