@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -350,7 +351,7 @@ async def finish_registration(
         backed_up=verified.credential_backed_up,
         user_handle=taken.user_handle or bytes_to_base64url(secrets.token_bytes(32)),
         aaguid=verified.aaguid,
-        name=name or f"Passkey {now_epoch()}",
+        name=name or f"Passkey added {time.strftime('%Y-%m-%d', time.gmtime())}",
         created_at=now_epoch(),
     )
     db.add(passkey)

@@ -56,12 +56,17 @@ async def _register_begin(client: httpx.AsyncClient, tokens: dict) -> dict[str, 
 
 
 async def _register_finish(
-    client: httpx.AsyncClient, tokens: dict, begun: dict, credential: dict, name: str = "Laptop"
+    client: httpx.AsyncClient,
+    tokens: dict,
+    begun: dict,
+    credential: dict,
+    name: str | None = "Laptop",
 ) -> httpx.Response:
+    body = {"challenge_id": begun["challenge_id"], "credential": credential}
+    if name is not None:
+        body["name"] = name
     return await client.post(
-        "/api/auth/passkeys/register/finish",
-        json={"challenge_id": begun["challenge_id"], "credential": credential, "name": name},
-        headers=bearer(tokens),
+        "/api/auth/passkeys/register/finish", json=body, headers=bearer(tokens)
     )
 
 
@@ -520,6 +525,13 @@ async def test_rename_and_list_only_ones_own(
     }
     bad_name = await client.patch(path, json={"name": "a\nb"}, headers=bearer(tokens))
     assert bad_name.status_code == 422
+    # Unnamed, a passkey is named after the day it was added.
+    authenticator = _authenticator(settings)
+    begun = await _register_begin(client, tokens)
+    unnamed = await _register_finish(
+        client, tokens, begun, authenticator.create(begun["options"]), name=None
+    )
+    assert unnamed.json()["name"].startswith("Passkey added 20"), unnamed.text
 
 
 # Second factor -------------------------------------------------------------------------
