@@ -343,6 +343,24 @@ async def test_parallel_answers_to_one_challenge_sign_in_once(
     assert statuses == [200, 400, 400, 400, 400, 400], [r.text for r in responses]
 
 
+async def test_parallel_registrations_with_one_challenge_keep_one_passkey(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    user, tokens = await _verified_user(app, client)
+    begun = await _register_begin(client, tokens)
+    authenticators = [_authenticator(settings) for _ in range(4)]
+    responses = await asyncio.gather(
+        *(
+            _register_finish(client, tokens, begun, authenticator.create(begun["options"]))
+            for authenticator in authenticators
+        )
+    )
+    assert sorted(r.status_code for r in responses) == [201, 400, 400, 400]
+    async with app.state.session_factory() as db:
+        kept = list(await db.scalars(select(Passkey).where(Passkey.user_uuid == user.uuid)))
+    assert len(kept) == 1
+
+
 async def test_an_expired_challenge_is_refused(
     app: FastAPI, client: httpx.AsyncClient, settings: Settings
 ) -> None:
@@ -624,6 +642,51 @@ async def test_a_second_factor_passkey_must_be_the_accounts_and_valid(
         "/api/auth/passkeys/second-factor/begin", json={"otp_token": tokens["access_token"]}
     )
     _refused(bogus, 401, "INVALID_OTP_TOKEN")
+
+
+async def test_a_code_and_a_passkey_at_once_finish_one_login(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """The pending login is used once, whichever second factor comes first."""
+    user, tokens = await _verified_user(app, client)
+    authenticator, _ = await _register(client, settings, tokens, counting=False)
+    totp = await _with_authenticator_2fa(app, user)
+    for _ in range(3):
+        otp_token = await _pending(client, user.username)
+        begun = await client.post(
+            "/api/auth/passkeys/second-factor/begin", json={"otp_token": otp_token}
+        )
+        ceremonies = [
+            begun.json(),
+            (
+                await client.post(
+                    "/api/auth/passkeys/second-factor/begin", json={"otp_token": otp_token}
+                )
+            ).json(),
+        ]
+        answers = await asyncio.gather(
+            client.post("/api/auth/otp/verify", json={"otp_token": otp_token, "code": totp.now()}),
+            *(
+                client.post(
+                    "/api/auth/passkeys/second-factor/finish",
+                    json={
+                        "otp_token": otp_token,
+                        "challenge_id": ceremony["challenge_id"],
+                        "credential": authenticator.get(ceremony["options"]),
+                    },
+                )
+                for ceremony in ceremonies
+            ),
+        )
+        statuses = sorted(answer.status_code for answer in answers)
+        assert statuses[0] == 200, [a.text for a in answers]
+        assert statuses[1:] == [401, 401], [a.text for a in answers]
+        # Let the next round's code be this step's again (a code works once).
+        async with app.state.session_factory() as db:
+            row = await db.get(User, user.uuid)
+            assert row is not None
+            row.otp_last_timestep = None
+            await db.commit()
 
 
 async def test_second_factor_needs_a_passkey(app: FastAPI, client: httpx.AsyncClient) -> None:
