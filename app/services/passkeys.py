@@ -523,11 +523,12 @@ async def _refuse(
 
     The transaction is rolled back first (loaded objects expire: read them before)."""
     await db.rollback()
-    details: dict[str, Any] = {"reason": reason, "method": "passkey"}
-    if passkey_id is not None:
-        details["passkey"] = passkey_id
-    record_event(db, user_uuid, action, client=client, details=details)
-    await db.commit()
+    if await db.get(User, user_uuid) is not None:  # not deleted meanwhile
+        details: dict[str, Any] = {"reason": reason, "method": "passkey"}
+        if passkey_id is not None:
+            details["passkey"] = passkey_id
+        record_event(db, user_uuid, action, client=client, details=details)
+        await db.commit()
     return InvalidPasskey()
 
 
@@ -561,6 +562,13 @@ async def _check_assertion(
         )
     except Exception:  # untrusted input: any failure refuses it
         raise await _refuse(db, user.uuid, failed, "invalid", passkey_id, client) from None
+    # The authenticator names the account it keeps the passkey for: it must be this one
+    # (a discoverable passkey, the only factor, always names it).
+    handle = parsed.response.user_handle
+    if (handle is None and first_factor) or (
+        handle is not None and bytes_to_base64url(handle) != passkey.user_handle
+    ):
+        raise await _refuse(db, user.uuid, failed, "user_handle", passkey_id, client)
     if not user.is_active:
         raise await _refuse(db, user.uuid, failed, "inactive", passkey_id, client)
     new_count = verified.new_sign_count
@@ -649,11 +657,6 @@ async def finish_sign_in(
     if passkey is None or user is None:
         LOGINS.labels("failure").inc()
         raise InvalidPasskey()
-    # The authenticator names the account it keeps the passkey for; it must be this one.
-    handle = parsed.response.user_handle
-    if handle is None or bytes_to_base64url(handle) != passkey.user_handle:
-        LOGINS.labels("failure").inc()
-        raise await _refuse(db, user.uuid, "login_failed", "user_handle", passkey.id, client)
     try:
         await _guarded_check(
             db,
