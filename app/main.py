@@ -60,6 +60,7 @@ from app.routers import (
     files,
     health,
     legal,
+    passkeys,
     provider_login,
     users,
 )
@@ -234,6 +235,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Routing tries routes in order, one by one: the busiest routers go first.
     app.include_router(users.router, prefix=settings.API_STR)
     app.include_router(auth.router, prefix=settings.API_STR)
+    app.include_router(passkeys.router, prefix=settings.API_STR)
     app.include_router(files.router, prefix=settings.API_STR)
     app.include_router(provider_login.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
@@ -252,6 +254,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reading_order=[
             health.router,
             auth.router,
+            passkeys.router,
             users.router,
             files.router,
             provider_login.router,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import secrets
 import tempfile
 from functools import lru_cache
@@ -82,6 +83,9 @@ def _check_origin(value: str) -> str:
     # As browsers send it: host in lower case, no default port (:443 for https).
     return serialize(origin)
 
+
+#: A domain name (the WebAuthn relying party id).
+_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 
 #: Characters a front-end path may not hold.
 _NOT_IN_PATH = "\\ \t\r\n?#"
@@ -224,6 +228,13 @@ class Settings(BaseSettings):
     # How long a re-authentication (password, or 2FA code / provider login for accounts
     # without a password) lets a session make sensitive changes.
     REAUTH_WINDOW_SECONDS: int = Field(default=300, gt=0)
+    # Passkeys (WebAuthn). Empty: derived from FRONTEND_URL / BASE_URL (_settle_webauthn).
+    # The relying party id: the domain passkeys are bound to (a host, no scheme or port).
+    WEBAUTHN_RP_ID: str = ""
+    # The name authenticators show beside the account (default PROJECT_NAME).
+    WEBAUTHN_RP_NAME: str = ""
+    # The origins (scheme://host[:port]) whose pages may use the passkeys.
+    WEBAUTHN_ORIGINS: Annotated[list[str], NoDecode] = []
     # Server processes (scripts/serve.sh): several need Redis to share cache invalidations.
     WORKERS: int = Field(default=1, gt=0)
 
@@ -287,6 +298,25 @@ class Settings(BaseSettings):
         value = _split_list(value)
         if isinstance(value, list):
             return [_check_origin(str(v)) for v in value]
+        return value
+
+    @field_validator("WEBAUTHN_ORIGINS", mode="before")
+    @classmethod
+    def _webauthn_origins(cls, value: object) -> object:
+        value = _split_list(value)
+        if isinstance(value, list):
+            return [_check_origin(str(v)) for v in value]
+        return value
+
+    @field_validator("WEBAUTHN_RP_ID")
+    @classmethod
+    def _rp_id(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value and (not _DOMAIN.fullmatch(value) or value.replace(".", "").isdigit()):
+            raise ValueError(
+                f"WEBAUTHN_RP_ID must be a domain such as example.com (no scheme, port "
+                f"or path; browsers refuse IP addresses), got {value!r}"
+            )
         return value
 
     @field_validator("FORWARDED_ALLOW_IPS", "METRICS_ALLOW_IPS", mode="before")
@@ -378,6 +408,7 @@ class Settings(BaseSettings):
                 "(use smtp or mj)"
             )
         self._check_email_method()
+        self._settle_webauthn()
         check_data_dir(self.DATA_DIR)
         self._settle_jwt_secret()
         return self
@@ -390,6 +421,36 @@ class Settings(BaseSettings):
         """
         if not self.JWT_SECRET_KEY:
             self.JWT_SECRET_KEY = keep_jwt_secret(self.DATA_DIR)
+
+    def _settle_webauthn(self) -> None:
+        """Derive the passkey settings left empty, and check that they fit together.
+
+        The relying party id defaults to the front end's host (where users sign in)
+        or else BASE_URL's; the origins to those of BASE_URL and FRONTEND_URL that are
+        on that domain (a browser refuses a passkey on any other).
+        """
+        pages = [url for url in (self.FRONTEND_URL, self.BASE_URL) if url]
+        if not self.WEBAUTHN_RP_ID:
+            self.WEBAUTHN_RP_ID = (urlsplit(pages[0]).hostname or "").lower()
+        if not self.WEBAUTHN_RP_NAME:
+            self.WEBAUTHN_RP_NAME = self.PROJECT_NAME
+        if not self.WEBAUTHN_ORIGINS:
+            origins = [
+                _check_origin(f"{urlsplit(url).scheme}://{urlsplit(url).netloc}") for url in pages
+            ]
+            self.WEBAUTHN_ORIGINS = [
+                origin for origin in dict.fromkeys(origins) if self._on_rp_domain(origin)
+            ]
+        for origin in self.WEBAUTHN_ORIGINS:
+            if not self._on_rp_domain(origin):
+                raise ValueError(
+                    f"WEBAUTHN_ORIGINS entry {origin!r} is not on WEBAUTHN_RP_ID "
+                    f"{self.WEBAUTHN_RP_ID!r} (its host must be that domain or under it)"
+                )
+
+    def _on_rp_domain(self, origin: str) -> bool:
+        host = urlsplit(origin).hostname or ""
+        return host == self.WEBAUTHN_RP_ID or host.endswith("." + self.WEBAUTHN_RP_ID)
 
     def _check_email_method(self) -> None:
         """Fall back to EMAIL_METHOD=none, with a warning, when its variables are incomplete."""

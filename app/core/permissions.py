@@ -97,6 +97,8 @@ ROLES: RolesWithPermissions = {
             "send_password_reset": True,
             "list_external_accounts": True,
             "unlink_external_account": _someone_else,
+            "list_passkeys": True,
+            "remove_passkey": True,
         },
         "role": {"give": _holds_role, "remove": True},
         "feature_flags": {"read": True, "update": True},

@@ -6,6 +6,7 @@ from app.models.feature_flag import FeatureFlag
 from app.models.file import File, user_file
 from app.models.oauth_token import OAuthToken
 from app.models.otp_challenge import OtpChallenge
+from app.models.passkey import Passkey, WebAuthnChallenge
 from app.models.recovery_code import RecoveryCode
 from app.models.rotated_refresh_token import RotatedRefreshToken
 from app.models.scheduled_job import ScheduledJob
@@ -21,6 +22,7 @@ __all__ = [
     "File",
     "OAuthToken",
     "OtpChallenge",
+    "Passkey",
     "RecoveryCode",
     "RotatedRefreshToken",
     "ScheduledJob",
@@ -28,6 +30,7 @@ __all__ = [
     "UsedToken",
     "User",
     "UserEvent",
+    "WebAuthnChallenge",
     "new_uuid",
     "now_epoch",
     "user_file",

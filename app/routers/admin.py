@@ -1,10 +1,11 @@
-"""Staff endpoints: roles, bans, account tools and feature flags."""
+"""Staff endpoints: roles, bans, account tools, a user's passkeys, and feature flags."""
 
 from __future__ import annotations
 
+from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Path, Response, status
 
 from app.routers.deps import (
     ClientDep,
@@ -23,8 +24,9 @@ from app.schemas.account_tools import ExternalAccountInfo, ExternalAccountList, 
 from app.schemas.auth import Message, ProviderName, SessionInfo, SessionList
 from app.schemas.common import error_responses
 from app.schemas.flags import FeatureFlagChange, FeatureFlags
+from app.schemas.passkeys import PasskeyInfo, PasskeyList
 from app.schemas.users import AdminUserUpdate, UserPrivate, private_view
-from app.services import account_tools, moderation
+from app.services import account_tools, moderation, passkeys
 from app.services import flags as flag_service
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -414,3 +416,58 @@ async def update_feature_flags(
     return FeatureFlags.of(
         flags, enabled=settings.FEATURE_FLAGS_ENABLED, protected=source.store.protected
     )
+
+
+@router.get(
+    "/user/{uuid}/passkeys",
+    response_model=PasskeyList,
+    responses=error_responses(401, 403, 404, 422),
+)
+async def admin_list_user_passkeys(
+    user_uuid: UserUuid, actor: Reader, db: SessionDep
+) -> PasskeyList:
+    """A user's passkeys (admins), oldest first.
+
+    Returns
+    -------
+    PasskeyList
+        Each passkey's id, name, dates and flags (never its key).
+
+    Raises
+    ------
+    403
+        Not an admin.
+    404
+        ``USER_NOT_FOUND``.
+    """
+    items = await passkeys.list_for_admin(db, actor, user_uuid)
+    return PasskeyList(items=[PasskeyInfo.model_validate(item) for item in items])
+
+
+@router.delete(
+    "/user/{uuid}/passkeys/{passkey_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(401, 403, 404, 422),
+)
+async def admin_remove_user_passkey(
+    user_uuid: UserUuid,
+    passkey_id: Annotated[str, Path(min_length=1, max_length=36)],
+    actor: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    client: ClientDep,
+) -> None:
+    """Delete one of a user's passkeys (admins): a lost or stolen authenticator, say. It
+    signs in no more; the user's history names the admin, and their verified email is
+    told.
+
+    Raises
+    ------
+    403
+        Not an admin.
+    404
+        ``USER_NOT_FOUND`` or ``PASSKEY_NOT_FOUND``.
+    """
+    await passkeys.remove_by_admin(db, settings, mailer, actor, user_uuid, passkey_id, client)

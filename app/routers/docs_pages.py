@@ -203,7 +203,8 @@ async def _gate(
 
 @router.get("/signin", response_class=HTMLResponse, responses={200: _HTML})
 async def signin_page(request: Request, settings: SettingsDep) -> Response:
-    """The sign-in page: username or email, password, and the 2FA step when needed.
+    """The sign-in page: username or email, password, and the 2FA step when needed; or a
+    passkey alone ("Sign in with a passkey"), or a passkey instead of the code.
 
     Returns
     -------

@@ -18,7 +18,7 @@ from app.core.auth_cache import bulk_write
 from app.core.config import Settings
 from app.core.database import rows_matched
 from app.core.scheduler import Job
-from app.models import File, OtpChallenge, Session, UsedToken, User, now_epoch
+from app.models import File, OtpChallenge, Session, UsedToken, User, WebAuthnChallenge, now_epoch
 from app.services.deletion import finish_pending_deletions
 from app.services.history import trim_history
 
@@ -50,11 +50,16 @@ async def purge_expired(session_factory: async_sessionmaker[AsyncSession]) -> di
         challenges = await db.execute(
             delete(OtpChallenge).where(OtpChallenge.created_at <= now - OTP_CHALLENGE_KEEP_SECONDS)
         )
+        # A passkey ceremony's challenge is of no use once expired.
+        ceremonies = await db.execute(
+            delete(WebAuthnChallenge).where(WebAuthnChallenge.expires_at <= now)
+        )
         await db.commit()
     return {
         "sessions": rows_matched(sessions),
         "used_tokens": rows_matched(tokens),
         "otp_challenges": rows_matched(challenges),
+        "webauthn_challenges": rows_matched(ceremonies),
     }
 
 

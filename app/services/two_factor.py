@@ -371,7 +371,7 @@ async def verify_login(
     """Finish a 2FA login: the pending token and a valid code give the token pair (and
     a new device token)."""
     await guard.attempt("otp", address=client.ip)
-    user, challenge = await _pending_login(db, settings, otp_token)
+    user, challenge = await pending_login(db, settings, otp_token)
     await _guarded_redeem(db, settings, guard, user, challenge, code, client)
     pair = await start_session(db, settings, user, client)
     return pair.model_copy(update={"device_token": new_device_token(settings, user.uuid)})
@@ -389,7 +389,7 @@ async def verify_login_with_recovery_code(
     """Finish a 2FA login with a recovery code instead of the code: like
     :func:`verify_login`, and the code is used up, recorded and told by mail."""
     await guard.attempt("otp", address=client.ip)
-    user, challenge = await _pending_login(db, settings, otp_token)
+    user, challenge = await pending_login(db, settings, otp_token)
     left = await _guarded(
         guard, user.uuid, lambda: _redeem_recovery_code(db, user, challenge, recovery_code, client)
     )
@@ -415,10 +415,11 @@ def _codes_left_text(left: int) -> str:
     return text
 
 
-async def _pending_login(
+async def pending_login(
     db: AsyncSession, settings: Settings, otp_token: str
 ) -> tuple[User, OtpChallenge]:
-    """The user and the login challenge a 2FA-pending token names, or InvalidOtpToken."""
+    """The active user and the login challenge a 2FA-pending token names, or
+    InvalidOtpToken (a passkey can also finish this login: ``app.services.passkeys``)."""
     try:
         claims = decode_token(
             otp_token, secret=settings.JWT_SECRET_KEY, token_type=OTP_PENDING_TOKEN
@@ -451,6 +452,25 @@ async def _guarded(guard: BruteForceGuard, user_uuid: str, redeem: Callable[[], 
         raise
     await guard.forgive(slot)
     return result
+
+
+async def claim_login_challenge(db: AsyncSession, challenge_id: str) -> None:
+    """Mark a pending login's challenge used by another second factor (a passkey), in
+    the caller's transaction; InvalidOtpToken when it is used, expired or dead already
+    (a conditional UPDATE: of two parallel second factors, one wins)."""
+    claimed = await db.execute(
+        update(OtpChallenge)
+        .where(
+            OtpChallenge.id == challenge_id,
+            OtpChallenge.used_at.is_(None),
+            OtpChallenge.expires_at > now_epoch(),
+            OtpChallenge.failed_attempts < MAX_FAILED_ATTEMPTS,
+        )
+        .values(used_at=now_epoch())
+        .execution_options(synchronize_session=False)
+    )
+    if rows_matched(claimed) != 1:
+        raise InvalidOtpToken()
 
 
 async def _guarded_redeem(

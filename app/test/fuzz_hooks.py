@@ -51,6 +51,7 @@ PASSWORD_FIELDS = {
     "PATCH /api/users/me": "current_password",
     "PATCH /api/user/{uuid}": "current_password",
     "DELETE /api/user/{uuid}": "current_password",
+    "POST /api/auth/passkeys/register/begin": "password",
 }
 #: Operations that would delete, ban or demote the run's own account: nothing could be
 #: tested after them.

@@ -58,10 +58,12 @@ def spawn_server(
     log_path: Path,
     extra_args: Sequence[str] = (),
     sock: socket.socket | None = None,
+    host: str = "127.0.0.1",
 ) -> LiveServer:
     """Start uvicorn with ``env`` added to this process's environment (and uvicorn's
     ``extra_args``) on ``sock`` (from :func:`listening_socket`; a new one if not given,
-    e.g. when ``env`` must name the port in ``BASE_URL``); do not wait."""
+    e.g. when ``env`` must name the port in ``BASE_URL``), known as ``host``; do not
+    wait."""
     sock = sock or listening_socket()
     port = sock.getsockname()[1]
     with log_path.open("ab") as log:
@@ -85,7 +87,7 @@ def spawn_server(
             pass_fds=(sock.fileno(),),
         )
     sock.close()
-    return LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    return LiveServer(url=f"http://{host}:{port}", process=process, log_path=log_path)
 
 
 def wait_ready(server: LiveServer, timeout: float = 60) -> None:
@@ -104,9 +106,15 @@ def wait_ready(server: LiveServer, timeout: float = 60) -> None:
     raise TimeoutError(f"server not ready after {timeout} s:\n{server.output}")
 
 
-def start_server(env: dict[str, str], log_path: Path, extra_args: Sequence[str] = ()) -> LiveServer:
+def start_server(
+    env: dict[str, str],
+    log_path: Path,
+    extra_args: Sequence[str] = (),
+    sock: socket.socket | None = None,
+    host: str = "127.0.0.1",
+) -> LiveServer:
     """Start uvicorn serving the app and wait until it answers."""
-    server = spawn_server(env, log_path, extra_args)
+    server = spawn_server(env, log_path, extra_args, sock, host)
     wait_ready(server)
     return server
 

@@ -82,6 +82,7 @@ def test_purge_runs_every_job(settings: Settings) -> None:
         "sessions": 0,
         "used_tokens": 0,
         "otp_challenges": 0,
+        "webauthn_challenges": 0,
     }
 
 

@@ -74,6 +74,18 @@ NO_SUCCESS_REACHABLE = {
     "POST /api/admin/users/{uuid}/password-reset": "needs email, which is off on the fuzzed server",
     "DELETE /api/admin/users/{uuid}/external-accounts/{provider}": "needs another account "
     "linked through a round trip to the provider's site",
+    "POST /api/auth/passkeys/register/finish": "needs an authenticator's signature over "
+    "the challenge of register/begin",
+    "POST /api/auth/passkeys/sign-in/finish": "needs a registered passkey's signature "
+    "(see register/finish)",
+    "PATCH /api/auth/passkeys/{passkey_id}": "needs a registered passkey (see register/finish)",
+    "DELETE /api/auth/passkeys/{passkey_id}": "needs a registered passkey (see register/finish)",
+    "DELETE /api/admin/user/{uuid}/passkeys/{passkey_id}": "needs a registered passkey "
+    "(see register/finish)",
+    "POST /api/auth/passkeys/second-factor/begin": "needs the otp_token of a sign-in with "
+    "two-factor authentication on (see otp/verify)",
+    "POST /api/auth/passkeys/second-factor/finish": "needs two-factor authentication on "
+    "and a registered passkey (see otp/verify, register/finish)",
 }
 
 

@@ -63,6 +63,8 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         ("user", "send_password_reset"): EVERYONE,
         ("user", "list_external_accounts"): EVERYONE,
         ("user", "unlink_external_account"): OTHERS,
+        ("user", "list_passkeys"): EVERYONE,
+        ("user", "remove_passkey"): EVERYONE,
         ("user_files", "create"): EVERYONE,
         ("user_files", "list"): EVERYONE,
         ("file", "read"): ANY_FILE,

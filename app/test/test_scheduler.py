@@ -60,7 +60,12 @@ async def test_purge_expired(app: FastAPI) -> None:
             )
         await db.commit()
     result = await purge_expired(app.state.session_factory)
-    assert result == {"sessions": 2, "used_tokens": 1, "otp_challenges": 1}
+    assert result == {
+        "sessions": 2,
+        "used_tokens": 1,
+        "otp_challenges": 1,
+        "webauthn_challenges": 0,
+    }
     async with app.state.session_factory() as db:
         assert sorted(await db.scalars(select(Session.id))) == ["live", "revoked_just_now"]
         assert sorted(await db.scalars(select(RotatedRefreshToken.session_id))) == [
