@@ -77,7 +77,7 @@ async def admin_update_user(
 
 
 @router.post(
-    "/users/{uuid}/two-factor/reset",
+    "/user/{uuid}/two-factor/reset",
     response_model=UserPrivate,
     responses=error_responses(401, 403, 404, 409, 422),
 )
@@ -116,7 +116,7 @@ async def reset_user_two_factor(
 
 
 @router.delete(
-    "/users/{uuid}/login-lock",
+    "/user/{uuid}/login-lock",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=error_responses(401, 403, 404, 422),
@@ -148,7 +148,7 @@ async def clear_user_login_lock(
 
 
 @router.get(
-    "/users/{uuid}/sessions",
+    "/user/{uuid}/sessions",
     response_model=SessionList,
     responses=error_responses(401, 403, 404, 422),
 )
@@ -173,7 +173,7 @@ async def list_user_sessions(user_uuid: UserUuid, actor: Reader, db: SessionDep)
 
 
 @router.delete(
-    "/users/{uuid}/sessions",
+    "/user/{uuid}/sessions",
     response_model=SessionsRevoked,
     responses=error_responses(401, 403, 404, 422),
 )
@@ -209,7 +209,7 @@ async def revoke_user_sessions(
 
 
 @router.delete(
-    "/users/{uuid}/sessions/{session_id}",
+    "/user/{uuid}/sessions/{session_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=error_responses(401, 403, 404, 422),
@@ -242,7 +242,7 @@ async def revoke_user_session(
 
 
 @router.post(
-    "/users/{uuid}/password-reset",
+    "/user/{uuid}/password-reset",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Message,
     responses=error_responses(401, 403, 404, 409, 422, 429),
@@ -284,7 +284,7 @@ async def send_user_password_reset(
 
 
 @router.get(
-    "/users/{uuid}/external-accounts",
+    "/user/{uuid}/external-accounts",
     response_model=ExternalAccountList,
     responses=error_responses(401, 403, 404, 422),
 )
@@ -313,7 +313,7 @@ async def list_user_external_accounts(
 
 
 @router.delete(
-    "/users/{uuid}/external-accounts/{provider}",
+    "/user/{uuid}/external-accounts/{provider}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=error_responses(401, 403, 404, 409, 422),
@@ -340,7 +340,7 @@ async def unlink_user_external_account(
     404
         ``USER_NOT_FOUND``, or ``OAUTH_ACCOUNT_NOT_LINKED``.
     409
-        ``LAST_LOGIN_METHOD``: the user has no password and no other provider.
+        ``LAST_LOGIN_METHOD``: the user has no password, no other provider and no passkey.
     """
     await account_tools.unlink_external_account(
         db, settings, mailer, actor, user_uuid, provider, client

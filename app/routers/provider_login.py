@@ -316,6 +316,6 @@ async def oauth_unlink(
     404
         ``OAUTH_ACCOUNT_NOT_LINKED``.
     409
-        ``LAST_LOGIN_METHOD``: the account has no password and no other provider.
+        ``LAST_LOGIN_METHOD``: the account has no password, no other provider and no passkey.
     """
     await external_accounts.unlink(db, settings, mailer, user, provider, client_info)

@@ -1,4 +1,4 @@
-"""Shapes of the admins' account tools (``/admin/users/{uuid}/...``)."""
+"""Shapes of the admins' account tools (``/admin/user/{uuid}/...``)."""
 
 from __future__ import annotations
 

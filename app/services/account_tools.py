@@ -32,10 +32,11 @@ from app.services.accounts import get_user
 from app.services.auth import mail_reset_link
 from app.services.context import ClientInfo
 from app.services.directory import UserNotFound, target_user
-from app.services.external_accounts import LastLoginMethod, remove_link
+from app.services.external_accounts import remove_link
 from app.services.history import record_event
 from app.services.notices import send_security_notice
 from app.services.sessions import revoke_sessions
+from app.services.ways_in import LastLoginMethod
 
 #: The guard's per-account buckets a lock lives in: passwords (logins and
 #: re-authentications) and two-factor codes.
@@ -265,7 +266,7 @@ async def unlink_external_account(
         await remove_link(db, user, provider)
     except LastLoginMethod:
         raise LastLoginMethod(
-            "This is the user's only way to sign in (no password, no other provider)"
+            "This is the user's only way to sign in (no password, no other provider, no passkey)"
         ) from None
     details = {"provider": provider}
     record_event(db, user.uuid, "oauth_unlinked", by=_by(actor), client=client, details=details)

@@ -21,10 +21,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from loguru import logger
-from sqlalchemy import delete, exists, or_, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
 from app.core.config import Settings
 from app.core.database import rows_matched
@@ -46,6 +45,7 @@ from app.services.links import InvalidLink, consume_link
 from app.services.notices import send_security_notice
 from app.services.reauth import ReauthenticationRequired, require_fresh_session
 from app.services.sessions import revoke_sessions, start_session
+from app.services.ways_in import LastLoginMethod, another_way_in, lock_account
 
 EXCHANGE_PURPOSE = "oauth-exchange"
 EXCHANGE_MAX_AGE_SECONDS = 120
@@ -120,13 +120,6 @@ class EmailNotVerified(Conflict):
         "A local account has this email, but the emails are not both verified: "
         "log in and link the account instead"
     )
-
-
-class LastLoginMethod(Conflict):
-    """Unlinking would leave the user no way to log in."""
-
-    code = "LAST_LOGIN_METHOD"
-    detail = "Set a password before unlinking your only login method"
 
 
 class InvalidExchangeCode(AppError):
@@ -418,27 +411,15 @@ async def remove_links(db: AsyncSession, user_uuid: str, providers: list[str]) -
 
 async def remove_link(db: AsyncSession, user: User, provider: str) -> None:
     """Delete the user's account of ``provider`` unless it is their only way in
-    (whoever asks: the user, or an admin); the caller records it and commits.
-
-    The check and the delete are one statement, so that two unlinks at once (the
-    user's and an admin's) of an account's last two providers cannot both pass. On
-    SQLite it runs under the database's single write lock; on PostgreSQL the
-    statement sees what was committed when it starts, so it first locks the user's
-    row (held until commit), and the second one looks after the first has committed.
-    """
-    if db.get_bind().dialect.name == "postgresql":
-        await db.execute(select(User.uuid).where(User.uuid == user.uuid).with_for_update())
-    other = aliased(ExternalAccount)
-    another_way_in = or_(
-        exists().where(User.uuid == user.uuid, User.hashed_password.is_not(None)),
-        exists().where(other.user_uuid == user.uuid, other.provider != provider),
-    )
+    (whoever asks: the user, or an admin; see :mod:`app.services.ways_in`); the caller
+    records it and commits."""
+    await lock_account(db, user.uuid)
     result = await db.execute(
         delete(ExternalAccount)
         .where(
             ExternalAccount.user_uuid == user.uuid,
             ExternalAccount.provider == provider,
-            another_way_in,
+            another_way_in(user.uuid, provider=provider),
         )
         .execution_options(synchronize_session=False)
     )

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import delete as sql_delete
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -73,6 +74,7 @@ from app.services.history import record_event
 from app.services.notices import send_security_notice
 from app.services.reauth import require_recent_auth
 from app.services.sessions import start_session
+from app.services.ways_in import LastLoginMethod, another_way_in, lock_account
 
 #: How long a ceremony may take, from its options to its answer.
 CHALLENGE_SECONDS = 300
@@ -409,6 +411,26 @@ async def rename(
     return passkey
 
 
+async def _delete_keeping_a_way_in(db: AsyncSession, user_uuid: str, passkey: Passkey) -> None:
+    """Delete ``passkey`` unless it is the account's last way in (409
+    ``LAST_LOGIN_METHOD``; see :mod:`app.services.ways_in`); the caller commits."""
+    await lock_account(db, user_uuid)
+    deleted = await db.execute(
+        sql_delete(Passkey)
+        .where(
+            Passkey.id == passkey.id,
+            Passkey.user_uuid == user_uuid,
+            another_way_in(user_uuid, passkey_id=passkey.id),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if rows_matched(deleted) != 1:
+        # Gone meanwhile (a parallel delete) or the last way in: say which.
+        if await db.get(Passkey, passkey.id, populate_existing=True) is None:
+            raise PasskeyNotFound()
+        raise LastLoginMethod()
+
+
 async def delete(
     db: AsyncSession,
     settings: Settings,
@@ -427,7 +449,7 @@ async def delete(
         db, settings, guard, user, auth.session, password, client, purpose="passkey_remove"
     )
     passkey = await _own_passkey(db, user.uuid, passkey_id)
-    await db.delete(passkey)
+    await _delete_keeping_a_way_in(db, user.uuid, passkey)
     record_event(
         db,
         user.uuid,
@@ -462,7 +484,7 @@ async def remove_by_admin(
     verified address is told."""
     user = await target_user(db, actor, user_uuid, "remove_passkey")
     passkey = await _own_passkey(db, user.uuid, passkey_id)
-    await db.delete(passkey)
+    await _delete_keeping_a_way_in(db, user.uuid, passkey)
     record_event(
         db,
         user.uuid,

@@ -100,7 +100,7 @@ async def test_reset_two_factor(
 
     admin_uuid, admin_tokens = await _admin(app, client)
     reset = await client.post(
-        f"/api/admin/users/{user['uuid']}/two-factor/reset", headers=bearer(admin_tokens)
+        f"/api/admin/user/{user['uuid']}/two-factor/reset", headers=bearer(admin_tokens)
     )
     assert reset.status_code == 200, reset.text
     assert reset.json()["otp_method"] == "none"
@@ -125,7 +125,7 @@ async def test_reset_two_factor(
         assert reset_event["details"] == {"method": "authenticator"}
 
     again = await client.post(
-        f"/api/admin/users/{user['uuid']}/two-factor/reset", headers=bearer(admin_tokens)
+        f"/api/admin/user/{user['uuid']}/two-factor/reset", headers=bearer(admin_tokens)
     )
     assert again.status_code == 409
     assert again.json()["code"] == "OTP_NOT_ENABLED"
@@ -146,7 +146,7 @@ async def test_clear_login_lock(
 
     moderator_uuid, moderator_tokens = await _moderator(app, client)
     cleared = await client.delete(
-        f"/api/admin/users/{user['uuid']}/login-lock", headers=bearer(moderator_tokens)
+        f"/api/admin/user/{user['uuid']}/login-lock", headers=bearer(moderator_tokens)
     )
     assert cleared.status_code == 204, cleared.text
     client.cookies.clear()
@@ -184,7 +184,7 @@ class TestTwoFactorCodeLock:
 
         _, admin_tokens = await _admin(app, client)
         cleared = await client.delete(
-            f"/api/admin/users/{user['uuid']}/login-lock", headers=bearer(admin_tokens)
+            f"/api/admin/user/{user['uuid']}/login-lock", headers=bearer(admin_tokens)
         )
         assert cleared.status_code == 204
         pending = (await _login_answer(client, user["username"], PASSWORD)).json()
@@ -207,7 +207,7 @@ async def test_list_and_revoke_sessions(
 
     admin_uuid, admin_tokens = await _admin(app, client)
     listed = await client.get(
-        f"/api/admin/users/{user['uuid']}/sessions", headers=bearer(admin_tokens)
+        f"/api/admin/user/{user['uuid']}/sessions", headers=bearer(admin_tokens)
     )
     assert listed.status_code == 200, listed.text
     sessions = listed.json()["items"]
@@ -218,7 +218,7 @@ async def test_list_and_revoke_sessions(
     assert laptop_session in {session["id"] for session in sessions}
 
     ended = await client.delete(
-        f"/api/admin/users/{user['uuid']}/sessions/{laptop_session}", headers=bearer(admin_tokens)
+        f"/api/admin/user/{user['uuid']}/sessions/{laptop_session}", headers=bearer(admin_tokens)
     )
     assert ended.status_code == 204, ended.text
     # At once, although the token was cached: the laptop is out, the phone is not.
@@ -229,13 +229,13 @@ async def test_list_and_revoke_sessions(
     assert refreshed.status_code == 401
     assert (await client.get("/api/users/me", headers=bearer(phone))).status_code == 200
     again = await client.delete(
-        f"/api/admin/users/{user['uuid']}/sessions/{laptop_session}", headers=bearer(admin_tokens)
+        f"/api/admin/user/{user['uuid']}/sessions/{laptop_session}", headers=bearer(admin_tokens)
     )
     assert again.status_code == 404
     assert again.json()["code"] == "SESSION_NOT_FOUND"
 
     every = await client.delete(
-        f"/api/admin/users/{user['uuid']}/sessions", headers=bearer(admin_tokens)
+        f"/api/admin/user/{user['uuid']}/sessions", headers=bearer(admin_tokens)
     )
     assert every.json() == {"revoked": 1}
     assert (await client.get("/api/users/me", headers=bearer(phone))).status_code == 401
@@ -256,7 +256,7 @@ async def test_send_password_reset(
     user, _ = await _verified_user(client, smtp_server)
     admin_uuid, admin_tokens = await _admin(app, client)
     sent = await client.post(
-        f"/api/admin/users/{user['uuid']}/password-reset", headers=bearer(admin_tokens)
+        f"/api/admin/user/{user['uuid']}/password-reset", headers=bearer(admin_tokens)
     )
     assert sent.status_code == 202, sent.text
     mail = await smtp_server.wait_for(user["email"], 2)
@@ -273,7 +273,7 @@ async def test_send_password_reset(
 
     unverified, _ = await signup_and_login(client)
     refused = await client.post(
-        f"/api/admin/users/{unverified['uuid']}/password-reset", headers=bearer(admin_tokens)
+        f"/api/admin/user/{unverified['uuid']}/password-reset", headers=bearer(admin_tokens)
     )
     assert refused.status_code == 409
     assert refused.json()["code"] == "EMAIL_NOT_VERIFIED"
@@ -300,7 +300,7 @@ async def test_list_and_unlink_external_accounts(
     await _link(app, user["uuid"], "github")
     await _link(app, user["uuid"], "discord")
     admin_uuid, admin_tokens = await _admin(app, client)
-    path = f"/api/admin/users/{user['uuid']}/external-accounts"
+    path = f"/api/admin/user/{user['uuid']}/external-accounts"
 
     listed = await client.get(path, headers=bearer(admin_tokens))
     assert listed.status_code == 200, listed.text
@@ -335,12 +335,12 @@ async def test_unlink_never_leaves_an_account_without_a_way_in(
         await db.commit()
     await _link(app, user.uuid, "github")
     _, admin_tokens = await _admin(app, client)
-    path = f"/api/admin/users/{user.uuid}/external-accounts/github"
+    path = f"/api/admin/user/{user.uuid}/external-accounts/github"
     refused = await client.delete(path, headers=bearer(admin_tokens))
     assert refused.status_code == 409
     assert refused.json()["code"] == "LAST_LOGIN_METHOD"
     listed = await client.get(
-        f"/api/admin/users/{user.uuid}/external-accounts", headers=bearer(admin_tokens)
+        f"/api/admin/user/{user.uuid}/external-accounts", headers=bearer(admin_tokens)
     )
     assert [a["provider"] for a in listed.json()["items"]] == ["github"]
 
@@ -361,7 +361,7 @@ async def test_parallel_unlinks_leave_a_way_in(app: FastAPI, client: httpx.Async
         answers = await asyncio.gather(
             client.delete("/api/oauth/github", headers=bearer(user_tokens)),
             client.delete(
-                f"/api/admin/users/{user.uuid}/external-accounts/discord",
+                f"/api/admin/user/{user.uuid}/external-accounts/discord",
                 headers=bearer(admin_tokens),
             ),
         )
@@ -369,14 +369,14 @@ async def test_parallel_unlinks_leave_a_way_in(app: FastAPI, client: httpx.Async
             answer.text for answer in answers
         ]
         listed = await client.get(
-            f"/api/admin/users/{user.uuid}/external-accounts", headers=bearer(admin_tokens)
+            f"/api/admin/user/{user.uuid}/external-accounts", headers=bearer(admin_tokens)
         )
         assert len(listed.json()["items"]) == 1
 
 
 # Who may use them -----------------------------------------------------------------------
 
-#: Every tool: method, path after /api/admin/users/{uuid}, and whether moderators may
+#: Every tool: method, path after /api/admin/user/{uuid}, and whether moderators may
 #: use it on users who are not staff.
 TOOLS = [
     ("POST", "/two-factor/reset", False),
@@ -394,7 +394,7 @@ async def _use(
     client: httpx.AsyncClient, tool: tuple[str, str, bool], target: str, tokens: dict
 ) -> httpx.Response:
     method, path, _ = tool
-    return await client.request(method, f"/api/admin/users/{target}{path}", headers=bearer(tokens))
+    return await client.request(method, f"/api/admin/user/{target}{path}", headers=bearer(tokens))
 
 
 @pytest.mark.parametrize("tool", TOOLS, ids=[f"{m} {p}" for m, p, _ in TOOLS])

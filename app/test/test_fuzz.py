@@ -69,10 +69,10 @@ NO_SUCCESS_REACHABLE = {
     "through the provider's site",
     "DELETE /api/oauth/{provider}": "needs an account linked through a round trip to the "
     "provider's site",
-    "POST /api/admin/users/{uuid}/two-factor/reset": "needs another account with "
+    "POST /api/admin/user/{uuid}/two-factor/reset": "needs another account with "
     "two-factor authentication on, which no fuzzed account has (see otp/enable)",
-    "POST /api/admin/users/{uuid}/password-reset": "needs email, which is off on the fuzzed server",
-    "DELETE /api/admin/users/{uuid}/external-accounts/{provider}": "needs another account "
+    "POST /api/admin/user/{uuid}/password-reset": "needs email, which is off on the fuzzed server",
+    "DELETE /api/admin/user/{uuid}/external-accounts/{provider}": "needs another account "
     "linked through a round trip to the provider's site",
     "POST /api/auth/passkeys/register/finish": "needs an authenticator's signature over "
     "the challenge of register/begin",

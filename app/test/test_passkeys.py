@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 
 from app.core.config import Settings
-from app.models import Passkey, User, WebAuthnChallenge
+from app.models import ExternalAccount, Passkey, User, WebAuthnChallenge
 from app.services.maintenance import purge_expired
 from app.test.authenticator import SoftAuthenticator, b64url
 from app.test.conftest import settings_env
@@ -906,6 +906,76 @@ async def test_an_admin_lists_and_removes_a_users_passkey(
     _refused(await client.delete(removal, headers=bearer(admin_tokens)), 404, "PASSKEY_NOT_FOUND")
     unknown = f"/api/admin/user/{admin.uuid[:-4]}0000/passkeys"
     assert (await client.get(unknown, headers=bearer(admin_tokens))).status_code == 404
+
+
+async def _drop_password(app: FastAPI, user: User) -> None:
+    """The account signs in without a password from now on (as a provider's does)."""
+    async with app.state.session_factory() as db:
+        row = await db.get(User, user.uuid)
+        assert row is not None
+        row.hashed_password = None
+        await db.commit()
+
+
+async def test_the_last_way_in_is_never_deleted(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Without a password or a provider, two passkeys deleted at once leave one, and
+    that one can be deleted neither by the user nor by an admin."""
+    user, tokens = await _verified_user(app, client)
+    _, first = await _register(client, settings, tokens)
+    kept_authenticator, second = await _register(client, settings, tokens)
+    reauthenticated = await client.post(
+        "/api/auth/reauthenticate", json={"password": PASSWORD}, headers=bearer(tokens)
+    )
+    assert reauthenticated.status_code == 200, reauthenticated.text
+    await _drop_password(app, user)
+    # Re-authenticated: the deletions need no body.
+    answers = await asyncio.gather(
+        *(
+            client.request("DELETE", f"/api/auth/passkeys/{passkey['id']}", headers=bearer(tokens))
+            for passkey in (first, second)
+        )
+    )
+    assert sorted(answer.status_code for answer in answers) == [204, 409]
+    refused = next(answer for answer in answers if answer.status_code == 409)
+    assert refused.json()["code"] == "LAST_LOGIN_METHOD"
+    left = (await client.get("/api/auth/passkeys", headers=bearer(tokens))).json()["items"]
+    assert len(left) == 1
+    _refused(
+        await client.request(
+            "DELETE", f"/api/auth/passkeys/{left[0]['id']}", headers=bearer(tokens)
+        ),
+        409,
+        "LAST_LOGIN_METHOD",
+    )
+    _, admin_tokens = await user_with_tokens(app, client, roles=("admin", "user"))
+    _refused(
+        await client.delete(
+            f"/api/admin/user/{user.uuid}/passkeys/{left[0]['id']}", headers=bearer(admin_tokens)
+        ),
+        409,
+        "LAST_LOGIN_METHOD",
+    )
+    if left[0]["id"] == second["id"]:
+        assert (await _sign_in(client, kept_authenticator)).status_code == 200
+
+
+async def test_a_passkey_is_a_way_in_when_a_provider_is_unlinked(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """An account with a provider and a passkey, no password: the provider may go."""
+    user, tokens = await _verified_user(app, client)
+    await _register(client, settings, tokens)
+    await _drop_password(app, user)
+    async with app.state.session_factory() as db:
+        db.add(ExternalAccount(provider="github", external_id="4242", user_uuid=user.uuid))
+        await db.commit()
+    _, admin_tokens = await user_with_tokens(app, client, roles=("admin", "user"))
+    unlinked = await client.delete(
+        f"/api/admin/user/{user.uuid}/external-accounts/github", headers=bearer(admin_tokens)
+    )
+    assert unlinked.status_code == 204, unlinked.text
 
 
 async def test_a_deleted_account_takes_its_passkeys_along(
