@@ -79,7 +79,8 @@ async def _enrol_authenticator(client: httpx.AsyncClient, tokens: dict) -> pyotp
         json={"method": "authenticator", "code": totp.now()},
         headers=bearer(tokens),
     )
-    assert enabled.status_code == 204, enabled.text
+    assert enabled.status_code == 200, enabled.text
+    assert len(enabled.json()["recovery_codes"]) == 10
     return totp
 
 
@@ -109,6 +110,9 @@ async def test_reset_two_factor(
     fresh = await login(client, user["username"])
     assert "access_token" in fresh
     assert (await client.get("/api/users/me", headers=bearer(tokens))).status_code == 401
+    # The recovery codes went with the method.
+    left = await client.get("/api/auth/otp/recovery-codes", headers=bearer(fresh))
+    assert left.json() == {"remaining": 0}
     # The pending login of the old method leads nowhere.
     stale = await client.post(
         "/api/auth/otp/verify",
