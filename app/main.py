@@ -307,7 +307,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
     )
     app.add_middleware(HtmlSecurityHeadersMiddleware, policy=docs_pages.PAGE_POLICY)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, api_prefix=settings.API_STR)
     if settings.CORS_ORIGINS:
         # Outermost: preflights cost nothing, and every answer (the 500 too) is readable.
         app.add_middleware(Cors, origins=settings.CORS_ORIGINS)

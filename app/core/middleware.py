@@ -37,10 +37,15 @@ class RequestIdMiddleware:
     It also answers an unhandled exception with the common error shape: Starlette's
     own last-resort handler sits outside every middleware, where the request id
     is already gone.
+
+    Answers under ``api_prefix`` that set no ``Cache-Control`` get ``no-store``: they
+    carry tokens, recovery codes and personal data that no browser or proxy cache may
+    keep (the picture URLs, which are meant to be cached, set their own).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, api_prefix: str = "/api") -> None:
         self.app = app
+        self.api_prefix = api_prefix.rstrip("/") + "/"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,12 +62,17 @@ class RequestIdMiddleware:
         status = 500
         started_response = False
 
+        api = scope["path"].startswith(self.api_prefix)
+
         async def send_with_id(message: Message) -> None:
             nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started_response = True
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                headers = MutableHeaders(scope=message)
+                headers[REQUEST_ID_HEADER] = request_id
+                if api:
+                    headers.setdefault("Cache-Control", "no-store")
             await send(message)
 
         try:

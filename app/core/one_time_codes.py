@@ -70,7 +70,7 @@ def matching_timestep(
     The caller accepts it only if it is later than the last step used, so a code
     works once.
     """
-    if not code.isdigit() or len(code) != settings.OTP_LENGTH:
+    if not (code.isascii() and code.isdigit()) or len(code) != settings.OTP_LENGTH:
         return None
     totp = totp_for(secret, settings)
     current = int((time.time() if now is None else now) // settings.OTP_AUTHENTICATOR_INTERVAL)

@@ -30,7 +30,7 @@ async def issue(db: AsyncSession, user_uuid: str) -> list[str]:
     commits)."""
     # Lock the user's row: two parallel calls then run one after the other, and the
     # second deletes what the first made (else both sets could survive on PostgreSQL).
-    await db.execute(select(User.uuid).where(User.uuid == user_uuid).with_for_update())
+    await _lock_user(db, user_uuid)
     await clear(db, user_uuid)
     codes = [new_recovery_code() for _ in range(RECOVERY_CODE_COUNT)]
     now = now_epoch()
@@ -44,6 +44,18 @@ async def issue(db: AsyncSession, user_uuid: str) -> list[str]:
         )
     await db.flush()
     return codes
+
+
+async def _lock_user(db: AsyncSession, user_uuid: str) -> None:
+    """Lock the user's row until commit (PostgreSQL; SQLite writes one at a time).
+
+    Every change of the codes takes this lock first, so they all lock in one order
+    (user, then codes) and never deadlock each other. ``FOR NO KEY UPDATE`` leaves the
+    row's key free for the foreign-key checks of other writes (a new session, say).
+    """
+    await db.execute(
+        select(User.uuid).where(User.uuid == user_uuid).with_for_update(key_share=True)
+    )
 
 
 async def clear(db: AsyncSession, user_uuid: str) -> None:
@@ -75,6 +87,7 @@ async def use(db: AsyncSession, user_uuid: str, code: str) -> bool:
     normalized = normalized_recovery_code(code)
     if normalized is None:
         return False
+    await _lock_user(db, user_uuid)
     used = await db.execute(
         update(RecoveryCode)
         .where(
