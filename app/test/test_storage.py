@@ -24,9 +24,11 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from app.core.config import Settings
+from app.core.oauth_client import ExternalProfile
 from app.core.storage import ObjectTooLarge, storage_for
 from app.core.storage.s3 import PART_BYTES
 from app.models import File, User
+from app.services import external_accounts
 from app.services import files as file_service
 from app.services.context import SYSTEM
 from app.services.maintenance import remove_orphan_files
@@ -484,3 +486,33 @@ class TestUnreachableStore:
         )
         assert picture.status_code == 503
         assert await _count_files(app) == 0
+
+    async def test_a_provider_picture_is_skipped_and_the_sign_in_goes_on(
+        self, app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """As on a full disk: the provider's picture is a nicety. Its download alone is
+        replaced (provider pictures come from public hosts, out of reach here)."""
+        user, tokens = await user_with_tokens(app, client)
+
+        async def download(_url: str) -> bytes:
+            return _png()
+
+        monkeypatch.setattr(external_accounts, "fetch_picture", download)
+        profile = ExternalProfile(
+            provider="github",
+            external_id="1",
+            username=user.username,
+            display_name=None,
+            email=None,
+            email_verified=False,
+            picture_url="https://avatars.example.com/u/1.png",
+        )
+        async with app.state.session_factory() as session:
+            owner = await session.get_one(User, user.uuid)
+            await external_accounts.adopt_picture(
+                session, app.state.settings, owner, profile, SYSTEM
+            )
+            await session.commit()  # what the sign-in does next
+        assert await _count_files(app) == 0
+        me = await client.get("/api/users/me", headers=bearer(tokens))
+        assert me.status_code == 200
