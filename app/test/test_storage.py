@@ -271,6 +271,43 @@ async def test_deleting_a_user_removes_their_stored_files(
     assert [key.split("/")[1] for key in stored_keys(settings)] == [other.uuid]
 
 
+async def test_parallel_uploads_and_pictures_keep_one_object_per_row(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Racing uploads of one name get distinct names and objects; racing pictures
+    replace each other and leave exactly the one object the row names."""
+    settings = app.state.settings
+    user, tokens = await user_with_tokens(app, client)
+    uploads = await asyncio.gather(
+        *(
+            client.post("/api/file", files=_files("same.txt", b"%d" % i), headers=bearer(tokens))
+            for i in range(12)
+        )
+    )
+    assert [r.status_code for r in uploads] == [201] * 12, [r.text for r in uploads]
+    assert len({r.json()["file_name"] for r in uploads}) == 12
+    pictures = await asyncio.gather(
+        *(
+            client.put(
+                f"/api/user/{user.uuid}/pfp",
+                files=_files("me.png", _png((20 + i, 20))),
+                headers=bearer(tokens),
+            )
+            for i in range(6)
+        )
+    )
+    assert [r.status_code for r in pictures] == [204] * 6, [r.text for r in pictures]
+    async with app.state.session_factory() as session:
+        keys = sorted(await session.scalars(select(File.file_path)))
+    assert len(keys) == 13
+    assert stored_keys(settings) == keys
+    for upload in uploads:
+        content = await client.get(
+            f"/api/file/{upload.json()['id']}/content", headers=bearer(tokens)
+        )
+        assert content.status_code == 200
+
+
 # The orphan cleanup --------------------------------------------------------------------
 
 
