@@ -391,6 +391,11 @@ class Settings(BaseSettings):
             )
         if self.STORAGE_BACKEND == "s3" and not self.S3_BUCKET:
             raise ValueError("STORAGE_BACKEND=s3 needs S3_BUCKET (the bucket that keeps files)")
+        if self.STORAGE_BACKEND == "local" and self.S3_PRESIGNED_DOWNLOADS:
+            self._warnings.append(
+                "S3_PRESIGNED_DOWNLOADS is ignored with STORAGE_BACKEND=local: "
+                "downloads are served by the service"
+            )
         self._check_email_method()
         check_data_dir(self.DATA_DIR)
         self._settle_jwt_secret()

@@ -179,6 +179,14 @@ def test_database_url_precedence(tmp_path: Path) -> None:
     )
 
 
+def test_presigned_downloads_without_s3_are_ignored_with_a_warning() -> None:
+    values = settings(S3_PRESIGNED_DOWNLOADS="true")
+    assert values.STORAGE_BACKEND == "local"
+    assert any("S3_PRESIGNED_DOWNLOADS" in warning for warning in values.warnings)
+    quiet = settings(STORAGE_BACKEND="s3", S3_BUCKET="files", S3_PRESIGNED_DOWNLOADS="true")
+    assert quiet.warnings == []
+
+
 def test_secrets_are_not_in_the_settings_repr() -> None:
     values = settings(
         JWT_SECRET_KEY="topsecret-" * 4,
