@@ -31,6 +31,7 @@ from app.core.flag_sources import FlagBroadcaster, FlagSource, flag_source_for
 from app.core.logging import setup_logging
 from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
+from app.core.storage import close_storage
 from app.services import account_tools
 from app.services.accounts import create_admin, find_user_by_login
 from app.services.context import SYSTEM
@@ -223,7 +224,10 @@ def purge() -> None:
     async def run() -> dict[str, dict[str, int] | None]:
         async with _database(settings) as factory:
             scheduler = JobScheduler(factory, maintenance_jobs(factory, settings))
-            return {name: await scheduler.run(name, force=True) for name in scheduler.jobs}
+            try:
+                return {name: await scheduler.run(name, force=True) for name in scheduler.jobs}
+            finally:
+                await close_storage(settings)
 
     for name, result in asyncio.run(run()).items():
         typer.echo(f"{name}: {json.dumps(result)}")

@@ -52,6 +52,7 @@ from app.core.rate_limiter import (
 from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
 from app.core.security import warm_up_password_hashing
+from app.core.storage import close_storage
 from app.routers import (
     account_pages,
     admin,
@@ -124,6 +125,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await stop_background_tasks(tasks)
         await cache.aclose()
         await app.state.mailer.drain()
+        await close_storage(settings)
         if app.state.redis is not None:
             await app.state.redis.aclose()
         await engine.dispose()

@@ -125,6 +125,21 @@ class Settings(BaseSettings):
 
     # Storage
     DATA_DIR: Path = Path("./data")
+    # Where uploads and pictures go (app.core.storage): "local" keeps them under
+    # DATA_DIR/users/; "s3" in S3_BUCKET of any S3-compatible service. Without
+    # S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY the client's default credentials are used
+    # (AWS_* variables, an instance role). S3_PREFIX is put before every key.
+    STORAGE_BACKEND: Literal["local", "s3"] = "local"
+    S3_BUCKET: str | None = None
+    S3_ENDPOINT_URL: str | None = None
+    S3_REGION: str = "us-east-1"
+    S3_ACCESS_KEY_ID: str | None = None
+    S3_SECRET_ACCESS_KEY: str | None = Field(default=None, repr=False)
+    S3_PREFIX: str = ""
+    # With "s3": downloads answer 307 to a presigned URL of the bucket (after the access
+    # check), valid S3_PRESIGNED_SECONDS, that works for whoever holds it until then.
+    S3_PRESIGNED_DOWNLOADS: bool = False
+    S3_PRESIGNED_SECONDS: int = Field(default=300, ge=1, le=604_800)
 
     # Logging
     LOG_LEVEL: LogLevel = "INFO"
@@ -372,6 +387,18 @@ class Settings(BaseSettings):
                 _check_http_url(f"OAUTH_PROVIDER_URLS.{provider}.{key}", url)
         return value
 
+    @field_validator("S3_ENDPOINT_URL")
+    @classmethod
+    def _s3_endpoint(cls, value: str | None) -> str | None:
+        return _check_http_url("S3_ENDPOINT_URL", value) if value else None
+
+    @field_validator("S3_PREFIX")
+    @classmethod
+    def _s3_prefix(cls, value: str) -> str:
+        """No leading slash; a folder-like prefix ends with one ("" for none)."""
+        value = value.strip().strip("/")
+        return f"{value}/" if value else ""
+
     @field_validator("REDIS_URL")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
@@ -406,6 +433,13 @@ class Settings(BaseSettings):
                 "EMAIL_METHOD=console prints whole mails, links included, to the console; "
                 "it is for development and refused when ENVIRONMENT=production "
                 "(use smtp or mj)"
+            )
+        if self.STORAGE_BACKEND == "s3" and not self.S3_BUCKET:
+            raise ValueError("STORAGE_BACKEND=s3 needs S3_BUCKET (the bucket that keeps files)")
+        if self.STORAGE_BACKEND == "local" and self.S3_PRESIGNED_DOWNLOADS:
+            self._warnings.append(
+                "S3_PRESIGNED_DOWNLOADS is ignored with STORAGE_BACKEND=local: "
+                "downloads are served by the service"
             )
         self._check_email_method()
         self._settle_webauthn()

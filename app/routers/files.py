@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import (
@@ -17,13 +18,14 @@ from fastapi import (
     UploadFile,
     status,
 )
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.authentication import caller_of
 from app.core.config import Settings
 from app.core.openapi import OPTIONAL_BEARER
 from app.core.picture_links import PictureReplaced, check_picture_link, picture_version
+from app.core.storage import CHUNK_BYTES
 from app.models import User
 from app.routers.deps import (
     ClientDep,
@@ -63,6 +65,12 @@ _IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    """The upload (spooled by the form parser) chunk by chunk, never whole in memory."""
+    while chunk := await upload.read(CHUNK_BYTES):
+        yield chunk
+
+
 async def _create(
     owner_uuid: str,
     upload: UploadFile,
@@ -78,7 +86,7 @@ async def _create(
         actor,
         owner_uuid,
         file_name=upload.filename,
-        data=await upload.read(),
+        content=_chunks(upload),
         description=description,
         client=client,
     )
@@ -89,7 +97,7 @@ async def _create(
     "/file",
     status_code=status.HTTP_201_CREATED,
     response_model=FileInfo,
-    responses=error_responses(401, 413, 422, 507),
+    responses=error_responses(401, 413, 422, 503, 507),
 )
 async def upload_own_file(
     file: Upload,
@@ -115,7 +123,9 @@ async def upload_own_file(
     ------
     413
         Over MAX_UPLOAD_SIZE_MB (refused before the body is read when the size is
-        declared; nothing is kept).
+        declared, else as soon as the limit is crossed; nothing is kept).
+    503
+        ``STORAGE_UNAVAILABLE``: the object store cannot be reached; nothing is kept.
     507
         ``INSUFFICIENT_STORAGE``: the disk is full; nothing is kept.
     """
@@ -126,7 +136,7 @@ async def upload_own_file(
     "/user/{uuid}/file",
     status_code=status.HTTP_201_CREATED,
     response_model=FileInfo,
-    responses=error_responses(401, 403, 404, 413, 422, 507),
+    responses=error_responses(401, 403, 404, 413, 422, 503, 507),
 )
 async def upload_user_file(
     user_uuid: UserUuid,
@@ -154,6 +164,8 @@ async def upload_user_file(
         ``USER_NOT_FOUND``.
     413
         Over MAX_UPLOAD_SIZE_MB.
+    503
+        ``STORAGE_UNAVAILABLE``: the object store cannot be reached; nothing is kept.
     507
         ``INSUFFICIENT_STORAGE``: the disk is full; nothing is kept.
     """
@@ -181,32 +193,50 @@ async def read_file(
 
 @router.get(
     "/file/{file_id}/content",
-    response_class=FileResponse,
+    response_class=Response,
     responses={
         200: {"description": "The bytes, with the file's type", "content": {"*/*": {}}},
-        **error_responses(401, 404, 422),
+        307: {
+            "description": "S3_PRESIGNED_DOWNLOADS: ``Location`` is a short-lived URL of "
+            "the object store that serves the bytes"
+        },
+        **error_responses(401, 404, 422, 503),
     },
 )
 async def read_file_content(
     file_id: FileId, actor: Reader, db: SessionDep, settings: SettingsDep
-) -> FileResponse:
-    """The file's bytes, streamed.
+) -> Response:
+    """The file's bytes, streamed from storage.
 
     Images are shown inline; anything else is an attachment. ``nosniff`` keeps
-    browsers from second-guessing the type.
+    browsers from second-guessing the type. With ``S3_PRESIGNED_DOWNLOADS`` (S3
+    storage) the answer, once access is checked, is a 307 to a presigned URL of the
+    bucket, valid ``S3_PRESIGNED_SECONDS``, that serves the same type and disposition.
 
     Raises
     ------
     404
         ``FILE_NOT_FOUND``.
+    503
+        ``STORAGE_UNAVAILABLE``: the object store cannot be reached.
     """
     content = await file_service.get_file_content(db, settings, actor, file_id)
-    return FileResponse(
-        content.path,
+    if content.redirect_url is not None:
+        return RedirectResponse(
+            content.redirect_url,
+            status_code=status.HTTP_307_TEMPORARY_REDIRECT,
+            headers={"Cache-Control": "no-store"},
+        )
+    stored = content.stored
+    assert stored is not None
+    headers = {**_NOSNIFF, "Content-Disposition": content.disposition}
+    if stored.path is not None:  # a local file: sent as a file (sendfile, ranges)
+        await stored.aclose()
+        return FileResponse(stored.path, media_type=content.media_type, headers=headers)
+    return StreamingResponse(
+        stored.chunks,
         media_type=content.media_type,
-        filename=content.download_name,
-        content_disposition_type="inline" if content.inline else "attachment",
-        headers=_NOSNIFF,
+        headers={**headers, "Content-Length": str(stored.size)},
     )
 
 
@@ -300,7 +330,7 @@ async def list_user_files(
     "/user/{uuid}/pfp",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(401, 403, 404, 413, 422, 507),
+    responses=error_responses(401, 403, 404, 413, 422, 503, 507),
 )
 async def set_profile_picture(
     user_uuid: UserUuid,
@@ -328,6 +358,9 @@ async def set_profile_picture(
         Over MAX_UPLOAD_SIZE_MB.
     422
         ``INVALID_IMAGE``, with the reason.
+    503
+        ``STORAGE_UNAVAILABLE``: the object store cannot be reached; the earlier
+        picture stays.
     507
         ``INSUFFICIENT_STORAGE``: the disk is full; the earlier picture stays.
     """
@@ -337,7 +370,7 @@ async def set_profile_picture(
         actor,
         user_uuid,
         file_name=file.filename,
-        data=await file.read(),
+        content=_chunks(file),
         client=client,
     )
 
@@ -443,6 +476,4 @@ def _picture_response(
     headers = {**headers, "ETag": picture.etag}
     if _matches(picture.etag, if_none_match):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
-    if picture.path is not None:
-        return FileResponse(picture.path, media_type=picture.media_type, headers=headers)
     return Response(picture.data, media_type=picture.media_type, headers=headers)

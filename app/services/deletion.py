@@ -3,10 +3,6 @@ later what failed half-way."""
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-from pathlib import Path
-
 from loguru import logger
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -15,6 +11,7 @@ from app.core.auth_cache import bulk_write
 from app.core.authentication import Auth
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
+from app.core.storage import storage_for
 from app.models import File, User
 from app.services.context import ClientInfo
 from app.services.directory import target_user
@@ -24,9 +21,9 @@ from app.services.reauth import require_recent_auth
 from app.services.sessions import revoke_sessions
 
 
-def user_data_dir(settings: Settings, user_uuid: str) -> Path:
-    """Where a user's uploads live."""
-    return settings.DATA_DIR / "users" / user_uuid
+def user_prefix(user_uuid: str) -> str:
+    """The storage prefix (folder) of a user's uploads."""
+    return f"users/{user_uuid}/"
 
 
 async def delete_user(
@@ -72,19 +69,15 @@ async def purge_user(db: AsyncSession, settings: Settings, user_uuid: str) -> No
     owned_files = (
         await db.scalars(select(File).where(File.file_path.like(f"users/{user_uuid}/%")))
     ).all()
-    paths = [settings.DATA_DIR / file.file_path for file in owned_files]
     for file in owned_files:
         await db.delete(file)
     await bulk_write(db, delete(User).where(User.uuid == user_uuid), users=[user_uuid])
     await db.commit()
-    await asyncio.to_thread(_remove_paths, paths, user_data_dir(settings, user_uuid))
+    try:
+        await storage_for(settings).delete_prefix(user_prefix(user_uuid))
+    except Exception as error:  # the row is gone: the orphan cleanup takes the rest
+        logger.error("files of deleted user {} not removed: {}", user_uuid, type(error).__name__)
     logger.info("user {} deleted", user_uuid)
-
-
-def _remove_paths(paths: list[Path], directory: Path) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 async def finish_pending_deletions(

@@ -33,6 +33,7 @@ from app.core.images import InvalidImage, process_picture
 from app.core.oauth_client import ExternalProfile, fetch_picture, provider_label
 from app.core.origins import url_origin
 from app.core.security import create_one_time_token
+from app.core.storage import StorageUnavailable
 from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
@@ -477,6 +478,8 @@ async def adopt_picture(
         )
     except InsufficientStorage:  # a nicety: a full disk must not stop the sign-in
         logger.warning("provider picture not stored: no room left on disk")
+    except StorageUnavailable:  # nor an object store that does not answer
+        logger.warning("provider picture not stored: file storage unavailable")
 
 
 # Finishing the login -------------------------------------------------------------------

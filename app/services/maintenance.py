@@ -6,10 +6,8 @@ them periodically; ``python -m app.cli purge`` runs them at once.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from functools import partial
-from pathlib import Path
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -18,6 +16,7 @@ from app.core.auth_cache import bulk_write
 from app.core.config import Settings
 from app.core.database import rows_matched
 from app.core.scheduler import Job
+from app.core.storage import storage_for
 from app.models import File, OtpChallenge, Session, UsedToken, User, WebAuthnChallenge, now_epoch
 from app.services.deletion import finish_pending_deletions
 from app.services.history import trim_history
@@ -26,7 +25,7 @@ from app.services.history import trim_history
 REVOKED_SESSION_KEEP_SECONDS = 86400
 #: Finished or dead 2FA challenges are kept a day (the throttle reads 15 minutes back).
 OTP_CHALLENGE_KEEP_SECONDS = 86400
-#: A file on disk without a row is removed only once this old: an upload in progress
+#: Stored bytes without a row are removed only once this old: an upload in progress
 #: writes its bytes just before its row.
 ORPHAN_MIN_AGE_SECONDS = 3600
 
@@ -83,33 +82,22 @@ async def remove_orphan_files(
     settings: Settings,
     min_age_seconds: int = ORPHAN_MIN_AGE_SECONDS,
 ) -> dict[str, int]:
-    """Delete files under DATA_DIR/users with no row, and folders of users who are gone."""
+    """Delete stored files under ``users/`` with no row (on either storage backend), and
+    the empty folders of users who are gone (local storage; a bucket has no folders)."""
+    storage = storage_for(settings)
+    cutoff = time.time() - min_age_seconds
+    # Listed before the rows are read: an upload whose row is committed meanwhile is
+    # too young to be taken anyway.
+    candidates = [
+        found.key async for found in storage.list_keys("users/") if found.modified_at < cutoff
+    ]
     async with session_factory() as db:
         known = set(await db.scalars(select(File.file_path)))
         users = set(await db.scalars(select(User.uuid)))
-    root = settings.DATA_DIR / "users"
-    return await asyncio.to_thread(_sweep, root, settings.DATA_DIR, known, users, min_age_seconds)
-
-
-def _sweep(
-    root: Path, data_dir: Path, known: set[str], users: set[str], min_age_seconds: int
-) -> dict[str, int]:
-    removed_files = removed_folders = 0
-    if not root.is_dir():
-        return {"files": 0, "folders": 0}
-    cutoff = time.time() - min_age_seconds
-    for folder in root.iterdir():
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
-            relative = path.relative_to(data_dir).as_posix()
-            if path.is_file() and relative not in known and path.stat().st_mtime < cutoff:
-                path.unlink(missing_ok=True)
-                removed_files += 1
-        if folder.name not in users and not any(folder.iterdir()):
-            folder.rmdir()
-            removed_folders += 1
-    return {"files": removed_files, "folders": removed_folders}
+    orphans = [key for key in candidates if key not in known]
+    await storage.delete(orphans)
+    folders = await storage.remove_empty_folders("users/", keep=users)
+    return {"files": len(orphans), "folders": folders}
 
 
 def maintenance_jobs(

@@ -8,10 +8,12 @@ skipping it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -33,7 +35,7 @@ from app.core.auth_cache import enforce_declarations, install_hooks
 from app.core.config import Settings
 from app.main import create_app
 from app.test.mail import MailCatcher
-from app.test.server import LiveServer, start_server
+from app.test.server import ROOT, LiveServer, listening_socket, start_server
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 
@@ -239,6 +241,87 @@ def private_redis(tmp_path: Path) -> Iterator[str]:
     finally:
         process.kill()
         process.wait()
+
+
+#: Credentials the tests give the S3 server (moto takes any).
+S3_TEST_ACCESS_KEY_ID = "test-access-key"
+S3_TEST_SECRET_ACCESS_KEY = "test-secret-access-key"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of an S3-compatible server of this test process: moto's, started as a
+    subprocess (``app/test/s3_server.py``) on a free loopback port. Tests talk real
+    HTTP to it; each takes a bucket of its own (:func:`s3_bucket`)."""
+    if importlib.util.find_spec("moto") is None:
+        missing("moto is not installed (app/test/requirements.txt installs it)")
+    sock = listening_socket()
+    sock.listen(128)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    log_path = tmp_path_factory.mktemp("s3") / "s3_server.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.test.s3_server", str(sock.fileno())],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(sock.fileno(),),
+        )
+    sock.close()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url, timeout=5)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the S3 server did not start: {log_path.read_text()[-2000:]}"
+                    ) from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def s3_client(endpoint_url: str) -> Any:
+    """A plain (synchronous) S3 client of the test, to look into buckets."""
+    import boto3  # installed with moto
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=S3_TEST_ACCESS_KEY_ID,
+        aws_secret_access_key=S3_TEST_SECRET_ACCESS_KEY,
+    )
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    """A new, empty bucket of the test's own on :func:`s3_server`."""
+    name = f"test-{uuid.uuid4().hex[:20]}"
+    s3_client(s3_server).create_bucket(Bucket=name)
+    return name
+
+
+def s3_settings(endpoint_url: str, bucket: str, **overrides: Any) -> dict[str, Any]:
+    """Settings overrides that keep files in ``bucket`` of the test's S3 server."""
+    return {
+        "STORAGE_BACKEND": "s3",
+        "S3_BUCKET": bucket,
+        "S3_ENDPOINT_URL": endpoint_url,
+        "S3_REGION": "us-east-1",
+        "S3_ACCESS_KEY_ID": S3_TEST_ACCESS_KEY_ID,
+        "S3_SECRET_ACCESS_KEY": S3_TEST_SECRET_ACCESS_KEY,
+        **overrides,
+    }
 
 
 @pytest.fixture

@@ -107,6 +107,12 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ({"ALLOWED_REDIRECT_ORIGINS": "evil"}, "ALLOWED_REDIRECT_ORIGINS"),
         ({"ENVIRONMENT": "production"}, "JWT_SECRET_KEY"),
         ({"ENVIRONMENT": "production", "JWT_SECRET_KEY": "short"}, "JWT_SECRET_KEY"),
+        ({"STORAGE_BACKEND": "s3"}, "S3_BUCKET"),
+        ({"STORAGE_BACKEND": "ftp"}, "STORAGE_BACKEND"),
+        (
+            {"STORAGE_BACKEND": "s3", "S3_BUCKET": "b", "S3_ENDPOINT_URL": "minio"},
+            "S3_ENDPOINT_URL",
+        ),
     ],
 )
 def test_misconfiguration_names_the_variable(env: dict[str, str], variable: str) -> None:
@@ -173,13 +179,25 @@ def test_database_url_precedence(tmp_path: Path) -> None:
     )
 
 
+def test_presigned_downloads_without_s3_are_ignored_with_a_warning() -> None:
+    values = settings(S3_PRESIGNED_DOWNLOADS="true")
+    assert values.STORAGE_BACKEND == "local"
+    assert any("S3_PRESIGNED_DOWNLOADS" in warning for warning in values.warnings)
+    quiet = settings(STORAGE_BACKEND="s3", S3_BUCKET="files", S3_PRESIGNED_DOWNLOADS="true")
+    assert quiet.warnings == []
+
+
 def test_secrets_are_not_in_the_settings_repr() -> None:
     values = settings(
-        JWT_SECRET_KEY="topsecret-" * 4, SMTP_PASSWORD="smtp-pass", DATABASE_URI="sqlite:///x"
+        JWT_SECRET_KEY="topsecret-" * 4,
+        SMTP_PASSWORD="smtp-pass",
+        DATABASE_URI="sqlite:///x",
+        S3_SECRET_ACCESS_KEY="s3-secret",
     )
     text = repr(values)
     assert "topsecret" not in text
     assert "smtp-pass" not in text
+    assert "s3-secret" not in text
 
 
 def test_local_generates_and_keeps_a_jwt_secret(tmp_path: Path) -> None:
