@@ -32,7 +32,7 @@ from app.core.logging import setup_logging
 from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
 from app.core.storage import close_storage
-from app.services import account_tools
+from app.services import account_tools, passkeys
 from app.services.accounts import create_admin, find_user_by_login
 from app.services.context import SYSTEM
 from app.services.maintenance import maintenance_jobs
@@ -455,6 +455,42 @@ def users_unlink(user: str = USER_ARGUMENT, provider: str = typer.Argument(...))
 
     _run_tool(settings, user, tool)
     typer.echo(f"{provider} account unlinked.")
+
+
+@users_cli.command("passkeys")
+def users_passkeys(user: str = USER_ARGUMENT) -> None:
+    """Print the user's passkeys as JSON (never their keys), oldest first."""
+    settings = _settings()
+
+    async def tool(db: AsyncSession, _mailer: Mailer, _guard: object, user_uuid: str) -> list:
+        return [
+            {
+                "id": passkey.id,
+                "name": passkey.name,
+                "created_at": passkey.created_at,
+                "last_used_at": passkey.last_used_at,
+                "backed_up": passkey.backed_up,
+            }
+            for passkey in await passkeys.list_for_admin(db, None, user_uuid)
+        ]
+
+    typer.echo(json.dumps(_run_tool(settings, user, tool), indent=2))
+
+
+@users_cli.command("remove-passkey")
+def users_remove_passkey(
+    user: str = USER_ARGUMENT,
+    passkey_id: str = typer.Argument(..., help="The passkey's id (see `users passkeys`)."),
+) -> None:
+    """Delete one of the user's passkeys (a lost or stolen device), unless it is their
+    only way to sign in; their verified email is told."""
+    settings = _settings()
+
+    async def tool(db: AsyncSession, mailer: Mailer, _guard: object, user_uuid: str) -> None:
+        await passkeys.remove_by_admin(db, settings, mailer, None, user_uuid, passkey_id, SYSTEM)
+
+    _run_tool(settings, user, tool)
+    typer.echo("Passkey removed.")
 
 
 if __name__ == "__main__":

@@ -28,10 +28,9 @@ from app.core.errors import AppError, Conflict, NotFound
 from app.core.oauth_client import provider_label
 from app.models import ExternalAccount, OtpChallenge, Session, User, now_epoch
 from app.services import two_factor
-from app.services.accounts import get_user
 from app.services.auth import mail_reset_link
 from app.services.context import ClientInfo
-from app.services.directory import UserNotFound, target_user
+from app.services.directory import tool_target
 from app.services.external_accounts import remove_link
 from app.services.history import record_event
 from app.services.notices import send_security_notice
@@ -72,17 +71,6 @@ class SessionNotFound(NotFound):
     detail = "No open session of this user has this id"
 
 
-async def _user(db: AsyncSession, actor: User | None, user_uuid: str, action: str) -> User:
-    """The user a tool is about: 404 when the actor may not see it, 403 when the tool
-    is not theirs to use on it (``user.<action>`` in ROLES)."""
-    if actor is not None:
-        return await target_user(db, actor, user_uuid, action)
-    user = await get_user(db, user_uuid)
-    if user is None:
-        raise UserNotFound()
-    return user
-
-
 def _by(actor: User | None) -> str | None:
     return actor.uuid if actor is not None else None
 
@@ -97,7 +85,7 @@ async def reset_two_factor(
 ) -> User:
     """Turn the user's 2FA off (they lost their second factor): they sign in with the
     password alone and may enrol again. Every session of theirs ends."""
-    user = await _user(db, actor, user_uuid, "reset_two_factor")
+    user = await tool_target(db, actor, user_uuid, "reset_two_factor")
     method = user.otp_method
     if method == "none":
         raise two_factor.OtpNotEnabled("This user has no two-factor authentication to reset")
@@ -130,7 +118,7 @@ async def clear_login_lock(
     """Forget the failed passwords and codes counted against the account, so that it
     may sign in again at once (the per-address limits and a device's own allowance
     are not the account's lock and stay)."""
-    user = await _user(db, actor, user_uuid, "clear_login_lock")
+    user = await tool_target(db, actor, user_uuid, "clear_login_lock")
     for action in LOCK_ACTIONS:
         await guard.clear(action, account=user.uuid)
     # Wrong two-factor codes also count in the database (per account, over a window):
@@ -155,7 +143,7 @@ async def clear_login_lock(
 
 async def list_sessions(db: AsyncSession, actor: User | None, user_uuid: str) -> list[Session]:
     """The user's open sessions, newest first."""
-    user = await _user(db, actor, user_uuid, "list_sessions")
+    user = await tool_target(db, actor, user_uuid, "list_sessions")
     sessions = await db.scalars(
         select(Session)
         .where(
@@ -180,7 +168,7 @@ async def revoke_user_sessions(
 ) -> int:
     """End one session of the user (``session_id``) or all of them; their access
     tokens are refused at once, on every replica. Returns how many ended."""
-    user = await _user(db, actor, user_uuid, "revoke_sessions")
+    user = await tool_target(db, actor, user_uuid, "revoke_sessions")
     if session_id is None:
         ended = await revoke_sessions(db, user.uuid)
         details: dict[str, object] = {"sessions": ended}
@@ -224,7 +212,7 @@ async def send_password_reset(
 ) -> None:
     """Mail the user a password-reset link, as ``/auth/password/forgot`` would: only to
     a verified address, of an active account, within the same per-address allowance."""
-    user = await _user(db, actor, user_uuid, "send_password_reset")
+    user = await tool_target(db, actor, user_uuid, "send_password_reset")
     if not mailer.enabled:
         raise EmailDisabled()
     if not user.is_active and user.deactivated_reason != "password_forgot":
@@ -241,7 +229,7 @@ async def list_external_accounts(
     db: AsyncSession, actor: User | None, user_uuid: str
 ) -> list[ExternalAccount]:
     """The provider accounts linked to the user, by provider."""
-    user = await _user(db, actor, user_uuid, "list_external_accounts")
+    user = await tool_target(db, actor, user_uuid, "list_external_accounts")
     accounts = await db.scalars(
         select(ExternalAccount)
         .where(ExternalAccount.user_uuid == user.uuid)
@@ -261,7 +249,7 @@ async def unlink_external_account(
 ) -> None:
     """Unlink the user's account of ``provider`` (one they do not know, say), unless it
     is their only way to sign in: the same rule as their own unlink."""
-    user = await _user(db, actor, user_uuid, "unlink_external_account")
+    user = await tool_target(db, actor, user_uuid, "unlink_external_account")
     try:
         await remove_link(db, user, provider)
     except LastLoginMethod:

@@ -59,6 +59,17 @@ async def target_user(db: AsyncSession, actor: User, user_uuid: str, action: str
     return user
 
 
+async def tool_target(db: AsyncSession, actor: User | None, user_uuid: str, action: str) -> User:
+    """The user a staff tool is about, for ``actor`` (as :func:`target_user`), or for
+    the command line (``actor`` None: an operator with the database, no check)."""
+    if actor is not None:
+        return await target_user(db, actor, user_uuid, action)
+    user = await get_user(db, user_uuid)
+    if user is None:
+        raise UserNotFound()
+    return user
+
+
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 

@@ -69,7 +69,7 @@ from app.schemas.passkeys import PasskeyOptions
 from app.services import two_factor
 from app.services.context import ClientInfo
 from app.services.devices import new_device_token
-from app.services.directory import target_user
+from app.services.directory import tool_target
 from app.services.history import record_event
 from app.services.notices import send_security_notice
 from app.services.reauth import require_recent_auth
@@ -464,9 +464,10 @@ async def delete(
     )
 
 
-async def list_for_admin(db: AsyncSession, actor: User, user_uuid: str) -> list[Passkey]:
-    """Another account's passkeys (``list_passkeys`` on the user, admins)."""
-    user = await target_user(db, actor, user_uuid, "list_passkeys")
+async def list_for_admin(db: AsyncSession, actor: User | None, user_uuid: str) -> list[Passkey]:
+    """Another account's passkeys (``list_passkeys`` on the user: admins, or the command
+    line with ``actor`` None)."""
+    user = await tool_target(db, actor, user_uuid, "list_passkeys")
     return await _passkeys_of(db, user.uuid)
 
 
@@ -474,22 +475,22 @@ async def remove_by_admin(
     db: AsyncSession,
     settings: Settings,
     mailer: Mailer,
-    actor: User,
+    actor: User | None,
     user_uuid: str,
     passkey_id: str,
     client: ClientInfo,
 ) -> None:
-    """Delete one of another account's passkeys (``remove_passkey`` on the user, admins),
-    a lost or stolen authenticator, say; the account's history names the admin, and its
-    verified address is told."""
-    user = await target_user(db, actor, user_uuid, "remove_passkey")
+    """Delete one of another account's passkeys (``remove_passkey`` on the user: admins,
+    or the command line with ``actor`` None), a lost or stolen authenticator, say; the
+    account's history names the admin, and its verified address is told."""
+    user = await tool_target(db, actor, user_uuid, "remove_passkey")
     passkey = await _own_passkey(db, user.uuid, passkey_id)
     await _delete_keeping_a_way_in(db, user.uuid, passkey)
     record_event(
         db,
         user.uuid,
         "passkey_removed",
-        by=actor.uuid,
+        by=actor.uuid if actor is not None else None,
         client=client,
         details={"passkey": passkey.id, "name": passkey.name},
     )

@@ -6,6 +6,7 @@ cloned authenticator, a deleted passkey, a banned account)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from app.test.factories import (
     user_with_tokens,
 )
 from app.test.mail import MailCatcher, text_body
-from app.test.server import LiveServer, listening_socket, start_server
+from app.test.server import LiveServer, listening_socket, run_cli, start_server
 
 BEGIN = "/api/auth/passkeys/sign-in/begin"
 FINISH = "/api/auth/passkeys/sign-in/finish"
@@ -976,6 +977,31 @@ async def test_a_passkey_is_a_way_in_when_a_provider_is_unlinked(
         f"/api/admin/user/{user.uuid}/external-accounts/github", headers=bearer(admin_tokens)
     )
     assert unlinked.status_code == 204, unlinked.text
+
+
+async def test_the_command_line_lists_and_removes_a_users_passkey(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings, smtp_server: MailCatcher
+) -> None:
+    user, tokens = await _verified_user(app, client)
+    authenticator, passkey = await _register(client, settings, tokens)
+    env = settings_env(settings)
+    listed = await asyncio.to_thread(run_cli, env, "users", "passkeys", user.username)
+    assert listed.returncode == 0, listed.stderr
+    assert [item["id"] for item in json.loads(listed.stdout)] == [passkey["id"]]
+    assert "public_key" not in listed.stdout
+    removed = await asyncio.to_thread(
+        run_cli, env, "users", "remove-passkey", user.email, passkey["id"]
+    )
+    assert removed.returncode == 0, removed.stderr
+    _refused(await _sign_in(client, authenticator), 401, "INVALID_PASSKEY")
+    notice = await smtp_server.wait_for(user.email, 2)
+    assert "removed by an administrator" in notice["Subject"]
+    events = await history(app.state.session_factory, user.uuid)
+    assert [e.by for e in events if e.action == "passkey_removed"] == [None]
+    again = await asyncio.to_thread(
+        run_cli, env, "users", "remove-passkey", user.username, passkey["id"]
+    )
+    assert again.returncode == 1
 
 
 async def test_a_deleted_account_takes_its_passkeys_along(
