@@ -252,6 +252,9 @@ class Settings(BaseSettings):
     WEBAUTHN_ORIGINS: Annotated[list[str], NoDecode] = []
     # Server processes (scripts/serve.sh): several need Redis to share cache invalidations.
     WORKERS: int = Field(default=1, gt=0)
+    # Every maintenance job's period, in seconds; 0 keeps each job's own (an hour, ten
+    # minutes, a day: see the README's Scheduled jobs).
+    MAINTENANCE_PERIOD_SECONDS: int = Field(default=0, ge=0, le=86400 * 7)
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
 

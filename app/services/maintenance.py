@@ -103,10 +103,19 @@ async def remove_orphan_files(
 def maintenance_jobs(
     session_factory: async_sessionmaker[AsyncSession], settings: Settings
 ) -> list[Job]:
-    """The jobs the scheduler runs, with their periods."""
+    """The jobs the scheduler runs, with their periods (MAINTENANCE_PERIOD_SECONDS, when
+    set, for all)."""
+
+    def every(seconds: int) -> int:
+        return settings.MAINTENANCE_PERIOD_SECONDS or seconds
+
     return [
-        Job("purge_expired", 3600, partial(purge_expired, session_factory)),
-        Job("finish_deletions", 600, partial(finish_deletions, session_factory, settings)),
-        Job("remove_orphan_files", 86400, partial(remove_orphan_files, session_factory, settings)),
-        Job("trim_history", 3600, partial(trim_histories, session_factory)),
+        Job("purge_expired", every(3600), partial(purge_expired, session_factory)),
+        Job("finish_deletions", every(600), partial(finish_deletions, session_factory, settings)),
+        Job(
+            "remove_orphan_files",
+            every(86400),
+            partial(remove_orphan_files, session_factory, settings),
+        ),
+        Job("trim_history", every(3600), partial(trim_histories, session_factory)),
     ]
