@@ -185,9 +185,11 @@ async def enable_otp(
     400
         ``NO_PENDING_CODE``: /auth/otp/setup was not called first.
     401
-        ``INVALID_OTP_CODE``.
+        ``INVALID_OTP_CODE``, or no valid access token.
     409
         ``OTP_ALREADY_ENABLED``.
+    422
+        ``VALIDATION_ERROR``: an unknown method or a malformed code.
     429
         ``OTP_THROTTLED``.
     """
@@ -208,6 +210,11 @@ async def count_recovery_codes(user: Reader, db: SessionDep) -> RecoveryCodesLef
     -------
     RecoveryCodesLeft
         ``remaining``: unused codes; 0 when two-factor authentication is off.
+
+    Raises
+    ------
+    401
+        No valid access token.
     """
     return RecoveryCodesLeft(remaining=await two_factor.recovery_codes_left(db, user))
 
@@ -240,10 +247,14 @@ async def regenerate_recovery_codes(
     ------
     400
         ``WRONG_PASSWORD``.
+    401
+        No valid access token.
     403
         ``REAUTHENTICATION_REQUIRED``: no password and no recent re-authentication.
     409
         ``OTP_NOT_ENABLED``: recovery codes come with two-factor authentication.
+    422
+        ``VALIDATION_ERROR``: a malformed body.
     429
         ``RATE_LIMITED``: too many wrong passwords for this account lately.
     """
