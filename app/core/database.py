@@ -77,12 +77,21 @@ def check_sqlite_foreign_keys(connection: Connection) -> None:
 
 
 def create_engine(url: str) -> AsyncEngine:
-    """Create the async engine for ``url`` (SQLite gets its pragmas, PostgreSQL a pool)."""
+    """Create the async engine for ``url`` (SQLite gets its pragmas, PostgreSQL a pool).
+
+    ``hide_parameters``: a database error's message never carries the statement's
+    values (password hashes, OTP secrets, passkey keys), so logging the error leaks
+    none of them.
+    """
     if is_sqlite(url):
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_async_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            hide_parameters=True,
+        )
         event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
     else:
         engine = create_async_engine(
@@ -91,6 +100,7 @@ def create_engine(url: str) -> AsyncEngine:
             pool_size=10,
             max_overflow=10,
             pool_timeout=POOL_TIMEOUT_SECONDS,
+            hide_parameters=True,
         )
     return engine
 

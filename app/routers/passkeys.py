@@ -113,10 +113,14 @@ async def passkeys_sign_in_finish(
 @router.post(
     "/second-factor/begin",
     response_model=PasskeyOptions,
-    responses=error_responses(401, 409, 422),
+    responses=error_responses(401, 409, 422, 429),
 )
 async def passkeys_second_factor_begin(
-    body: PasskeySecondFactorStart, db: SessionDep, settings: SettingsDep
+    body: PasskeySecondFactorStart,
+    db: SessionDep,
+    settings: SettingsDep,
+    guard: GuardDep,
+    client: ClientDep,
 ) -> PasskeyOptions:
     """Use a passkey instead of a code for the second step of a password login.
 
@@ -135,8 +139,10 @@ async def passkeys_second_factor_begin(
         ``INVALID_OTP_TOKEN``: the pending login expired or is over.
     409
         ``NO_PASSKEY``: the account has no passkey.
+    429
+        ``RATE_LIMITED``: too many ceremonies opened from this address.
     """
-    return await passkeys.begin_second_factor(db, settings, body.otp_token)
+    return await passkeys.begin_second_factor(db, settings, guard, body.otp_token, client)
 
 
 @router.post(

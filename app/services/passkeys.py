@@ -68,7 +68,7 @@ from app.schemas.auth import TokenPair
 from app.schemas.passkeys import PasskeyOptions
 from app.services import two_factor
 from app.services.context import ClientInfo
-from app.services.devices import new_device_token
+from app.services.devices import device_of, new_device_token
 from app.services.directory import tool_target
 from app.services.history import record_event
 from app.services.notices import send_security_notice
@@ -80,6 +80,8 @@ from app.services.ways_in import LastLoginMethod, another_way_in, lock_account
 CHALLENGE_SECONDS = 300
 #: Passkeys one account may hold.
 MAX_PASSKEYS = 20
+#: The longest credential id WebAuthn allows (level 2, "credential ID").
+MAX_CREDENTIAL_ID_BYTES = 1023
 #: The brute-force guard's bucket of passkey sign-ins (a second factor counts as "otp").
 GUARD_ACTION = "passkey"
 #: Sign-in ceremonies opened per address count in a bucket of their own.
@@ -338,9 +340,15 @@ async def finish_registration(
         )
     except Exception as error:  # untrusted input: any failure refuses it
         raise PasskeyNotAccepted(f"The passkey was not accepted: {error}") from None
-    count = await db.scalar(select(func.count()).where(Passkey.user_uuid == user.uuid))
-    if (count or 0) >= MAX_PASSKEYS:
-        raise PasskeyLimitReached()
+    if len(verified.credential_id) > MAX_CREDENTIAL_ID_BYTES:
+        raise PasskeyNotAccepted(
+            f"The passkey was not accepted: its id is longer than {MAX_CREDENTIAL_ID_BYTES} bytes"
+        )
+    # Registrations of one account take turns, so that parallel ones cannot pass the
+    # count together: on PostgreSQL the user's row is locked; on SQLite the INSERT
+    # below takes the database's write lock, and the count after it sees every
+    # committed passkey and this one.
+    await lock_account(db, user.uuid)
     transports = [t.value for t in parsed.response.transports or [] if t.value in _TRANSPORTS]
     passkey = Passkey(
         id=new_uuid(),
@@ -357,6 +365,15 @@ async def finish_registration(
         created_at=now_epoch(),
     )
     db.add(passkey)
+    try:
+        await db.flush()
+    except IntegrityError:
+        await db.rollback()
+        raise PasskeyExists() from None
+    count = await db.scalar(select(func.count()).where(Passkey.user_uuid == user.uuid))
+    if (count or 0) > MAX_PASSKEYS:
+        await db.rollback()
+        raise PasskeyLimitReached()
     record_event(
         db,
         user.uuid,
@@ -637,8 +654,14 @@ async def _guarded_check(
     *,
     first_factor: bool,
 ) -> None:
-    """:func:`_check_assertion` under the account's guard: only a refusal stays counted."""
-    slot = await guard.claim(action, account=user.uuid)
+    """:func:`_check_assertion` under the account's guard: only a refusal stays counted.
+
+    A sign-in from a device the account has signed in from (its device token, as for
+    password logins) counts in that device's own allowance, so strangers sending bad
+    answers for a known credential id cannot lock the owner's device out.
+    """
+    device = device_of(settings, client.device_token, user.uuid) if first_factor else None
+    slot = await guard.claim(action, account=f"device:{device}" if device else user.uuid)
     try:
         await _check_assertion(
             db,
@@ -706,10 +729,12 @@ async def finish_sign_in(
 
 
 async def begin_second_factor(
-    db: AsyncSession, settings: Settings, otp_token: str
+    db: AsyncSession, settings: Settings, guard: BruteForceGuard, otp_token: str, client: ClientInfo
 ) -> PasskeyOptions:
     """Options for ``navigator.credentials.get()`` for the second step of a password
-    login (the ``otp_token`` it answered with), allowing the account's passkeys."""
+    login (the ``otp_token`` it answered with), allowing the account's passkeys.
+    Ceremonies opened count per address, like those of a sign-in."""
+    await guard.attempt(OPTIONS_GUARD_ACTION, address=client.ip)
     user, login_challenge = await two_factor.pending_login(db, settings, otp_token)
     passkeys = await _passkeys_of(db, user.uuid)
     if not passkeys:
