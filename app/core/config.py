@@ -47,6 +47,11 @@ class ConfigError(RuntimeError):
     """The configuration cannot be used; the message names the variable(s) at fault."""
 
 
+def _is_rp_domain(host: str) -> bool:
+    """A host browsers take as a WebAuthn relying party id: a domain, not an address."""
+    return bool(_DOMAIN.fullmatch(host)) and not host.replace(".", "").isdigit()
+
+
 def _check_http_url(name: str, value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -330,7 +335,7 @@ class Settings(BaseSettings):
     @classmethod
     def _rp_id(cls, value: str) -> str:
         value = value.strip().lower()
-        if value and (not _DOMAIN.fullmatch(value) or value.replace(".", "").isdigit()):
+        if value and not _is_rp_domain(value):
             raise ValueError(
                 f"WEBAUTHN_RP_ID must be a domain such as example.com (no scheme, port "
                 f"or path; browsers refuse IP addresses), got {value!r}"
@@ -468,7 +473,12 @@ class Settings(BaseSettings):
         """
         pages = [url for url in (self.FRONTEND_URL, self.BASE_URL) if url]
         if not self.WEBAUTHN_RP_ID:
-            self.WEBAUTHN_RP_ID = (urlsplit(pages[0]).hostname or "").lower()
+            # The first of those hosts that is a domain: browsers refuse an IP address
+            # as relying party, and a service reached by IP must still start (its
+            # passkeys then work nowhere until WEBAUTHN_RP_ID names a domain).
+            hosts = [(urlsplit(url).hostname or "").lower() for url in pages]
+            domains = [host for host in hosts if _is_rp_domain(host)]
+            self.WEBAUTHN_RP_ID = domains[0] if domains else "localhost"
         if not self.WEBAUTHN_RP_NAME:
             self.WEBAUTHN_RP_NAME = self.PROJECT_NAME
         if not self.WEBAUTHN_ORIGINS:

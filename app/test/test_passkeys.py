@@ -151,6 +151,29 @@ def test_the_relying_party_follows_the_urls_unless_set(tmp_path: Path) -> None:
     assert given.WEBAUTHN_ORIGINS == ["https://a.example.com", "https://example.com"]
 
 
+def test_a_service_reached_by_ip_address_still_starts(tmp_path: Path) -> None:
+    """Browsers refuse an IP address as relying party: a derived id skips it (a front
+    end on 127.0.0.1 in development, an API reached by address) instead of stopping
+    the service, and what it settles on starts a second process too."""
+    front_by_ip = _settings(
+        tmp_path, BASE_URL="http://localhost:8000", FRONTEND_URL="http://127.0.0.1:5173"
+    )
+    assert front_by_ip.WEBAUTHN_RP_ID == "localhost"
+    assert front_by_ip.WEBAUTHN_ORIGINS == ["http://localhost:8000"]
+    only_ips = _settings(
+        tmp_path, BASE_URL="http://10.0.0.5:8000", FRONTEND_URL="http://[::1]:5173"
+    )
+    assert only_ips.WEBAUTHN_RP_ID == "localhost"
+    assert only_ips.WEBAUTHN_ORIGINS == []  # no page can use passkeys until one is named
+    again = _settings(
+        tmp_path,
+        BASE_URL="http://10.0.0.5:8000",
+        WEBAUTHN_RP_ID=only_ips.WEBAUTHN_RP_ID,
+        WEBAUTHN_ORIGINS=",".join(only_ips.WEBAUTHN_ORIGINS),
+    )
+    assert again.WEBAUTHN_RP_ID == "localhost"
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
