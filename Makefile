@@ -6,8 +6,9 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 WORKERS ?= 1
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist; each test file runs whole in one of them).
-PYTEST_WORKERS ?= 2
+# Test processes (pytest-xdist; each test file runs whole in one of them). Three on two
+# cores: many tests spend their time waiting on servers they started.
+PYTEST_WORKERS ?= 3
 
 # The static checks, run by `make lint` and before the suite by `make test` (and by
 # .pre-commit-config.yaml): lint, formatting, types (mypy reads pyproject.toml).
@@ -41,7 +42,7 @@ run: $(VENV)/.runtime-installed
 test: $(VENV)/.test-installed
 	bash scripts/install-test-tools.sh
 	$(STATIC_CHECKS)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --cov --cov-report=term:skip-covered $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=15 --cov --cov-report=term:skip-covered $(PYTEST_ARGS)
 
 ## lint: ruff (lint and formatting) and mypy, without the suite
 lint: $(VENV)/.test-installed
