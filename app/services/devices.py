@@ -41,12 +41,17 @@ def device_of(settings: Settings, token: str | None, user_uuid: str) -> str | No
 
 
 async def claim_login(
-    guard: BruteForceGuard, settings: Settings, account: str, device_token: str | None
+    guard: BruteForceGuard,
+    settings: Settings,
+    account: str,
+    device_token: str | None,
+    action: str = "login",
 ) -> Slot:
-    """The guard slot a login attempt on ``account`` uses: its known device's own
-    allowance (a device that used it up is refused), else the account-wide one that
-    every unknown client shares."""
+    """The guard slot a sign-in attempt on ``account`` uses (a password login, or
+    ``action`` for another way in such as a passkey): its known device's own allowance
+    (a device that used it up is refused), else the account-wide one that every
+    unknown client shares."""
     device = device_of(settings, device_token, account)
     if device is not None:
-        return await guard.claim("login", account=f"device:{device}")
-    return await guard.claim("login", account=account)
+        return await guard.claim(action, account=f"device:{device}")
+    return await guard.claim(action, account=account)

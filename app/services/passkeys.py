@@ -68,7 +68,7 @@ from app.schemas.auth import TokenPair
 from app.schemas.passkeys import PasskeyOptions
 from app.services import two_factor
 from app.services.context import ClientInfo
-from app.services.devices import device_of, new_device_token
+from app.services.devices import claim_login, new_device_token
 from app.services.directory import tool_target
 from app.services.history import record_event
 from app.services.notices import send_security_notice
@@ -660,8 +660,8 @@ async def _guarded_check(
     password logins) counts in that device's own allowance, so strangers sending bad
     answers for a known credential id cannot lock the owner's device out.
     """
-    device = device_of(settings, client.device_token, user.uuid) if first_factor else None
-    slot = await guard.claim(action, account=f"device:{device}" if device else user.uuid)
+    device_token = client.device_token if first_factor else None
+    slot = await claim_login(guard, settings, user.uuid, device_token, action)
     try:
         await _check_assertion(
             db,

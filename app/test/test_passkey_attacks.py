@@ -32,6 +32,7 @@ from app.test.test_passkeys import (
     _register_begin,
     _register_finish,
     _sign_in,
+    _stored,
     _verified_user,
     _with_authenticator_2fa,
 )
@@ -305,11 +306,6 @@ async def test_another_users_passkey_cannot_be_renamed_deleted_or_listed(
         await client.get(f"/api/admin/user/{owner.uuid}/passkeys", headers=bearer(thief))
     ).status_code in (403, 404)
     assert (await _stored(app, passkey["id"])).name == "Laptop"  # type: ignore[union-attr]
-
-
-async def _stored(app: FastAPI, passkey_id: str) -> Passkey | None:
-    async with app.state.session_factory() as db:
-        return await db.get(Passkey, passkey_id)
 
 
 async def test_parallel_registrations_keep_the_passkey_limit(
