@@ -24,6 +24,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.core.origins import serialize, url_origin
+from app.core.secret_box import SecretBox, secret_box
 
 APP_DIR = Path(__file__).resolve().parent.parent
 
@@ -157,6 +158,10 @@ class Settings(BaseSettings):
     # _settle_jwt_secret), so every Settings object carries the key that signs tokens.
     JWT_SECRET_KEY: str = Field(default="", repr=False)
     JWT_EXP: int = Field(default=30, gt=0)
+    # Seals secrets kept in the database (private signing keys, provider tokens). One or
+    # more secrets, comma-separated: the first seals, all open. Empty: derived from
+    # JWT_SECRET_KEY.
+    DATA_ENCRYPTION_KEY: str = Field(default="", repr=False)
     REFRESH_TOKEN_EXP_DAYS: int = Field(default=30, gt=0)
 
     # OTP
@@ -436,6 +441,17 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"DATABASE_URI must be a sqlite:// or postgresql:// URL, got scheme {scheme!r}"
                 )
+        if self.is_production and self.DATA_ENCRYPTION_KEY:
+            short = [
+                position
+                for position, part in enumerate(self.DATA_ENCRYPTION_KEY.split(","), 1)
+                if part.strip() and len(part.strip().encode()) < JWT_SECRET_MIN_BYTES
+            ]
+            if short:
+                raise ValueError(
+                    f"DATA_ENCRYPTION_KEY: every key must be at least {JWT_SECRET_MIN_BYTES} "
+                    f"bytes when ENVIRONMENT=production (key {short[0]} is shorter)"
+                )
         if self.EMAIL_METHOD == "console" and self.is_production:
             raise ValueError(
                 "EMAIL_METHOD=console prints whole mails, links included, to the console; "
@@ -536,6 +552,11 @@ class Settings(BaseSettings):
         if self.DATABASE_URI:
             return async_database_url(self.DATABASE_URI)
         return f"sqlite+aiosqlite:///{(self.DATA_DIR / 'user_manager.db').resolve()}"
+
+    @property
+    def secret_box(self) -> SecretBox:
+        """Seals and opens the secrets this service keeps in its database."""
+        return secret_box(self.DATA_ENCRYPTION_KEY, self.JWT_SECRET_KEY)
 
     @property
     def is_production(self) -> bool:
