@@ -31,7 +31,15 @@ from app.core.flag_sources import FlagBroadcaster, FlagSource, flag_source_for
 from app.core.logging import setup_logging
 from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
+from app.core.signing_keys import (
+    ACTIVATION_DELAY_SECONDS,
+    KEY_ALGORITHMS,
+    ensure_signing_key,
+    published_keys,
+    rotate_keys,
+)
 from app.core.storage import close_storage
+from app.models import SigningKey, now_epoch
 from app.services import account_tools, passkeys
 from app.services.accounts import create_admin, find_user_by_login
 from app.services.context import SYSTEM
@@ -276,6 +284,75 @@ def seed_users_command(
         )
         raise typer.Exit(1) from None
     typer.echo(f"Added {inserted} users.")
+
+
+keys_cli = typer.Typer(
+    help="Signing keys: the keys that sign access and ID tokens, published at "
+    "/.well-known/jwks.json.",
+    no_args_is_help=True,
+)
+cli.add_typer(keys_cli, name="keys")
+
+
+def _key_state(key: SigningKey, now: int) -> str:
+    if key.active_from > now:
+        return f"signs from {key.active_from - now} s from now"
+    if key.publish_until is None:
+        return "signing"
+    return f"retired, published for {max(0, key.publish_until - now)} s more"
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """The published keys, newest first (JSON lines: kid, algorithm, state)."""
+    settings = _settings()
+
+    async def run() -> list[SigningKey]:
+        async with _database(settings) as factory, factory() as db:
+            await ensure_signing_key(db, settings)
+            return await published_keys(db)
+
+    now = now_epoch()
+    for key in asyncio.run(run()):
+        line = {
+            "kid": key.kid,
+            "algorithm": key.algorithm,
+            "generation": key.generation,
+            "state": _key_state(key, now),
+        }
+        typer.echo(json.dumps(line))
+
+
+@keys_cli.command("rotate")
+def keys_rotate(
+    activate_in: int = typer.Option(
+        ACTIVATION_DELAY_SECONDS,
+        min=0,
+        help="Seconds before the new key signs: every replica and relying party has "
+        "time to learn it first.",
+    ),
+    algorithm: str = typer.Option(
+        "", help="ES256 or EdDSA (default: JWT_ALGORITHM's, ES256 with HS256)."
+    ),
+) -> None:
+    """Add a new signing key. The key it replaces stays published, and keeps
+    verifying, until every token it signed has expired."""
+    settings = _settings()
+    if algorithm and algorithm not in KEY_ALGORITHMS:
+        typer.echo(f"Unknown algorithm {algorithm!r}: use ES256 or EdDSA.", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> SigningKey:
+        async with _database(settings) as factory, factory() as db:
+            return await rotate_keys(
+                db, settings, activate_in_seconds=activate_in, algorithm=algorithm or None
+            )
+
+    key = asyncio.run(run())
+    typer.echo(
+        f"New {key.algorithm} key {key.kid} signs in {activate_in} s; "
+        "the previous one stays published until its tokens expire."
+    )
 
 
 users_cli = typer.Typer(

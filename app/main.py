@@ -61,6 +61,8 @@ from app.routers import (
     files,
     health,
     legal,
+    oidc,
+    oidc_clients,
     passkeys,
     provider_login,
     users,
@@ -103,7 +105,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await upgrade_database(engine)
         await warm_up_password_hashing(settings.PASSWORD_BCRYPT_ROUNDS)
         await ensure_first_admin(app.state.session_factory, settings)
+        keyring = app.state.authenticator.keyring
+        await keyring.start(app.state.session_factory)
         tasks = await _start_feature_flags(app, settings)
+        tasks.append(asyncio.create_task(keyring.watch()))
         if cache.redis is not None:
             tasks.append(asyncio.create_task(cache.listen()))
         scheduler = JobScheduler(
@@ -241,8 +246,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router, prefix=settings.API_STR)
     app.include_router(provider_login.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
+    app.include_router(oidc_clients.router, prefix=settings.API_STR)
     app.include_router(caller_flags.router, prefix=settings.API_STR)
     app.include_router(health.router)
+    app.include_router(oidc.router)
     # Pages for browsers, not operations for API clients: the README lists them.
     app.include_router(docs_pages.router, include_in_schema=False)
     app.include_router(legal.router, include_in_schema=False)
@@ -261,6 +268,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             files.router,
             provider_login.router,
             caller_flags.router,
+            oidc.router,
         ],
     )
 

@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     # _settle_jwt_secret), so every Settings object carries the key that signs tokens.
     JWT_SECRET_KEY: str = Field(default="", repr=False)
     JWT_EXP: int = Field(default=30, gt=0)
+    # How access tokens are signed: ES256 or EdDSA with keys kept in the database and
+    # published at /.well-known/jwks.json, or HS256 with JWT_SECRET_KEY (shared secret).
+    JWT_ALGORITHM: Literal["ES256", "EdDSA", "HS256"] = "ES256"
     # Seals secrets kept in the database (private signing keys, provider tokens). One or
     # more secrets, comma-separated: the first seals, all open. Empty: derived from
     # JWT_SECRET_KEY.
@@ -170,6 +173,11 @@ class Settings(BaseSettings):
     OTP_EMAIL_INTERVAL: int = Field(default=600, gt=0)
 
     ENVIRONMENT: str = "local"
+
+    # OpenID Connect provider: lifetimes of what it hands to client applications.
+    OIDC_ACCESS_TOKEN_SECONDS: int = Field(default=900, ge=60, le=86_400)
+    OIDC_ID_TOKEN_SECONDS: int = Field(default=900, ge=60, le=86_400)
+    OIDC_REFRESH_TOKEN_DAYS: int = Field(default=30, ge=1, le=365)
 
     # Feature flags and docs
     FEATURE_FLAGS_ENABLED: bool = False
@@ -552,6 +560,11 @@ class Settings(BaseSettings):
         if self.DATABASE_URI:
             return async_database_url(self.DATABASE_URI)
         return f"sqlite+aiosqlite:///{(self.DATA_DIR / 'user_manager.db').resolve()}"
+
+    @property
+    def issuer(self) -> str:
+        """This service's issuer identifier (``iss``): BASE_URL without a final slash."""
+        return self.BASE_URL.rstrip("/")
 
     @property
     def secret_box(self) -> SecretBox:

@@ -102,6 +102,7 @@ ROLES: RolesWithPermissions = {
         },
         "role": {"give": _holds_role, "remove": True},
         "feature_flags": {"read": True, "update": True},
+        "oidc_clients": {"read": True, "create": True, "update": True, "delete": True},
         "user_files": {"create": True, "list": True},
         "file": {"read": True, "update": True, "delete": True},
         "docs": {"read": True},

@@ -23,6 +23,7 @@ from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.feature_flags import FlagStore
 from app.core.flag_sources import FlagBroadcaster, FlagSource
+from app.core.signing_keys import Keyring
 from app.models import User
 from app.services.context import ClientInfo
 from app.services.devices import DEVICE_COOKIE, DEVICE_HEADER
@@ -110,6 +111,14 @@ async def get_authenticator(request: Request) -> Authenticator:
 
 
 AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
+
+
+async def get_keyring(request: Request) -> Keyring:
+    """The app's signing keys (they sign access and ID tokens)."""
+    return request.app.state.authenticator.keyring
+
+
+KeyringDep = Annotated[Keyring, Depends(get_keyring)]
 
 # The dependencies below take the bearer token from ``oauth2_scheme`` only so that the
 # OpenAPI document marks their routes as needing it; the caller is the request's one

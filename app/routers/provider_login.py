@@ -32,6 +32,7 @@ from app.routers.deps import (
     AuthDep,
     ClientDep,
     CurrentUser,
+    KeyringDep,
     MailerDep,
     OAuthDep,
     SessionDep,
@@ -231,6 +232,7 @@ async def oauth_callback(
     mailer: MailerDep,
     client_info: ClientDep,
     oauth: OAuthDep,
+    keyring: KeyringDep,
 ) -> Any:
     """Where the provider sends the browser back; completes the login or the link.
 
@@ -292,7 +294,7 @@ async def oauth_callback(
         return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
     if flow.get("mode") == "link":
         return Message(detail=f"{provider} account linked")
-    return await external_accounts.finish_login(db, settings, mailer, user, client_info)
+    return await external_accounts.finish_login(db, settings, keyring, mailer, user, client_info)
 
 
 @router.delete(

@@ -33,6 +33,7 @@ from app.core.images import InvalidImage, process_picture
 from app.core.oauth_client import ExternalProfile, fetch_picture, provider_label
 from app.core.origins import url_origin
 from app.core.security import create_one_time_token
+from app.core.signing_keys import Keyring
 from app.core.storage import StorageUnavailable
 from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, now_epoch
 from app.schemas.auth import TokenPair
@@ -486,12 +487,17 @@ async def adopt_picture(
 
 
 async def finish_login(
-    db: AsyncSession, settings: Settings, mailer: Mailer, user: User, client: ClientInfo
+    db: AsyncSession,
+    settings: Settings,
+    keyring: Keyring,
+    mailer: Mailer,
+    user: User,
+    client: ClientInfo,
 ) -> TokenPair | OtpChallengeResponse:
     """A session, or the second-factor challenge when the user has 2FA on."""
     if user.otp_method != "none":
         return await two_factor.begin_login(db, settings, mailer, user, client)
-    return await start_session(db, settings, user, client)
+    return await start_session(db, settings, keyring, user, client)
 
 
 def exchange_code(settings: Settings, user: User) -> str:
@@ -502,7 +508,12 @@ def exchange_code(settings: Settings, user: User) -> str:
 
 
 async def exchange(
-    db: AsyncSession, settings: Settings, mailer: Mailer, code: str, client: ClientInfo
+    db: AsyncSession,
+    settings: Settings,
+    keyring: Keyring,
+    mailer: Mailer,
+    code: str,
+    client: ClientInfo,
 ) -> TokenPair | OtpChallengeResponse:
     """Trade a redirect's one-time code for the login answer (works once)."""
     try:
@@ -512,4 +523,4 @@ async def exchange(
     await db.commit()
     if not user.is_active:
         raise AccountInactive()
-    return await finish_login(db, settings, mailer, user, client)
+    return await finish_login(db, settings, keyring, mailer, user, client)

@@ -17,7 +17,16 @@ from app.core.config import Settings
 from app.core.database import rows_matched
 from app.core.scheduler import Job
 from app.core.storage import storage_for
-from app.models import File, OtpChallenge, Session, UsedToken, User, WebAuthnChallenge, now_epoch
+from app.models import (
+    File,
+    OtpChallenge,
+    Session,
+    SigningKey,
+    UsedToken,
+    User,
+    WebAuthnChallenge,
+    now_epoch,
+)
 from app.services.deletion import finish_pending_deletions
 from app.services.history import trim_history
 
@@ -31,7 +40,8 @@ ORPHAN_MIN_AGE_SECONDS = 3600
 
 
 async def purge_expired(session_factory: async_sessionmaker[AsyncSession]) -> dict[str, int]:
-    """Delete expired or long-revoked sessions, expired used-link records, old challenges."""
+    """Delete expired or long-revoked sessions, expired used-link records, old challenges,
+    signing keys no longer published."""
     now = now_epoch()
     async with session_factory() as db:
         sessions = await bulk_write(
@@ -53,9 +63,12 @@ async def purge_expired(session_factory: async_sessionmaker[AsyncSession]) -> di
         ceremonies = await db.execute(
             delete(WebAuthnChallenge).where(WebAuthnChallenge.expires_at <= now)
         )
+        # A key retired long enough ago that every token it signed has expired.
+        keys = await db.execute(delete(SigningKey).where(SigningKey.publish_until <= now))
         await db.commit()
     return {
         "sessions": rows_matched(sessions),
+        "signing_keys": rows_matched(keys),
         "used_tokens": rows_matched(tokens),
         "otp_challenges": rows_matched(challenges),
         "webauthn_challenges": rows_matched(ceremonies),

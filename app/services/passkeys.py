@@ -63,6 +63,7 @@ from app.core.database import rows_matched
 from app.core.email import Mailer
 from app.core.errors import AppError, Conflict, NotFound, Unauthorized
 from app.core.metrics import LOGINS
+from app.core.signing_keys import Keyring
 from app.models import Passkey, User, WebAuthnChallenge, new_uuid, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.passkeys import PasskeyOptions
@@ -685,6 +686,7 @@ async def _guarded_check(
 async def finish_sign_in(
     db: AsyncSession,
     settings: Settings,
+    keyring: Keyring,
     mailer: Mailer,
     guard: BruteForceGuard,
     challenge_id: str,
@@ -721,7 +723,7 @@ async def finish_sign_in(
         LOGINS.labels("failure").inc()
         raise
     LOGINS.labels("success").inc()
-    pair = await start_session(db, settings, user, client)
+    pair = await start_session(db, settings, keyring, user, client)
     return pair.model_copy(update={"device_token": new_device_token(settings, user.uuid)})
 
 
@@ -758,6 +760,7 @@ async def begin_second_factor(
 async def finish_second_factor(
     db: AsyncSession,
     settings: Settings,
+    keyring: Keyring,
     mailer: Mailer,
     guard: BruteForceGuard,
     otp_token: str,
@@ -801,5 +804,5 @@ async def finish_second_factor(
         await db.rollback()
         raise
     LOGINS.labels("success").inc()
-    pair = await start_session(db, settings, user, client)
+    pair = await start_session(db, settings, keyring, user, client)
     return pair.model_copy(update={"device_token": new_device_token(settings, user.uuid)})
