@@ -277,7 +277,9 @@ class FakeAtproto:
         if metadata.get("token_endpoint_auth_method") != "private_key_jwt":
             raise Refused("invalid_client")
         try:
-            assertion = jwt.decode(str(form.get("client_assertion", "")), keys, algorithms=["ES256"])
+            assertion = jwt.decode(
+                str(form.get("client_assertion", "")), keys, algorithms=["ES256"]
+            )
         except (JoseError, ValueError):
             raise Refused("invalid_client") from None
         claims = assertion.claims
@@ -383,11 +385,7 @@ class FakeAtproto:
             if grant_type == "authorization_code":
                 grant = self._code_grant(form, jkt)
             elif grant_type == "refresh_token":
-                grant = self.refresh_tokens.pop(str(form.get("refresh_token", "")), None)
-                if grant is None or grant.client_id != form.get("client_id"):
-                    raise Refused("invalid_grant")
-                if grant.jkt != jkt:
-                    raise Refused("invalid_dpop_proof")
+                grant = self._refresh_grant(form, jkt)
             else:
                 raise Refused("unsupported_grant_type")
         except Refused as refused:
@@ -404,6 +402,15 @@ class FakeAtproto:
             "sub": self.sub_override or grant.account.did,
         }
         return JSONResponse(body, headers={"DPoP-Nonce": self.as_nonce})
+
+    def _refresh_grant(self, form: Any, jkt: str) -> _Grant:
+        """A refresh token works once, for its client, with the key it is bound to."""
+        grant = self.refresh_tokens.pop(str(form.get("refresh_token", "")), None)
+        if grant is None or grant.client_id != form.get("client_id"):
+            raise Refused("invalid_grant")
+        if grant.jkt != jkt:
+            raise Refused("invalid_dpop_proof")
+        return grant
 
     def _code_grant(self, form: Any, jkt: str) -> _Grant:
         found = self.codes.pop(str(form.get("code", "")), None)
