@@ -22,13 +22,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from joserfc import jwt
-from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.atproto_identity import Answer, guarded_request
+from app.core.atproto_keys import import_private_key, new_private_key
 from app.core.config import Settings
 from app.core.oauth_answers import ProviderAnswerInvalid
 from app.models import BlueskyClientKey, now_epoch
@@ -37,10 +37,6 @@ CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: A client assertion is good for this long (it is made for one request).
 CLIENT_ASSERTION_SECONDS = 60
 _KEY_NAME = "client"
-
-
-class InvalidClientKey(ValueError):
-    """BLUESKY_CLIENT_KEY is not an ES256 (P-256) private key."""
 
 
 def client_id(settings: Settings) -> str:
@@ -77,23 +73,6 @@ def client_metadata(settings: Settings) -> dict[str, Any]:
 
 
 # Keys ----------------------------------------------------------------------------------
-
-
-def import_private_key(text: str) -> ECKey:
-    """An ES256 private key from a PEM or a JWK (JSON); InvalidClientKey otherwise."""
-    try:
-        source: str | dict[str, Any] = json.loads(text) if text.lstrip().startswith("{") else text
-        key = ECKey.import_key(source)
-    except (JoseError, ValueError, TypeError) as error:
-        raise InvalidClientKey(f"not an EC key ({type(error).__name__})") from None
-    if key.get("crv") != "P-256" or not key.is_private:
-        raise InvalidClientKey("an ES256 key is a P-256 private key")
-    return key
-
-
-def new_private_key() -> ECKey:
-    """A new P-256 key (for a client, or for one sign-in's DPoP proofs)."""
-    return ECKey.generate_key("P-256", private=True)
 
 
 def key_to_text(key: ECKey) -> str:

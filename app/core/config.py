@@ -23,6 +23,7 @@ from limits import parse as parse_rate
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.core.atproto_keys import import_private_key
 from app.core.origins import serialize, url_origin
 from app.core.secret_box import SecretBox, secret_box
 
@@ -429,6 +430,20 @@ class Settings(BaseSettings):
                     raise ValueError(f"OAUTH_PROVIDER_URLS: {provider}.{key} is not a URL setting")
                 _check_http_url(f"OAUTH_PROVIDER_URLS.{provider}.{key}", url)
         return value
+
+    @field_validator("BLUESKY_CLIENT_KEY")
+    @classmethod
+    def _bluesky_key(cls, value: str) -> str:
+        if value.strip():
+            import_private_key(value)  # a ValueError names what is wrong, never the key
+        return value.strip()
+
+    @field_validator("BLUESKY_SCOPE")
+    @classmethod
+    def _bluesky_scope(cls, value: str) -> str:
+        if "atproto" not in value.split():
+            raise ValueError("BLUESKY_SCOPE must include 'atproto'")
+        return " ".join(value.split())
 
     @field_validator("BLUESKY_PLC_DIRECTORY_URL")
     @classmethod

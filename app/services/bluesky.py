@@ -38,6 +38,7 @@ from app.core.atproto_identity import (
     normal_handle,
     resolve_identity,
 )
+from app.core.atproto_keys import import_private_key, new_private_key
 from app.core.atproto_oauth import (
     ClientKeys,
     ServerRefused,
@@ -45,9 +46,7 @@ from app.core.atproto_oauth import (
     client_assertion,
     client_id,
     get_with_dpop,
-    import_private_key,
     key_to_text,
-    new_private_key,
     pkce_pair,
     post_with_dpop,
 )

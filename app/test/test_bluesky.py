@@ -12,6 +12,9 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
+from app.core.atproto_keys import new_private_key
+from app.core.atproto_oauth import ClientKeys
+from app.core.config import ConfigError, load_settings
 from app.models import BlueskyClientKey, BlueskySession, ExternalAccount, User
 from app.test.atproto_server import AtprotoServer, FakeAtproto
 from app.test.factories import (
@@ -196,7 +199,6 @@ async def test_an_assertion_signed_by_another_key_is_refused(
 ) -> None:
     """The server keeps the client's published keys; a client that signs with another
     key (here: a key rotated without waiting) is refused, and nothing is stored."""
-    from app.core.atproto_oauth import ClientKeys, new_private_key
 
     atproto.add_account("erin.test")
     assert (await _flow(client, "erin.test")).status_code == 200  # the keys are fetched
@@ -431,8 +433,6 @@ async def test_a_generated_client_key_is_kept_sealed_and_shared(app: FastAPI) ->
 class TestClientKey:
     @pytest.fixture
     def settings_overrides(self, atproto_server: AtprotoServer) -> dict[str, object]:
-        from app.core.atproto_oauth import new_private_key
-
         self.key = new_private_key()
         return {
             **atproto_server.fake.settings(),
@@ -464,3 +464,29 @@ class TestDisabled:
             response = await client.get(path)
             assert (response.status_code, response.json()["code"]) == (404, "PROVIDER_NOT_ENABLED")
         assert (await client.get("/api/oauth/providers")).json() == {"providers": []}
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"BLUESKY_CLIENT_KEY": "not a key"}, "BLUESKY_CLIENT_KEY"),
+        ({"BLUESKY_SCOPE": "transition:generic"}, "BLUESKY_SCOPE"),
+        ({"BLUESKY_DNS_SERVERS": "dns.example"}, "BLUESKY_DNS_SERVERS"),
+        (
+            {
+                "BLUESKY_ALLOW_LOOPBACK": "true",
+                "ENVIRONMENT": "production",
+                "JWT_SECRET_KEY": "x" * 40,
+            },
+            "BLUESKY_ALLOW_LOOPBACK",
+        ),
+    ],
+)
+def test_unusable_settings_stop_the_start(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, values: dict[str, str], named: str
+) -> None:
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=named):
+        load_settings(_env_file=None)
