@@ -29,7 +29,6 @@ from app.core.oauth_client import (
     check_token,
     enabled_providers,
     fetch_profile,
-    provider_label,
 )
 from app.models import now_epoch
 from app.routers.deps import (
@@ -323,7 +322,7 @@ async def finish_sign_in(
         target = f"{flow['redirect_uri']}{separator}{urlencode({'code': code})}"
         return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
     if flow.get("mode") == "link":
-        return Message(detail=f"{provider_label(profile.provider)} account linked")
+        return Message(detail=f"{profile.provider} account linked")
     return await external_accounts.finish_login(db, settings, mailer, user, client_info)
 
 

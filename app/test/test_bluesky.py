@@ -273,7 +273,7 @@ async def test_link_sign_in_unlink(
     await reauthenticate(client, tokens)
     linked = await _flow(client, "grace.test", link=True, headers=bearer(tokens))
     assert linked.status_code == 200, linked.text
-    assert linked.json() == {"detail": "Bluesky account linked"}
+    assert linked.json() == {"detail": "bluesky account linked"}
 
     signed_in = await _flow(client, grace.did)
     assert (await _me(client, signed_in.json()))["uuid"] == user.uuid
