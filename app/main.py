@@ -15,6 +15,7 @@ from limits import parse
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.atproto_oauth import ClientKeys
 from app.core.auth_cache import AuthCache, SQLiteProcesses, install_hooks, session_options
 from app.core.authentication import AuthenticationMiddleware, Authenticator
 from app.core.brute_force import BruteForceGuard, FallbackAttemptLog, MemoryAttemptLog, Window
@@ -57,6 +58,7 @@ from app.routers import (
     account_pages,
     admin,
     auth,
+    bluesky_login,
     docs_pages,
     files,
     health,
@@ -232,6 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         address=Window.of(parse(settings.AUTH_RATE_LIMIT_ADDRESS)),
     )
     app.state.oauth = create_oauth(settings)
+    app.state.bluesky_keys = ClientKeys(settings)
     authenticator = app.state.authenticator = Authenticator(settings)
     store = FlagStore(settings.DATA_DIR / settings.FEATURE_FLAGS_FILE)
     app.state.flag_store = store
@@ -244,6 +247,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router, prefix=settings.API_STR)
     app.include_router(passkeys.router, prefix=settings.API_STR)
     app.include_router(files.router, prefix=settings.API_STR)
+    # Before the other providers' routes: /oauth/{provider}/callback would take its own.
+    app.include_router(bluesky_login.router, prefix=settings.API_STR)
     app.include_router(provider_login.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
     app.include_router(oidc_clients.router, prefix=settings.API_STR)
@@ -267,6 +272,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             users.router,
             files.router,
             provider_login.router,
+            bluesky_login.router,
             caller_flags.router,
             oidc.router,
         ],

@@ -23,6 +23,7 @@ from limits import parse as parse_rate
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.core.atproto_keys import import_private_key
 from app.core.origins import serialize, url_origin
 from app.core.secret_box import SecretBox, secret_box
 
@@ -102,6 +103,19 @@ def _split_list(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
+
+
+def dns_server(entry: str) -> tuple[str, int]:
+    """A BLUESKY_DNS_SERVERS entry (``ip``, ``ipv4:port``, ``[ipv6]:port``) as (ip, port)."""
+    try:
+        return str(ipaddress.ip_address(entry)), 53
+    except ValueError:
+        pass
+    host, _, port = entry.rpartition(":")
+    address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in {entry!r}")
+    return str(address), int(port)
 
 
 class Settings(BaseSettings):
@@ -234,6 +248,23 @@ class Settings(BaseSettings):
     # The callback's whole exchange with a provider (code for token, profile) must fit
     # in this time, however slowly the provider answers.
     OAUTH_PROVIDER_DEADLINE_SECONDS: float = Field(default=10, gt=0, le=120)
+    # Bluesky (AT Protocol OAuth). No registration: the client id is the URL of the
+    # client metadata document this service publishes under BASE_URL.
+    BLUESKY_ENABLED: bool = False
+    # The ES256 private key that signs client assertions (a PEM, or a JWK as JSON);
+    # empty: one is generated and kept, sealed, in the database.
+    BLUESKY_CLIENT_KEY: str = Field(default="", repr=False)
+    # What the sign-in asks for; "atproto" alone gives the identity only (then the
+    # profile is not read).
+    BLUESKY_SCOPE: str = "atproto transition:generic"
+    # Where did:plc identities are looked up.
+    BLUESKY_PLC_DIRECTORY_URL: str = "https://plc.directory"
+    # DNS servers ("ip" or "ip:port", comma-separated) asked for _atproto TXT records;
+    # empty: the system's.
+    BLUESKY_DNS_SERVERS: Annotated[list[str], NoDecode] = []
+    # Tests and local development only: identity, authorization and PDS servers may be
+    # on loopback addresses, over plain http. Refused in production.
+    BLUESKY_ALLOW_LOOPBACK: bool = False
 
     # Security and operations
     PASSWORD_BCRYPT_ROUNDS: int = Field(default=12, ge=4, le=31)
@@ -408,6 +439,38 @@ class Settings(BaseSettings):
                 _check_http_url(f"OAUTH_PROVIDER_URLS.{provider}.{key}", url)
         return value
 
+    @field_validator("BLUESKY_CLIENT_KEY")
+    @classmethod
+    def _bluesky_key(cls, value: str) -> str:
+        if value.strip():
+            import_private_key(value)  # a ValueError names what is wrong, never the key
+        return value.strip()
+
+    @field_validator("BLUESKY_SCOPE")
+    @classmethod
+    def _bluesky_scope(cls, value: str) -> str:
+        if "atproto" not in value.split():
+            raise ValueError("BLUESKY_SCOPE must include 'atproto'")
+        return " ".join(value.split())
+
+    @field_validator("BLUESKY_PLC_DIRECTORY_URL")
+    @classmethod
+    def _plc_url(cls, value: str) -> str:
+        return _check_http_url("BLUESKY_PLC_DIRECTORY_URL", value)
+
+    @field_validator("BLUESKY_DNS_SERVERS", mode="before")
+    @classmethod
+    def _dns_servers(cls, value: object) -> object:
+        value = _split_list(value)
+        for entry in value if isinstance(value, list) else []:
+            try:
+                dns_server(str(entry))
+            except ValueError:
+                raise ValueError(
+                    f"BLUESKY_DNS_SERVERS entries must be ip or ip:port, got {entry!r}"
+                ) from None
+        return value
+
     @field_validator("S3_ENDPOINT_URL")
     @classmethod
     def _s3_endpoint(cls, value: str | None) -> str | None:
@@ -465,6 +528,11 @@ class Settings(BaseSettings):
                 "EMAIL_METHOD=console prints whole mails, links included, to the console; "
                 "it is for development and refused when ENVIRONMENT=production "
                 "(use smtp or mj)"
+            )
+        if self.BLUESKY_ALLOW_LOOPBACK and self.is_production:
+            raise ValueError(
+                "BLUESKY_ALLOW_LOOPBACK lets Bluesky sign-ins reach loopback addresses; "
+                "it is for tests and is refused when ENVIRONMENT=production"
             )
         if self.STORAGE_BACKEND == "s3" and not self.S3_BUCKET:
             raise ValueError("STORAGE_BACKEND=s3 needs S3_BUCKET (the bucket that keeps files)")

@@ -1,6 +1,7 @@
 """SQLAlchemy models. Importing this package registers every table on ``Base.metadata``."""
 
 from app.models.base import Base, new_uuid, now_epoch
+from app.models.bluesky import BlueskyClientKey, BlueskySession
 from app.models.external_account import ExternalAccount
 from app.models.feature_flag import FeatureFlag
 from app.models.file import File, user_file
@@ -19,6 +20,8 @@ from app.models.user_event import UserEvent
 
 __all__ = [
     "Base",
+    "BlueskyClientKey",
+    "BlueskySession",
     "ExternalAccount",
     "FeatureFlag",
     "File",

@@ -17,6 +17,7 @@ from fastapi.security import OAuth2PasswordBearer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.core.atproto_oauth import ClientKeys
 from app.core.authentication import Auth, Authenticator, UserCopies, caller_of
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
@@ -72,6 +73,11 @@ async def get_oauth(request: Request) -> OAuth:
     return request.app.state.oauth
 
 
+async def get_bluesky_keys(request: Request) -> ClientKeys:
+    """The Bluesky client key of the running app."""
+    return request.app.state.bluesky_keys
+
+
 async def get_mailer(request: Request) -> Mailer:
     """The app's outbox."""
     return request.app.state.mailer
@@ -103,6 +109,7 @@ FlagBroadcasterDep = Annotated[FlagBroadcaster | None, Depends(get_flag_broadcas
 GuardDep = Annotated[BruteForceGuard, Depends(get_guard)]
 ClientDep = Annotated[ClientInfo, Depends(get_client)]
 OAuthDep = Annotated[OAuth, Depends(get_oauth)]
+BlueskyKeysDep = Annotated[ClientKeys, Depends(get_bluesky_keys)]
 
 
 async def get_authenticator(request: Request) -> Authenticator:

@@ -264,6 +264,10 @@ async def test_bad_tokens_on_every_endpoint(
         ("GET", "/api/auth/email/verify"),
         ("POST", "/api/auth/email/verify"),
         ("GET", "/api/oauth/providers"),
+        ("GET", "/api/oauth/bluesky/client-metadata.json"),
+        ("GET", "/api/oauth/bluesky/jwks.json"),
+        ("GET", "/api/oauth/bluesky/login"),
+        ("GET", "/api/oauth/bluesky/callback"),
         # Open to anonymous callers; a refused token is one (as for the flags themselves).
         ("GET", "/api/feature-flags/me"),
     }
