@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import typer
 from limits import parse as parse_rate
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -39,8 +40,9 @@ from app.core.signing_keys import (
     rotate_keys,
 )
 from app.core.storage import close_storage
-from app.models import SigningKey, now_epoch
-from app.services import account_tools, passkeys
+from app.models import OidcClient, SigningKey, now_epoch
+from app.schemas.oidc import ClientCreate, ClientInfo
+from app.services import account_tools, oidc_clients, passkeys
 from app.services.accounts import create_admin, find_user_by_login
 from app.services.context import SYSTEM
 from app.services.maintenance import maintenance_jobs
@@ -353,6 +355,89 @@ def keys_rotate(
         f"New {key.algorithm} key {key.kid} signs in {activate_in} s; "
         "the previous one stays published until its tokens expire."
     )
+
+
+clients_cli = typer.Typer(
+    help="Client applications that sign their users in with this service (OpenID Connect).",
+    no_args_is_help=True,
+)
+cli.add_typer(clients_cli, name="clients")
+
+
+def _client_line(row: OidcClient, secret: str | None = None) -> str:
+    line = ClientInfo.of(row).model_dump()
+    if secret is not None:
+        line["client_secret"] = secret
+    return json.dumps(line)
+
+
+def _run_client_tool(settings: Settings, tool: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def run() -> T:
+        async with _database(settings) as factory, factory() as db:
+            return await tool(db)
+
+    try:
+        return asyncio.run(run())
+    except AppError as error:
+        typer.echo(f"Refused: {error.detail} ({error.code})", err=True)
+        raise typer.Exit(1) from None
+
+
+@clients_cli.command("add")
+def clients_add(
+    name: str = typer.Option(..., help="Shown on the consent page."),
+    redirect_uri: list[str] = typer.Option(..., help="An exact redirect URI (repeatable)."),
+    post_logout_redirect_uri: list[str] = typer.Option(
+        [], help="An exact URI logout may return to (repeatable)."
+    ),
+    scope: list[str] = typer.Option(
+        ["openid", "profile", "email"], help="A scope the client may ask for (repeatable)."
+    ),
+    public: bool = typer.Option(False, help="No secret; the client must use PKCE."),
+) -> None:
+    """Register a client application; its secret is printed once (JSON)."""
+    settings = _settings()
+    try:
+        body = ClientCreate(
+            name=name,
+            redirect_uris=redirect_uri,
+            post_logout_redirect_uris=post_logout_redirect_uri,
+            scopes=scope,
+            public=public,
+        )
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
+            for item in error.errors()
+        )
+        typer.echo(f"Refused: {problems}", err=True)
+        raise typer.Exit(2) from None
+    row, secret = _run_client_tool(settings, lambda db: oidc_clients.create_client(db, None, body))
+    typer.echo(_client_line(row, secret))
+
+
+@clients_cli.command("list")
+def clients_list() -> None:
+    """The registered client applications (JSON lines, never their secrets)."""
+    settings = _settings()
+    for row in _run_client_tool(settings, lambda db: oidc_clients.list_clients(db, None)):
+        typer.echo(_client_line(row))
+
+
+@clients_cli.command("rotate-secret")
+def clients_rotate_secret(client_id: str) -> None:
+    """A new secret for a confidential client (printed once); the old one stops working."""
+    settings = _settings()
+    secret = _run_client_tool(settings, lambda db: oidc_clients.rotate_secret(db, None, client_id))
+    typer.echo(json.dumps({"client_id": client_id, "client_secret": secret}))
+
+
+@clients_cli.command("remove")
+def clients_remove(client_id: str) -> None:
+    """Remove a client application; every token it holds stops working."""
+    settings = _settings()
+    _run_client_tool(settings, lambda db: oidc_clients.delete_client(db, None, client_id))
+    typer.echo(f"Client {client_id} removed.")
 
 
 users_cli = typer.Typer(

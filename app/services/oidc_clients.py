@@ -23,6 +23,12 @@ CLIENT_ID_PREFIX = "umc_"
 SECRET_PREFIX = "umcs_"
 
 
+def _require(actor: Subject | None, action: str) -> None:
+    """Admins may; ``actor`` None is the command line (an operator with the database)."""
+    if actor is not None:
+        require_permission(actor, "oidc_clients", action)
+
+
 class ClientNotFound(NotFound):
     """No client application has this id."""
 
@@ -39,7 +45,7 @@ async def create_client(
     db: AsyncSession, actor: Subject | None, body: ClientCreate
 ) -> tuple[OidcClient, str | None]:
     """Register a client; returns it and its secret (None for a public client)."""
-    require_permission(actor, "oidc_clients", "create")
+    _require(actor, "create")
     secret, secret_hash = _new_secret() if not body.public else (None, None)
     now = now_epoch()
     row = OidcClient(
@@ -60,13 +66,13 @@ async def create_client(
 
 async def list_clients(db: AsyncSession, actor: Subject | None) -> list[OidcClient]:
     """Every client, by name."""
-    require_permission(actor, "oidc_clients", "read")
+    _require(actor, "read")
     return list((await db.scalars(select(OidcClient).order_by(OidcClient.name))).all())
 
 
 async def get_client(db: AsyncSession, actor: Subject | None, client_id: str) -> OidcClient:
     """One client (404 when there is none)."""
-    require_permission(actor, "oidc_clients", "read")
+    _require(actor, "read")
     row = await db.get(OidcClient, client_id) if len(client_id) <= 64 else None
     if row is None:
         raise ClientNotFound()
@@ -78,7 +84,7 @@ async def update_client(
 ) -> OidcClient:
     """Change a client's name, URIs or scopes. Tokens already given keep their scopes
     until they expire; new requests get the new rules."""
-    require_permission(actor, "oidc_clients", "update")
+    _require(actor, "update")
     row = await get_client(db, actor, client_id)
     if body.name is not None:
         row.name = body.name
@@ -95,7 +101,7 @@ async def update_client(
 
 async def rotate_secret(db: AsyncSession, actor: Subject | None, client_id: str) -> str:
     """A new secret for a confidential client; the old one stops working at once."""
-    require_permission(actor, "oidc_clients", "update")
+    _require(actor, "update")
     row = await get_client(db, actor, client_id)
     if row.is_public:
         raise PublicClientHasNoSecret()
@@ -107,7 +113,7 @@ async def rotate_secret(db: AsyncSession, actor: Subject | None, client_id: str)
 
 async def delete_client(db: AsyncSession, actor: Subject | None, client_id: str) -> None:
     """Remove a client with its codes, consents and grants."""
-    require_permission(actor, "oidc_clients", "delete")
+    _require(actor, "delete")
     row = await get_client(db, actor, client_id)
     await db.delete(row)
     await db.commit()
