@@ -1,5 +1,6 @@
 """SQLAlchemy models. Importing this package registers every table on ``Base.metadata``."""
 
+from app.models.audit_event import AuditEvent
 from app.models.base import Base, new_uuid, now_epoch
 from app.models.external_account import ExternalAccount
 from app.models.feature_flag import FeatureFlag
@@ -16,6 +17,7 @@ from app.models.user import User
 from app.models.user_event import UserEvent
 
 __all__ = [
+    "AuditEvent",
     "Base",
     "ExternalAccount",
     "FeatureFlag",

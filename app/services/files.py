@@ -47,6 +47,7 @@ from app.core.permissions import require_permission
 from app.core.picture_links import PictureReplaced, picture_version
 from app.core.storage import ObjectTooLarge, StoredObject, storage_for
 from app.models import File, User, now_epoch, user_file
+from app.services.audit import AuditTarget, record_audit, record_if_staff_action
 from app.services.context import ClientInfo
 from app.services.directory import UserNotFound, get_visible_user
 from app.services.history import record_event
@@ -343,12 +344,30 @@ async def upload_file(
     record_event(
         db, owner.uuid, "file_uploaded", by=actor.uuid, client=client, details={"file": file.id}
     )
+    details = {"file": file.id, "file_name": file.file_name}
+    record_if_staff_action(db, actor, "user.file_uploaded", owner, client, details)
     await db.commit()
     logger.info("file {} stored for user {}", file.id, owner.uuid)
     return file
 
 
 # Reading and changing ------------------------------------------------------------------
+
+
+async def _audit_for_owner(
+    db: AsyncSession,
+    actor: User,
+    action: str,
+    owner_uuid: str,
+    client: ClientInfo,
+    details: dict[str, object],
+) -> None:
+    """Record a change to someone else's file in the audit log (an admin's)."""
+    if actor.uuid == owner_uuid:
+        return
+    owner = await db.get(User, owner_uuid)
+    target = AuditTarget.of_user(owner) if owner is not None else AuditTarget("user", owner_uuid)
+    record_audit(db, actor, action, target, client, details)
 
 
 async def get_file(db: AsyncSession, actor: User, file_id: int, action: str = "read") -> File:
@@ -433,6 +452,8 @@ async def update_file(
     record_event(
         db, file.owner_uuid, "file_updated", by=actor.uuid, client=client, details={"file": file_id}
     )
+    details = {"file": file_id, "file_name": file.file_name}
+    await _audit_for_owner(db, actor, "user.file_updated", file.owner_uuid, client, details)
     try:
         await db.commit()
     except IntegrityError:
@@ -453,6 +474,8 @@ async def delete_file(
         owner = await db.get(User, owner_uuid)
         if owner is not None:
             _new_picture_version(owner)
+    details = {"file": file_id, "file_name": file.file_name}
+    await _audit_for_owner(db, actor, "user.file_deleted", owner_uuid, client, details)
     await db.delete(file)
     record_event(
         db, owner_uuid, "file_deleted", by=actor.uuid, client=client, details={"file": file_id}
@@ -496,6 +519,8 @@ async def set_profile_picture(
         picture = await asyncio.to_thread(process_picture, data, extension_of(file_name))
     except InvalidImage as error:
         raise InvalidPicture(f"Not an acceptable picture: {error}") from None
+    # Committed by store_picture with the picture, or dropped with it.
+    record_if_staff_action(db, actor, "user.picture_changed", user, client)
     return await store_picture(
         db, settings, user, actor.uuid, picture.data, picture.extension, picture.mime, client
     )
@@ -569,6 +594,7 @@ async def delete_profile_picture(
         return
     _new_picture_version(user)
     record_event(db, user.uuid, "picture_removed", by=actor.uuid, client=client)
+    record_if_staff_action(db, actor, "user.picture_removed", user, client)
     await db.commit()
     await _remove(settings, removed)
 

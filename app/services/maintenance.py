@@ -1,4 +1,5 @@
-"""Maintenance jobs: purge what expired, finish deletions, trim histories, remove orphans.
+"""Maintenance jobs: purge what expired, finish deletions, trim histories and the audit
+log, remove orphans.
 
 Each returns what it did, for the log. The scheduler (``app.core.scheduler``) runs
 them periodically; ``python -m app.cli purge`` runs them at once.
@@ -18,6 +19,7 @@ from app.core.database import rows_matched
 from app.core.scheduler import Job
 from app.core.storage import storage_for
 from app.models import File, OtpChallenge, Session, UsedToken, User, WebAuthnChallenge, now_epoch
+from app.services.audit import trim_audit_log
 from app.services.deletion import finish_pending_deletions
 from app.services.history import trim_history
 
@@ -77,6 +79,16 @@ async def trim_histories(session_factory: async_sessionmaker[AsyncSession]) -> d
     return {"events": trimmed}
 
 
+async def trim_audit(
+    session_factory: async_sessionmaker[AsyncSession], settings: Settings
+) -> dict[str, int]:
+    """Delete the audit log's rows older than AUDIT_RETENTION_DAYS."""
+    async with session_factory() as db:
+        trimmed = await trim_audit_log(db, settings.AUDIT_RETENTION_DAYS)
+        await db.commit()
+    return {"audit_events": trimmed}
+
+
 async def remove_orphan_files(
     session_factory: async_sessionmaker[AsyncSession],
     settings: Settings,
@@ -118,4 +130,5 @@ def maintenance_jobs(
             partial(remove_orphan_files, session_factory, settings),
         ),
         Job("trim_history", every(3600), partial(trim_histories, session_factory)),
+        Job("trim_audit_log", every(86400), partial(trim_audit, session_factory, settings)),
     ]

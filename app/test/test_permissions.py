@@ -72,6 +72,7 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         ("file", "delete"): ANY_FILE,
         ("feature_flags", "read"): EVERYONE,
         ("feature_flags", "update"): EVERYONE,
+        ("audit", "read"): EVERYONE,
         ("docs", "read"): EVERYONE,
     },
     "moderator": {
