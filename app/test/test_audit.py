@@ -10,6 +10,7 @@ import json
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -766,13 +767,16 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
 
 
 async def test_command_line_actions_are_recorded_as_the_operator(
-    app: FastAPI, settings: Settings, client: httpx.AsyncClient, staff: Staff
+    app: FastAPI, settings: Settings, client: httpx.AsyncClient, staff: Staff, tmp_path: Path
 ) -> None:
     target = staff.target
     await _two_factor(app, client, staff)
     _cli(settings, "users", "reset-2fa", target.username)
     _cli(settings, "users", "revoke-sessions", target.email)
     _cli(settings, "flags", "set", "LOGIN", "true")
+    imported = tmp_path / "flags.json"
+    imported.write_text('{"IMPORTED": false}')
+    _cli(settings, "flags", "import", str(imported))
     _cli(
         settings,
         "create-admin",
@@ -788,6 +792,7 @@ async def test_command_line_actions_are_recorded_as_the_operator(
         ("user.2fa_reset", target.username),
         ("user.sessions_revoked", target.username),
         ("flag.changed", "LOGIN"),
+        ("flag.changed", "IMPORTED"),
         ("user.created", "second_admin"),
     ]
     for row in rows:
@@ -811,7 +816,7 @@ async def test_command_line_actions_are_recorded_as_the_operator(
     assert rest["next_cursor"] is None
     # The same rows through the API.
     response = await _page(client, staff.admin_tokens, actor=rows[0].actor_name)
-    assert len(response.json()["items"]) == 4
+    assert len(response.json()["items"]) == 5
 
 
 async def test_first_admin_from_the_settings_is_recorded(settings: Settings) -> None:
