@@ -51,7 +51,9 @@ async def admin_update_user(
 
     Moderators may ban and unban users who are neither admin nor moderator. Nobody
     gives a role they do not hold, and the last active admin can lose neither the
-    role nor the account. A ban ends every session of the user at once.
+    role nor the account. A ban ends every session of the user at once. Each change is
+    an entry of the audit log (``user.role_changed``, ``user.banned``,
+    ``user.unbanned``); a refused one leaves none.
 
     Returns
     -------
@@ -95,9 +97,9 @@ async def reset_user_two_factor(
     second factor.
 
     The user then signs in with the password alone and may enrol again. Every session
-    of theirs ends; the history records ``otp_reset`` and the user's verified email is
-    told. An admin's own 2FA is changed through their own endpoints, which ask for a
-    re-authentication.
+    of theirs ends; the history records ``otp_reset``, the audit log
+    ``user.2fa_reset``, and the user's verified email is told. An admin's own 2FA is
+    changed through their own endpoints, which ask for a re-authentication.
 
     Returns
     -------
@@ -137,7 +139,8 @@ async def clear_user_login_lock(
 
     The failed passwords and two-factor codes counted against the account are
     forgotten, so that its owner signs in again at once. The limits per client address
-    stay. The history records ``login_lock_cleared``; the user's verified email is told.
+    stay. The history records ``login_lock_cleared``, the audit log
+    ``user.login_lock_cleared``; the user's verified email is told.
 
     Raises
     ------
@@ -190,7 +193,8 @@ async def revoke_user_sessions(
     """End every session of a user (admins; moderators for users who are not staff).
 
     Their access and refresh tokens are refused at once. The history records
-    ``sessions_revoked``; the user's verified email is told.
+    ``sessions_revoked``, the audit log ``user.sessions_revoked``; the user's verified
+    email is told.
 
     Returns
     -------
@@ -228,7 +232,8 @@ async def revoke_user_session(
     """End one session of a user (admins; moderators for users who are not staff).
 
     Its access and refresh tokens are refused at once. The history records
-    ``sessions_revoked``; the user's verified email is told.
+    ``sessions_revoked``, the audit log ``user.sessions_revoked``; the user's verified
+    email is told.
 
     Raises
     ------
@@ -262,7 +267,8 @@ async def send_user_password_reset(
     staff).
 
     The same link as ``/auth/password/forgot`` sends: to the user's verified email
-    only, valid one hour, once. The history records ``password_reset_sent``.
+    only, valid one hour, once. The history records ``password_reset_sent``, the audit
+    log ``user.password_reset_sent`` (never the link).
 
     Returns
     -------
@@ -332,8 +338,8 @@ async def unlink_user_external_account(
     """Unlink a provider account from a user (admins; not their own account).
 
     Signing in with that provider account no longer opens the user's. Refused when it
-    is the user's only way to sign in. The history records ``oauth_unlinked``; the
-    user's verified email is told.
+    is the user's only way to sign in. The history records ``oauth_unlinked``, the audit
+    log ``user.provider_unlinked``; the user's verified email is told.
 
     Raises
     ------
@@ -395,7 +401,8 @@ async def update_feature_flags(
     health checks, these two endpoints) cannot be changed here, so no admin locks
     everyone out; the answer's ``protected`` lists them with the reason, and the
     command line still sets them. While FEATURE_FLAGS_ENABLED is False a change is
-    stored, and ``notice`` says that nothing enforces it.
+    stored, and ``notice`` says that nothing enforces it. Each flag named is an entry
+    of the audit log (``flag.changed``, ``flag.removed``, with its value before).
 
     Returns
     -------
@@ -463,8 +470,8 @@ async def admin_remove_user_passkey(
     client: ClientDep,
 ) -> None:
     """Delete one of a user's passkeys (admins): a lost or stolen authenticator, say. It
-    signs in no more; the user's history names the admin, and their verified email is
-    told.
+    signs in no more; the user's history names the admin, the audit log records
+    ``user.passkey_removed``, and their verified email is told.
 
     Raises
     ------

@@ -93,7 +93,8 @@ async def apply_flags(
 
     With the flags in the database the rows are written in the flags' transaction;
     with the file, the file is written first and the rows committed right after, so a
-    file that cannot be saved (507) leaves none.
+    file that cannot be saved (507) leaves none. ``from`` is the value this replica
+    last read (another replica's change of the last seconds may not be in it yet).
     """
     before = dump_flags(source.store.flags)
     after = dump_flags(add)
