@@ -354,20 +354,14 @@ async def upload_file(
 # Reading and changing ------------------------------------------------------------------
 
 
-async def _audit_for_owner(
-    db: AsyncSession,
-    actor: User,
-    action: str,
-    owner_uuid: str,
-    client: ClientInfo,
-    details: dict[str, object],
-) -> None:
-    """Record a change to someone else's file in the audit log (an admin's)."""
-    if actor.uuid == owner_uuid:
-        return
-    owner = await db.get(User, owner_uuid)
-    target = AuditTarget.of_user(owner) if owner is not None else AuditTarget("user", owner_uuid)
-    record_audit(db, actor, action, target, client, details)
+async def _audit_target(db: AsyncSession, actor: User, file: File) -> AuditTarget | None:
+    """What a change to ``file`` is recorded against in the audit log: its owner, when
+    that is someone else (an admin's change); None for one's own file. Looked up before
+    the change, so that no query flushes it early."""
+    if actor.uuid == file.owner_uuid:
+        return None
+    owner = await db.get(User, file.owner_uuid)
+    return AuditTarget.of_user(owner) if owner is not None else AuditTarget("user", file.owner_uuid)
 
 
 async def get_file(db: AsyncSession, actor: User, file_id: int, action: str = "read") -> File:
@@ -432,6 +426,7 @@ async def update_file(
     names do not matter.
     """
     file = await get_file(db, actor, file_id, "update")
+    audit_target = await _audit_target(db, actor, file)
     if "description" in changes:
         file.description = changes["description"]  # type: ignore[assignment]
     new_name = changes.get("file_name")
@@ -452,8 +447,9 @@ async def update_file(
     record_event(
         db, file.owner_uuid, "file_updated", by=actor.uuid, client=client, details={"file": file_id}
     )
-    details = {"file": file_id, "file_name": file.file_name}
-    await _audit_for_owner(db, actor, "user.file_updated", file.owner_uuid, client, details)
+    if audit_target is not None:
+        details = {"file": file_id, "file_name": file.file_name}
+        record_audit(db, actor, "user.file_updated", audit_target, client, details)
     try:
         await db.commit()
     except IntegrityError:
@@ -467,6 +463,7 @@ async def delete_file(
 ) -> None:
     """Delete a file's row and bytes (linked users and admins)."""
     file = await get_file(db, actor, file_id, "delete")
+    audit_target = await _audit_target(db, actor, file)
     key = file.file_path
     owner_uuid = file.owner_uuid
     if file.kind == "picture":
@@ -474,8 +471,9 @@ async def delete_file(
         owner = await db.get(User, owner_uuid)
         if owner is not None:
             _new_picture_version(owner)
-    details = {"file": file_id, "file_name": file.file_name}
-    await _audit_for_owner(db, actor, "user.file_deleted", owner_uuid, client, details)
+    if audit_target is not None:
+        details = {"file": file_id, "file_name": file.file_name}
+        record_audit(db, actor, "user.file_deleted", audit_target, client, details)
     await db.delete(file)
     record_event(
         db, owner_uuid, "file_deleted", by=actor.uuid, client=client, details={"file": file_id}
