@@ -545,6 +545,26 @@ async def test_two_admins_removing_each_other_leave_one_row(
         ]
 
 
+async def test_parallel_flag_changes_each_keep_their_row(
+    app: FastAPI, client: httpx.AsyncClient, staff: Staff
+) -> None:
+    names = [f"PARALLEL_{index}" for index in range(6)]
+    responses = await asyncio.gather(
+        *(
+            client.patch(
+                "/api/admin/feature-flags",
+                json={"add": {name: False}},
+                headers=_as(staff.admin_tokens),
+            )
+            for name in names
+        )
+    )
+    assert [response.status_code for response in responses] == [200] * len(names)
+    rows = await _rows(app)
+    assert sorted(row.target_id for row in rows) == names
+    assert {row.action for row in rows} == {"flag.changed"}
+
+
 # Reading the log -----------------------------------------------------------------------
 
 
