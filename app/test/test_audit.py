@@ -561,7 +561,7 @@ async def test_parallel_flag_changes_each_keep_their_row(
     )
     assert [response.status_code for response in responses] == [200] * len(names)
     rows = await _rows(app)
-    assert sorted(row.target_id for row in rows) == names
+    assert sorted(str(row.target_id) for row in rows) == names
     assert {row.action for row in rows} == {"flag.changed"}
 
 
