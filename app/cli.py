@@ -27,7 +27,7 @@ from app.core.config import ConfigError, Settings, load_settings
 from app.core.database import create_engine, create_session_factory, upgrade_database
 from app.core.email import Mailer
 from app.core.errors import AppError
-from app.core.feature_flags import FlagStore, InvalidFlags, dump_flags, parse_flags
+from app.core.feature_flags import FlagStore, FlagValue, InvalidFlags, dump_flags, parse_flags
 from app.core.flag_sources import FlagBroadcaster, FlagSource, flag_source_for
 from app.core.logging import setup_logging
 from app.core.redis_client import create_redis
@@ -41,10 +41,13 @@ from app.core.signing_keys import (
 )
 from app.core.storage import close_storage
 from app.models import OidcClient, SigningKey, now_epoch
+from app.schemas.audit import AuditEntry
 from app.schemas.oidc import ClientCreate, ClientInfo
 from app.services import account_tools, oidc_clients, passkeys
 from app.services.accounts import create_admin, find_user_by_login
+from app.services.audit import read_audit_log
 from app.services.context import SYSTEM
+from app.services.flags import apply_flags
 from app.services.maintenance import maintenance_jobs
 from app.services.seeding import seed_users
 
@@ -132,19 +135,37 @@ cli.add_typer(flags_cli, name="flags")
 
 
 @asynccontextmanager
-async def _flags(settings: Settings) -> AsyncIterator[tuple[FlagSource, FlagBroadcaster | None]]:
-    """The flags where the service keeps them (file or database), loaded, and what
-    announces a change to running replicas (with Redis)."""
-    async with _database(settings) as factory:
+async def _flags(
+    settings: Settings,
+) -> AsyncIterator[tuple[FlagSource, FlagBroadcaster | None, AsyncSession]]:
+    """The flags where the service keeps them (file or database), loaded; what
+    announces a change to running replicas (with Redis); a database session (for the
+    audit log)."""
+    async with _database(settings) as factory, factory() as db:
         store = FlagStore(settings.DATA_DIR / settings.FEATURE_FLAGS_FILE)
         source = flag_source_for(settings, store, factory)
         await source.load()
         redis = create_redis(settings.REDIS_URL) if settings.REDIS_URL else None
         try:
-            yield source, FlagBroadcaster(redis, source) if redis is not None else None
+            yield source, FlagBroadcaster(redis, source) if redis is not None else None, db
         finally:
             if redis is not None:
                 await redis.aclose()
+
+
+def _set_flags(settings: Settings, flags: dict[str, FlagValue]) -> None:
+    """Set ``flags`` where the service keeps them (each one in the audit log, as the
+    command line's) and announce them to running replicas."""
+
+    async def run() -> None:
+        async with _flags(settings) as (source, broadcaster, db):
+            await apply_flags(db, source, broadcaster, None, flags, [], SYSTEM)
+
+    try:
+        asyncio.run(run())
+    except AppError as error:  # a flag file that cannot be saved (a full disk)
+        typer.echo(f"Flags not set: {error.detail} ({error.code})", err=True)
+        raise typer.Exit(1) from None
 
 
 @flags_cli.command("list")
@@ -153,7 +174,7 @@ def flags_list() -> None:
     settings = _settings()
 
     async def run() -> dict:
-        async with _flags(settings) as (source, _):
+        async with _flags(settings) as (source, _, _db):
             return dump_flags(source.store.flags)
 
     typer.echo(json.dumps(asyncio.run(run()), indent=2))
@@ -177,13 +198,7 @@ def flags_set(
         typer.echo(f"Invalid flag value: {error}", err=True)
         raise typer.Exit(1) from None
 
-    async def run() -> None:
-        async with _flags(settings) as (source, broadcaster):
-            await source.change(parsed, [])
-            if broadcaster is not None:
-                await broadcaster.publish()
-
-    asyncio.run(run())
+    _set_flags(settings, parsed)
     typer.echo(f"{name} = {json.dumps(dump_flags(parsed)[name])}")
 
 
@@ -196,7 +211,7 @@ def flags_export(
     settings = _settings()
 
     async def run() -> dict:
-        async with _flags(settings) as (source, _):
+        async with _flags(settings) as (source, _, _db):
             return dump_flags(source.store.flags)
 
     flags = asyncio.run(run())
@@ -216,13 +231,7 @@ def flags_import(
         typer.echo(f"Cannot import {path}: {error}", err=True)
         raise typer.Exit(1) from None
 
-    async def run() -> None:
-        async with _flags(settings) as (source, broadcaster):
-            await source.change(parsed, [])
-            if broadcaster is not None:
-                await broadcaster.publish()
-
-    asyncio.run(run())
+    _set_flags(settings, parsed)
     typer.echo(f"{len(parsed)} flags imported from {path}.")
 
 
@@ -438,6 +447,45 @@ def clients_remove(client_id: str) -> None:
     settings = _settings()
     _run_client_tool(settings, lambda db: oidc_clients.delete_client(db, None, client_id))
     typer.echo(f"Client {client_id} removed.")
+
+
+@cli.command("audit")
+def audit_command(
+    actor: str | None = typer.Option(None, help="A UUID, or a name (alice, cli:root)."),
+    action: str | None = typer.Option(None, help="user.banned, or a prefix: 'user.*'."),
+    target: str | None = typer.Option(None, help="A target's id: a user's UUID, a flag."),
+    target_type: str | None = typer.Option(None, help="user, flag, ..."),
+    since: int | None = typer.Option(None, min=0, help="From this epoch second on."),
+    until: int | None = typer.Option(None, min=0, help="Up to this epoch second."),
+    limit: int = typer.Option(50, min=1, max=1000, help="Entries to print."),
+    cursor: str | None = typer.Option(None, help="next_cursor of the previous page."),
+) -> None:
+    """Print the admin audit log as JSON, newest first: {"items": [...], "next_cursor"}."""
+    settings = _settings()
+
+    async def run() -> dict:
+        async with _database(settings) as factory, factory() as db:
+            events, next_cursor = await read_audit_log(
+                db,
+                None,
+                limit=limit,
+                cursor=cursor,
+                by=actor,
+                action=action,
+                target=target,
+                target_type=target_type,
+                since=since,
+                until=until,
+            )
+        items = [AuditEntry.model_validate(event).model_dump() for event in events]
+        return {"items": items, "next_cursor": next_cursor}
+
+    try:
+        page = asyncio.run(run())
+    except AppError as error:
+        typer.echo(f"Refused: {error.detail} ({error.code})", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(page, indent=2))
 
 
 users_cli = typer.Typer(

@@ -304,6 +304,9 @@ class Settings(BaseSettings):
     # Every maintenance job's period, in seconds; 0 keeps each job's own (an hour, ten
     # minutes, a day: see the README's Scheduled jobs).
     MAINTENANCE_PERIOD_SECONDS: int = Field(default=0, ge=0, le=86400 * 7)
+    # Days the admin audit log keeps a row; the trim_audit_log job deletes older ones.
+    # 0 keeps every row.
+    AUDIT_RETENTION_DAYS: int = Field(default=365, ge=0, le=36500)
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
 

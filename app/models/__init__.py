@@ -1,5 +1,6 @@
 """SQLAlchemy models. Importing this package registers every table on ``Base.metadata``."""
 
+from app.models.audit_event import AuditEvent
 from app.models.base import Base, new_uuid, now_epoch
 from app.models.bluesky import BlueskyClientKey, BlueskySession
 from app.models.external_account import ExternalAccount
@@ -19,6 +20,7 @@ from app.models.user import User
 from app.models.user_event import UserEvent
 
 __all__ = [
+    "AuditEvent",
     "Base",
     "BlueskyClientKey",
     "BlueskySession",

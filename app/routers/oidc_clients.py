@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 
-from app.routers.deps import CurrentUser, Reader, SessionDep
+from app.routers.deps import ClientDep, CurrentUser, Reader, SessionDep
 from app.schemas.common import error_responses
 from app.schemas.oidc import (
     ClientCreate,
@@ -32,7 +32,7 @@ ClientId = Annotated[str, Path(alias="client_id", min_length=1, max_length=64)]
     responses=error_responses(401, 403, 422),
 )
 async def create_oidc_client(
-    body: ClientCreate, actor: CurrentUser, db: SessionDep
+    body: ClientCreate, actor: CurrentUser, db: SessionDep, client: ClientDep
 ) -> ClientWithSecret:
     """Register an application that signs its users in with this service.
 
@@ -53,7 +53,7 @@ async def create_oidc_client(
         ``VALIDATION_ERROR``: a redirect URI that is not exact or not allowed, an
         unknown scope.
     """
-    row, secret = await oidc_clients.create_client(db, actor, body)
+    row, secret = await oidc_clients.create_client(db, actor, body, client)
     return ClientWithSecret(**ClientInfo.of(row).model_dump(), client_secret=secret)
 
 
@@ -112,7 +112,7 @@ async def read_oidc_client(client_id: ClientId, actor: Reader, db: SessionDep) -
     responses=error_responses(401, 403, 404, 422),
 )
 async def update_oidc_client(
-    client_id: ClientId, body: ClientUpdate, actor: CurrentUser, db: SessionDep
+    client_id: ClientId, body: ClientUpdate, actor: CurrentUser, db: SessionDep, client: ClientDep
 ) -> ClientInfo:
     """Change a client's name, redirect URIs or scopes (absent fields stay).
 
@@ -130,7 +130,7 @@ async def update_oidc_client(
     422
         ``VALIDATION_ERROR``.
     """
-    return ClientInfo.of(await oidc_clients.update_client(db, actor, client_id, body))
+    return ClientInfo.of(await oidc_clients.update_client(db, actor, client_id, body, client))
 
 
 @router.post(
@@ -140,7 +140,7 @@ async def update_oidc_client(
     responses=error_responses(401, 403, 404, 409, 422),
 )
 async def rotate_oidc_client_secret(
-    client_id: ClientId, actor: CurrentUser, db: SessionDep
+    client_id: ClientId, actor: CurrentUser, db: SessionDep, client: ClientDep
 ) -> ClientWithSecret:
     """Give a confidential client a new secret; the old one stops working at once.
 
@@ -158,7 +158,7 @@ async def rotate_oidc_client_secret(
     409
         ``PUBLIC_CLIENT``: a public client has no secret.
     """
-    secret = await oidc_clients.rotate_secret(db, actor, client_id)
+    secret = await oidc_clients.rotate_secret(db, actor, client_id, client)
     row = await oidc_clients.get_client(db, actor, client_id)
     return ClientWithSecret(**ClientInfo.of(row).model_dump(), client_secret=secret)
 
@@ -170,7 +170,9 @@ async def rotate_oidc_client_secret(
     response_class=Response,
     responses=error_responses(401, 403, 404, 422),
 )
-async def delete_oidc_client(client_id: ClientId, actor: CurrentUser, db: SessionDep) -> Response:
+async def delete_oidc_client(
+    client_id: ClientId, actor: CurrentUser, db: SessionDep, client: ClientDep
+) -> Response:
     """Remove a client application; every token it holds stops working at once.
 
     Raises
@@ -180,7 +182,7 @@ async def delete_oidc_client(client_id: ClientId, actor: CurrentUser, db: Sessio
     404
         ``CLIENT_NOT_FOUND``.
     """
-    await oidc_clients.delete_client(db, actor, client_id)
+    await oidc_clients.delete_client(db, actor, client_id, client)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

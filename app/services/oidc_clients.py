@@ -16,8 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.errors import Conflict, NotFound
 from app.core.permissions import Subject, require_permission
 from app.core.security import hash_secret
-from app.models import OidcClient, now_epoch
+from app.models import OidcClient, User, now_epoch
 from app.schemas.oidc import ClientCreate, ClientUpdate
+from app.services.audit import AuditTarget, record_audit
+from app.services.context import ClientInfo
 
 CLIENT_ID_PREFIX = "umc_"
 SECRET_PREFIX = "umcs_"
@@ -36,13 +38,17 @@ class ClientNotFound(NotFound):
     detail = "No such client application"
 
 
+def _target(row: OidcClient) -> AuditTarget:
+    return AuditTarget("oidc_client", row.client_id, row.name)
+
+
 def _new_secret() -> tuple[str, str]:
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
     return secret, hash_secret(secret)
 
 
 async def create_client(
-    db: AsyncSession, actor: Subject | None, body: ClientCreate
+    db: AsyncSession, actor: User | None, body: ClientCreate, client: ClientInfo | None = None
 ) -> tuple[OidcClient, str | None]:
     """Register a client; returns it and its secret (None for a public client)."""
     _require(actor, "create")
@@ -60,6 +66,14 @@ async def create_client(
         created_by=actor.uuid if actor is not None else None,
     )
     db.add(row)
+    record_audit(
+        db,
+        actor,
+        "client.created",
+        _target(row),
+        client,
+        {"redirect_uris": row.redirect_uris, "scopes": row.scopes, "public": body.public},
+    )
     await db.commit()
     return row, secret
 
@@ -80,7 +94,11 @@ async def get_client(db: AsyncSession, actor: Subject | None, client_id: str) ->
 
 
 async def update_client(
-    db: AsyncSession, actor: Subject | None, client_id: str, body: ClientUpdate
+    db: AsyncSession,
+    actor: User | None,
+    client_id: str,
+    body: ClientUpdate,
+    client: ClientInfo | None = None,
 ) -> OidcClient:
     """Change a client's name, URIs or scopes. Tokens already given keep their scopes
     until they expire; new requests get the new rules."""
@@ -95,11 +113,15 @@ async def update_client(
     if body.scopes is not None:
         row.scopes = sorted(set(body.scopes) | {"openid"})
     row.updated_at = now_epoch()
+    changed = body.model_dump(exclude_none=True)
+    record_audit(db, actor, "client.updated", _target(row), client, {"changed": changed})
     await db.commit()
     return row
 
 
-async def rotate_secret(db: AsyncSession, actor: Subject | None, client_id: str) -> str:
+async def rotate_secret(
+    db: AsyncSession, actor: User | None, client_id: str, client: ClientInfo | None = None
+) -> str:
     """A new secret for a confidential client; the old one stops working at once."""
     _require(actor, "update")
     row = await get_client(db, actor, client_id)
@@ -107,14 +129,18 @@ async def rotate_secret(db: AsyncSession, actor: Subject | None, client_id: str)
         raise PublicClientHasNoSecret()
     secret, row.secret_hash = _new_secret()
     row.updated_at = now_epoch()
+    record_audit(db, actor, "client.secret_rotated", _target(row), client)
     await db.commit()
     return secret
 
 
-async def delete_client(db: AsyncSession, actor: Subject | None, client_id: str) -> None:
+async def delete_client(
+    db: AsyncSession, actor: User | None, client_id: str, client: ClientInfo | None = None
+) -> None:
     """Remove a client with its codes, consents and grants."""
     _require(actor, "delete")
     row = await get_client(db, actor, client_id)
+    record_audit(db, actor, "client.deleted", _target(row), client)
     await db.delete(row)
     await db.commit()
 

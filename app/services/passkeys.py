@@ -68,6 +68,7 @@ from app.models import Passkey, User, WebAuthnChallenge, new_uuid, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.passkeys import PasskeyOptions
 from app.services import two_factor
+from app.services.audit import AuditTarget, record_audit
 from app.services.context import ClientInfo
 from app.services.devices import claim_login, new_device_token
 from app.services.directory import tool_target
@@ -504,14 +505,10 @@ async def remove_by_admin(
     user = await tool_target(db, actor, user_uuid, "remove_passkey")
     passkey = await _own_passkey(db, user.uuid, passkey_id)
     await _delete_keeping_a_way_in(db, user.uuid, passkey)
-    record_event(
-        db,
-        user.uuid,
-        "passkey_removed",
-        by=actor.uuid if actor is not None else None,
-        client=client,
-        details={"passkey": passkey.id, "name": passkey.name},
-    )
+    details = {"passkey": passkey.id, "name": passkey.name}
+    by = actor.uuid if actor is not None else None
+    record_event(db, user.uuid, "passkey_removed", by=by, client=client, details=details)
+    record_audit(db, actor, "user.passkey_removed", AuditTarget.of_user(user), client, details)
     await db.commit()
     send_security_notice(
         settings,

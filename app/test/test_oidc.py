@@ -387,6 +387,8 @@ async def test_an_expired_code_is_refused(
     answer = await exchange(client, rp, code, verifier)
     assert answer.status_code == 400
     assert answer.json()["error"] == "invalid_grant"
+    purged = await purge_expired(app.state.session_factory)
+    assert purged["oidc_codes"] == 1
 
 
 async def test_a_banned_user_gets_nothing_more(
@@ -639,6 +641,12 @@ async def test_only_admins_manage_clients_and_secrets_show_once(
         f"/api/admin/oidc-clients/{created['client_id']}", headers=bearer(admin)
     )
     assert deleted.status_code == 204
+    log = await client.get("/api/admin/audit", params={"action": "client.*"}, headers=bearer(admin))
+    assert log.status_code == 200, log.text
+    actions = [item["action"] for item in log.json()["items"]]
+    assert actions == ["client.deleted", "client.secret_rotated", "client.created"]
+    assert created["client_secret"] not in log.text
+    assert rotated.json()["client_secret"] not in log.text
     missing = await client.get(
         f"/api/admin/oidc-clients/{created['client_id']}", headers=bearer(admin)
     )

@@ -72,6 +72,11 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         ("file", "delete"): ANY_FILE,
         ("feature_flags", "read"): EVERYONE,
         ("feature_flags", "update"): EVERYONE,
+        ("audit", "read"): EVERYONE,
+        ("oidc_clients", "read"): EVERYONE,
+        ("oidc_clients", "create"): EVERYONE,
+        ("oidc_clients", "update"): EVERYONE,
+        ("oidc_clients", "delete"): EVERYONE,
         ("docs", "read"): EVERYONE,
     },
     "moderator": {

@@ -1,7 +1,7 @@
 """the Bluesky tables: the client key and each user's AT Protocol session
 
 Revision ID: 0018
-Revises: 0015
+Revises: 0017
 Create Date: 2026-11-29
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0018"
-down_revision: str | None = "0015"
+down_revision: str | None = "0017"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
