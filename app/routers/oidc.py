@@ -17,7 +17,7 @@ service's ``detail``/``code``.
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from authlib.oauth2.rfc6749 import OAuth2Error
 from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
@@ -35,7 +35,7 @@ from app.routers.deps import (
     SessionDep,
     SettingsDep,
 )
-from app.routers.docs_pages import render_page, require_same_origin
+from app.routers.docs_pages import PAGE_POLICY, render_page, require_same_origin
 from app.schemas.common import Text
 from app.schemas.oidc import (
     SCOPE_TEXT,
@@ -136,6 +136,21 @@ def _insecure() -> JSONResponse:
 async def _sso_auth(request: Request, authenticator: Authenticator) -> Auth | None:
     token = request.cookies.get(SSO_COOKIE)
     return await authenticator.caller(token or None).optional_reader() if token else None
+
+
+def _policy_allowing(redirect_uri: str) -> str:
+    """The pages' policy, with forms also allowed to end at ``redirect_uri``'s origin.
+
+    Browsers hold a form's whole redirect chain to ``form-action``: the consent form
+    (and the sign-in form, when the consent is already given) ends at the client, so
+    the client's registered address must be allowed, and only that one.
+    """
+    parts = urlsplit(redirect_uri)
+    if parts.scheme in ("http", "https"):
+        source = f"{parts.scheme}://{parts.netloc}"
+    else:
+        source = f"{parts.scheme}:"
+    return PAGE_POLICY.replace("form-action 'self'", f"form-action 'self' {source}")
 
 
 def _message(
@@ -366,7 +381,7 @@ async def _authorize(
     if isinstance(answer, tuple):
         client, scope = answer
         assert auth is not None
-        return render_page(
+        page = render_page(
             request,
             "consent.html",
             settings,
@@ -379,6 +394,10 @@ async def _authorize(
             ],
             params=[(key, value) for key, value in params if key != "decision"],
         )
+        page.headers["Content-Security-Policy"] = _policy_allowing(
+            _data(protocol_request)["redirect_uri"]
+        )
+        return page
     assert isinstance(answer, ProtocolAnswer)
     if answer.location is not None:
         return RedirectResponse(answer.location, status.HTTP_302_FOUND, headers=_NO_STORE)
@@ -406,14 +425,16 @@ async def oidc_signin_page(
     HTMLResponse
         The page.
     """
-    client_name = None
+    client_name = redirect_uri = None
     if next.startswith("/oauth2/authorize?"):
-        from urllib.parse import parse_qs, urlsplit
-
-        client_id = parse_qs(urlsplit(next).query).get("client_id", [""])[0]
+        query = parse_qs(urlsplit(next).query)
+        client_id = query.get("client_id", [""])[0]
         client = await db.get(OidcClient, client_id) if 0 < len(client_id) <= 64 else None
-        client_name = client.name if client is not None else None
-    return render_page(
+        if client is not None:
+            client_name = client.name
+            asked = query.get("redirect_uri", [""])[0]
+            redirect_uri = asked if asked in client.redirect_uris else None
+    page = render_page(
         request,
         "signin.html",
         settings,
@@ -422,6 +443,10 @@ async def oidc_signin_page(
         next=next if next.startswith("/oauth2/authorize?") else "",
         client_name=client_name,
     )
+    if redirect_uri is not None:
+        # Signing in may end at the client at once (consent already given).
+        page.headers["Content-Security-Policy"] = _policy_allowing(redirect_uri)
+    return page
 
 
 @router.post(

@@ -12,7 +12,7 @@ import base64
 import hashlib
 import secrets
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import jwt
@@ -762,3 +762,26 @@ async def test_shared_secret_mode_keeps_hs256_access_tokens(tmp_path, db_backend
         assert (await client.get("/api/users/me", headers=bearer(tokens))).status_code == 200
         # OpenID Connect still signs with the published keys.
         assert (await client.get("/.well-known/jwks.json")).json()["keys"]
+
+
+async def test_forms_may_end_at_the_client_s_registered_address_only(
+    client: httpx.AsyncClient, setup: dict[str, Any]
+) -> None:
+    """Browsers hold a form's redirects to form-action: the consent and sign-in pages
+    allow the client's registered address, and nothing else."""
+    rp = setup["rp"]
+    consent = await client.get(
+        "/oauth2/authorize", params=authorize_params(rp, pkce()[1], prompt="consent")
+    )
+    assert consent.status_code == 200
+    policy = consent.headers["content-security-policy"]
+    assert "form-action 'self' https://rp.example;" in policy
+    assert "frame-ancestors 'none'" in policy
+    params = authorize_params(rp, pkce()[1])
+    registered = "/oauth2/authorize?" + urlencode(params)
+    page = await client.get("/oauth2/signin", params={"next": registered})
+    assert "form-action 'self' https://rp.example;" in page.headers["content-security-policy"]
+    foreign = "/oauth2/authorize?" + urlencode({**params, "redirect_uri": "https://evil.example/"})
+    page = await client.get("/oauth2/signin", params={"next": foreign})
+    assert "form-action 'self';" in page.headers["content-security-policy"]
+    assert "evil.example" not in page.headers["content-security-policy"]

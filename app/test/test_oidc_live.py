@@ -253,3 +253,63 @@ def test_relying_parties_sign_in_verify_refresh_and_log_out(
         assert "error=invalid_request" in replayed.headers["location"]
     assert registered["client_secret"] not in server.output
     assert token["refresh_token"] not in server.output
+
+
+def test_a_browser_signs_in_with_its_code_and_consents(
+    provider: tuple[LiveServer, dict[str, str]], browser: Any
+) -> None:
+    """The real pages in Chromium: the client's redirect, the sign-in page with the
+    second factor, the consent page, and back to the client with a code."""
+    server, env = provider
+    url = server.url
+    added = run_cli(env, "clients", "add", "--name", "Recipes", "--redirect-uri", REDIRECT)
+    assert added.returncode == 0, added.stderr
+    registered = json.loads(added.stdout)
+    user, totp = _user_with_authenticator(url)
+    rp = OAuth2Client(
+        client_id=registered["client_id"],
+        client_secret=registered["client_secret"],
+        scope="openid profile",
+        redirect_uri=REDIRECT,
+        code_challenge_method="S256",
+    )
+    verifier = "browser-" + "v" * 50
+    authorize_url, state = rp.create_authorization_url(
+        f"{url}/oauth2/authorize", code_verifier=verifier, nonce="n-browser"
+    )
+
+    page = browser.new_page()
+    messages: list[str] = []
+    page.on("console", lambda message: messages.append(message.text))
+    page.on("pageerror", lambda error: messages.append(str(error)))
+    arrived: list[str] = []
+
+    def at_the_client(route: Any) -> None:
+        arrived.append(route.request.url)
+        route.fulfill(status=200, body="signed in at Recipes", content_type="text/plain")
+
+    page.route(f"{REDIRECT}**", at_the_client)
+    page.goto(authorize_url)
+    page.wait_for_url("**/oauth2/signin?**")
+    assert "Recipes" in page.locator("main").inner_text()
+    page.fill("#username", user["username"])
+    page.fill("#password", PASSWORD)
+    page.click("#sign-in")
+    page.locator("#code-step").wait_for(state="visible")
+    page.fill("#code", totp.now())
+    page.click("#verify")
+    page.locator("#consent").wait_for()
+    scopes = page.locator("#scopes li").all_inner_texts()
+    assert any("username" in text for text in scopes)
+    page.click("#allow")
+    page.wait_for_url(f"{REDIRECT}**")
+    assert len(arrived) == 1
+    query = parse_qs(urlsplit(arrived[0]).query)
+    assert query["state"] == [state]
+    token = rp.fetch_token(
+        f"{url}/oauth2/token", authorization_response=arrived[0], code_verifier=verifier
+    )
+    claims = jwt.decode(token["id_token"], options={"verify_signature": False})
+    assert claims["sub"] == user["uuid"]
+    assert claims["preferred_username"] == user["username"]
+    assert [m for m in messages if "Content Security Policy" in m] == []
