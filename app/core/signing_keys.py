@@ -170,31 +170,60 @@ async def rotate_keys(
     raise RuntimeError("could not add a signing key: too many rotations at once")
 
 
-async def ensure_signing_key(db: AsyncSession, settings: Settings) -> None:
-    """Create the first key when there is none that may sign (first start), or when
-    no key that may sign can be opened with the configured DATA_ENCRYPTION_KEY."""
+async def _has_usable_key(db: AsyncSession, settings: Settings) -> bool:
+    """Can the key that signs now (the newest active one, possibly about to be
+    replaced by a rotation) be opened with this deployment's keys?"""
     now = now_epoch()
-    rows = (
-        (
-            await db.execute(
-                select(SigningKey).where(
-                    SigningKey.active_from <= now, SigningKey.publish_until.is_(None)
-                )
-            )
+    current = await db.scalar(
+        select(SigningKey)
+        .where(
+            SigningKey.active_from <= now,
+            or_(SigningKey.publish_until.is_(None), SigningKey.publish_until > now),
         )
-        .scalars()
-        .all()
+        .order_by(SigningKey.generation.desc())
+        .limit(1)
     )
-    for row in rows:
-        try:
-            settings.secret_box.open(row.private_key)
+    if current is None:
+        return False
+    try:
+        settings.secret_box.open(current.private_key)
+    except SealError:
+        logger.error(
+            "signing key {} cannot be opened with DATA_ENCRYPTION_KEY; a new key replaces it",
+            current.kid,
+        )
+        return False
+    return True
+
+
+async def ensure_signing_key(db: AsyncSession, settings: Settings) -> None:
+    """Create a key when none may sign (the first start), or when none that may sign
+    can be opened with the configured DATA_ENCRYPTION_KEY. Commits.
+
+    Replicas starting together race for the same generation: one adds it, the others
+    fail on the unique generation, find the winner's key and use it, so that every
+    replica signs with one key from the start.
+    """
+    for _ in range(5):
+        # Read first: a key another replica adds after this read takes the generation
+        # this one would add, and the insert below then fails and looks again.
+        newest = (await db.execute(select(func.max(SigningKey.generation)))).scalar()
+        if await _has_usable_key(db, settings):
             return
-        except SealError:
-            logger.error(
-                "signing key {} cannot be opened with DATA_ENCRYPTION_KEY; a new key replaces it",
-                row.kid,
-            )
-    await rotate_keys(db, settings, activate_in_seconds=0)
+        now = now_epoch()
+        retire_at = now + signed_lifetime_seconds(settings) + PUBLISH_MARGIN_SECONDS
+        await db.execute(
+            update(SigningKey)
+            .where(SigningKey.publish_until.is_(None))
+            .values(publish_until=retire_at)
+        )
+        db.add(new_key_row(settings, (newest or 0) + 1, now))
+        try:
+            await db.commit()
+            return
+        except IntegrityError:
+            await db.rollback()  # another replica added this generation: look again
+    raise RuntimeError("could not create a signing key")
 
 
 async def published_keys(db: AsyncSession) -> list[SigningKey]:

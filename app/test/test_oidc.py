@@ -19,7 +19,7 @@ import jwt
 import pyotp
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from app.core.config import Settings
 from app.models import OidcCode, SigningKey
@@ -785,3 +785,27 @@ async def test_forms_may_end_at_the_client_s_registered_address_only(
     page = await client.get("/oauth2/signin", params={"next": foreign})
     assert "form-action 'self';" in page.headers["content-security-policy"]
     assert "evil.example" not in page.headers["content-security-policy"]
+
+
+async def test_replicas_starting_together_agree_on_one_key(
+    app: FastAPI, settings: Settings
+) -> None:
+    from app.core.signing_keys import ensure_signing_key, rotate_keys
+
+    async with app.state.session_factory() as db:
+        await db.execute(delete(SigningKey))
+        await db.commit()
+
+    async def start() -> None:
+        async with app.state.session_factory() as db:
+            await ensure_signing_key(db, settings)
+
+    await asyncio.gather(*(start() for _ in range(4)))
+    async with app.state.session_factory() as db:
+        assert len((await db.scalars(select(SigningKey))).all()) == 1
+        # During a rotation's delay the old key still signs: a replica starting then
+        # adds nothing.
+        await rotate_keys(db, settings, activate_in_seconds=600)
+    await start()
+    async with app.state.session_factory() as db:
+        assert len((await db.scalars(select(SigningKey))).all()) == 2
