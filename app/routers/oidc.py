@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from app.core.authentication import Auth, Authenticator, InvalidToken
 from app.core.config import Settings
 from app.core.signing_keys import Keyring
-from app.models import OidcClient, OidcConsent, now_epoch
+from app.models import OidcClient, now_epoch
 from app.routers.deps import (
     AuthenticatorDep,
     ClientDep,
@@ -339,28 +339,16 @@ async def _authorize(
         client = grant.client.row
         scope = protocol_request.scope or ""
         if decision is None:
-            consent = provider.db.get(OidcConsent, (auth.user.uuid, client.client_id))
-            known = consent is not None and set(scope.split()) <= set(consent.scopes)
-            if "consent" in prompts or not known:
+            if "consent" in prompts or not oidc.has_consent(
+                provider.db, auth.user.uuid, client.client_id, scope
+            ):
                 if "none" in prompts:
                     return oidc.error_answer(
                         ConsentRequiredError(redirect_uri=redirect_uri, state=state)
                     )
                 return client, scope
         elif decision == "allow":
-            consent = provider.db.get(OidcConsent, (auth.user.uuid, client.client_id))
-            if consent is None:
-                provider.db.add(
-                    OidcConsent(
-                        user_uuid=auth.user.uuid,
-                        client_id=client.client_id,
-                        scopes=sorted(set(scope.split())),
-                        granted_at=now_epoch(),
-                    )
-                )
-            else:
-                consent.scopes = sorted(set(consent.scopes) | set(scope.split()))
-                consent.granted_at = now_epoch()
+            oidc.remember_consent(provider.db, auth.user.uuid, client.client_id, scope)
         answer = provider.create_authorization_response(
             protocol_request, grant_user=auth.user if decision != "deny" else None, grant=grant
         )

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import jwt
 from authlib.oauth2.rfc6749 import (
     AuthorizationServer,
     ClientMixin,
@@ -649,8 +650,6 @@ def read_access_claims(keyring: Keyring, token: str) -> dict[str, Any]:
     The type header tells them from the service's own access tokens and ID tokens,
     which the same keys sign.
     """
-    import jwt  # the header only: the signature is checked by the keyring
-
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as error:
@@ -735,15 +734,15 @@ class UnknownClient(AppError):
     detail = "No such client application"
 
 
-async def consented(db: AsyncSession, user_uuid: str, client_id: str, scope: str) -> bool:
+def has_consent(db: SyncSession, user_uuid: str, client_id: str, scope: str) -> bool:
     """Has the user already allowed every scope of ``scope`` to this client?"""
-    consent = await db.get(OidcConsent, (user_uuid, client_id))
+    consent = db.get(OidcConsent, (user_uuid, client_id))
     return consent is not None and set(scope.split()) <= set(consent.scopes)
 
 
-async def remember_consent(db: AsyncSession, user_uuid: str, client_id: str, scope: str) -> None:
+def remember_consent(db: SyncSession, user_uuid: str, client_id: str, scope: str) -> None:
     """Add ``scope`` to what the user allowed the client (the caller commits)."""
-    consent = await db.get(OidcConsent, (user_uuid, client_id))
+    consent = db.get(OidcConsent, (user_uuid, client_id))
     if consent is None:
         db.add(
             OidcConsent(
