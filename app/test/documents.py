@@ -47,12 +47,12 @@ def complete_document(app: FastAPI) -> dict[str, Any]:
                 responses=route.responses,
                 tags=route.tags,
             )
-        elif context.path.startswith("/oauth2/") and context.path in UNDOCUMENTED:
+        elif (context.path or "").startswith("/oauth2/") and context.path in UNDOCUMENTED:
             assert isinstance(route, APIRoute)
             pages.add_api_route(
                 context.path,
                 route.endpoint,
-                methods=sorted(route.methods),
+                methods=sorted(route.methods or ()),
                 status_code=route.status_code,
                 response_class=route.response_class,
                 responses=route.responses,

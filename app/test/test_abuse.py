@@ -171,15 +171,15 @@ async def test_hostile_text_in_every_field(
     # The OpenID Connect provider: its forms answer in the common shape, its pages
     # with a page, never a server error.
     form = {"Content-Type": "application/x-www-form-urlencoded"}
-    for path, body in [
+    for path, fields in [
         ("/oauth2/token", f"grant_type=authorization_code&code={raw}&client_id={raw}"),
         ("/oauth2/token", f"grant_type=refresh_token&refresh_token={raw}&client_id={raw}"),
         ("/oauth2/token", f"grant_type={raw}&client_id={raw}&client_secret={raw}"),
         ("/oauth2/introspect", f"token={raw}&client_id={raw}&client_secret={raw}"),
         ("/oauth2/revoke", f"token={raw}&token_type_hint={raw}&client_id={raw}"),
     ]:
-        response = await client.post(path, content=body.encode(), headers=form)
-        _assert_error_shape(response, f"{path} {body}")
+        response = await client.post(path, content=fields.encode(), headers=form)
+        _assert_error_shape(response, f"{path} {fields}")
     for page in [
         f"/oauth2/authorize?response_type=code&client_id={raw}&redirect_uri={raw}&scope={raw}",
         f"/oauth2/signin?next=/oauth2/authorize%3Fclient_id%3D{raw}",
