@@ -250,6 +250,11 @@ def user_claims(settings: Settings, user: User, scope: str) -> dict[str, Any]:
     return dict(UserInfo(claims))
 
 
+def is_client_id(value: object) -> bool:
+    """Could ``value`` name a client? (Not NUL, which PostgreSQL cannot even compare.)"""
+    return isinstance(value, str) and 0 < len(value) <= 64 and "\x00" not in value
+
+
 # The server -----------------------------------------------------------------------------
 
 
@@ -532,7 +537,7 @@ class Provider(AuthorizationServer):
     # Authlib's framework hooks
 
     def query_client(self, client_id: str) -> Any:
-        if not isinstance(client_id, str) or not 0 < len(client_id) <= 64:
+        if not is_client_id(client_id):
             return None
         row = self.db.get(OidcClient, client_id)
         return RegisteredClient(row) if row is not None else None
