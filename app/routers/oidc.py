@@ -20,9 +20,12 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from authlib.oauth2.rfc6749 import OAuth2Error
+from authlib.oauth2.rfc6749.errors import InsecureTransportError, InvalidRequestError
 from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
+from authlib.oidc.rpinitiated import EndSessionRequest
 from fastapi import APIRouter, Depends, Form, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from starlette.exceptions import HTTPException
 
 from app.core.authentication import Auth, Authenticator, InvalidToken
 from app.core.config import Settings
@@ -89,11 +92,20 @@ def _public_uri(request: Request, settings: Settings) -> str:
     return f"{settings.issuer}{request.url.path}" + (f"?{query}" if query else "")
 
 
-async def _protocol_request(request: Request, settings: Settings) -> ProviderRequest | None:
-    form: list[tuple[str, str]] = []
-    if request.method == "POST":
-        form = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
+async def _protocol_request(
+    request: Request, settings: Settings, *, page: bool = False
+) -> ProviderRequest | Response:
+    """The request as the provider reads it, or the answer refusing it: BASE_URL is
+    plain http on a public name, or the parameters are ones the protocol forbids
+    (a page for the browser's endpoints, ``page``; else the protocol's JSON)."""
     try:
+        form: list[tuple[str, str]] = []
+        if request.method == "POST":
+            try:
+                fields = (await request.form()).multi_items()
+            except HTTPException:  # a malformed multipart body
+                raise InvalidRequestError("The request body cannot be read.") from None
+            form = [(k, v) for k, v in fields if isinstance(v, str)]
         return ProviderRequest(
             request.method,
             _public_uri(request, settings),
@@ -101,8 +113,18 @@ async def _protocol_request(request: Request, settings: Settings) -> ProviderReq
             request.query_params.multi_items(),
             form,
         )
-    except OAuth2Error:  # insecure transport: BASE_URL is plain http on a public name
-        return None
+    except InsecureTransportError:
+        return _insecure()
+    except OAuth2Error as error:
+        if page:
+            return _message(
+                request,
+                settings,
+                "This request is not valid",
+                str(error.description or error.error),
+                400,
+            )
+        return _json_answer(oidc.error_answer(error))
 
 
 def _data(protocol_request: ProviderRequest) -> dict[str, str]:
@@ -302,9 +324,9 @@ async def _authorize(
     *,
     decision: str | None,
 ) -> Response:
-    protocol_request = await _protocol_request(request, settings)
-    if protocol_request is None:
-        return _insecure()
+    protocol_request = await _protocol_request(request, settings, page=True)
+    if isinstance(protocol_request, Response):
+        return protocol_request
     auth = await _sso_auth(request, authenticator)
     user = auth.user if auth is not None else None
     data = _data(protocol_request)
@@ -406,21 +428,15 @@ async def oidc_signin_page(
     HTMLResponse
         The page.
     """
-    client_name = None
-    if next.startswith("/oauth2/authorize?"):
-        from urllib.parse import parse_qs, urlsplit
-
-        client_id = parse_qs(urlsplit(next).query).get("client_id", [""])[0]
-        client = await db.get(OidcClient, client_id) if 0 < len(client_id) <= 64 else None
-        client_name = client.name if client is not None else None
+    client = await oidc.client_of_request(db, next)
     return render_page(
         request,
         "signin.html",
         settings,
         api_prefix=settings.API_STR,
         finish_url="/oauth2/session",
-        next=next if next.startswith("/oauth2/authorize?") else "",
-        client_name=client_name,
+        next=next if next.startswith(oidc.AUTHORIZE_PATH + "?") else "",
+        client_name=client.name if client is not None else None,
     )
 
 
@@ -548,6 +564,14 @@ async def end_session_confirmed(
     return await _end_session(request, db, settings, keyring, authenticator, client, confirmed=True)
 
 
+def _hint_names(validated: EndSessionRequest, auth: Auth) -> bool:
+    """Does the ID token hint name this very sign-in (its user and session)? Only then
+    is the user signed out without being asked: an ID token of an earlier sign-in,
+    however it leaked, cannot end this one."""
+    claims = validated.id_token_claims or {}
+    return claims.get("sub") == auth.user.uuid and claims.get("sid") == auth.session.id
+
+
 async def _end_session(
     request: Request,
     db: SessionDep,
@@ -558,9 +582,9 @@ async def _end_session(
     *,
     confirmed: bool,
 ) -> Response:
-    protocol_request = await _protocol_request(request, settings)
-    if protocol_request is None:
-        return _insecure()
+    protocol_request = await _protocol_request(request, settings, page=True)
+    if isinstance(protocol_request, Response):
+        return protocol_request
     try:
         validated = await run_provider(
             db, settings, keyring, lambda provider: provider.validate_end_session(protocol_request)
@@ -577,8 +601,7 @@ async def _end_session(
         auth = await authenticator.caller(request.cookies.get(SSO_COOKIE) or None).live(db)
     except InvalidToken:
         auth = None
-    hint_subject = (validated.id_token_claims or {}).get("sub")
-    if not confirmed and auth is not None and hint_subject != auth.user.uuid:
+    if not confirmed and auth is not None and not _hint_names(validated, auth):
         params = [(k, v) for k, v in _data(protocol_request).items()]
         return _message(
             request,
@@ -642,8 +665,8 @@ async def token(
         ``invalid_client``.
     """
     protocol_request = await _protocol_request(request, settings)
-    if protocol_request is None:
-        return _insecure()
+    if isinstance(protocol_request, Response):
+        return protocol_request
     answer = await run_provider(
         db, settings, keyring, lambda provider: provider.create_token_response(protocol_request)
     )
@@ -752,8 +775,8 @@ async def introspect(
         ``invalid_client``.
     """
     protocol_request = await _protocol_request(request, settings)
-    if protocol_request is None:
-        return _insecure()
+    if isinstance(protocol_request, Response):
+        return protocol_request
     answer = await run_provider(
         db,
         settings,
@@ -789,8 +812,8 @@ async def revoke(
         ``invalid_client``.
     """
     protocol_request = await _protocol_request(request, settings)
-    if protocol_request is None:
-        return _insecure()
+    if isinstance(protocol_request, Response):
+        return protocol_request
     answer = await run_provider(
         db,
         settings,
