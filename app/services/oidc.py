@@ -51,7 +51,7 @@ from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oidc.core import OpenIDCode, UserInfo
 from authlib.oidc.core.util import create_half_hash
 from authlib.oidc.rpinitiated import EndSessionEndpoint, EndSessionRequest
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session as SyncSession
 
@@ -902,6 +902,26 @@ async def end_sso_session_grants(db: AsyncSession, sso_session_id: str) -> None:
         .where(OidcGrant.sso_session_id == sso_session_id, OidcGrant.revoked_at.is_(None))
         .values(revoked_at=now_epoch())
     )
+
+
+async def end_user_grants(
+    db: AsyncSession, user_uuid: str, *, keep_sso_session_id: str | None = None
+) -> None:
+    """End every grant of a user (but those given during ``keep_sso_session_id``),
+    when their sessions here end; the caller commits."""
+    statement = (
+        update(OidcGrant)
+        .where(OidcGrant.user_uuid == user_uuid, OidcGrant.revoked_at.is_(None))
+        .values(revoked_at=now_epoch())
+    )
+    if keep_sso_session_id is not None:
+        statement = statement.where(
+            or_(
+                OidcGrant.sso_session_id.is_(None),
+                OidcGrant.sso_session_id != keep_sso_session_id,
+            )
+        )
+    await db.execute(statement)
 
 
 # Userinfo ----------------------------------------------------------------------------------
