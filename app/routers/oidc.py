@@ -300,11 +300,13 @@ def _needs_fresh_sign_in(data: dict[str, str], auth: Auth) -> bool:
 
 
 def _signin_redirect(params: list[tuple[str, str]]) -> Response:
-    # Continue without prompt=login once signed in, or it would ask forever.
+    # Continue without prompt=login and max_age once signed in, or it would ask
+    # forever (max_age=0 is already past a second later); the ID token's auth_time
+    # tells the client when the sign-in happened.
     kept = [
         (key, value if key != "prompt" else " ".join(p for p in value.split() if p != "login"))
         for key, value in params
-        if key not in ("decision",)
+        if key not in ("decision", "max_age")
     ]
     kept = [(key, value) for key, value in kept if not (key == "prompt" and not value)]
     target = "/oauth2/authorize?" + urlencode(kept)

@@ -508,6 +508,7 @@ async def test_max_age_zero_asks_to_sign_in_once_not_forever(
     rp = signed_in["rp"]
     await tokens_for(client, rp)
     params = authorize_params(rp, pkce()[1], max_age="0")
+    await asyncio.sleep(1.1)  # the sign-in is older than max_age
     first = await client.get("/oauth2/authorize", params=params)
     assert first.status_code == 303
     next_url = parse_qs(urlsplit(first.headers["location"]).query)["next"][0]
