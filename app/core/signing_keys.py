@@ -172,14 +172,22 @@ async def rotate_keys(
 
 async def ensure_signing_key(db: AsyncSession, settings: Settings) -> None:
     """Create the first key when there is none that may sign (first start), or when
-    no key that may sign can be opened with the configured DATA_ENCRYPTION_KEY."""
+    no key that may sign can be opened with the configured DATA_ENCRYPTION_KEY.
+
+    A key a rotation replaces may still sign until its successor's time comes: a
+    replica that starts meanwhile uses it, rather than adding a key of its own that
+    signs at once, before the other replicas know it.
+    """
     now = now_epoch()
     rows = (
         (
             await db.execute(
-                select(SigningKey).where(
-                    SigningKey.active_from <= now, SigningKey.publish_until.is_(None)
+                select(SigningKey)
+                .where(
+                    SigningKey.active_from <= now,
+                    or_(SigningKey.publish_until.is_(None), SigningKey.publish_until > now),
                 )
+                .order_by(SigningKey.generation.desc())
             )
         )
         .scalars()
@@ -246,6 +254,7 @@ class Keyring:
             rows = await published_keys(db)
         public: dict[str, PublicKey] = {}
         signers: list[PrivateKey] = []
+        now = now_epoch()
         for row in rows:
             public[row.kid] = PublicKey(
                 kid=row.kid,
@@ -254,7 +263,10 @@ class Keyring:
                 verifier=_import_public(row.public_jwk),
                 publish_until=row.publish_until,
             )
-            if row.publish_until is None or len(signers) < 2:
+            # Newest first: the keys waiting for their time, and the newest one whose
+            # time has come (it signs until they take over; two rotations within
+            # the activation delay leave two waiting).
+            if not any(signer.active_from <= now for signer in signers):
                 try:
                     pem = self.settings.secret_box.open(row.private_key)
                 except SealError:

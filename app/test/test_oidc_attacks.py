@@ -593,3 +593,26 @@ async def test_two_replicas_starting_together_verify_each_other_s_tokens(
         keyrings[0].verify(token, require=["sub"])
         token = keyrings[0].sign({"sub": "x", "iat": int(time.time())})
         keyrings[1].verify(token, require=["sub"])
+
+
+async def test_a_replica_starting_during_a_rotation_adds_no_key_of_its_own(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    from sqlalchemy import func, select
+
+    from app.core.signing_keys import rotate_keys
+    from app.main import create_app
+    from app.models import SigningKey
+
+    running = app.state.authenticator.keyring
+    async with app.state.session_factory() as db:
+        await rotate_keys(db, settings, activate_in_seconds=60)
+    # A replica starts (a deploy, a scale-up) while the new key waits for its time.
+    replica = create_app(settings)
+    async with replica.router.lifespan_context(replica):
+        async with app.state.session_factory() as db:
+            assert await db.scalar(select(func.count()).select_from(SigningKey)) == 2
+        started = replica.state.authenticator.keyring
+        assert started.signing_key().kid == running.signing_key().kid
+        token = started.sign({"sub": "x", "iat": int(time.time())})
+        running.verify(token, require=["sub"])
