@@ -455,7 +455,14 @@ class _CodeGrant(grants.AuthorizationCodeGrant):
         return None
 
     def authenticate_user(self, authorization_code: IssuedCode) -> User | None:
-        user = self.server.db.get(User, authorization_code.row.user_uuid)
+        # Shared lock on PostgreSQL: a ban committing meanwhile either comes first
+        # (the user is seen inactive) or waits, and then ends the grant made here.
+        user = self.server.db.get(
+            User,
+            authorization_code.row.user_uuid,
+            with_for_update={"read": True},
+            populate_existing=True,
+        )
         if user is None or not user.is_active:
             return None
         self.server.grant_code = authorization_code.row

@@ -616,3 +616,24 @@ async def test_a_replica_starting_during_a_rotation_adds_no_key_of_its_own(
         assert started.signing_key().kid == running.signing_key().kid
         token = started.sign({"sub": "x", "iat": int(time.time())})
         running.verify(token, require=["sub"])
+
+
+async def test_a_code_exchanged_while_the_user_is_banned_gives_nothing_that_lasts(
+    client: httpx.AsyncClient, signed_in: dict[str, Any]
+) -> None:
+    rp, user, admin = signed_in["rp"], signed_in["user"], signed_in["admin"]
+    path = f"/api/admin/user/{user['uuid']}"
+    for _ in range(4):
+        verifier, challenge = pkce()
+        code, _ = await get_code(client, rp, challenge)
+        ban = client.patch(path, json={"is_active": False}, headers=bearer(admin))
+        answer, banned = await asyncio.gather(exchange(client, rp, code, verifier), ban)
+        assert banned.status_code == 200
+        assert answer.status_code in (200, 400), answer.text
+        unbanned = await client.patch(path, json={"is_active": True}, headers=bearer(admin))
+        assert unbanned.status_code == 200
+        if answer.status_code == 200:
+            # Whichever came first, the ban ended what the exchange gave.
+            assert (await refresh(client, rp, answer.json()["refresh_token"])).status_code == 400
+        fresh = await login(client, user["username"], PASSWORD)
+        await sign_in_to_provider(client, fresh)
