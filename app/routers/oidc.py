@@ -46,8 +46,11 @@ from app.schemas.oidc import (
     JsonWebKeySet,
     OAuthErrorResponse,
     ProviderMetadata,
+    TokenActionRequest,
+    TokenRequest,
     TokenResponse,
     UserInfoResponse,
+    form_body,
 )
 from app.services import oidc
 from app.services.oidc import ProtocolAnswer, Provider, ProviderRequest, run_provider
@@ -639,6 +642,7 @@ async def _end_session(
     response_model=TokenResponse,
     response_model_exclude_none=True,
     responses=_oauth_errors(400, 401),
+    openapi_extra=form_body(TokenRequest),
 )
 async def token(
     request: Request, db: SessionDep, settings: SettingsDep, keyring: KeyringDep
@@ -759,6 +763,7 @@ async def _userinfo(
     response_model=IntrospectionResponse,
     response_model_exclude_none=True,
     responses=_oauth_errors(400, 401),
+    openapi_extra=form_body(TokenActionRequest),
 )
 async def introspect(
     request: Request, db: SessionDep, settings: SettingsDep, keyring: KeyringDep
@@ -793,6 +798,7 @@ async def introspect(
     "/oauth2/revoke",
     response_model=dict[str, Any],
     responses=_oauth_errors(400, 401),
+    openapi_extra=form_body(TokenActionRequest),
 )
 async def revoke(
     request: Request, db: SessionDep, settings: SettingsDep, keyring: KeyringDep

@@ -596,7 +596,7 @@ async def test_two_replicas_starting_together_verify_each_other_s_tokens(
 
 
 async def test_a_replica_starting_during_a_rotation_adds_no_key_of_its_own(
-    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+    app: FastAPI, settings: Settings
 ) -> None:
     from sqlalchemy import func, select
 
@@ -637,3 +637,19 @@ async def test_a_code_exchanged_while_the_user_is_banned_gives_nothing_that_last
             assert (await refresh(client, rp, answer.json()["refresh_token"])).status_code == 400
         fresh = await login(client, user["username"], PASSWORD)
         await sign_in_to_provider(client, fresh)
+
+
+# Documentation -------------------------------------------------------------------------------
+
+
+async def test_the_protocol_endpoints_document_their_forms(app: FastAPI) -> None:
+    document = app.openapi()
+    expected = {
+        "/oauth2/token": {"grant_type", "code", "redirect_uri", "code_verifier", "refresh_token"},
+        "/oauth2/introspect": {"token", "token_type_hint"},
+        "/oauth2/revoke": {"token", "token_type_hint"},
+    }
+    for path, fields in expected.items():
+        body = document["paths"][path]["post"]["requestBody"]["content"]
+        schema = body["application/x-www-form-urlencoded"]["schema"]
+        assert fields <= set(schema["properties"]), path
