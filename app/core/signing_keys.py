@@ -148,36 +148,46 @@ async def rotate_keys(
     unique generation and is retried on top of the first.
     """
     for _ in range(5):
-        now = now_epoch()
-        newest = (await db.execute(select(func.max(SigningKey.generation)))).scalar()
-        active_from = now + max(0, activate_in_seconds)
-        row = new_key_row(settings, (newest or 0) + 1, active_from, algorithm)
-        # The keys that sign until the new one takes over sign their last token at
-        # active_from; it expires at most a lifetime later.
-        retire_at = active_from + signed_lifetime_seconds(settings) + PUBLISH_MARGIN_SECONDS
-        await db.execute(
-            update(SigningKey)
-            .where(SigningKey.publish_until.is_(None))
-            .values(publish_until=retire_at)
-        )
-        db.add(row)
-        try:
-            await db.commit()
-        except IntegrityError:
-            await db.rollback()
-            continue
-        return row
+        row = await _add_key(db, settings, activate_in_seconds, algorithm)
+        if row is not None:
+            return row
     raise RuntimeError("could not add a signing key: too many rotations at once")
 
 
-async def ensure_signing_key(db: AsyncSession, settings: Settings) -> None:
-    """Create the first key when there is none that may sign (first start), or when
-    no key that may sign can be opened with the configured DATA_ENCRYPTION_KEY.
+async def _newest_generation(db: AsyncSession) -> int:
+    return (await db.execute(select(func.max(SigningKey.generation)))).scalar() or 0
 
-    A key a rotation replaces may still sign until its successor's time comes: a
-    replica that starts meanwhile uses it, rather than adding a key of its own that
-    signs at once, before the other replicas know it.
-    """
+
+async def _add_key(
+    db: AsyncSession,
+    settings: Settings,
+    activate_in_seconds: int,
+    algorithm: str | None,
+    *,
+    after_generation: int | None = None,
+) -> SigningKey | None:
+    """One attempt at a rotation, adding the generation after ``after_generation``
+    (the newest now, by default); None when another one added that generation."""
+    now = now_epoch()
+    newest = await _newest_generation(db) if after_generation is None else after_generation
+    active_from = now + max(0, activate_in_seconds)
+    row = new_key_row(settings, newest + 1, active_from, algorithm)
+    # The keys that sign until the new one takes over sign their last token at
+    # active_from; it expires at most a lifetime later.
+    retire_at = active_from + signed_lifetime_seconds(settings) + PUBLISH_MARGIN_SECONDS
+    await db.execute(
+        update(SigningKey).where(SigningKey.publish_until.is_(None)).values(publish_until=retire_at)
+    )
+    db.add(row)
+    try:
+        await db.commit()
+    except IntegrityError:
+        await db.rollback()
+        return None
+    return row
+
+
+async def _key_that_signs(db: AsyncSession, settings: Settings) -> SigningKey | None:
     now = now_epoch()
     rows = (
         (
@@ -196,13 +206,34 @@ async def ensure_signing_key(db: AsyncSession, settings: Settings) -> None:
     for row in rows:
         try:
             settings.secret_box.open(row.private_key)
-            return
+            return row
         except SealError:
             logger.error(
                 "signing key {} cannot be opened with DATA_ENCRYPTION_KEY; a new key replaces it",
                 row.kid,
             )
-    await rotate_keys(db, settings, activate_in_seconds=0)
+    return None
+
+
+async def ensure_signing_key(db: AsyncSession, settings: Settings) -> None:
+    """Create the first key when there is none that may sign (first start), or when
+    no key that may sign can be opened with the configured DATA_ENCRYPTION_KEY.
+
+    A key a rotation replaces may still sign until its successor's time comes: a
+    replica that starts meanwhile uses it, rather than adding a key of its own that
+    signs at once, before the other replicas know it. Replicas starting together
+    on an empty database add one key: the one that loses the race uses the
+    winner's.
+    """
+    for _ in range(5):
+        # The generation is read before the check: a key another replica adds after
+        # it takes that generation's successor, and ours then fails on it.
+        newest = await _newest_generation(db)
+        if await _key_that_signs(db, settings) is not None:
+            return
+        if await _add_key(db, settings, 0, None, after_generation=newest) is not None:
+            return
+    raise RuntimeError("could not add a signing key: too many replicas adding one at once")
 
 
 async def published_keys(db: AsyncSession) -> list[SigningKey]:

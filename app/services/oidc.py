@@ -645,6 +645,7 @@ class Provider(AuthorizationServer):
         # The keys that sign ID tokens sign the service's own access tokens and the
         # clients' too: only an ID token (issued here, for a client, no token type)
         # is a hint.
+        assert request.payload is not None
         header = jwt.get_unverified_header(request.payload.data["id_token_hint"])
         return (
             header.get("typ") in (None, "JWT")

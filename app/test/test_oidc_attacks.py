@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
+import json
 import time
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
@@ -17,6 +20,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
 
 from app.core.config import Settings
@@ -103,7 +107,7 @@ async def test_a_token_request_with_a_parameter_twice_is_refused(
     auth = httpx.BasicAuth(rp["client_id"], rp["client_secret"])
     answer = await client.post(
         "/oauth2/token",
-        content=httpx.QueryParams(form).__str__(),
+        content=urlencode(form),
         headers={"Content-Type": "application/x-www-form-urlencoded"},
         auth=auth,
     )
@@ -400,7 +404,7 @@ async def test_a_token_of_an_unknown_or_pruned_key_is_refused(
         headers={**header, "kid": "nope"},
     )
     assert (await userinfo(client, unknown)).status_code == 401
-    none = jwt.encode(claims, None, algorithm="none", headers={"kid": header["kid"]})
+    none = jwt.encode(claims, "", algorithm="none", headers={"kid": header["kid"]})
     assert (await userinfo(client, none)).status_code == 401
 
 
@@ -420,17 +424,9 @@ async def test_hs256_mode_never_accepts_the_public_key_as_a_secret(
         _, tokens = await signup_and_login(client)
         claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
         jwk = (await client.get("/.well-known/jwks.json")).json()["keys"][0]
-        public_pem = jwt.PyJWK(jwk).key.public_bytes(  # type: ignore[union-attr]
-            encoding=__import__(
-                "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]
-            ).Encoding.PEM,
-            format=__import__(
-                "cryptography.hazmat.primitives.serialization", fromlist=["PublicFormat"]
-            ).PublicFormat.SubjectPublicKeyInfo,
+        public_pem = jwt.PyJWK(jwk).key.public_bytes(
+            encoding=Encoding.PEM, format=PublicFormat.SubjectPublicKeyInfo
         )
-        import hashlib
-        import hmac
-        import json
 
         def b64(data: bytes) -> str:
             return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -653,3 +649,26 @@ async def test_the_protocol_endpoints_document_their_forms(app: FastAPI) -> None
         body = document["paths"][path]["post"]["requestBody"]["content"]
         schema = body["application/x-www-form-urlencoded"]["schema"]
         assert fields <= set(schema["properties"]), path
+
+
+async def test_replicas_adding_the_first_key_at_once_add_one(
+    app: FastAPI, settings: Settings
+) -> None:
+    from sqlalchemy import delete, func, select
+
+    from app.core.signing_keys import ensure_signing_key
+    from app.models import SigningKey
+
+    factory = app.state.session_factory
+
+    async def ensure() -> None:
+        async with factory() as db:
+            await ensure_signing_key(db, settings)
+
+    for _ in range(5):
+        async with factory() as db:
+            await db.execute(delete(SigningKey))
+            await db.commit()
+        await asyncio.gather(*(ensure() for _ in range(4)))
+        async with factory() as db:
+            assert await db.scalar(select(func.count()).select_from(SigningKey)) == 1
