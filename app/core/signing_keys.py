@@ -148,82 +148,92 @@ async def rotate_keys(
     unique generation and is retried on top of the first.
     """
     for _ in range(5):
-        now = now_epoch()
-        newest = (await db.execute(select(func.max(SigningKey.generation)))).scalar()
-        active_from = now + max(0, activate_in_seconds)
-        row = new_key_row(settings, (newest or 0) + 1, active_from, algorithm)
-        # The keys that sign until the new one takes over sign their last token at
-        # active_from; it expires at most a lifetime later.
-        retire_at = active_from + signed_lifetime_seconds(settings) + PUBLISH_MARGIN_SECONDS
-        await db.execute(
-            update(SigningKey)
-            .where(SigningKey.publish_until.is_(None))
-            .values(publish_until=retire_at)
-        )
-        db.add(row)
-        try:
-            await db.commit()
-        except IntegrityError:
-            await db.rollback()
-            continue
-        return row
+        row = await _add_key(db, settings, activate_in_seconds, algorithm)
+        if row is not None:
+            return row
     raise RuntimeError("could not add a signing key: too many rotations at once")
 
 
-async def _has_usable_key(db: AsyncSession, settings: Settings) -> bool:
-    """Can the key that signs now (the newest active one, possibly about to be
-    replaced by a rotation) be opened with this deployment's keys?"""
+async def _newest_generation(db: AsyncSession) -> int:
+    return (await db.execute(select(func.max(SigningKey.generation)))).scalar() or 0
+
+
+async def _add_key(
+    db: AsyncSession,
+    settings: Settings,
+    activate_in_seconds: int,
+    algorithm: str | None,
+    *,
+    after_generation: int | None = None,
+) -> SigningKey | None:
+    """One attempt at a rotation, adding the generation after ``after_generation``
+    (the newest now, by default); None when another one added that generation."""
     now = now_epoch()
-    current = await db.scalar(
-        select(SigningKey)
-        .where(
-            SigningKey.active_from <= now,
-            or_(SigningKey.publish_until.is_(None), SigningKey.publish_until > now),
-        )
-        .order_by(SigningKey.generation.desc())
-        .limit(1)
+    newest = await _newest_generation(db) if after_generation is None else after_generation
+    active_from = now + max(0, activate_in_seconds)
+    row = new_key_row(settings, newest + 1, active_from, algorithm)
+    # The keys that sign until the new one takes over sign their last token at
+    # active_from; it expires at most a lifetime later.
+    retire_at = active_from + signed_lifetime_seconds(settings) + PUBLISH_MARGIN_SECONDS
+    await db.execute(
+        update(SigningKey).where(SigningKey.publish_until.is_(None)).values(publish_until=retire_at)
     )
-    if current is None:
-        return False
+    db.add(row)
     try:
-        settings.secret_box.open(current.private_key)
-    except SealError:
-        logger.error(
-            "signing key {} cannot be opened with DATA_ENCRYPTION_KEY; a new key replaces it",
-            current.kid,
+        await db.commit()
+    except IntegrityError:
+        await db.rollback()
+        return None
+    return row
+
+
+async def _key_that_signs(db: AsyncSession, settings: Settings) -> SigningKey | None:
+    now = now_epoch()
+    rows = (
+        (
+            await db.execute(
+                select(SigningKey)
+                .where(
+                    SigningKey.active_from <= now,
+                    or_(SigningKey.publish_until.is_(None), SigningKey.publish_until > now),
+                )
+                .order_by(SigningKey.generation.desc())
+            )
         )
-        return False
-    return True
+        .scalars()
+        .all()
+    )
+    for row in rows:
+        try:
+            settings.secret_box.open(row.private_key)
+            return row
+        except SealError:
+            logger.error(
+                "signing key {} cannot be opened with DATA_ENCRYPTION_KEY; a new key replaces it",
+                row.kid,
+            )
+    return None
 
 
 async def ensure_signing_key(db: AsyncSession, settings: Settings) -> None:
-    """Create a key when none may sign (the first start), or when none that may sign
-    can be opened with the configured DATA_ENCRYPTION_KEY. Commits.
+    """Create the first key when there is none that may sign (first start), or when
+    no key that may sign can be opened with the configured DATA_ENCRYPTION_KEY.
 
-    Replicas starting together race for the same generation: one adds it, the others
-    fail on the unique generation, find the winner's key and use it, so that every
-    replica signs with one key from the start.
+    A key a rotation replaces may still sign until its successor's time comes: a
+    replica that starts meanwhile uses it, rather than adding a key of its own that
+    signs at once, before the other replicas know it. Replicas starting together
+    on an empty database add one key: the one that loses the race uses the
+    winner's.
     """
     for _ in range(5):
-        # Read first: a key another replica adds after this read takes the generation
-        # this one would add, and the insert below then fails and looks again.
-        newest = (await db.execute(select(func.max(SigningKey.generation)))).scalar()
-        if await _has_usable_key(db, settings):
+        # The generation is read before the check: a key another replica adds after
+        # it takes that generation's successor, and ours then fails on it.
+        newest = await _newest_generation(db)
+        if await _key_that_signs(db, settings) is not None:
             return
-        now = now_epoch()
-        retire_at = now + signed_lifetime_seconds(settings) + PUBLISH_MARGIN_SECONDS
-        await db.execute(
-            update(SigningKey)
-            .where(SigningKey.publish_until.is_(None))
-            .values(publish_until=retire_at)
-        )
-        db.add(new_key_row(settings, (newest or 0) + 1, now))
-        try:
-            await db.commit()
+        if await _add_key(db, settings, 0, None, after_generation=newest) is not None:
             return
-        except IntegrityError:
-            await db.rollback()  # another replica added this generation: look again
-    raise RuntimeError("could not create a signing key")
+    raise RuntimeError("could not add a signing key: too many replicas adding one at once")
 
 
 async def published_keys(db: AsyncSession) -> list[SigningKey]:
@@ -275,6 +285,7 @@ class Keyring:
             rows = await published_keys(db)
         public: dict[str, PublicKey] = {}
         signers: list[PrivateKey] = []
+        now = now_epoch()
         for row in rows:
             public[row.kid] = PublicKey(
                 kid=row.kid,
@@ -283,7 +294,10 @@ class Keyring:
                 verifier=_import_public(row.public_jwk),
                 publish_until=row.publish_until,
             )
-            if row.publish_until is None or len(signers) < 2:
+            # Newest first: the keys waiting for their time, and the newest one whose
+            # time has come (it signs until they take over; two rotations within
+            # the activation delay leave two waiting).
+            if not any(signer.active_from <= now for signer in signers):
                 try:
                     pem = self.settings.secret_box.open(row.private_key)
                 except SealError:

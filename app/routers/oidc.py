@@ -20,9 +20,12 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from authlib.oauth2.rfc6749 import OAuth2Error
+from authlib.oauth2.rfc6749.errors import InsecureTransportError, InvalidRequestError
 from authlib.oidc.core.errors import ConsentRequiredError, LoginRequiredError
+from authlib.oidc.rpinitiated import EndSessionRequest
 from fastapi import APIRouter, Depends, Form, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from starlette.exceptions import HTTPException
 
 from app.core.authentication import Auth, Authenticator, InvalidToken
 from app.core.config import Settings
@@ -43,8 +46,11 @@ from app.schemas.oidc import (
     JsonWebKeySet,
     OAuthErrorResponse,
     ProviderMetadata,
+    TokenActionRequest,
+    TokenRequest,
     TokenResponse,
     UserInfoResponse,
+    form_body,
 )
 from app.services import oidc
 from app.services.oidc import ProtocolAnswer, Provider, ProviderRequest, run_provider
@@ -89,15 +95,20 @@ def _public_uri(request: Request, settings: Settings) -> str:
     return f"{settings.issuer}{request.url.path}" + (f"?{query}" if query else "")
 
 
-async def _protocol_request(request: Request, settings: Settings) -> ProviderRequest | Response:
-    """The request as the provider reads it, or the answer that refuses it."""
-    form: list[tuple[str, str]] = []
-    if request.method == "POST":
-        form = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
-    if any("\x00" in value for _, value in [*request.query_params.multi_items(), *form]):
-        # PostgreSQL can neither store nor compare text with NUL (a nonce, a client id).
-        return _refused("Parameters must not contain NUL characters", "invalid_request")
+async def _protocol_request(
+    request: Request, settings: Settings, *, page: bool = False
+) -> ProviderRequest | Response:
+    """The request as the provider reads it, or the answer refusing it: BASE_URL is
+    plain http on a public name, or the parameters are ones the protocol forbids
+    (a page for the browser's endpoints, ``page``; else the protocol's JSON)."""
     try:
+        form: list[tuple[str, str]] = []
+        if request.method == "POST":
+            try:
+                fields = (await request.form()).multi_items()
+            except HTTPException:  # a malformed multipart body
+                raise InvalidRequestError("The request body cannot be read.") from None
+            form = [(k, v) for k, v in fields if isinstance(v, str)]
         return ProviderRequest(
             request.method,
             _public_uri(request, settings),
@@ -105,10 +116,20 @@ async def _protocol_request(request: Request, settings: Settings) -> ProviderReq
             request.query_params.multi_items(),
             form,
         )
-    except OAuth2Error:  # insecure transport: BASE_URL is plain http on a public name
+    except InsecureTransportError:
         return _refused(
             "OpenID Connect needs BASE_URL to be https (or localhost)", "INSECURE_TRANSPORT"
         )
+    except OAuth2Error as error:
+        if page:
+            return _message(
+                request,
+                settings,
+                "This request is not valid",
+                str(error.description or error.error),
+                400,
+            )
+        return _json_answer(oidc.error_answer(error))
 
 
 def _data(protocol_request: ProviderRequest) -> dict[str, str]:
@@ -300,11 +321,13 @@ def _needs_fresh_sign_in(data: dict[str, str], auth: Auth) -> bool:
 
 
 def _signin_redirect(params: list[tuple[str, str]]) -> Response:
-    # Continue without prompt=login once signed in, or it would ask forever.
+    # Continue without prompt=login and max_age once signed in, or it would ask
+    # forever (max_age=0 is already past a second later); the ID token's auth_time
+    # tells the client when the sign-in happened.
     kept = [
         (key, value if key != "prompt" else " ".join(p for p in value.split() if p != "login"))
         for key, value in params
-        if key not in ("decision",)
+        if key not in ("decision", "max_age")
     ]
     kept = [(key, value) for key, value in kept if not (key == "prompt" and not value)]
     target = "/oauth2/authorize?" + urlencode(kept)
@@ -324,8 +347,8 @@ async def _authorize(
     *,
     decision: str | None,
 ) -> Response:
-    protocol_request = await _protocol_request(request, settings)
-    if not isinstance(protocol_request, ProviderRequest):
+    protocol_request = await _protocol_request(request, settings, page=True)
+    if isinstance(protocol_request, Response):
         return protocol_request
     auth = await _sso_auth(request, authenticator)
     user = auth.user if auth is not None else None
@@ -420,23 +443,19 @@ async def oidc_signin_page(
     HTMLResponse
         The page.
     """
-    client_name = redirect_uri = None
-    if next.startswith("/oauth2/authorize?"):
-        query = parse_qs(urlsplit(next).query)
-        client_id = query.get("client_id", [""])[0]
-        client = await db.get(OidcClient, client_id) if oidc.is_client_id(client_id) else None
-        if client is not None:
-            client_name = client.name
-            asked = query.get("redirect_uri", [""])[0]
-            redirect_uri = asked if asked in client.redirect_uris else None
+    client = await oidc.client_of_request(db, next)
+    redirect_uri = None
+    if client is not None:
+        asked = parse_qs(urlsplit(next).query).get("redirect_uri", [""])[0]
+        redirect_uri = asked if asked in client.redirect_uris else None
     page = render_page(
         request,
         "signin.html",
         settings,
         api_prefix=settings.API_STR,
         finish_url="/oauth2/session",
-        next=next if next.startswith("/oauth2/authorize?") else "",
-        client_name=client_name,
+        next=next if next.startswith(oidc.AUTHORIZE_PATH + "?") else "",
+        client_name=client.name if client is not None else None,
     )
     if redirect_uri is not None:
         # Signing in may end at the client at once (consent already given).
@@ -568,6 +587,14 @@ async def end_session_confirmed(
     return await _end_session(request, db, settings, keyring, authenticator, client, confirmed=True)
 
 
+def _hint_names(validated: EndSessionRequest, auth: Auth) -> bool:
+    """Does the ID token hint name this very sign-in (its user and session)? Only then
+    is the user signed out without being asked: an ID token of an earlier sign-in,
+    however it leaked, cannot end this one."""
+    claims = validated.id_token_claims or {}
+    return claims.get("sub") == auth.user.uuid and claims.get("sid") == auth.session.id
+
+
 async def _end_session(
     request: Request,
     db: SessionDep,
@@ -578,8 +605,8 @@ async def _end_session(
     *,
     confirmed: bool,
 ) -> Response:
-    protocol_request = await _protocol_request(request, settings)
-    if not isinstance(protocol_request, ProviderRequest):
+    protocol_request = await _protocol_request(request, settings, page=True)
+    if isinstance(protocol_request, Response):
         return protocol_request
     try:
         validated = await run_provider(
@@ -597,8 +624,7 @@ async def _end_session(
         auth = await authenticator.caller(request.cookies.get(SSO_COOKIE) or None).live(db)
     except InvalidToken:
         auth = None
-    hint_subject = (validated.id_token_claims or {}).get("sub")
-    if not confirmed and auth is not None and hint_subject != auth.user.uuid:
+    if not confirmed and auth is not None and not _hint_names(validated, auth):
         params = [(k, v) for k, v in _data(protocol_request).items()]
         return _message(
             request,
@@ -634,6 +660,7 @@ async def _end_session(
     response_model=TokenResponse,
     response_model_exclude_none=True,
     responses=_oauth_errors(400, 401),
+    openapi_extra=form_body(TokenRequest),
 )
 async def token(
     request: Request, db: SessionDep, settings: SettingsDep, keyring: KeyringDep
@@ -662,7 +689,7 @@ async def token(
         ``invalid_client``.
     """
     protocol_request = await _protocol_request(request, settings)
-    if not isinstance(protocol_request, ProviderRequest):
+    if isinstance(protocol_request, Response):
         return protocol_request
     answer = await run_provider(
         db, settings, keyring, lambda provider: provider.create_token_response(protocol_request)
@@ -754,6 +781,7 @@ async def _userinfo(
     response_model=IntrospectionResponse,
     response_model_exclude_none=True,
     responses=_oauth_errors(400, 401),
+    openapi_extra=form_body(TokenActionRequest),
 )
 async def introspect(
     request: Request, db: SessionDep, settings: SettingsDep, keyring: KeyringDep
@@ -772,7 +800,7 @@ async def introspect(
         ``invalid_client``.
     """
     protocol_request = await _protocol_request(request, settings)
-    if not isinstance(protocol_request, ProviderRequest):
+    if isinstance(protocol_request, Response):
         return protocol_request
     answer = await run_provider(
         db,
@@ -788,6 +816,7 @@ async def introspect(
     "/oauth2/revoke",
     response_model=dict[str, Any],
     responses=_oauth_errors(400, 401),
+    openapi_extra=form_body(TokenActionRequest),
 )
 async def revoke(
     request: Request, db: SessionDep, settings: SettingsDep, keyring: KeyringDep
@@ -809,7 +838,7 @@ async def revoke(
         ``invalid_client``.
     """
     protocol_request = await _protocol_request(request, settings)
-    if not isinstance(protocol_request, ProviderRequest):
+    if isinstance(protocol_request, Response):
         return protocol_request
     answer = await run_provider(
         db,

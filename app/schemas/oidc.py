@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -163,6 +163,49 @@ class OAuthErrorResponse(BaseModel):
     error_description: str | None = None
     detail: str
     code: str = Field(examples=["INVALID_GRANT"])
+
+
+class TokenRequest(BaseModel):
+    """The token endpoint's form (``application/x-www-form-urlencoded``, RFC 6749
+    §4.1.3 and §6). A confidential client authenticates with HTTP Basic or
+    ``client_id`` and ``client_secret`` here; a public one sends ``client_id``. No
+    parameter may be given twice."""
+
+    grant_type: Literal["authorization_code", "refresh_token"]
+    code: str | None = Field(default=None, description="authorization_code: the code.")
+    redirect_uri: str | None = Field(
+        default=None, description="authorization_code: the redirect_uri of the request."
+    )
+    code_verifier: str | None = Field(
+        default=None, description="authorization_code: the PKCE verifier (S256)."
+    )
+    refresh_token: str | None = Field(default=None, description="refresh_token: the token.")
+    scope: str | None = Field(
+        default=None, description="refresh_token: fewer scopes than the grant's, if wanted."
+    )
+    client_id: str | None = None
+    client_secret: str | None = None
+
+
+class TokenActionRequest(BaseModel):
+    """The form of introspection (RFC 7662) and revocation (RFC 7009): the token, and
+    the client's credentials unless sent with HTTP Basic."""
+
+    token: str = Field(description="An access token or a refresh token of the client.")
+    token_type_hint: Literal["access_token", "refresh_token"] | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+
+
+def form_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` of a form read by the endpoint itself (the protocol's
+    endpoints read the raw form: a repeated parameter must be seen to be refused)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-www-form-urlencoded": {"schema": model.model_json_schema()}},
+        }
+    }
 
 
 class TokenResponse(BaseModel):

@@ -23,6 +23,8 @@ What the protocol does not say, decided here:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import secrets
 import time
 import uuid
@@ -30,8 +32,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import jwt
+from authlib.oauth2.base import invalid_error_characters
 from authlib.oauth2.rfc6749 import (
     AuthorizationServer,
     ClientMixin,
@@ -40,14 +44,14 @@ from authlib.oauth2.rfc6749 import (
     OAuth2Request,
     grants,
 )
-from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidRequestError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oidc.core import OpenIDCode, UserInfo
 from authlib.oidc.core.util import create_half_hash
 from authlib.oidc.rpinitiated import EndSessionEndpoint, EndSessionRequest
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session as SyncSession
 
@@ -97,10 +101,77 @@ class _Payload(OAuth2Payload):
         return self._datalist
 
 
+#: The longest parameter value read (an ID token hint is the longest one expected).
+PARAMETER_MAX_CHARS = 8192
+#: Parameters stored in a column of limited length, and that length.
+_STORED_MAX_CHARS = {"nonce": 255}
+#: Parameters Authlib repeats in its error descriptions, which may hold printable
+#: ASCII only, without '"' and '\\' (RFC 6749 §4.1.2.1).
+_ECHOED_PARAMETERS = ("redirect_uri", "response_type")
+
+
+def storable_text(value: str) -> bool:
+    """Can every database keep ``value`` as it is (no NUL, no lone surrogate)?"""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _named(key: str) -> str:
+    return f"'{key}'" if len(key) <= 40 and not invalid_error_characters(key) else "a parameter"
+
+
+def check_parameters(items: Iterable[tuple[str, str]]) -> None:
+    """Refuse (InvalidRequestError) a request whose parameters the protocol forbids
+    or no database keeps: one given twice (RFC 6749 §3.1, §3.2), a control character,
+    an overlong value."""
+    seen: set[str] = set()
+    for key, value in items:
+        if key in seen:
+            raise InvalidRequestError(f"Multiple {_named(key)} in request.")
+        seen.add(key)
+        if not storable_text(key) or not storable_text(value) or invalid_control(value):
+            raise InvalidRequestError(f"Control characters in {_named(key)}.")
+        if len(value) > _STORED_MAX_CHARS.get(key, PARAMETER_MAX_CHARS):
+            raise InvalidRequestError(f"{_named(key).capitalize()} is too long.")
+        if key in _ECHOED_PARAMETERS and invalid_error_characters(value):
+            raise InvalidRequestError(f"Invalid characters in {_named(key)}.")
+
+
+def invalid_control(value: str) -> bool:
+    """Does ``value`` hold a control character (C0 or DEL)?"""
+    return any(ord(char) < 0x20 or char == "\x7f" for char in value)
+
+
+def _check_basic_authorization(headers: Mapping[str, str]) -> None:
+    # Authlib reads HTTP Basic credentials as UTF-8 and fails on anything else.
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidClientError(
+            description="The Authorization header cannot be read", status_code=401
+        ) from None
+    if not storable_text(unquote(decoded)) or invalid_control(unquote(decoded)):
+        raise InvalidClientError(
+            description="The Authorization header cannot be read", status_code=401
+        )
+
+
 class ProviderRequest(OAuth2Request):
     """An HTTP request as Authlib reads it: the query and the form, already read.
 
-    ``uri`` is the public one (under BASE_URL), not the one a proxy forwarded.
+    ``uri`` is the public one (under BASE_URL), not the one a proxy forwarded. Every
+    parameter is kept, so that one given twice is refused, never silently one of
+    its values; a request the protocol forbids raises InvalidRequestError (or
+    InvalidClientError for unreadable credentials) here, before Authlib or the
+    database sees it.
     """
 
     def __init__(
@@ -112,9 +183,12 @@ class ProviderRequest(OAuth2Request):
         form: Iterable[tuple[str, str]] = (),
     ) -> None:
         super().__init__(method, uri, headers=headers)
+        args, form = list(args), list(form)
+        check_parameters([*args, *form])
+        _check_basic_authorization(headers)
         self._args = dict(args)
         self._form = dict(form)
-        self.payload = _Payload([*self._args.items(), *self._form.items()])
+        self.payload = _Payload([*args, *form])
 
     @property
     def args(self) -> dict[str, str | None]:
@@ -386,7 +460,14 @@ class _CodeGrant(grants.AuthorizationCodeGrant):
         return None
 
     def authenticate_user(self, authorization_code: IssuedCode) -> User | None:
-        user = self.server.db.get(User, authorization_code.row.user_uuid)
+        # Shared lock on PostgreSQL: a ban committing meanwhile either comes first
+        # (the user is seen inactive) or waits, and then ends the grant made here.
+        user = self.server.db.get(
+            User,
+            authorization_code.row.user_uuid,
+            with_for_update={"read": True},
+            populate_existing=True,
+        )
         if user is None or not user.is_active:
             return None
         self.server.grant_code = authorization_code.row
@@ -537,7 +618,7 @@ class Provider(AuthorizationServer):
     # Authlib's framework hooks
 
     def query_client(self, client_id: str) -> Any:
-        if not is_client_id(client_id):
+        if not is_client_id(client_id) or not storable_text(client_id):
             return None
         row = self.db.get(OidcClient, client_id)
         return RegisteredClient(row) if row is not None else None
@@ -558,7 +639,24 @@ class Provider(AuthorizationServer):
         """A checked RP-initiated logout request (OAuth2Error when invalid)."""
         validated = self.validate_endpoint_request("end_session", request)
         assert isinstance(validated, EndSessionRequest)
+        claims = validated.id_token_claims
+        if claims is not None and not self._is_id_token(request, claims):
+            raise InvalidRequestError("'id_token_hint' is not an ID token of this provider.")
         return validated
+
+    def _is_id_token(self, request: OAuth2Request, claims: Mapping[str, Any]) -> bool:
+        # The keys that sign ID tokens sign the service's own access tokens and the
+        # clients' too: only an ID token (issued here, for a client, no token type)
+        # is a hint.
+        assert request.payload is not None
+        header = jwt.get_unverified_header(request.payload.data["id_token_hint"])
+        return (
+            header.get("typ") in (None, "JWT")
+            and "typ" not in claims
+            and claims.get("iss") == self.settings.issuer
+            and isinstance(claims.get("aud"), str)
+            and isinstance(claims.get("sub"), str)
+        )
 
     # Tokens
 
@@ -739,6 +837,21 @@ class UnknownClient(AppError):
     detail = "No such client application"
 
 
+#: Where an authorization request goes (the sign-in pages continue only to it).
+AUTHORIZE_PATH = "/oauth2/authorize"
+
+
+async def client_of_request(db: AsyncSession, url: str) -> OidcClient | None:
+    """The client an authorization request (a path and query) names, if any."""
+    parts = urlsplit(url)
+    if parts.path != AUTHORIZE_PATH or parts.scheme or parts.netloc:
+        return None
+    client_id = parse_qs(parts.query).get("client_id", [""])[0]
+    if not is_client_id(client_id) or not storable_text(client_id):
+        return None
+    return await db.get(OidcClient, client_id)
+
+
 def has_consent(db: SyncSession, user_uuid: str, client_id: str, scope: str) -> bool:
     """Has the user already allowed every scope of ``scope`` to this client?"""
     consent = db.get(OidcConsent, (user_uuid, client_id))
@@ -800,6 +913,26 @@ async def end_sso_session_grants(db: AsyncSession, sso_session_id: str) -> None:
         .where(OidcGrant.sso_session_id == sso_session_id, OidcGrant.revoked_at.is_(None))
         .values(revoked_at=now_epoch())
     )
+
+
+async def end_user_grants(
+    db: AsyncSession, user_uuid: str, *, keep_sso_session_id: str | None = None
+) -> None:
+    """End every grant of a user (but those given during ``keep_sso_session_id``),
+    when their sessions here end; the caller commits."""
+    statement = (
+        update(OidcGrant)
+        .where(OidcGrant.user_uuid == user_uuid, OidcGrant.revoked_at.is_(None))
+        .values(revoked_at=now_epoch())
+    )
+    if keep_sso_session_id is not None:
+        statement = statement.where(
+            or_(
+                OidcGrant.sso_session_id.is_(None),
+                OidcGrant.sso_session_id != keep_sso_session_id,
+            )
+        )
+    await db.execute(statement)
 
 
 # Userinfo ----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from app.models import RotatedRefreshToken, Session, User, new_uuid, now_epoch
 from app.schemas.auth import TokenPair
 from app.services.context import ClientInfo
 from app.services.history import record_event
+from app.services.oidc import end_user_grants
 
 _USER_AGENT_MAX = 512
 
@@ -93,7 +94,9 @@ async def start_session(
 async def revoke_sessions(
     db: AsyncSession, user_uuid: str, *, keep_session_id: str | None = None
 ) -> int:
-    """End every open session of a user (but ``keep_session_id``); the caller commits."""
+    """End every open session of a user (but ``keep_session_id``), and what client
+    applications were given through them (their grants: a ban lifted later, or a
+    password reset, does not bring them back); the caller commits."""
     statement = (
         update(Session)
         .where(Session.user_uuid == user_uuid, Session.revoked_at.is_(None))
@@ -102,6 +105,7 @@ async def revoke_sessions(
     if keep_session_id is not None:
         statement = statement.where(Session.id != keep_session_id)
     result = await bulk_write(db, statement, users=[user_uuid])
+    await end_user_grants(db, user_uuid, keep_sso_session_id=keep_session_id)
     return rows_matched(result)
 
 
