@@ -227,16 +227,15 @@ class AccessClaims:
     token_type: str
 
 
-def create_token(
+def token_claims(
     *,
     subject: str,
     token_type: str,
-    secret: str,
     expires_in_seconds: int,
     session_id: str | None = None,
     extra: dict[str, Any] | None = None,
-) -> str:
-    """Sign a JWT of kind ``token_type`` (``access``, ``otp_pending``, ...)."""
+) -> dict[str, Any]:
+    """The claims every token this service signs carries (see REQUIRED_CLAIMS)."""
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": subject,
@@ -248,6 +247,26 @@ def create_token(
     }
     if session_id is not None:
         claims["sid"] = session_id
+    return claims
+
+
+def create_token(
+    *,
+    subject: str,
+    token_type: str,
+    secret: str,
+    expires_in_seconds: int,
+    session_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Sign an HS256 JWT of kind ``token_type`` (``otp_pending``, ...) with ``secret``."""
+    claims = token_claims(
+        subject=subject,
+        token_type=token_type,
+        expires_in_seconds=expires_in_seconds,
+        session_id=session_id,
+        extra=extra,
+    )
     return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +37,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.secret_box import SealError
-from app.core.security import REQUIRED_CLAIMS, TokenError, decode_jwt, decode_token
+from app.core.security import (
+    REQUIRED_CLAIMS,
+    TokenError,
+    decode_jwt,
+    decode_token,
+    token_claims,
+)
 from app.models import SigningKey, now_epoch
 
 #: Algorithms of the asymmetric keys, and the key type each needs.
@@ -377,15 +382,12 @@ class Keyring:
 
     def sign_access_token(self, *, subject: str, session_id: str, expires_in_seconds: int) -> str:
         """An access token of a session of this service's API."""
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "sub": subject,
-            "iat": now,
-            "exp": now + expires_in_seconds,
-            "jti": uuid.uuid4().hex,
-            "typ": "access",
-            "sid": session_id,
-        }
+        claims = token_claims(
+            subject=subject,
+            token_type="access",
+            expires_in_seconds=expires_in_seconds,
+            session_id=session_id,
+        )
         if self.shared_secret_access_tokens:
             return jwt.encode(claims, self.settings.JWT_SECRET_KEY, algorithm="HS256")
         claims["iss"] = self.settings.issuer

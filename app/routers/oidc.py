@@ -655,6 +655,25 @@ async def _end_session(
 # Client endpoints ---------------------------------------------------------------------------
 
 
+async def _client_endpoint(
+    request: Request, db: SessionDep, settings: Settings, keyring: Keyring, endpoint: str | None
+) -> Response:
+    """Answer a client's form request at the token endpoint (``endpoint`` None) or at
+    one of Authlib's other endpoints (``introspection``, ``revocation``)."""
+    protocol_request = await _protocol_request(request, settings)
+    if isinstance(protocol_request, Response):
+        return protocol_request
+
+    def step(provider: Provider) -> object:
+        if endpoint is None:
+            return provider.create_token_response(protocol_request)
+        return provider.create_endpoint_response(endpoint, protocol_request)
+
+    answer = await run_provider(db, settings, keyring, step)
+    assert isinstance(answer, ProtocolAnswer)
+    return _json_answer(answer)
+
+
 @router.post(
     "/oauth2/token",
     response_model=TokenResponse,
@@ -688,14 +707,7 @@ async def token(
     401
         ``invalid_client``.
     """
-    protocol_request = await _protocol_request(request, settings)
-    if isinstance(protocol_request, Response):
-        return protocol_request
-    answer = await run_provider(
-        db, settings, keyring, lambda provider: provider.create_token_response(protocol_request)
-    )
-    assert isinstance(answer, ProtocolAnswer)
-    return _json_answer(answer)
+    return await _client_endpoint(request, db, settings, keyring, None)
 
 
 @router.get(
@@ -799,17 +811,7 @@ async def introspect(
     401
         ``invalid_client``.
     """
-    protocol_request = await _protocol_request(request, settings)
-    if isinstance(protocol_request, Response):
-        return protocol_request
-    answer = await run_provider(
-        db,
-        settings,
-        keyring,
-        lambda provider: provider.create_endpoint_response("introspection", protocol_request),
-    )
-    assert isinstance(answer, ProtocolAnswer)
-    return _json_answer(answer)
+    return await _client_endpoint(request, db, settings, keyring, "introspection")
 
 
 @router.post(
@@ -837,14 +839,4 @@ async def revoke(
     401
         ``invalid_client``.
     """
-    protocol_request = await _protocol_request(request, settings)
-    if isinstance(protocol_request, Response):
-        return protocol_request
-    answer = await run_provider(
-        db,
-        settings,
-        keyring,
-        lambda provider: provider.create_endpoint_response("revocation", protocol_request),
-    )
-    assert isinstance(answer, ProtocolAnswer)
-    return _json_answer(answer)
+    return await _client_endpoint(request, db, settings, keyring, "revocation")

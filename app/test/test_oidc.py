@@ -129,14 +129,19 @@ async def userinfo(client: httpx.AsyncClient, access_token: str) -> httpx.Respon
     return await client.get("/oauth2/userinfo", headers=bearer(access_token))
 
 
-@pytest.fixture
-async def setup(app: FastAPI, client: httpx.AsyncClient) -> dict[str, Any]:
+async def provider_setup(app: FastAPI, client: httpx.AsyncClient) -> dict[str, Any]:
     """A confidential client and a user signed in at the provider."""
     admin = await admin_tokens(app, client)
     rp = await register_client(client, admin)
     user, tokens = await signup_and_login(client)
     await sign_in_to_provider(client, tokens)
     return {"admin": admin, "rp": rp, "user": user, "tokens": tokens}
+
+
+@pytest.fixture
+async def setup(app: FastAPI, client: httpx.AsyncClient) -> dict[str, Any]:
+    """:func:`provider_setup`, for a test."""
+    return await provider_setup(app, client)
 
 
 # Discovery and keys ----------------------------------------------------------------------------

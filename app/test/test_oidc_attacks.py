@@ -33,6 +33,7 @@ from app.test.test_oidc import (
     exchange,
     get_code,
     pkce,
+    provider_setup,
     redirect_query,
     refresh,
     register_client,
@@ -43,12 +44,8 @@ from app.test.test_oidc import (
 
 @pytest.fixture
 async def signed_in(app: FastAPI, client: httpx.AsyncClient) -> dict[str, Any]:
-    """A confidential client and a user signed in at the provider (as test_oidc's)."""
-    admin = await admin_tokens(app, client)
-    rp = await register_client(client, admin)
-    user, tokens = await signup_and_login(client)
-    await sign_in_to_provider(client, tokens)
-    return {"admin": admin, "rp": rp, "user": user, "tokens": tokens}
+    """A confidential client and a user signed in at the provider."""
+    return await provider_setup(app, client)
 
 
 def assert_protocol_error(response: httpx.Response, status: int | None = None) -> dict[str, Any]:
