@@ -14,6 +14,7 @@ from app.models.session import Session
 from app.models.used_token import UsedToken
 from app.models.user import User
 from app.models.user_event import UserEvent
+from app.models.webhook import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
     "Base",
@@ -31,6 +32,9 @@ __all__ = [
     "User",
     "UserEvent",
     "WebAuthnChallenge",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
     "new_uuid",
     "now_epoch",
     "user_file",
