@@ -49,7 +49,10 @@ class WebhookEvent(Base):
     """One event of the outbox, in the Standard Webhooks shape, fanned out once."""
 
     __tablename__ = "webhook_event"
-    __table_args__ = (Index("ix_webhook_event_fanned_out_id", "fanned_out", "id"),)
+    __table_args__ = (
+        Index("ix_webhook_event_fanned_out_id", "fanned_out", "id"),
+        Index("ix_webhook_event_created_at", "created_at"),  # retention
+    )
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
     # The ``webhook-id`` header: the same for every attempt and every endpoint.
@@ -76,6 +79,9 @@ class WebhookDelivery(Base):
             "user_key",
             "event_id",
         ),
+        # Retention asks whether an event still has deliveries; a deleted event takes
+        # its deliveries with it.
+        Index("ix_webhook_delivery_event_id", "event_id"),
     )
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)

@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("message_id", name=op.f("uq_webhook_event_message_id")),
     )
     op.create_index("ix_webhook_event_fanned_out_id", "webhook_event", ["fanned_out", "id"])
+    op.create_index("ix_webhook_event_created_at", "webhook_event", ["created_at"])
     op.create_table(
         "webhook_delivery",
         sa.Column("id", _ROW_ID, autoincrement=True, nullable=False),
@@ -88,14 +89,17 @@ def upgrade() -> None:
         "webhook_delivery",
         ["endpoint_id", "user_key", "event_id"],
     )
+    op.create_index("ix_webhook_delivery_event_id", "webhook_delivery", ["event_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_webhook_delivery_event_id", table_name="webhook_delivery")
     op.drop_index(
         "ix_webhook_delivery_endpoint_id_user_key_event_id", table_name="webhook_delivery"
     )
     op.drop_index("ix_webhook_delivery_status_next_attempt_at", table_name="webhook_delivery")
     op.drop_table("webhook_delivery")
+    op.drop_index("ix_webhook_event_created_at", table_name="webhook_event")
     op.drop_index("ix_webhook_event_fanned_out_id", table_name="webhook_event")
     op.drop_table("webhook_event")
     op.drop_table("webhook_endpoint")
