@@ -49,6 +49,7 @@ from app.core.config import Settings
 from app.core.database import rows_matched
 from app.core.email import Mailer
 from app.core.oauth_client import UnsafeUrl, public_addresses
+from app.core.secret_box import SealError
 from app.models import (
     User,
     WebhookDelivery,
@@ -420,19 +421,28 @@ class WebhookWorker:
             if claimed is None:  # deleted meanwhile (its endpoint was removed)
                 return
             body = payload_body(claimed.payload)
-            secret = self.settings.secret_box.open(claimed.secret_sealed)
-            headers = {
-                **signed_headers(secret, claimed.message_id, body, datetime.now(UTC)),
-                "user-agent": f"{self.settings.PROJECT_NAME} webhooks",
-            }
-            outcome = await post_signed(
-                claimed.url,
-                body,
-                headers,
-                timeout_seconds=self.settings.WEBHOOK_TIMEOUT_SECONDS,
-                allow_private=self.settings.webhook_private_targets_allowed,
-                verify=self.verify,
-            )
+            try:
+                secret = self.settings.secret_box.open(claimed.secret_sealed)
+            except SealError:
+                outcome = Outcome(
+                    False,
+                    None,
+                    "not sent: the endpoint's secret cannot be opened with "
+                    "DATA_ENCRYPTION_KEY (rotate the endpoint's secret)",
+                )
+            else:
+                headers = {
+                    **signed_headers(secret, claimed.message_id, body, datetime.now(UTC)),
+                    "user-agent": f"{self.settings.PROJECT_NAME} webhooks",
+                }
+                outcome = await post_signed(
+                    claimed.url,
+                    body,
+                    headers,
+                    timeout_seconds=self.settings.WEBHOOK_TIMEOUT_SECONDS,
+                    allow_private=self.settings.webhook_private_targets_allowed,
+                    verify=self.verify,
+                )
             await self._record(claimed, outcome)
         except Exception as error:  # the lease ends and another attempt follows
             logger.error(

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -34,7 +35,7 @@ def settings_overrides() -> dict[str, object]:
 
 
 @pytest.fixture
-def receiver() -> WebhookReceiver:
+def receiver() -> Iterator[WebhookReceiver]:
     server = WebhookReceiver()
     yield server
     server.stop()
@@ -58,14 +59,21 @@ def register(url: str, receiver: WebhookReceiver, event_types: list[str]) -> dic
     return answer.json()
 
 
+def found(pattern: str, text: str) -> str:
+    """The first group of ``pattern`` in ``text`` (which must hold it)."""
+    match = re.search(pattern, text)
+    assert match is not None, text
+    return match.group(1)
+
+
 def test_the_command_line_manages_endpoints(settings: Settings, receiver: WebhookReceiver) -> None:
     env = settings_env(settings)
     added = run_cli(
         env, "webhooks", "add", receiver.url, "-e", "user.created", "-e", "user.deleted"
     )
     assert added.returncode == 0, added.stderr
-    endpoint_id = re.search(r"Endpoint ([0-9a-f-]{36}) added", added.stdout).group(1)
-    secret = re.search(r"(whsec_\S+)", added.stdout).group(1)
+    endpoint_id = found(r"Endpoint ([0-9a-f-]{36}) added", added.stdout)
+    secret = found(r"(whsec_\S+)", added.stdout)
     assert run_cli(env, "webhooks", "disable", endpoint_id).returncode == 0
     listed = json.loads(run_cli(env, "webhooks", "list").stdout)
     assert [(item["id"], item["event_types"], item["enabled"]) for item in listed] == [
@@ -74,7 +82,7 @@ def test_the_command_line_manages_endpoints(settings: Settings, receiver: Webhoo
     assert secret not in json.dumps(listed)
     rotated = run_cli(env, "webhooks", "rotate-secret", endpoint_id)
     assert rotated.returncode == 0
-    assert re.search(r"whsec_\S+", rotated.stdout).group(0) != secret
+    assert found(r"(whsec_\S+)", rotated.stdout) != secret
 
     unknown = run_cli(env, "webhooks", "add", receiver.url, "-e", "user.exploded")
     assert unknown.returncode == 2

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import httpx
+import pyotp
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import select, update
@@ -45,7 +46,7 @@ from app.test.factories import (
     signup_and_login,
     user_with_tokens,
 )
-from app.test.mail import MailCatcher, text_body
+from app.test.mail import MailCatcher, text_body, verify_address
 from app.test.webhook_receiver import Received, WebhookReceiver
 
 #: Webhook settings that make retries quick.
@@ -722,3 +723,40 @@ def test_signed_headers_follow_the_specification() -> None:
     assert headers["webhook-id"] == "msg_1"
     assert headers["webhook-timestamp"] == str(int(now.timestamp()))
     assert headers["webhook-signature"] == independent_signature(secret, headers, b'{"a":1}')
+
+
+async def test_verification_and_two_factor_changes_are_sent(
+    tmp_path: Path, db_backend: str, smtp_server: MailCatcher, receiver: WebhookReceiver
+) -> None:
+    settings = make_settings(tmp_path / "data", db_backend, **FAST, **smtp_server.settings())
+    application = create_app(settings)
+    receiver.start()
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            _, admin = await user_with_tokens(application, client, roles=("admin", "user"))
+            endpoint = await register(client, admin, receiver.url, ["user.verified", "2fa.changed"])
+            user, tokens = await signup_and_login(client)
+            await verify_address(client, smtp_server, user["email"])
+            setup = await client.post(
+                "/api/auth/otp/setup",
+                json={"method": "authenticator", "password": PASSWORD},
+                headers=bearer(tokens),
+            )
+            assert setup.status_code == 200, setup.text
+            totp = pyotp.parse_uri(setup.json()["provisioning_uri"])
+            assert isinstance(totp, pyotp.TOTP)
+            enabled = await client.post(
+                "/api/auth/otp/enable",
+                json={"method": "authenticator", "code": totp.now()},
+                headers=bearer(tokens),
+            )
+            assert enabled.status_code == 200, enabled.text
+            received = await receiver.until(2)
+    payloads = [check_signed(endpoint["secret"], item) for item in received]
+    assert [payload["type"] for payload in payloads] == ["user.verified", "2fa.changed"]
+    verified, two_factor = (payload["data"] for payload in payloads)
+    assert verified["email"] == user["email"]
+    assert verified["user"]["email_verified"] is True
+    assert (two_factor["enabled"], two_factor["method"]) == (True, "authenticator")
+    assert totp.secret not in received[1].body.decode()
