@@ -38,7 +38,8 @@ class WebhookEndpoint(Base):
     # Since when every attempt failed (None after a success): after
     # WEBHOOK_DISABLE_AFTER_SECONDS of that, the endpoint is turned off.
     failing_since: Mapped[int | None] = mapped_column(BigInteger)
-    # The newest event when the endpoint was created: it gets the later ones only.
+    # The newest event when the endpoint was created or last enabled: it gets the
+    # later ones only.
     since_event_id: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now_epoch)
     created_by: Mapped[str | None] = mapped_column(String(36))

@@ -128,14 +128,23 @@ async def any_endpoint_enabled(session_factory: async_sessionmaker[AsyncSession]
 async def fan_out(session_factory: async_sessionmaker[AsyncSession]) -> int:
     """Turn up to FANOUT_BATCH new events into deliveries; how many events it took.
 
-    An endpoint gets the events of its types recorded after it was created."""
+    An endpoint gets the events of its types recorded since it was created or last
+    enabled. Older events no endpoint wants are skipped, not fanned out (retention
+    deletes them): a first endpoint does not wait for the worker to walk the backlog.
+    """
     async with session_factory() as db:
         if db.get_bind().dialect.name == "postgresql":
             await db.execute(select(func.pg_advisory_xact_lock(FANOUT_LOCK_KEY)))
+        endpoints = (
+            await db.scalars(select(WebhookEndpoint).where(WebhookEndpoint.enabled.is_(True)))
+        ).all()
+        if not endpoints:
+            return 0
+        wanted_after = min(endpoint.since_event_id for endpoint in endpoints)
         events = (
             await db.scalars(
                 select(WebhookEvent)
-                .where(WebhookEvent.fanned_out.is_(False))
+                .where(WebhookEvent.fanned_out.is_(False), WebhookEvent.id > wanted_after)
                 .order_by(WebhookEvent.id)
                 .limit(FANOUT_BATCH)
             )
@@ -154,9 +163,6 @@ async def fan_out(session_factory: async_sessionmaker[AsyncSession]) -> int:
                 .execution_options(synchronize_session=False)
             )
         )
-        endpoints = (
-            await db.scalars(select(WebhookEndpoint).where(WebhookEndpoint.enabled.is_(True)))
-        ).all()
         now = now_epoch()
         for event in events:
             if event.id not in claimed:

@@ -118,6 +118,11 @@ async def check_url(settings: Settings, url: str) -> str:
     return url
 
 
+async def _newest_event_id(db: AsyncSession) -> int:
+    """The newest event of the outbox: an endpoint gets the ones after it."""
+    return await db.scalar(select(func.max(WebhookEvent.id))) or 0
+
+
 def _allowed(actor: User | None, action: str) -> None:
     if actor is not None:
         require_permission(actor, "webhook", action)
@@ -146,10 +151,9 @@ async def create_endpoint(
     await check_url(settings, url)
     secret = new_secret()
     now = now_epoch()
-    newest_event = await db.scalar(select(func.max(WebhookEvent.id)))
     endpoint = WebhookEndpoint(
         url=url,
-        since_event_id=newest_event or 0,
+        since_event_id=await _newest_event_id(db),
         description=description,
         event_types=list(dict.fromkeys(event_types)),
         secret_sealed=settings.secret_box.seal(secret),
@@ -191,7 +195,8 @@ async def update_endpoint(
 ) -> WebhookEndpoint:
     """Change an endpoint's URL, event types, description, or turn it off or on.
 
-    Turned back on, it is healthy again and its pending deliveries are sent."""
+    Turned back on, it is healthy again, its pending deliveries are sent, and it gets
+    the events recorded from then on (not those of the time it was off)."""
     _allowed(actor, "update")
     endpoint = await _endpoint(db, endpoint_id)
     if url is not None and url != endpoint.url:
@@ -204,6 +209,8 @@ async def update_endpoint(
         endpoint.enabled = enabled
         endpoint.disabled_reason = None if enabled else "admin"
         endpoint.failing_since = None
+        if enabled:
+            endpoint.since_event_id = await _newest_event_id(db)
     endpoint.updated_at = now_epoch()
     await db.commit()
     return endpoint

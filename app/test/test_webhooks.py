@@ -760,3 +760,21 @@ async def test_verification_and_two_factor_changes_are_sent(
     assert verified["user"]["email_verified"] is True
     assert (two_factor["enabled"], two_factor["method"]) == (True, "authenticator")
     assert totp.secret not in received[1].body.decode()
+
+
+async def test_events_of_the_time_an_endpoint_was_off_are_not_sent(
+    client: httpx.AsyncClient, admin_tokens: dict, receiver: WebhookReceiver
+) -> None:
+    receiver.start()
+    endpoint = await register(client, admin_tokens, receiver.url, ["user.created"])
+    path = f"/api/admin/webhooks/{endpoint['id']}"
+    off = await client.patch(path, json={"enabled": False}, headers=bearer(admin_tokens))
+    assert off.json()["enabled"] is False
+    await signup_and_login(client, username="while_off")
+    on = await client.patch(path, json={"enabled": True}, headers=bearer(admin_tokens))
+    assert (on.json()["enabled"], on.json()["disabled_reason"]) == (True, None)
+    await signup_and_login(client, username="after_on")
+    await receiver.until(1)
+    await asyncio.sleep(0.5)
+    names = [payload["data"]["user"]["username"] for payload in receiver.payloads()]
+    assert names == ["after_on"]
