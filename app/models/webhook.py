@@ -36,8 +36,10 @@ class WebhookEndpoint(Base):
     # Why it is off: "admin" (turned off by an admin) or "failing" (by the worker).
     disabled_reason: Mapped[str | None] = mapped_column(String(16))
     # Since when every attempt failed (None after a success): after
-    # WEBHOOK_DISABLE_AFTER_SECONDS of that, the endpoint is turned off.
+    # WEBHOOK_DISABLE_AFTER_SECONDS of that, the endpoint is turned off. A streak ends
+    # with a success, or with a silence longer than retries leave (no events to send).
     failing_since: Mapped[int | None] = mapped_column(BigInteger)
+    last_failure_at: Mapped[int | None] = mapped_column(BigInteger)
     # The newest event when the endpoint was created or last enabled: it gets the
     # later ones only.
     since_event_id: Mapped[int] = mapped_column(BigInteger, default=0)

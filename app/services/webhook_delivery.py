@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import certifi
 import httpx
 from loguru import logger
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import case, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 from standardwebhooks import Webhook
@@ -92,6 +92,12 @@ def retry_delay_seconds(settings: Settings, attempts: int) -> int:
     doubled = settings.WEBHOOK_RETRY_BASE_SECONDS * 2**exponent
     ceiling = min(settings.WEBHOOK_RETRY_MAX_SECONDS, doubled)
     return max(1, math.ceil(ceiling * _random.uniform(0.5, 1.0)))
+
+
+def failure_streak_gap_seconds(settings: Settings) -> int:
+    """The longest pause between two failures of one streak: the longest wait between
+    attempts, twice (jitter, a busy worker), and a lease."""
+    return 2 * settings.WEBHOOK_RETRY_MAX_SECONDS + lease_seconds(settings)
 
 
 def lease_seconds(settings: Settings) -> int:
@@ -497,10 +503,21 @@ class WebhookWorker:
                     .values(failing_since=None)
                 )
             else:
+                # A streak goes on while failures follow each other at most a
+                # retry's longest wait apart (with room for the worker's own delays).
+                streak_broken = or_(
+                    WebhookEndpoint.failing_since.is_(None),
+                    WebhookEndpoint.last_failure_at < now - failure_streak_gap_seconds(settings),
+                )
                 await db.execute(
                     update(WebhookEndpoint)
-                    .where(endpoint, WebhookEndpoint.failing_since.is_(None))
-                    .values(failing_since=now)
+                    .where(endpoint)
+                    .values(
+                        failing_since=case(
+                            (streak_broken, now), else_=WebhookEndpoint.failing_since
+                        ),
+                        last_failure_at=now,
+                    )
                 )
                 turned_off = await db.execute(
                     update(WebhookEndpoint)

@@ -575,12 +575,13 @@ async def test_an_endpoint_failing_too_long_is_turned_off_and_admins_mailed(
             receiver.status_code = 503
             receiver.start()
             endpoint = await register(client, tokens, receiver.url, ["user.created"])
-            # Failing since longer than WEBHOOK_DISABLE_AFTER_SECONDS (a day).
+            # Failing since longer than WEBHOOK_DISABLE_AFTER_SECONDS (a day), last a
+            # moment ago: one more failure turns it off.
             async with application.state.session_factory() as db:
                 await db.execute(
                     update(WebhookEndpoint)
                     .where(WebhookEndpoint.id == endpoint["id"])
-                    .values(failing_since=now_epoch() - 86400)
+                    .values(failing_since=now_epoch() - 86400, last_failure_at=now_epoch() - 2)
                 )
                 await db.commit()
             await signup_and_login(client)
@@ -778,3 +779,31 @@ async def test_events_of_the_time_an_endpoint_was_off_are_not_sent(
     await asyncio.sleep(0.5)
     names = [payload["data"]["user"]["username"] for payload in receiver.payloads()]
     assert names == ["after_on"]
+
+
+async def test_a_failure_after_a_long_silence_starts_a_new_streak(
+    app: FastAPI, client: httpx.AsyncClient, admin_tokens: dict, receiver: WebhookReceiver
+) -> None:
+    """An endpoint that failed once, days ago, then had nothing to receive, has not
+    been failing for days: a new failure does not turn it off."""
+    receiver.status_code = 500
+    receiver.start()
+    endpoint = await register(client, admin_tokens, receiver.url, ["user.created"])
+    long_ago = now_epoch() - 3 * 86400
+    async with app.state.session_factory() as db:
+        await db.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.id == endpoint["id"])
+            .values(failing_since=long_ago, last_failure_at=long_ago)
+        )
+        await db.commit()
+    await signup_and_login(client)
+    path = f"/api/admin/webhooks/{endpoint['id']}"
+    deadline = time.monotonic() + 10
+    while (info := (await client.get(path, headers=bearer(admin_tokens))).json())[
+        "failing_since"
+    ] == long_ago:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert info["enabled"] is True
+    assert info["failing_since"] >= now_epoch() - 30

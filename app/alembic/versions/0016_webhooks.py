@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("enabled", sa.Boolean(), nullable=False),
         sa.Column("disabled_reason", sa.String(length=16), nullable=True),
         sa.Column("failing_since", sa.BigInteger(), nullable=True),
+        sa.Column("last_failure_at", sa.BigInteger(), nullable=True),
         sa.Column("since_event_id", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("created_by", sa.String(length=36), nullable=True),
