@@ -212,8 +212,8 @@ async def list_webhook_deliveries(
     actor: Reader,
     db: SessionDep,
     page: PageDep,
-    status: Annotated[
-        DeliveryStatus | None, Query(description="Only deliveries in this state.")
+    state: Annotated[
+        DeliveryStatus | None, Query(alias="status", description="Only deliveries in this state.")
     ] = None,
 ) -> WebhookDeliveryList:
     """An endpoint's delivery log, newest first (admins).
@@ -222,7 +222,7 @@ async def list_webhook_deliveries(
     -------
     WebhookDeliveryList
         Each delivery's event, state, attempts, next attempt and the receiver's last
-        answer (its start), and how many deliveries match ``status``.
+        answer (its start), and how many deliveries are in the ``status`` asked.
 
     Raises
     ------
@@ -232,7 +232,7 @@ async def list_webhook_deliveries(
         ``WEBHOOK_NOT_FOUND``.
     """
     rows, total = await webhooks.list_deliveries(
-        db, actor, str(webhook_id), status=status, offset=page.offset, limit=page.limit
+        db, actor, str(webhook_id), status=state, offset=page.offset, limit=page.limit
     )
     return WebhookDeliveryList(
         items=[WebhookDeliveryInfo.of(delivery, event) for delivery, event in rows], total=total
