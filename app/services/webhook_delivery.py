@@ -292,7 +292,9 @@ async def post_signed(
                     excerpt += chunk
                     if len(excerpt) >= RESPONSE_EXCERPT_CHARS * 4:
                         break
-                text = excerpt.decode("utf-8", errors="replace")[:RESPONSE_EXCERPT_CHARS]
+                # Kept in a text column: no NUL (PostgreSQL refuses it), valid UTF-8.
+                text = excerpt.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+                text = text[:RESPONSE_EXCERPT_CHARS]
                 return Outcome(200 <= response.status_code < 300, response.status_code, text)
     except TimeoutError:
         return Outcome(False, None, f"no answer within {timeout_seconds:g} s")

@@ -535,7 +535,7 @@ async def test_a_failed_delivery_is_logged_and_an_admin_retries_it(
 ) -> None:
     app.state.settings.WEBHOOK_MAX_ATTEMPTS = 2
     receiver.status_code = 500
-    receiver.answer_body = b"database exploded " + b"x" * 2000
+    receiver.answer_body = b"database exploded \x00\xff " + b"x" * 2000
     receiver.start()
     endpoint = await register(client, admin_tokens, receiver.url, ["user.created"])
     path = f"/api/admin/webhooks/{endpoint['id']}/deliveries"
