@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import typer
 from limits import parse as parse_rate
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -26,16 +27,27 @@ from app.core.config import ConfigError, Settings, load_settings
 from app.core.database import create_engine, create_session_factory, upgrade_database
 from app.core.email import Mailer
 from app.core.errors import AppError
-from app.core.feature_flags import FlagStore, InvalidFlags, dump_flags, parse_flags
+from app.core.feature_flags import FlagStore, FlagValue, InvalidFlags, dump_flags, parse_flags
 from app.core.flag_sources import FlagBroadcaster, FlagSource, flag_source_for
 from app.core.logging import setup_logging
 from app.core.redis_client import create_redis
 from app.core.scheduler import JobScheduler
+from app.core.signing_keys import (
+    ACTIVATION_DELAY_SECONDS,
+    KEY_ALGORITHMS,
+    ensure_signing_key,
+    published_keys,
+    rotate_keys,
+)
 from app.core.storage import close_storage
-from app.models import WebhookEndpoint
-from app.services import account_tools, passkeys, webhooks
+from app.models import OidcClient, SigningKey, WebhookEndpoint, now_epoch
+from app.schemas.audit import AuditEntry
+from app.schemas.oidc import ClientCreate, ClientInfo
+from app.services import account_tools, oidc_clients, passkeys, webhooks
 from app.services.accounts import create_admin, find_user_by_login
+from app.services.audit import read_audit_log
 from app.services.context import SYSTEM
+from app.services.flags import apply_flags
 from app.services.maintenance import maintenance_jobs
 from app.services.seeding import seed_users
 from app.services.webhook_events import EVENT_TYPES
@@ -124,19 +136,37 @@ cli.add_typer(flags_cli, name="flags")
 
 
 @asynccontextmanager
-async def _flags(settings: Settings) -> AsyncIterator[tuple[FlagSource, FlagBroadcaster | None]]:
-    """The flags where the service keeps them (file or database), loaded, and what
-    announces a change to running replicas (with Redis)."""
-    async with _database(settings) as factory:
+async def _flags(
+    settings: Settings,
+) -> AsyncIterator[tuple[FlagSource, FlagBroadcaster | None, AsyncSession]]:
+    """The flags where the service keeps them (file or database), loaded; what
+    announces a change to running replicas (with Redis); a database session (for the
+    audit log)."""
+    async with _database(settings) as factory, factory() as db:
         store = FlagStore(settings.DATA_DIR / settings.FEATURE_FLAGS_FILE)
         source = flag_source_for(settings, store, factory)
         await source.load()
         redis = create_redis(settings.REDIS_URL) if settings.REDIS_URL else None
         try:
-            yield source, FlagBroadcaster(redis, source) if redis is not None else None
+            yield source, FlagBroadcaster(redis, source) if redis is not None else None, db
         finally:
             if redis is not None:
                 await redis.aclose()
+
+
+def _set_flags(settings: Settings, flags: dict[str, FlagValue]) -> None:
+    """Set ``flags`` where the service keeps them (each one in the audit log, as the
+    command line's) and announce them to running replicas."""
+
+    async def run() -> None:
+        async with _flags(settings) as (source, broadcaster, db):
+            await apply_flags(db, source, broadcaster, None, flags, [], SYSTEM)
+
+    try:
+        asyncio.run(run())
+    except AppError as error:  # a flag file that cannot be saved (a full disk)
+        typer.echo(f"Flags not set: {error.detail} ({error.code})", err=True)
+        raise typer.Exit(1) from None
 
 
 @flags_cli.command("list")
@@ -145,7 +175,7 @@ def flags_list() -> None:
     settings = _settings()
 
     async def run() -> dict:
-        async with _flags(settings) as (source, _):
+        async with _flags(settings) as (source, _, _db):
             return dump_flags(source.store.flags)
 
     typer.echo(json.dumps(asyncio.run(run()), indent=2))
@@ -169,13 +199,7 @@ def flags_set(
         typer.echo(f"Invalid flag value: {error}", err=True)
         raise typer.Exit(1) from None
 
-    async def run() -> None:
-        async with _flags(settings) as (source, broadcaster):
-            await source.change(parsed, [])
-            if broadcaster is not None:
-                await broadcaster.publish()
-
-    asyncio.run(run())
+    _set_flags(settings, parsed)
     typer.echo(f"{name} = {json.dumps(dump_flags(parsed)[name])}")
 
 
@@ -188,7 +212,7 @@ def flags_export(
     settings = _settings()
 
     async def run() -> dict:
-        async with _flags(settings) as (source, _):
+        async with _flags(settings) as (source, _, _db):
             return dump_flags(source.store.flags)
 
     flags = asyncio.run(run())
@@ -208,13 +232,7 @@ def flags_import(
         typer.echo(f"Cannot import {path}: {error}", err=True)
         raise typer.Exit(1) from None
 
-    async def run() -> None:
-        async with _flags(settings) as (source, broadcaster):
-            await source.change(parsed, [])
-            if broadcaster is not None:
-                await broadcaster.publish()
-
-    asyncio.run(run())
+    _set_flags(settings, parsed)
     typer.echo(f"{len(parsed)} flags imported from {path}.")
 
 
@@ -278,6 +296,197 @@ def seed_users_command(
         )
         raise typer.Exit(1) from None
     typer.echo(f"Added {inserted} users.")
+
+
+keys_cli = typer.Typer(
+    help="Signing keys: the keys that sign access and ID tokens, published at "
+    "/.well-known/jwks.json.",
+    no_args_is_help=True,
+)
+cli.add_typer(keys_cli, name="keys")
+
+
+def _key_state(key: SigningKey, now: int) -> str:
+    if key.active_from > now:
+        return f"signs from {key.active_from - now} s from now"
+    if key.publish_until is None:
+        return "signing"
+    return f"retired, published for {max(0, key.publish_until - now)} s more"
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """The published keys, newest first (JSON lines: kid, algorithm, state)."""
+    settings = _settings()
+
+    async def run() -> list[SigningKey]:
+        async with _database(settings) as factory, factory() as db:
+            await ensure_signing_key(db, settings)
+            return await published_keys(db)
+
+    now = now_epoch()
+    for key in asyncio.run(run()):
+        line = {
+            "kid": key.kid,
+            "algorithm": key.algorithm,
+            "generation": key.generation,
+            "state": _key_state(key, now),
+        }
+        typer.echo(json.dumps(line))
+
+
+@keys_cli.command("rotate")
+def keys_rotate(
+    activate_in: int = typer.Option(
+        ACTIVATION_DELAY_SECONDS,
+        min=0,
+        help="Seconds before the new key signs: every replica and relying party has "
+        "time to learn it first.",
+    ),
+    algorithm: str = typer.Option(
+        "", help="ES256 or EdDSA (default: JWT_ALGORITHM's, ES256 with HS256)."
+    ),
+) -> None:
+    """Add a new signing key. The key it replaces stays published, and keeps
+    verifying, until every token it signed has expired."""
+    settings = _settings()
+    if algorithm and algorithm not in KEY_ALGORITHMS:
+        typer.echo(f"Unknown algorithm {algorithm!r}: use ES256 or EdDSA.", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> SigningKey:
+        async with _database(settings) as factory, factory() as db:
+            return await rotate_keys(
+                db, settings, activate_in_seconds=activate_in, algorithm=algorithm or None
+            )
+
+    key = asyncio.run(run())
+    typer.echo(
+        f"New {key.algorithm} key {key.kid} signs in {activate_in} s; "
+        "the previous one stays published until its tokens expire."
+    )
+
+
+clients_cli = typer.Typer(
+    help="Client applications that sign their users in with this service (OpenID Connect).",
+    no_args_is_help=True,
+)
+cli.add_typer(clients_cli, name="clients")
+
+
+def _client_line(row: OidcClient, secret: str | None = None) -> str:
+    line = ClientInfo.of(row).model_dump()
+    if secret is not None:
+        line["client_secret"] = secret
+    return json.dumps(line)
+
+
+def _run_client_tool(settings: Settings, tool: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def run() -> T:
+        async with _database(settings) as factory, factory() as db:
+            return await tool(db)
+
+    try:
+        return asyncio.run(run())
+    except AppError as error:
+        typer.echo(f"Refused: {error.detail} ({error.code})", err=True)
+        raise typer.Exit(1) from None
+
+
+@clients_cli.command("add")
+def clients_add(
+    name: str = typer.Option(..., help="Shown on the consent page."),
+    redirect_uri: list[str] = typer.Option(..., help="An exact redirect URI (repeatable)."),
+    post_logout_redirect_uri: list[str] = typer.Option(
+        [], help="An exact URI logout may return to (repeatable)."
+    ),
+    scope: list[str] = typer.Option(
+        ["openid", "profile", "email"], help="A scope the client may ask for (repeatable)."
+    ),
+    public: bool = typer.Option(False, help="No secret; the client must use PKCE."),
+) -> None:
+    """Register a client application; its secret is printed once (JSON)."""
+    settings = _settings()
+    try:
+        body = ClientCreate(
+            name=name,
+            redirect_uris=redirect_uri,
+            post_logout_redirect_uris=post_logout_redirect_uri,
+            scopes=scope,
+            public=public,
+        )
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
+            for item in error.errors()
+        )
+        typer.echo(f"Refused: {problems}", err=True)
+        raise typer.Exit(2) from None
+    row, secret = _run_client_tool(settings, lambda db: oidc_clients.create_client(db, None, body))
+    typer.echo(_client_line(row, secret))
+
+
+@clients_cli.command("list")
+def clients_list() -> None:
+    """The registered client applications (JSON lines, never their secrets)."""
+    settings = _settings()
+    for row in _run_client_tool(settings, lambda db: oidc_clients.list_clients(db, None)):
+        typer.echo(_client_line(row))
+
+
+@clients_cli.command("rotate-secret")
+def clients_rotate_secret(client_id: str) -> None:
+    """A new secret for a confidential client (printed once); the old one stops working."""
+    settings = _settings()
+    secret = _run_client_tool(settings, lambda db: oidc_clients.rotate_secret(db, None, client_id))
+    typer.echo(json.dumps({"client_id": client_id, "client_secret": secret}))
+
+
+@clients_cli.command("remove")
+def clients_remove(client_id: str) -> None:
+    """Remove a client application; every token it holds stops working."""
+    settings = _settings()
+    _run_client_tool(settings, lambda db: oidc_clients.delete_client(db, None, client_id))
+    typer.echo(f"Client {client_id} removed.")
+
+
+@cli.command("audit")
+def audit_command(
+    actor: str | None = typer.Option(None, help="A UUID, or a name (alice, cli:root)."),
+    action: str | None = typer.Option(None, help="user.banned, or a prefix: 'user.*'."),
+    target: str | None = typer.Option(None, help="A target's id: a user's UUID, a flag."),
+    target_type: str | None = typer.Option(None, help="user, flag, ..."),
+    since: int | None = typer.Option(None, min=0, help="From this epoch second on."),
+    until: int | None = typer.Option(None, min=0, help="Up to this epoch second."),
+    limit: int = typer.Option(50, min=1, max=1000, help="Entries to print."),
+    cursor: str | None = typer.Option(None, help="next_cursor of the previous page."),
+) -> None:
+    """Print the admin audit log as JSON, newest first: {"items": [...], "next_cursor"}."""
+    settings = _settings()
+
+    async def run() -> dict:
+        async with _database(settings) as factory, factory() as db:
+            events, next_cursor = await read_audit_log(
+                db,
+                None,
+                limit=limit,
+                cursor=cursor,
+                by=actor,
+                action=action,
+                target=target,
+                target_type=target_type,
+                since=since,
+                until=until,
+            )
+        items = [AuditEntry.model_validate(event).model_dump() for event in events]
+        return {"items": items, "next_cursor": next_cursor}
+
+    try:
+        page = asyncio.run(run())
+    except AppError as error:
+        typer.echo(f"Refused: {error.detail} ({error.code})", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(page, indent=2))
 
 
 users_cli = typer.Typer(

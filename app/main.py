@@ -15,6 +15,7 @@ from limits import parse
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.atproto_oauth import ClientKeys
 from app.core.auth_cache import AuthCache, SQLiteProcesses, install_hooks, session_options
 from app.core.authentication import AuthenticationMiddleware, Authenticator
 from app.core.brute_force import BruteForceGuard, FallbackAttemptLog, MemoryAttemptLog, Window
@@ -57,10 +58,13 @@ from app.routers import (
     account_pages,
     admin,
     auth,
+    bluesky_login,
     docs_pages,
     files,
     health,
     legal,
+    oidc,
+    oidc_clients,
     passkeys,
     provider_login,
     users,
@@ -105,7 +109,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await upgrade_database(engine)
         await warm_up_password_hashing(settings.PASSWORD_BCRYPT_ROUNDS)
         await ensure_first_admin(app.state.session_factory, settings)
+        keyring = app.state.authenticator.keyring
+        await keyring.start(app.state.session_factory)
         tasks = await _start_feature_flags(app, settings)
+        tasks.append(asyncio.create_task(keyring.watch()))
         if cache.redis is not None:
             tasks.append(asyncio.create_task(cache.listen()))
         scheduler = JobScheduler(
@@ -236,6 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         address=Window.of(parse(settings.AUTH_RATE_LIMIT_ADDRESS)),
     )
     app.state.oauth = create_oauth(settings)
+    app.state.bluesky_keys = ClientKeys(settings)
     authenticator = app.state.authenticator = Authenticator(settings)
     store = FlagStore(settings.DATA_DIR / settings.FEATURE_FLAGS_FILE)
     app.state.flag_store = store
@@ -248,11 +256,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth.router, prefix=settings.API_STR)
     app.include_router(passkeys.router, prefix=settings.API_STR)
     app.include_router(files.router, prefix=settings.API_STR)
+    # Before the other providers' routes: /oauth/{provider}/callback would take its own.
+    app.include_router(bluesky_login.router, prefix=settings.API_STR)
     app.include_router(provider_login.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
     app.include_router(webhooks.router, prefix=settings.API_STR)
+    app.include_router(oidc_clients.router, prefix=settings.API_STR)
     app.include_router(caller_flags.router, prefix=settings.API_STR)
     app.include_router(health.router)
+    app.include_router(oidc.router)
     # Pages for browsers, not operations for API clients: the README lists them.
     app.include_router(docs_pages.router, include_in_schema=False)
     app.include_router(legal.router, include_in_schema=False)
@@ -270,7 +282,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             users.router,
             files.router,
             provider_login.router,
+            bluesky_login.router,
             caller_flags.router,
+            oidc.router,
         ],
     )
 

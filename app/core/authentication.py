@@ -34,7 +34,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.core.auth_cache import SESSION_OMITTED, USER_OMITTED, AuthCache, snapshot
 from app.core.config import Settings
 from app.core.errors import Unauthorized
-from app.core.security import AccessClaims, TokenError, bearer_token, decode_token
+from app.core.security import AccessClaims, TokenError, bearer_token
+from app.core.signing_keys import Keyring
 from app.models import Session, User, now_epoch
 
 #: Where the middleware leaves the request's :class:`Caller` (``scope["state"]``).
@@ -80,11 +81,14 @@ class Authenticator:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        #: The keys that sign and verify access tokens (loaded at start).
+        self.keyring = Keyring(settings)
         # A client sends the same token with every request for its lifetime, and
         # verifying it again costs more than the rest of a cached read. The key is the
-        # whole signed token (and the secret), so only that exact token matches; its
-        # expiry is checked on every use.
-        self._verified: dict[tuple[str, str], AccessClaims] = {}
+        # whole signed token, so only that exact token matches; its expiry is checked
+        # on every use. (A key that stops being published only stops verifying tokens
+        # that have expired.)
+        self._verified: dict[str, AccessClaims] = {}
 
     def attach(self, session_factory: async_sessionmaker[AsyncSession], cache: AuthCache) -> None:
         """Use this database (for principals the cache does not hold) and this cache."""
@@ -97,8 +101,7 @@ class Authenticator:
 
     def claims(self, token: str) -> AccessClaims:
         """The claims of a validly signed, unexpired access token naming its session."""
-        secret = self.settings.JWT_SECRET_KEY
-        key = (secret, token)
+        key = token
         known = self._verified.get(key)
         if known is not None:
             if time.time() < known.expires_at:
@@ -106,7 +109,7 @@ class Authenticator:
             del self._verified[key]
             raise InvalidToken()
         try:
-            claims = decode_token(token, secret=secret, token_type="access")
+            claims = self.keyring.verify_access_token(token)
         except TokenError:
             raise InvalidToken() from None
         session_id, subject = claims.get("sid"), claims["sub"]

@@ -23,6 +23,7 @@ from limits import parse as parse_rate
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.core.atproto_keys import import_private_key
 from app.core.origins import serialize, url_origin
 from app.core.secret_box import SecretBox, secret_box
 
@@ -104,6 +105,19 @@ def _split_list(value: object) -> object:
     return value
 
 
+def dns_server(entry: str) -> tuple[str, int]:
+    """A BLUESKY_DNS_SERVERS entry (``ip``, ``ipv4:port``, ``[ipv6]:port``) as (ip, port)."""
+    try:
+        return str(ipaddress.ip_address(entry)), 53
+    except ValueError:
+        pass
+    host, _, port = entry.rpartition(":")
+    address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in {entry!r}")
+    return str(address), int(port)
+
+
 class Settings(BaseSettings):
     """The service's configuration. See README.md "Configuration" for each variable."""
 
@@ -158,6 +172,9 @@ class Settings(BaseSettings):
     # _settle_jwt_secret), so every Settings object carries the key that signs tokens.
     JWT_SECRET_KEY: str = Field(default="", repr=False)
     JWT_EXP: int = Field(default=30, gt=0)
+    # How access tokens are signed: ES256 or EdDSA with keys kept in the database and
+    # published at /.well-known/jwks.json, or HS256 with JWT_SECRET_KEY (shared secret).
+    JWT_ALGORITHM: Literal["ES256", "EdDSA", "HS256"] = "ES256"
     # Seals secrets kept in the database (private signing keys, provider tokens). One or
     # more secrets, comma-separated: the first seals, all open. Empty: derived from
     # JWT_SECRET_KEY.
@@ -170,6 +187,11 @@ class Settings(BaseSettings):
     OTP_EMAIL_INTERVAL: int = Field(default=600, gt=0)
 
     ENVIRONMENT: str = "local"
+
+    # OpenID Connect provider: lifetimes of what it hands to client applications.
+    OIDC_ACCESS_TOKEN_SECONDS: int = Field(default=900, ge=60, le=86_400)
+    OIDC_ID_TOKEN_SECONDS: int = Field(default=900, ge=60, le=86_400)
+    OIDC_REFRESH_TOKEN_DAYS: int = Field(default=30, ge=1, le=365)
 
     # Feature flags and docs
     FEATURE_FLAGS_ENABLED: bool = False
@@ -226,6 +248,23 @@ class Settings(BaseSettings):
     # The callback's whole exchange with a provider (code for token, profile) must fit
     # in this time, however slowly the provider answers.
     OAUTH_PROVIDER_DEADLINE_SECONDS: float = Field(default=10, gt=0, le=120)
+    # Bluesky (AT Protocol OAuth). No registration: the client id is the URL of the
+    # client metadata document this service publishes under BASE_URL.
+    BLUESKY_ENABLED: bool = False
+    # The ES256 private key that signs client assertions (a PEM, or a JWK as JSON);
+    # empty: one is generated and kept, sealed, in the database.
+    BLUESKY_CLIENT_KEY: str = Field(default="", repr=False)
+    # What the sign-in asks for; "atproto" alone gives the identity only (then the
+    # profile is not read).
+    BLUESKY_SCOPE: str = "atproto transition:generic"
+    # Where did:plc identities are looked up.
+    BLUESKY_PLC_DIRECTORY_URL: str = "https://plc.directory"
+    # DNS servers ("ip" or "ip:port", comma-separated) asked for _atproto TXT records;
+    # empty: the system's.
+    BLUESKY_DNS_SERVERS: Annotated[list[str], NoDecode] = []
+    # Tests and local development only: identity, authorization and PDS servers may be
+    # on loopback addresses, over plain http. Refused in production.
+    BLUESKY_ALLOW_LOOPBACK: bool = False
 
     # Security and operations
     PASSWORD_BCRYPT_ROUNDS: int = Field(default=12, ge=4, le=31)
@@ -265,6 +304,9 @@ class Settings(BaseSettings):
     # Every maintenance job's period, in seconds; 0 keeps each job's own (an hour, ten
     # minutes, a day: see the README's Scheduled jobs).
     MAINTENANCE_PERIOD_SECONDS: int = Field(default=0, ge=0, le=86400 * 7)
+    # Days the admin audit log keeps a row; the trim_audit_log job deletes older ones.
+    # 0 keeps every row.
+    AUDIT_RETENTION_DAYS: int = Field(default=365, ge=0, le=36500)
 
     # Webhooks (app.services.webhook_delivery). How often each replica's worker looks
     # for events to send when it has nothing in hand.
@@ -418,6 +460,38 @@ class Settings(BaseSettings):
                 _check_http_url(f"OAUTH_PROVIDER_URLS.{provider}.{key}", url)
         return value
 
+    @field_validator("BLUESKY_CLIENT_KEY")
+    @classmethod
+    def _bluesky_key(cls, value: str) -> str:
+        if value.strip():
+            import_private_key(value)  # a ValueError names what is wrong, never the key
+        return value.strip()
+
+    @field_validator("BLUESKY_SCOPE")
+    @classmethod
+    def _bluesky_scope(cls, value: str) -> str:
+        if "atproto" not in value.split():
+            raise ValueError("BLUESKY_SCOPE must include 'atproto'")
+        return " ".join(value.split())
+
+    @field_validator("BLUESKY_PLC_DIRECTORY_URL")
+    @classmethod
+    def _plc_url(cls, value: str) -> str:
+        return _check_http_url("BLUESKY_PLC_DIRECTORY_URL", value)
+
+    @field_validator("BLUESKY_DNS_SERVERS", mode="before")
+    @classmethod
+    def _dns_servers(cls, value: object) -> object:
+        value = _split_list(value)
+        for entry in value if isinstance(value, list) else []:
+            try:
+                dns_server(str(entry))
+            except ValueError:
+                raise ValueError(
+                    f"BLUESKY_DNS_SERVERS entries must be ip or ip:port, got {entry!r}"
+                ) from None
+        return value
+
     @field_validator("S3_ENDPOINT_URL")
     @classmethod
     def _s3_endpoint(cls, value: str | None) -> str | None:
@@ -475,6 +549,11 @@ class Settings(BaseSettings):
                 "EMAIL_METHOD=console prints whole mails, links included, to the console; "
                 "it is for development and refused when ENVIRONMENT=production "
                 "(use smtp or mj)"
+            )
+        if self.BLUESKY_ALLOW_LOOPBACK and self.is_production:
+            raise ValueError(
+                "BLUESKY_ALLOW_LOOPBACK lets Bluesky sign-ins reach loopback addresses; "
+                "it is for tests and is refused when ENVIRONMENT=production"
             )
         if self.STORAGE_BACKEND == "s3" and not self.S3_BUCKET:
             raise ValueError("STORAGE_BACKEND=s3 needs S3_BUCKET (the bucket that keeps files)")
@@ -570,6 +649,11 @@ class Settings(BaseSettings):
         if self.DATABASE_URI:
             return async_database_url(self.DATABASE_URI)
         return f"sqlite+aiosqlite:///{(self.DATA_DIR / 'user_manager.db').resolve()}"
+
+    @property
+    def issuer(self) -> str:
+        """This service's issuer identifier (``iss``): BASE_URL without a final slash."""
+        return self.BASE_URL.rstrip("/")
 
     @property
     def secret_box(self) -> SecretBox:

@@ -166,3 +166,5 @@ def setup_logging(settings: Settings) -> None:
     sql_level = logging.DEBUG if settings.LOG_LEVEL == "TRACE" else logging.WARNING
     for name in ("sqlalchemy.engine", "aiosqlite", "psycopg"):
         logging.getLogger(name).setLevel(sql_level)
+    # Authlib's server logs every token it issues at DEBUG: never below INFO.
+    logging.getLogger("authlib").setLevel(max(logging.INFO, sql_level))

@@ -234,3 +234,103 @@ def read_answer(shape: type[Model], data: Any, what: str) -> Model:
             for problem in error.errors(include_url=False, include_input=False)
         )
         raise ProviderAnswerInvalid(f"{what}: {problems}") from None
+
+
+# Bluesky (AT Protocol) -----------------------------------------------------------------
+
+#: did:plc and did:web identifiers, as AT Protocol allows them (did:web: a host name,
+#: with a port only for local development).
+DID_PATTERN = re.compile(r"^did:(plc:[a-z2-7]{24}|web:[a-z0-9.-]{1,253}(%3[aA][0-9]{1,5})?)$")
+
+
+def _did(value: Any) -> str:
+    if not isinstance(value, str) or not DID_PATTERN.match(value):
+        raise ValueError("must be a did:plc or did:web identifier")
+    return value
+
+
+def http_url(value: Any) -> str:
+    """An absolute http(s) URL without credentials, query, fragment or spaces."""
+    if not isinstance(value, str) or len(value) > PICTURE_URL_MAX_LENGTH:
+        raise ValueError("must be an http(s) URL")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username:
+        raise ValueError("must be an http(s) URL")
+    if parts.query or parts.fragment or any(ch.isspace() for ch in value):
+        raise ValueError("must be an http(s) URL without query or fragment")
+    return value
+
+
+Did = Annotated[str, PlainValidator(_did)]
+HttpUrl = Annotated[str, PlainValidator(http_url)]
+
+
+class DidService(_Answer):
+    """One entry of a DID document's ``service``."""
+
+    id: str
+    type: str
+    serviceEndpoint: Any = None
+
+
+class DidDocument(_Answer):
+    """A DID document: who the DID says it is (``alsoKnownAs``) and where its PDS is."""
+
+    id: Did
+    alsoKnownAs: list[Any] = Field(default_factory=list)
+    service: list[DidService] = Field(default_factory=list)
+
+
+class ProtectedResourceMetadata(_Answer):
+    """A PDS's ``/.well-known/oauth-protected-resource``."""
+
+    authorization_servers: list[HttpUrl] = Field(min_length=1)
+
+
+class AuthorizationServerMetadata(_Answer):
+    """An AT Protocol authorization server's metadata (only what the profile needs)."""
+
+    issuer: HttpUrl
+    authorization_endpoint: HttpUrl
+    token_endpoint: HttpUrl
+    pushed_authorization_request_endpoint: HttpUrl
+    require_pushed_authorization_requests: StrictBool = False
+    authorization_response_iss_parameter_supported: StrictBool = False
+    client_id_metadata_document_supported: StrictBool = False
+    scopes_supported: list[str] = Field(default_factory=list)
+    code_challenge_methods_supported: list[str] = Field(default_factory=list)
+    token_endpoint_auth_methods_supported: list[str] = Field(default_factory=list)
+    token_endpoint_auth_signing_alg_values_supported: list[str] = Field(default_factory=list)
+    dpop_signing_alg_values_supported: list[str] = Field(default_factory=list)
+
+
+class PushedAuthorizationAnswer(_Answer):
+    """The answer of a pushed authorization request."""
+
+    request_uri: Annotated[str, PlainValidator(_token_text)]
+
+
+def _dpop_token_type(value: Any) -> str:
+    if not isinstance(value, str) or value.lower() != "dpop":
+        raise ValueError("must be 'DPoP'")
+    return value
+
+
+class BlueskyToken(_Answer):
+    """The token answer of an AT Protocol authorization server (DPoP-bound)."""
+
+    access_token: Annotated[str, PlainValidator(_token_text)]
+    token_type: Annotated[str, PlainValidator(_dpop_token_type)]
+    sub: Did
+    scope: Annotated[str, Field(max_length=1024)]
+    refresh_token: Annotated[str | None, PlainValidator(_optional_token_text)] = None
+    expires_in: Annotated[int | None, Field(gt=0, le=10 * 365 * 86400, strict=True)] = None
+
+
+class BlueskyProfile(_Answer):
+    """``app.bsky.actor.getProfile``."""
+
+    did: Did
+    handle: ShownText = None
+    displayName: ShownText = None
+    avatar: PictureUrl = None

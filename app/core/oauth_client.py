@@ -134,8 +134,10 @@ def provider_spec(settings: Settings, provider: str) -> ProviderSpec:
 
 
 def enabled_providers(settings: Settings) -> list[str]:
-    """The providers with a client id and secret, in table order."""
-    return [name for name in PROVIDERS if settings.oauth_client(name)]
+    """The providers with a client id and secret, in table order, then Bluesky when on
+    (AT Protocol OAuth, outside Authlib's registry: see :mod:`app.core.atproto_oauth`)."""
+    authlib = [name for name in PROVIDERS if settings.oauth_client(name)]
+    return authlib + (["bluesky"] if settings.BLUESKY_ENABLED else [])
 
 
 class ProviderAnswerTooLarge(httpx.HTTPError):
@@ -182,7 +184,7 @@ def create_oauth(settings: Settings) -> OAuth:
     """Authlib's registry with every enabled provider; every request its clients make
     (token, profile, keys) has its body capped."""
     oauth = OAuth()
-    for name in enabled_providers(settings):
+    for name in (name for name in PROVIDERS if settings.oauth_client(name)):
         client_id, client_secret = settings.oauth_client(name)  # type: ignore[misc]
         spec = provider_spec(settings, name)
         options: dict[str, Any] = {

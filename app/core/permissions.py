@@ -113,6 +113,11 @@ ROLES: RolesWithPermissions = {
             "read_deliveries": True,
             "retry_delivery": True,
         },
+        "oidc_clients": {"read": True, "create": True, "update": True, "delete": True},
+        # The audit log (app.services.audit): admins only. It shows every staff
+        # member's actions with their addresses and devices, admins' own included;
+        # moderators are among those it oversees, not its readers.
+        "audit": {"read": True},
         "user_files": {"create": True, "list": True},
         "file": {"read": True, "update": True, "delete": True},
         "docs": {"read": True},

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import bcrypt
 import jwt
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from jwt.types import Options
 
 from app.core.errors import AppError
 
@@ -250,23 +251,39 @@ def create_token(
     return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM)
 
 
-def decode_token(token: str, *, secret: str, token_type: str) -> dict[str, Any]:
-    """Verify a JWT's signature, expiry and kind; return its claims.
-
-    The algorithm is pinned (no ``alg: none``, no key confusion) and ``exp``, ``sub``,
-    ``iat``, ``jti`` and ``typ`` are required.
-    """
+def decode_jwt(
+    token: str,
+    key: Any,
+    *,
+    algorithm: str,
+    require: list[str],
+    audience: str | None = None,
+    issuer: str | None = None,
+) -> dict[str, Any]:
+    """Verify a JWT's signature with ``key`` and ``algorithm`` alone (no ``alg: none``,
+    no key confusion), its expiry, and ``audience``/``issuer`` when given; return its
+    claims. The one place any token of this service is decoded."""
+    options: Options = {"require": require, "verify_aud": audience is not None}
     try:
-        claims = jwt.decode(
-            token,
-            secret,
-            algorithms=[JWT_ALGORITHM],
-            options={"require": ["exp", "sub", "iat", "jti", "typ"]},
+        return jwt.decode(
+            token, key, algorithms=[algorithm], audience=audience, issuer=issuer, options=options
         )
     except jwt.ExpiredSignatureError as error:
         raise TokenError("token expired") from error
     except jwt.PyJWTError as error:
         raise TokenError("invalid token") from error
+
+
+#: Claims every token this service signs carries.
+REQUIRED_CLAIMS = ["exp", "sub", "iat", "jti", "typ"]
+
+
+def decode_token(token: str, *, secret: str, token_type: str) -> dict[str, Any]:
+    """Verify an HS256 JWT's signature, expiry and kind; return its claims.
+
+    ``exp``, ``sub``, ``iat``, ``jti`` and ``typ`` are required.
+    """
+    claims = decode_jwt(token, secret, algorithm=JWT_ALGORITHM, require=REQUIRED_CLAIMS)
     if claims.get("typ") != token_type:
         raise TokenError("wrong kind of token")
     return claims

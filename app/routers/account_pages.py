@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.core.config import Settings
 from app.routers.deps import SettingsDep
-from app.routers.docs_pages import _page
+from app.routers.docs_pages import render_page
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -23,7 +23,7 @@ router = APIRouter(tags=["pages"], include_in_schema=False)
 def _account_page(
     request: Request, settings: Settings, action: str, heading: str, intro: str, button: str = ""
 ) -> Response:
-    return _page(
+    return render_page(
         request,
         "account.html",
         settings,

@@ -1,11 +1,12 @@
-"""Staff endpoints: roles, bans, account tools, a user's passkeys, and feature flags."""
+"""Staff endpoints: roles, bans, account tools, a user's passkeys, feature flags, and the
+audit log."""
 
 from __future__ import annotations
 
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from app.routers.deps import (
     ClientDep,
@@ -21,12 +22,13 @@ from app.routers.deps import (
     UserUuid,
 )
 from app.schemas.account_tools import ExternalAccountInfo, ExternalAccountList, SessionsRevoked
+from app.schemas.audit import AuditEntry, AuditPage
 from app.schemas.auth import Message, ProviderName, SessionInfo, SessionList
-from app.schemas.common import error_responses
+from app.schemas.common import Text, error_responses
 from app.schemas.flags import FeatureFlagChange, FeatureFlags
 from app.schemas.passkeys import PasskeyInfo, PasskeyList
 from app.schemas.users import AdminUserUpdate, UserPrivate, private_view
-from app.services import account_tools, moderation, passkeys
+from app.services import account_tools, audit, moderation, passkeys
 from app.services import flags as flag_service
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -49,7 +51,9 @@ async def admin_update_user(
 
     Moderators may ban and unban users who are neither admin nor moderator. Nobody
     gives a role they do not hold, and the last active admin can lose neither the
-    role nor the account. A ban ends every session of the user at once.
+    role nor the account. A ban ends every session of the user at once. Each change is
+    an entry of the audit log (``user.role_changed``, ``user.banned``,
+    ``user.unbanned``); a refused one leaves none.
 
     Returns
     -------
@@ -93,9 +97,9 @@ async def reset_user_two_factor(
     second factor.
 
     The user then signs in with the password alone and may enrol again. Every session
-    of theirs ends; the history records ``otp_reset`` and the user's verified email is
-    told. An admin's own 2FA is changed through their own endpoints, which ask for a
-    re-authentication.
+    of theirs ends; the history records ``otp_reset``, the audit log
+    ``user.2fa_reset``, and the user's verified email is told. An admin's own 2FA is
+    changed through their own endpoints, which ask for a re-authentication.
 
     Returns
     -------
@@ -135,7 +139,8 @@ async def clear_user_login_lock(
 
     The failed passwords and two-factor codes counted against the account are
     forgotten, so that its owner signs in again at once. The limits per client address
-    stay. The history records ``login_lock_cleared``; the user's verified email is told.
+    stay. The history records ``login_lock_cleared``, the audit log
+    ``user.login_lock_cleared``; the user's verified email is told.
 
     Raises
     ------
@@ -188,7 +193,8 @@ async def revoke_user_sessions(
     """End every session of a user (admins; moderators for users who are not staff).
 
     Their access and refresh tokens are refused at once. The history records
-    ``sessions_revoked``; the user's verified email is told.
+    ``sessions_revoked``, the audit log ``user.sessions_revoked``; the user's verified
+    email is told.
 
     Returns
     -------
@@ -226,7 +232,8 @@ async def revoke_user_session(
     """End one session of a user (admins; moderators for users who are not staff).
 
     Its access and refresh tokens are refused at once. The history records
-    ``sessions_revoked``; the user's verified email is told.
+    ``sessions_revoked``, the audit log ``user.sessions_revoked``; the user's verified
+    email is told.
 
     Raises
     ------
@@ -260,7 +267,8 @@ async def send_user_password_reset(
     staff).
 
     The same link as ``/auth/password/forgot`` sends: to the user's verified email
-    only, valid one hour, once. The history records ``password_reset_sent``.
+    only, valid one hour, once. The history records ``password_reset_sent``, the audit
+    log ``user.password_reset_sent`` (never the link).
 
     Returns
     -------
@@ -330,8 +338,8 @@ async def unlink_user_external_account(
     """Unlink a provider account from a user (admins; not their own account).
 
     Signing in with that provider account no longer opens the user's. Refused when it
-    is the user's only way to sign in. The history records ``oauth_unlinked``; the
-    user's verified email is told.
+    is the user's only way to sign in. The history records ``oauth_unlinked``, the audit
+    log ``user.provider_unlinked``; the user's verified email is told.
 
     Raises
     ------
@@ -380,6 +388,7 @@ async def update_feature_flags(
     source: FlagSourceDep,
     broadcaster: FlagBroadcasterDep,
     settings: SettingsDep,
+    client: ClientDep,
 ) -> FeatureFlags:
     """Add, change or remove feature flags (admins); applied at once on every replica.
 
@@ -392,7 +401,8 @@ async def update_feature_flags(
     health checks, these two endpoints) cannot be changed here, so no admin locks
     everyone out; the answer's ``protected`` lists them with the reason, and the
     command line still sets them. While FEATURE_FLAGS_ENABLED is False a change is
-    stored, and ``notice`` says that nothing enforces it.
+    stored, and ``notice`` says that nothing enforces it. Each flag named is an entry
+    of the audit log (``flag.changed``, ``flag.removed``, with its value before).
 
     Returns
     -------
@@ -411,7 +421,7 @@ async def update_feature_flags(
         changed. (With the flags in the database, a failed write changes none either.)
     """
     flags = await flag_service.change_flags(
-        db, source, broadcaster, actor, add=body.add, remove=body.remove
+        db, source, broadcaster, actor, add=body.add, remove=body.remove, client=client
     )
     return FeatureFlags.of(
         flags, enabled=settings.FEATURE_FLAGS_ENABLED, protected=source.store.protected
@@ -460,8 +470,8 @@ async def admin_remove_user_passkey(
     client: ClientDep,
 ) -> None:
     """Delete one of a user's passkeys (admins): a lost or stolen authenticator, say. It
-    signs in no more; the user's history names the admin, and their verified email is
-    told.
+    signs in no more; the user's history names the admin, the audit log records
+    ``user.passkey_removed``, and their verified email is told.
 
     Raises
     ------
@@ -471,3 +481,98 @@ async def admin_remove_user_passkey(
         ``USER_NOT_FOUND`` or ``PASSKEY_NOT_FOUND``.
     """
     await passkeys.remove_by_admin(db, settings, mailer, actor, user_uuid, passkey_id, client)
+
+
+#: The largest epoch second a filter takes (the year 33658): anything beyond is a typo.
+LATEST_EPOCH_SECONDS = 10**12
+
+
+@router.get("/audit", response_model=AuditPage, responses=error_responses(401, 403, 422))
+async def read_audit_log(
+    actor: Reader,
+    db: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="Entries to return (1-100).")] = 50,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=200, description="`next_cursor` of the previous page: the page after it."),
+    ] = None,
+    by: Annotated[
+        Text | None,
+        Query(
+            alias="actor",
+            max_length=100,
+            description="Who acted: a UUID, or the name they had (`alice`, `cli:root`).",
+        ),
+    ] = None,
+    action: Annotated[
+        str | None,
+        Query(
+            max_length=65,
+            pattern=r"^[a-z0-9_.]+\*?$",
+            description="An action (`user.banned`), or the start of one followed by `*` "
+            "(`user.*`, `flag.*`).",
+        ),
+    ] = None,
+    target: Annotated[
+        Text | None,
+        Query(max_length=255, description="What the action was about: a user's UUID, a flag."),
+    ] = None,
+    target_type: Annotated[
+        str | None,
+        Query(max_length=32, pattern=r"^[a-z0-9_]+$", description="`user`, `flag`, ..."),
+    ] = None,
+    since: Annotated[
+        int | None,
+        Query(ge=0, le=LATEST_EPOCH_SECONDS, description="From this time on (epoch seconds)."),
+    ] = None,
+    until: Annotated[
+        int | None,
+        Query(ge=0, le=LATEST_EPOCH_SECONDS, description="Up to this time (epoch seconds)."),
+    ] = None,
+) -> AuditPage:
+    """The audit log: what staff did, newest first, a page at a time (admins).
+
+    Every action staff take with their powers is one entry: role changes, bans,
+    deletions and profile changes of other users, the account tools, changes to other
+    users' files and pictures, feature flag changes, and the command line's admin
+    commands. Each says who acted (and in which role), what, on what, when and from
+    where; reading is not recorded. Entries are kept AUDIT_RETENTION_DAYS.
+
+    Walk the pages with ``cursor`` (each page's ``next_cursor``): entries recorded
+    meanwhile come before the first page and never shift the walk, so each entry is
+    listed once. Filters combine; ``since`` and ``until`` are both included.
+
+    Moderators may not read it: it shows every staff member's actions with their
+    addresses and devices, admins' own included, and moderators are among those it
+    oversees.
+
+    Returns
+    -------
+    AuditPage
+        ``items``, ``limit``, ``next_cursor``.
+
+    Raises
+    ------
+    403
+        Not an admin.
+    422
+        A cursor this list did not hand out (``INVALID_CURSOR``), or a malformed
+        filter.
+    """
+    events, next_cursor = await audit.read_audit_log(
+        db,
+        actor,
+        limit=limit,
+        cursor=cursor,
+        by=by,
+        action=action,
+        target=target,
+        target_type=target_type,
+        since=since,
+        until=until,
+    )
+    return AuditPage(
+        items=[AuditEntry.model_validate(event) for event in events],
+        limit=limit,
+        next_cursor=next_cursor,
+    )

@@ -17,6 +17,7 @@ from app.routers.deps import (
     AuthDep,
     ClientDep,
     GuardDep,
+    KeyringDep,
     MailerDep,
     ReaderAuth,
     SessionDep,
@@ -165,6 +166,7 @@ async def login(
     mailer: MailerDep,
     guard: GuardDep,
     client: ClientDep,
+    keyring: KeyringDep,
 ) -> TokenPair | OtpChallengeResponse:
     """Log in with a username or email and a password.
 
@@ -195,7 +197,7 @@ async def login(
         account), or ``OTP_THROTTLED`` (too many wrong codes lately).
     """
     answer = await auth_service.login(
-        db, settings, mailer, guard, credentials.username, credentials.password, client
+        db, settings, keyring, mailer, guard, credentials.username, credentials.password, client
     )
     remember_device(response, settings, answer)
     return answer
@@ -208,7 +210,11 @@ router.include_router(two_factor.router)
 
 @router.post("/refresh", response_model=TokenPair, responses=error_responses(401, 422))
 async def refresh(
-    body: RefreshRequest, db: SessionDep, settings: SettingsDep, client: ClientDep
+    body: RefreshRequest,
+    db: SessionDep,
+    settings: SettingsDep,
+    client: ClientDep,
+    keyring: KeyringDep,
 ) -> TokenPair:
     """Trade a refresh token for a new token pair.
 
@@ -226,7 +232,7 @@ async def refresh(
     401
         ``INVALID_REFRESH_TOKEN``, or ``REFRESH_TOKEN_REUSED`` (the session is ended).
     """
-    return await session_service.refresh(db, settings, body.refresh_token, client)
+    return await session_service.refresh(db, settings, keyring, body.refresh_token, client)
 
 
 @router.post(
@@ -691,6 +697,7 @@ async def exchange_token(
     settings: SettingsDep,
     mailer: MailerDep,
     client: ClientDep,
+    keyring: KeyringDep,
 ) -> TokenPair | OtpChallengeResponse:
     """Trade the one-time ``code`` of a third-party login redirect for the login answer.
 
@@ -708,4 +715,4 @@ async def exchange_token(
     403
         ``ACCOUNT_INACTIVE``.
     """
-    return await external_accounts.exchange(db, settings, mailer, body.code, client)
+    return await external_accounts.exchange(db, settings, keyring, mailer, body.code, client)

@@ -17,12 +17,14 @@ from fastapi.security import OAuth2PasswordBearer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.core.atproto_oauth import ClientKeys
 from app.core.authentication import Auth, Authenticator, UserCopies, caller_of
 from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
 from app.core.email import Mailer
 from app.core.feature_flags import FlagStore
 from app.core.flag_sources import FlagBroadcaster, FlagSource
+from app.core.signing_keys import Keyring
 from app.models import User
 from app.services.context import ClientInfo
 from app.services.devices import DEVICE_COOKIE, DEVICE_HEADER
@@ -71,6 +73,11 @@ async def get_oauth(request: Request) -> OAuth:
     return request.app.state.oauth
 
 
+async def get_bluesky_keys(request: Request) -> ClientKeys:
+    """The Bluesky client key of the running app."""
+    return request.app.state.bluesky_keys
+
+
 async def get_mailer(request: Request) -> Mailer:
     """The app's outbox."""
     return request.app.state.mailer
@@ -102,6 +109,7 @@ FlagBroadcasterDep = Annotated[FlagBroadcaster | None, Depends(get_flag_broadcas
 GuardDep = Annotated[BruteForceGuard, Depends(get_guard)]
 ClientDep = Annotated[ClientInfo, Depends(get_client)]
 OAuthDep = Annotated[OAuth, Depends(get_oauth)]
+BlueskyKeysDep = Annotated[ClientKeys, Depends(get_bluesky_keys)]
 
 
 async def get_authenticator(request: Request) -> Authenticator:
@@ -110,6 +118,14 @@ async def get_authenticator(request: Request) -> Authenticator:
 
 
 AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
+
+
+async def get_keyring(request: Request) -> Keyring:
+    """The app's signing keys (they sign access and ID tokens)."""
+    return request.app.state.authenticator.keyring
+
+
+KeyringDep = Annotated[Keyring, Depends(get_keyring)]
 
 # The dependencies below take the bearer token from ``oauth2_scheme`` only so that the
 # OpenAPI document marks their routes as needing it; the caller is the request's one

@@ -166,7 +166,7 @@ async def _docs_user(request: Request, authenticator: Authenticator) -> User | N
     return auth.user if auth else None
 
 
-def _page(
+def render_page(
     request: Request, name: str, settings: Settings, code: int = 200, **context: object
 ) -> Response:
     return templates.TemplateResponse(
@@ -194,7 +194,7 @@ async def _gate(
         )
     if not check_permission(user, "docs", "read"):
         if html:
-            return _page(request, "forbidden.html", settings, 403, username=user.username)
+            return render_page(request, "forbidden.html", settings, 403, username=user.username)
         return JSONResponse(
             error_body("Not allowed to read the API description", "FORBIDDEN"), status_code=403
         )
@@ -211,7 +211,7 @@ async def signin_page(request: Request, settings: SettingsDep) -> Response:
     HTMLResponse
         The page; once signed in it continues to ``/interactive-docs``.
     """
-    return _page(
+    return render_page(
         request,
         "signin.html",
         settings,
@@ -284,7 +284,7 @@ async def interactive_docs_sign_in(
     if auth is None:
         return RedirectResponse("/signin?next=/interactive-docs", status.HTTP_303_SEE_OTHER)
     if not check_permission(auth.user, "docs", "read"):
-        return _page(request, "forbidden.html", settings, 403, username=auth.user.username)
+        return render_page(request, "forbidden.html", settings, 403, username=auth.user.username)
     response = RedirectResponse("/docs", status.HTTP_303_SEE_OTHER)
     response.set_cookie(
         DOCS_COOKIE,

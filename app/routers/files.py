@@ -149,7 +149,9 @@ async def upload_user_file(
 ) -> FileInfo:
     """Upload a file for a user: oneself, or anyone as an admin (who is linked to it too).
 
-    The file belongs to that user: its name is made unique among their files.
+    The file belongs to that user: its name is made unique among their files. An
+    admin's upload for someone else is an entry of the audit log
+    (``user.file_uploaded``).
 
     Returns
     -------
@@ -254,7 +256,8 @@ async def update_file(
     """Rename a file or change its description (linked users and admins).
 
     The name is made safe as on upload. It must be free among the owner's files of
-    the same kind; other users' names never count.
+    the same kind; other users' names never count. A change to someone else's file is
+    an entry of the audit log (``user.file_updated``).
 
     Returns
     -------
@@ -284,6 +287,8 @@ async def delete_file(
     file_id: FileId, actor: CurrentUser, db: SessionDep, settings: SettingsDep, client: ClientDep
 ) -> None:
     """Delete a file and its bytes (linked users and admins).
+
+    Deleting someone else's file is an entry of the audit log (``user.file_deleted``).
 
     Raises
     ------
@@ -346,7 +351,8 @@ async def set_profile_picture(
     decoded with a pixel limit, re-encoded (anything hidden in it is dropped) and
     shrunk to fit 512x512, keeping its aspect. It replaces any earlier picture and
     is listed among the user's files as ``pfp_{uuid}.{ext}`` with kind ``picture``;
-    a plain file of that name does not stand in its way.
+    a plain file of that name does not stand in its way. An admin's picture for
+    someone else is an entry of the audit log (``user.picture_changed``).
 
     Raises
     ------
@@ -389,6 +395,9 @@ async def delete_profile_picture(
     client: ClientDep,
 ) -> None:
     """Remove the uploaded picture: the generated one is shown again.
+
+    An admin removing someone else's picture is an entry of the audit log
+    (``user.picture_removed``).
 
     Raises
     ------

@@ -13,7 +13,7 @@ from fastapi.responses import RedirectResponse
 
 from app.core.config import Settings
 from app.routers.deps import SettingsDep
-from app.routers.docs_pages import _page
+from app.routers.docs_pages import render_page
 
 # Tagged "pages", like every route outside the API prefix.
 router = APIRouter(tags=["pages"])
@@ -29,7 +29,7 @@ def _legal(request: Request, settings: Settings, page: str, heading: str, what: 
         return RedirectResponse(
             f"{settings.FRONTEND_URL}/{page}", status.HTTP_307_TEMPORARY_REDIRECT
         )
-    return _page(request, "not_configured.html", settings, 404, heading=heading, what=what)
+    return render_page(request, "not_configured.html", settings, 404, heading=heading, what=what)
 
 
 @router.get(

@@ -16,6 +16,7 @@ from app.routers.deps import (
     AuthDep,
     ClientDep,
     GuardDep,
+    KeyringDep,
     MailerDep,
     ReaderAuth,
     SessionDep,
@@ -83,6 +84,7 @@ async def passkeys_sign_in_finish(
     mailer: MailerDep,
     guard: GuardDep,
     client: ClientDep,
+    keyring: KeyringDep,
 ) -> TokenPair:
     """Sign in with a passkey: the same tokens as a password login, with no second step
     (a passkey that verified its user is two factors already).
@@ -104,7 +106,7 @@ async def passkeys_sign_in_finish(
         ``RATE_LIMITED``, with ``Retry-After``.
     """
     answer = await passkeys.finish_sign_in(
-        db, settings, mailer, guard, body.challenge_id, body.credential, client
+        db, settings, keyring, mailer, guard, body.challenge_id, body.credential, client
     )
     remember_device(response, settings, answer)
     return answer
@@ -158,6 +160,7 @@ async def passkeys_second_factor_finish(
     mailer: MailerDep,
     guard: GuardDep,
     client: ClientDep,
+    keyring: KeyringDep,
 ) -> TokenPair:
     """Finish a two-factor login with a passkey, as /auth/otp/verify does with a code.
 
@@ -178,6 +181,7 @@ async def passkeys_second_factor_finish(
     answer = await passkeys.finish_second_factor(
         db,
         settings,
+        keyring,
         mailer,
         guard,
         body.otp_token,

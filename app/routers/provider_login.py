@@ -1,4 +1,5 @@
-"""Login with third-party accounts (GitHub, Discord, Twitch, Google, Reddit, X)."""
+"""Login with third-party accounts (GitHub, Discord, Twitch, Google, Reddit, X; Bluesky's
+own routes are in :mod:`app.routers.bluesky_login`)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from fastapi.responses import RedirectResponse
 from joserfc.errors import JoseError
 from loguru import logger
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
+from app.core.email import Mailer
 from app.core.errors import error_body
 from app.core.oauth_client import (
     PROVIDERS,
@@ -27,11 +30,13 @@ from app.core.oauth_client import (
     enabled_providers,
     fetch_profile,
 )
+from app.core.signing_keys import Keyring
 from app.models import now_epoch
 from app.routers.deps import (
     AuthDep,
     ClientDep,
     CurrentUser,
+    KeyringDep,
     MailerDep,
     OAuthDep,
     SessionDep,
@@ -41,6 +46,7 @@ from app.schemas.auth import Message, TokenPair
 from app.schemas.common import ErrorResponse, Text, error_responses
 from app.schemas.otp import OtpChallengeResponse
 from app.services import external_accounts
+from app.services.context import ClientInfo
 from app.services.reauth import require_fresh_session
 
 router = APIRouter(prefix="/oauth", tags=["oauth"])
@@ -57,6 +63,21 @@ _REDIRECT: dict[int | str, dict[str, Any]] = {
     302: {"description": "To the provider's consent page"}
 }
 _SESSION_KEY = "oauth_flow"
+#: The 502 a callback answers when the provider fails.
+PROVIDER_FAILED: dict[int | str, dict[str, Any]] = {
+    502: {
+        "model": ErrorResponse,
+        "description": "The provider failed",
+        "content": {
+            "application/json": {
+                "example": error_body(
+                    external_accounts.ProviderUnavailable.detail,
+                    external_accounts.ProviderUnavailable.code,
+                )
+            }
+        },
+    }
+}
 
 
 class ProviderList(BaseModel):
@@ -98,12 +119,7 @@ async def _start(
     if flow.get("redirect_uri"):
         external_accounts.check_redirect_uri(settings, flow["redirect_uri"])
     state = secrets.token_urlsafe(32)
-    request.session[_SESSION_KEY] = {
-        "provider": provider,
-        "state": state,
-        "started_at": now_epoch(),
-        **flow,
-    }
+    keep_flow(request, provider, state, flow)
     return await client.authorize_redirect(request, _callback_url(settings, provider), state=state)
 
 
@@ -209,18 +225,7 @@ async def oauth_link(
     responses={
         303: {"description": "To redirect_uri, with a one-time `code`"},
         **error_responses(400, 403, 404, 409, 422),
-        502: {
-            "model": ErrorResponse,
-            "description": "The provider failed",
-            "content": {
-                "application/json": {
-                    "example": error_body(
-                        external_accounts.ProviderUnavailable.detail,
-                        external_accounts.ProviderUnavailable.code,
-                    )
-                }
-            },
-        },
+        **PROVIDER_FAILED,
     },
 )
 async def oauth_callback(
@@ -231,6 +236,7 @@ async def oauth_callback(
     mailer: MailerDep,
     client_info: ClientDep,
     oauth: OAuthDep,
+    keyring: KeyringDep,
 ) -> Any:
     """Where the provider sends the browser back; completes the login or the link.
 
@@ -262,6 +268,14 @@ async def oauth_callback(
         form). Nothing is stored then.
     """
     client = _client(oauth, provider)
+    flow = await take_flow(request, db, provider)
+    token, profile = await _provider_answer(request, settings, client, provider)
+    return await finish_sign_in(db, settings, keyring, mailer, client_info, flow, profile, token)
+
+
+async def take_flow(request: Request, db: AsyncSession, provider: str) -> dict[str, Any]:
+    """The sign-in the callback completes, its ``state`` checked and used up (else
+    InvalidOAuthState): before anything goes to the provider, so a replay stops here."""
     flow = request.session.pop(_SESSION_KEY, None)
     state = request.query_params.get("state", "")
     if (
@@ -271,10 +285,31 @@ async def oauth_callback(
         or not secrets.compare_digest(flow["state"].encode(), state.encode())
     ):
         raise external_accounts.InvalidOAuthState()
-    # Used up before the code goes to the provider: a replay stops here.
     await external_accounts.consume_state(db, flow["state"], flow.get("started_at"))
-    token, profile = await _provider_answer(request, settings, client, provider)
+    return flow
 
+
+def keep_flow(request: Request, provider: str, state: str, flow: dict[str, Any]) -> None:
+    """Remember a started sign-in in the signed OAuth cookie, for its callback."""
+    request.session[_SESSION_KEY] = {
+        "provider": provider,
+        "state": state,
+        "started_at": now_epoch(),
+        **flow,
+    }
+
+
+async def finish_sign_in(
+    db: AsyncSession,
+    settings: Settings,
+    keyring: Keyring,
+    mailer: Mailer,
+    client_info: ClientInfo,
+    flow: dict[str, Any],
+    profile: ExternalProfile,
+    token: external_accounts.ProviderTokens,
+) -> Any:
+    """Log in, link or create (the account rules), then answer the browser."""
     if flow.get("mode") == "link":
         user = await external_accounts.link_account(
             db, settings, mailer, flow.get("session"), profile, token, client_info
@@ -291,8 +326,8 @@ async def oauth_callback(
         target = f"{flow['redirect_uri']}{separator}{urlencode({'code': code})}"
         return RedirectResponse(target, status_code=status.HTTP_303_SEE_OTHER)
     if flow.get("mode") == "link":
-        return Message(detail=f"{provider} account linked")
-    return await external_accounts.finish_login(db, settings, mailer, user, client_info)
+        return Message(detail=f"{profile.provider} account linked")
+    return await external_accounts.finish_login(db, settings, keyring, mailer, user, client_info)
 
 
 @router.delete(

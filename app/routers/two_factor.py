@@ -13,6 +13,7 @@ from app.routers.deps import (
     AuthDep,
     ClientDep,
     GuardDep,
+    KeyringDep,
     MailerDep,
     Reader,
     SessionDep,
@@ -45,6 +46,7 @@ async def verify_otp(
     settings: SettingsDep,
     guard: GuardDep,
     client: ClientDep,
+    keyring: KeyringDep,
 ) -> TokenPair:
     """Finish a two-factor login with the ``otp_token`` from /auth/login and a code.
 
@@ -65,7 +67,9 @@ async def verify_otp(
     429
         ``OTP_THROTTLED`` or ``RATE_LIMITED``, with ``Retry-After``.
     """
-    answer = await two_factor.verify_login(db, settings, guard, body.otp_token, body.code, client)
+    answer = await two_factor.verify_login(
+        db, settings, keyring, guard, body.otp_token, body.code, client
+    )
     remember_device(response, settings, answer)
     return answer
 
@@ -83,6 +87,7 @@ async def verify_recovery_code(
     mailer: MailerDep,
     guard: GuardDep,
     client: ClientDep,
+    keyring: KeyringDep,
 ) -> TokenPair:
     """Finish a two-factor login with a recovery code instead of a code.
 
@@ -108,7 +113,7 @@ async def verify_recovery_code(
         ``OTP_THROTTLED`` or ``RATE_LIMITED``, with ``Retry-After``.
     """
     answer = await two_factor.verify_login_with_recovery_code(
-        db, settings, mailer, guard, body.otp_token, body.recovery_code, client
+        db, settings, keyring, mailer, guard, body.otp_token, body.recovery_code, client
     )
     remember_device(response, settings, answer)
     return answer

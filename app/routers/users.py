@@ -219,7 +219,8 @@ async def update_user(
     """Change a user's display name, email or description (oneself, or as an admin).
 
     The rules of ``PATCH /users/me`` apply; a new email needs the caller's own
-    re-authentication (an admin's password, for instance).
+    re-authentication (an admin's password, for instance). An admin's change to
+    someone else is an entry of the audit log (``user.updated``).
 
     Returns
     -------
@@ -266,7 +267,8 @@ async def delete_user(
     Deletion cannot be undone: the caller confirms with ``current_password`` in the
     body, or after a recent re-authentication (/auth/reauthenticate) with no body.
     The account is deactivated first (its tokens stop working at once); if removing
-    its data fails, it stays inactive and a scheduled job finishes the deletion.
+    its data fails, it stays inactive and a scheduled job finishes the deletion. An
+    admin deleting someone else is an entry of the audit log (``user.deleted``).
 
     Raises
     ------

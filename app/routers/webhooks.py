@@ -1,4 +1,6 @@
-"""Webhook endpoints (admins): register receivers, read their delivery log, retry."""
+"""Webhook endpoints (admins): register receivers, read their delivery log, retry.
+
+Every change is an entry of the admin audit log (``webhook.*``)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from app.routers.deps import CurrentUser, PageDep, Reader, SessionDep, SettingsDep
+from app.routers.deps import ClientDep, CurrentUser, PageDep, Reader, SessionDep, SettingsDep
 from app.schemas.common import error_responses
 from app.schemas.webhooks import (
     DeliveryStatus,
@@ -38,7 +40,11 @@ def _secret_view(info: WebhookInfo, secret: str) -> WebhookCreated:
     responses=error_responses(401, 403, 422),
 )
 async def create_webhook(
-    body: WebhookCreate, actor: CurrentUser, db: SessionDep, settings: SettingsDep
+    body: WebhookCreate,
+    actor: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    client: ClientDep,
 ) -> WebhookCreated:
     """Register an endpoint that receives the events of ``event_types`` (admins).
 
@@ -67,6 +73,7 @@ async def create_webhook(
         url=body.url,
         event_types=body.event_types,
         description=body.description,
+        client=client,
     )
     return _secret_view(WebhookInfo.model_validate(endpoint), secret)
 
@@ -120,6 +127,7 @@ async def update_webhook(
     actor: CurrentUser,
     db: SessionDep,
     settings: SettingsDep,
+    client: ClientDep,
 ) -> WebhookInfo:
     """Change an endpoint's URL, event types or description, or turn it off or on
     (admins).
@@ -150,6 +158,7 @@ async def update_webhook(
         event_types=body.event_types,
         enabled=body.enabled,
         description=body.description,
+        client=client,
     )
     return WebhookInfo.model_validate(endpoint)
 
@@ -160,7 +169,9 @@ async def update_webhook(
     response_class=Response,
     responses=error_responses(401, 403, 404, 422),
 )
-async def delete_webhook(webhook_id: UUID, actor: CurrentUser, db: SessionDep) -> None:
+async def delete_webhook(
+    webhook_id: UUID, actor: CurrentUser, db: SessionDep, client: ClientDep
+) -> None:
     """Remove an endpoint and its delivery log (admins); nothing more is sent to it.
 
     Raises
@@ -170,7 +181,7 @@ async def delete_webhook(webhook_id: UUID, actor: CurrentUser, db: SessionDep) -
     404
         ``WEBHOOK_NOT_FOUND``.
     """
-    await webhooks.delete_endpoint(db, actor, str(webhook_id))
+    await webhooks.delete_endpoint(db, actor, str(webhook_id), client)
 
 
 @router.post(
@@ -179,7 +190,11 @@ async def delete_webhook(webhook_id: UUID, actor: CurrentUser, db: SessionDep) -
     responses=error_responses(401, 403, 404, 422),
 )
 async def rotate_webhook_secret(
-    webhook_id: UUID, actor: CurrentUser, db: SessionDep, settings: SettingsDep
+    webhook_id: UUID,
+    actor: CurrentUser,
+    db: SessionDep,
+    settings: SettingsDep,
+    client: ClientDep,
 ) -> WebhookCreated:
     """Give an endpoint a new signing secret (admins), for a secret that leaked.
 
@@ -198,7 +213,7 @@ async def rotate_webhook_secret(
     404
         ``WEBHOOK_NOT_FOUND``.
     """
-    endpoint, secret = await webhooks.rotate_secret(db, settings, actor, str(webhook_id))
+    endpoint, secret = await webhooks.rotate_secret(db, settings, actor, str(webhook_id), client)
     return _secret_view(WebhookInfo.model_validate(endpoint), secret)
 
 
@@ -246,7 +261,11 @@ async def list_webhook_deliveries(
     responses=error_responses(401, 403, 404, 409, 422),
 )
 async def retry_webhook_delivery(
-    webhook_id: UUID, delivery_id: DeliveryId, actor: CurrentUser, db: SessionDep
+    webhook_id: UUID,
+    delivery_id: DeliveryId,
+    actor: CurrentUser,
+    db: SessionDep,
+    client: ClientDep,
 ) -> WebhookDeliveryInfo:
     """Send a failed delivery again, at once and with a fresh count of attempts
     (admins). A pending one is moved to the front of its wait.
@@ -265,5 +284,5 @@ async def retry_webhook_delivery(
     409
         ``DELIVERY_ALREADY_DELIVERED``.
     """
-    delivery, event = await webhooks.retry_delivery(db, actor, str(webhook_id), delivery_id)
+    delivery, event = await webhooks.retry_delivery(db, actor, str(webhook_id), delivery_id, client)
     return WebhookDeliveryInfo.of(delivery, event)

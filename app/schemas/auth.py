@@ -19,7 +19,7 @@ from app.schemas.fields import (
     display_name_matches,
 )
 
-PROVIDER_NAMES = tuple(PROVIDERS)
+PROVIDER_NAMES = (*PROVIDERS, "bluesky")
 ProviderName = Literal[PROVIDER_NAMES]  # type: ignore[valid-type]
 
 

@@ -6,9 +6,9 @@ the account, list and end its sessions, mail it a password-reset link, list and
 unlink its provider accounts. Who may do what is in ``ROLES``
 (``app.core.permissions``): admins everything, though not to themselves where a
 tool would skip the re-authentication their own endpoints ask for; moderators the
-harmless tools, for users who are neither admin nor moderator. Every tool is
-recorded in the user's history with who did it, and the user's verified address is
-told.
+harmless tools, for users who are neither admin nor moderator. Every tool that changes
+something is recorded in the user's history with who did it and in the audit log, and
+the user's verified address is told.
 
 ``actor`` is the signed-in staff member, or None for the command line, whose operator
 runs the service and passes no permission check.
@@ -28,6 +28,7 @@ from app.core.errors import AppError, Conflict, NotFound
 from app.core.oauth_client import provider_label
 from app.models import ExternalAccount, OtpChallenge, Session, User, now_epoch
 from app.services import two_factor
+from app.services.audit import AuditTarget, record_audit
 from app.services.auth import mail_reset_link
 from app.services.context import ClientInfo
 from app.services.directory import tool_target
@@ -91,9 +92,9 @@ async def reset_two_factor(
         raise two_factor.OtpNotEnabled("This user has no two-factor authentication to reset")
     await two_factor.reset(db, user)
     await revoke_sessions(db, user.uuid)
-    record_event(
-        db, user.uuid, "otp_reset", by=_by(actor), client=client, details={"method": method}
-    )
+    details = {"method": method}
+    record_event(db, user.uuid, "otp_reset", by=_by(actor), client=client, details=details)
+    record_audit(db, actor, "user.2fa_reset", AuditTarget.of_user(user), client, details)
     await db.commit()
     send_security_notice(
         settings,
@@ -130,6 +131,7 @@ async def clear_login_lock(
         .execution_options(synchronize_session=False)
     )
     record_event(db, user.uuid, "login_lock_cleared", by=_by(actor), client=client)
+    record_audit(db, actor, "user.login_lock_cleared", AuditTarget.of_user(user), client)
     await db.commit()
     send_security_notice(
         settings,
@@ -189,6 +191,7 @@ async def revoke_user_sessions(
             raise SessionNotFound()
         details = {"session": session_id}
     record_event(db, user.uuid, "sessions_revoked", by=_by(actor), client=client, details=details)
+    record_audit(db, actor, "user.sessions_revoked", AuditTarget.of_user(user), client, details)
     await db.commit()
     if ended:
         send_security_notice(
@@ -221,6 +224,8 @@ async def send_password_reset(
         raise EmailNotVerified()
     await guard.spend("forgot", account=user.email)
     record_event(db, user.uuid, "password_reset_sent", by=_by(actor), client=client)
+    # The link is made after the commit and mailed only: it is in neither record.
+    record_audit(db, actor, "user.password_reset_sent", AuditTarget.of_user(user), client)
     await db.commit()
     await mail_reset_link(db, settings, mailer, user)
 
@@ -258,6 +263,7 @@ async def unlink_external_account(
         ) from None
     details = {"provider": provider}
     record_event(db, user.uuid, "oauth_unlinked", by=_by(actor), client=client, details=details)
+    record_audit(db, actor, "user.provider_unlinked", AuditTarget.of_user(user), client, details)
     await db.commit()
     send_security_notice(
         settings,

@@ -23,6 +23,7 @@ from app.core.security import create_one_time_token, hash_password, password_pro
 from app.models import User, new_uuid, now_epoch
 from app.schemas.common import check_text
 from app.schemas.fields import check_email, check_username
+from app.services.audit import SERVICE, AuditTarget, Operator, record_audit
 from app.services.context import SYSTEM, ClientInfo
 from app.services.history import record_event
 from app.services.mail_links import LinkPage, mail_link
@@ -247,9 +248,17 @@ class InvalidAdmin(AppError):
 
 
 async def create_admin(
-    db: AsyncSession, settings: Settings, *, username: str, email: str, password: str
+    db: AsyncSession,
+    settings: Settings,
+    *,
+    username: str,
+    email: str,
+    password: str,
+    operator: Operator | None = None,
 ) -> User:
-    """Create an admin account (CLI and FIRST_ADMIN_*), checking the sign-up rules."""
+    """Create an admin account, checking the sign-up rules: by the command line
+    (``operator`` None), or by the service at start (FIRST_ADMIN_*, ``SERVICE``).
+    The audit log records who made it."""
     try:
         username = check_username(username)
         email = check_email(email)
@@ -258,7 +267,7 @@ async def create_admin(
     problem = password_problem(password)
     if problem is not None:
         raise InvalidAdmin("password " + problem[1])
-    return await create_user(
+    user = await create_user(
         db,
         settings,
         username=username,
@@ -266,7 +275,13 @@ async def create_admin(
         password=password,
         roles=ALL_ROLES,
         email_verified=True,
+        commit=False,
     )
+    details = {"roles": list(user.roles)}
+    record_audit(db, operator, "user.created", AuditTarget.of_user(user), details=details)
+    await commit_or_conflict(db)
+    logger.info("admin {} created", user.uuid)
+    return user
 
 
 async def ensure_first_admin(
@@ -289,7 +304,7 @@ async def ensure_first_admin(
             return
         try:
             user = await create_admin(
-                db, settings, username=username, email=email, password=password
+                db, settings, username=username, email=email, password=password, operator=SERVICE
             )
         except AppError as error:
             logger.error("first admin not created: {}", error.detail)

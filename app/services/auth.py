@@ -30,6 +30,7 @@ from app.core.security import (
     password_fingerprint,
     verify_password,
 )
+from app.core.signing_keys import Keyring
 from app.models import User, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
@@ -119,6 +120,7 @@ async def check_credentials(
 async def login(
     db: AsyncSession,
     settings: Settings,
+    keyring: Keyring,
     mailer: Mailer,
     guard: BruteForceGuard,
     identifier: str,
@@ -141,7 +143,7 @@ async def login(
         LOGINS.labels("otp_required").inc()
         return await two_factor.begin_login(db, settings, mailer, user, client)
     LOGINS.labels("success").inc()
-    pair = await start_session(db, settings, user, client)
+    pair = await start_session(db, settings, keyring, user, client)
     return pair.model_copy(update={"device_token": new_device_token(settings, user.uuid)})
 
 

@@ -13,6 +13,7 @@ from app.core.brute_force import BruteForceGuard
 from app.core.config import Settings
 from app.core.storage import storage_for
 from app.models import File, User
+from app.services.audit import record_if_staff_action
 from app.services.context import ClientInfo
 from app.services.directory import target_user
 from app.services.history import record_event
@@ -50,6 +51,7 @@ async def delete_user(
     await set_user_fields(db, user, {"is_active": False, "deactivated_reason": "deleting"})
     await revoke_sessions(db, user.uuid)
     record_event(db, user.uuid, "deletion_requested", by=actor.uuid, client=client)
+    record_if_staff_action(db, actor, "user.deleted", user, client)
     await db.commit()
     try:
         await purge_user(db, settings, user_uuid)

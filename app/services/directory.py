@@ -3,16 +3,12 @@ users, a user's history."""
 
 from __future__ import annotations
 
-import sys
-from base64 import urlsafe_b64decode, urlsafe_b64encode
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
     ColumnElement,
     Select,
-    SQLColumnExpression,
-    and_,
     func,
     or_,
     select,
@@ -25,6 +21,7 @@ from app.core.permissions import check_permission, require_permission
 from app.models import User
 from app.services.accounts import get_user, has_role
 from app.services.history import read_events
+from app.services.listing import InvalidCursor, pack_cursor, starts_with, unpack_cursor
 
 
 class UserNotFound(NotFound):
@@ -70,18 +67,6 @@ async def tool_target(db: AsyncSession, actor: User | None, user_uuid: str, acti
     return user
 
 
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-class InvalidCursor(AppError):
-    """A ``cursor`` this service did not hand out."""
-
-    status_code = 422
-    code = "INVALID_CURSOR"
-    detail = "The cursor is not one this list handed out; start again without it"
-
-
 class CursorWithOffset(AppError):
     """Both ways of saying where a page starts."""
 
@@ -92,35 +77,16 @@ class CursorWithOffset(AppError):
 
 def encode_cursor(user: User) -> str:
     """An opaque cursor for the page after ``user`` (its place in the list's order)."""
-    return urlsafe_b64encode(f"{user.created_at}.{user.uuid}".encode()).decode().rstrip("=")
+    return pack_cursor(user.created_at, user.uuid)
 
 
 def decode_cursor(cursor: str) -> tuple[int, str]:
     """(created_at, uuid) of a cursor from :func:`encode_cursor`; 422 otherwise."""
+    created_at, uuid = unpack_cursor(cursor, 2)
     try:
-        created_at, uuid = urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split(".")
         return int(created_at), str(UUID(uuid))
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:
         raise InvalidCursor() from None
-
-
-def _starts_with(
-    db: AsyncSession, column: SQLColumnExpression[str], prefix: str
-) -> ColumnElement[bool]:
-    """``column`` starts with ``prefix``, in a form the column's index can answer.
-
-    PostgreSQL: ``LIKE 'prefix%'`` over an index with pattern operators (which works
-    whatever the database's collation). SQLite: the range ``prefix <= column < next``,
-    where ``next`` is the prefix with its last character raised by one: SQLite compares
-    bytes, so every string with the prefix, and nothing else, falls in that range, and
-    a plain index answers it (SQLite's LIKE is case-blind and uses no ordinary index).
-    """
-    if db.get_bind().dialect.name == "postgresql":
-        return column.like(f"{_escape_like(prefix)}%", escape="\\")
-    if ord(prefix[-1]) == sys.maxunicode:  # no character above it: compare the start
-        return func.substr(column, 1, len(prefix)) == prefix
-    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    return and_(column >= prefix, column < upper)
 
 
 def listing_query(
@@ -138,9 +104,9 @@ def listing_query(
         prefix = search.lower()
         conditions.append(
             or_(
-                _starts_with(db, User.username, prefix),
-                _starts_with(db, func.lower(User.display_name), prefix),
-                _starts_with(db, User.email, prefix),
+                starts_with(db, User.username, prefix),
+                starts_with(db, func.lower(User.display_name), prefix),
+                starts_with(db, User.email, prefix),
             )
         )
     if role:

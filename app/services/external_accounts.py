@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,8 +34,17 @@ from app.core.images import InvalidImage, process_picture
 from app.core.oauth_client import ExternalProfile, fetch_picture, provider_label
 from app.core.origins import url_origin
 from app.core.security import create_one_time_token
+from app.core.signing_keys import Keyring
 from app.core.storage import StorageUnavailable
-from app.models import ExternalAccount, OAuthToken, Session, UsedToken, User, now_epoch
+from app.models import (
+    BlueskySession,
+    ExternalAccount,
+    OAuthToken,
+    Session,
+    UsedToken,
+    User,
+    now_epoch,
+)
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse
 from app.services import two_factor
@@ -58,6 +68,13 @@ STATE_MAX_AGE_SECONDS = 600
 #: replica whose clock is a little behind cannot accept it after the record is purged.
 STATE_KEEP_MARGIN_SECONDS = 60
 _USERNAME_CHARACTERS = re.compile(r"[^a-z0-9_]+")
+_NOREPLY_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
+
+#: Stores a provider's tokens for a user, in the caller's transaction: Bluesky keeps
+#: its own, sealed, with the DPoP key they are bound to (the others: a token dict,
+#: written to ``oauth_token``).
+TokenWriter = Callable[[AsyncSession, str], Awaitable[None]]
+ProviderTokens = dict[str, Any] | TokenWriter
 
 
 class ProviderNotEnabled(NotFound):
@@ -208,8 +225,11 @@ async def _free_username(db: AsyncSession, profile: ExternalProfile) -> str:
 
 
 async def _save_token(
-    db: AsyncSession, user_uuid: str, provider: str, token: dict[str, Any]
+    db: AsyncSession, user_uuid: str, provider: str, token: ProviderTokens
 ) -> None:
+    if callable(token):
+        await token(db, user_uuid)
+        return
     row = await db.scalar(
         select(OAuthToken).where(OAuthToken.user_uuid == user_uuid, OAuthToken.provider == provider)
     )
@@ -240,7 +260,7 @@ async def _add_link(
     db: AsyncSession,
     user: User,
     profile: ExternalProfile,
-    token: dict[str, Any],
+    token: ProviderTokens,
     client: ClientInfo,
     *,
     by: str | None = None,
@@ -273,7 +293,7 @@ async def resolve_login(
     settings: Settings,
     mailer: Mailer,
     profile: ExternalProfile,
-    token: dict[str, Any],
+    token: ProviderTokens,
     client: ClientInfo,
 ) -> User:
     """The local user a provider login stands for: linked, linked by email, or new."""
@@ -314,7 +334,7 @@ async def resolve_login(
         db,
         settings,
         username=await _free_username(db, profile),
-        email=own_email or f"{profile.provider}_{profile.external_id}@users.noreply.invalid",
+        email=own_email or _noreply_email(profile),
         password=None,
         email_verified=own_email is not None,
         is_external_only=True,
@@ -326,6 +346,13 @@ async def resolve_login(
     await commit_or_conflict(db)
     logger.info("user {} created from a {} sign-in", user.uuid, profile.provider)
     return user
+
+
+def _noreply_email(profile: ExternalProfile) -> str:
+    """The placeholder address of an account whose provider gives no email (a Bluesky
+    DID's colons are not allowed in an address)."""
+    local = _NOREPLY_CHARACTERS.sub("-", f"{profile.provider}_{profile.external_id}")
+    return f"{local}@users.noreply.invalid"
 
 
 def _notice_link(settings: Settings, mailer: Mailer, user: User, provider: str) -> None:
@@ -346,7 +373,7 @@ async def link_account(
     mailer: Mailer,
     session_id: str | None,
     profile: ExternalProfile,
-    token: dict[str, Any],
+    token: ProviderTokens,
     client: ClientInfo,
 ) -> User:
     """Link a provider account to the user of the session that started the link,
@@ -407,6 +434,8 @@ async def remove_links(db: AsyncSession, user_uuid: str, providers: list[str]) -
     )
     for token in tokens:
         await db.delete(token)
+    if "bluesky" in providers:
+        await db.execute(delete(BlueskySession).where(BlueskySession.user_uuid == user_uuid))
     return sorted(account.provider for account in accounts)
 
 
@@ -431,6 +460,8 @@ async def remove_link(db: AsyncSession, user: User, provider: str) -> None:
     await db.execute(
         delete(OAuthToken).where(OAuthToken.user_uuid == user.uuid, OAuthToken.provider == provider)
     )
+    if provider == "bluesky":
+        await db.execute(delete(BlueskySession).where(BlueskySession.user_uuid == user.uuid))
 
 
 async def unlink(
@@ -486,12 +517,17 @@ async def adopt_picture(
 
 
 async def finish_login(
-    db: AsyncSession, settings: Settings, mailer: Mailer, user: User, client: ClientInfo
+    db: AsyncSession,
+    settings: Settings,
+    keyring: Keyring,
+    mailer: Mailer,
+    user: User,
+    client: ClientInfo,
 ) -> TokenPair | OtpChallengeResponse:
     """A session, or the second-factor challenge when the user has 2FA on."""
     if user.otp_method != "none":
         return await two_factor.begin_login(db, settings, mailer, user, client)
-    return await start_session(db, settings, user, client)
+    return await start_session(db, settings, keyring, user, client)
 
 
 def exchange_code(settings: Settings, user: User) -> str:
@@ -502,7 +538,12 @@ def exchange_code(settings: Settings, user: User) -> str:
 
 
 async def exchange(
-    db: AsyncSession, settings: Settings, mailer: Mailer, code: str, client: ClientInfo
+    db: AsyncSession,
+    settings: Settings,
+    keyring: Keyring,
+    mailer: Mailer,
+    code: str,
+    client: ClientInfo,
 ) -> TokenPair | OtpChallengeResponse:
     """Trade a redirect's one-time code for the login answer (works once)."""
     try:
@@ -512,4 +553,4 @@ async def exchange(
     await db.commit()
     if not user.is_active:
         raise AccountInactive()
-    return await finish_login(db, settings, mailer, user, client)
+    return await finish_login(db, settings, keyring, mailer, user, client)

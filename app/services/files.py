@@ -47,6 +47,7 @@ from app.core.permissions import require_permission
 from app.core.picture_links import PictureReplaced, picture_version
 from app.core.storage import ObjectTooLarge, StoredObject, storage_for
 from app.models import File, User, now_epoch, user_file
+from app.services.audit import AuditTarget, record_audit, record_if_staff_action
 from app.services.context import ClientInfo
 from app.services.directory import UserNotFound, get_visible_user
 from app.services.history import record_event
@@ -343,12 +344,24 @@ async def upload_file(
     record_event(
         db, owner.uuid, "file_uploaded", by=actor.uuid, client=client, details={"file": file.id}
     )
+    details = {"file": file.id, "file_name": file.file_name}
+    record_if_staff_action(db, actor, "user.file_uploaded", owner, client, details)
     await db.commit()
     logger.info("file {} stored for user {}", file.id, owner.uuid)
     return file
 
 
 # Reading and changing ------------------------------------------------------------------
+
+
+async def _audit_target(db: AsyncSession, actor: User, file: File) -> AuditTarget | None:
+    """What a change to ``file`` is recorded against in the audit log: its owner, when
+    that is someone else (an admin's change); None for one's own file. Looked up before
+    the change, so that no query flushes it early."""
+    if actor.uuid == file.owner_uuid:
+        return None
+    owner = await db.get(User, file.owner_uuid)
+    return AuditTarget.of_user(owner) if owner is not None else AuditTarget("user", file.owner_uuid)
 
 
 async def get_file(db: AsyncSession, actor: User, file_id: int, action: str = "read") -> File:
@@ -413,6 +426,7 @@ async def update_file(
     names do not matter.
     """
     file = await get_file(db, actor, file_id, "update")
+    audit_target = await _audit_target(db, actor, file)
     if "description" in changes:
         file.description = changes["description"]  # type: ignore[assignment]
     new_name = changes.get("file_name")
@@ -433,6 +447,9 @@ async def update_file(
     record_event(
         db, file.owner_uuid, "file_updated", by=actor.uuid, client=client, details={"file": file_id}
     )
+    if audit_target is not None:
+        details = {"file": file_id, "file_name": file.file_name}
+        record_audit(db, actor, "user.file_updated", audit_target, client, details)
     try:
         await db.commit()
     except IntegrityError:
@@ -446,6 +463,7 @@ async def delete_file(
 ) -> None:
     """Delete a file's row and bytes (linked users and admins)."""
     file = await get_file(db, actor, file_id, "delete")
+    audit_target = await _audit_target(db, actor, file)
     key = file.file_path
     owner_uuid = file.owner_uuid
     if file.kind == "picture":
@@ -453,6 +471,9 @@ async def delete_file(
         owner = await db.get(User, owner_uuid)
         if owner is not None:
             _new_picture_version(owner)
+    if audit_target is not None:
+        details = {"file": file_id, "file_name": file.file_name}
+        record_audit(db, actor, "user.file_deleted", audit_target, client, details)
     await db.delete(file)
     record_event(
         db, owner_uuid, "file_deleted", by=actor.uuid, client=client, details={"file": file_id}
@@ -496,6 +517,8 @@ async def set_profile_picture(
         picture = await asyncio.to_thread(process_picture, data, extension_of(file_name))
     except InvalidImage as error:
         raise InvalidPicture(f"Not an acceptable picture: {error}") from None
+    # Committed by store_picture with the picture, or dropped with it.
+    record_if_staff_action(db, actor, "user.picture_changed", user, client)
     return await store_picture(
         db, settings, user, actor.uuid, picture.data, picture.extension, picture.mime, client
     )
@@ -569,6 +592,7 @@ async def delete_profile_picture(
         return
     _new_picture_version(user)
     record_event(db, user.uuid, "picture_removed", by=actor.uuid, client=client)
+    record_if_staff_action(db, actor, "user.picture_removed", user, client)
     await db.commit()
     await _remove(settings, removed)
 

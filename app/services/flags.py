@@ -16,6 +16,8 @@ from app.core.feature_flags import (
 from app.core.flag_sources import FlagBroadcaster, FlagSource
 from app.core.permissions import require_permission
 from app.models import User
+from app.services.audit import AuditTarget, record_audit
+from app.services.context import ClientInfo
 
 
 class InvalidFlagChange(AppError):
@@ -58,6 +60,7 @@ async def change_flags(
     *,
     add: dict[str, object] | list[str] | None,
     remove: list[str] | None,
+    client: ClientInfo,
 ) -> dict:
     """Add (or overwrite) and remove flags; applied at once, saved, announced, logged.
 
@@ -72,9 +75,41 @@ async def change_flags(
         added: dict[str, FlagValue] = parse_flags(raw)
     except InvalidFlags as error:
         raise InvalidFlagChange(str(error)) from None
+    await apply_flags(db, source, broadcaster, actor, added, remove or [], client)
+    return dump_flags(source.store.flags)
+
+
+async def apply_flags(
+    db: AsyncSession,
+    source: FlagSource,
+    broadcaster: FlagBroadcaster | None,
+    actor: User | None,
+    add: dict[str, FlagValue],
+    remove: list[str],
+    client: ClientInfo,
+) -> None:
+    """Save checked flags (any flag: the API refuses the protected ones before, the
+    command line, ``actor`` None, may set them), with one audit row per flag named.
+
+    With the flags in the database the rows are written in the flags' transaction;
+    with the file, the file is written first and the rows committed right after, so a
+    file that cannot be saved (507) leaves none. ``from`` is the value this replica
+    last read (another replica's change of the last seconds may not be in it yet).
+    """
+    before = dump_flags(source.store.flags)
+    after = dump_flags(add)
+    for name in add:
+        change = {"from": before.get(name), "to": after[name]}
+        record_audit(db, actor, "flag.changed", AuditTarget.of_flag(name), client, change)
+    removed = [name for name in dict.fromkeys(remove) if name not in add]
+    for name in removed:
+        change = {"from": before.get(name)}
+        record_audit(db, actor, "flag.removed", AuditTarget.of_flag(name), client, change)
     try:
-        await source.change(added, remove or [], db)
+        await source.change(add, removed, db)
+        await db.commit()
     except OSError as error:  # nothing changed, in memory or on disk
+        await db.rollback()
         if is_disk_full(error):
             logger.error("feature flags not saved: {}", error.strerror)
             raise InsufficientStorage() from None
@@ -83,11 +118,10 @@ async def change_flags(
         await broadcaster.publish()
     logger.info(
         "feature flags changed by {}: added/updated {}, removed {}",
-        actor.uuid,
-        sorted(added),
-        sorted(remove or []),
+        actor.uuid if actor is not None else "the command line",
+        sorted(add),
+        sorted(removed),
     )
-    return dump_flags(source.store.flags)
 
 
 def flags_for(store: FlagStore, user: User | None, *, enforced: bool) -> dict[str, bool]:

@@ -1,5 +1,5 @@
-"""Maintenance jobs: purge what expired, finish deletions, trim histories, remove orphans,
-drop old webhook deliveries.
+"""Maintenance jobs: purge what expired, finish deletions, trim histories and the audit
+log, remove orphans, drop old webhook deliveries.
 
 Each returns what it did, for the log. The scheduler (``app.core.scheduler``) runs
 them periodically; ``python -m app.cli purge`` runs them at once.
@@ -18,7 +18,19 @@ from app.core.config import Settings
 from app.core.database import rows_matched
 from app.core.scheduler import Job
 from app.core.storage import storage_for
-from app.models import File, OtpChallenge, Session, UsedToken, User, WebAuthnChallenge, now_epoch
+from app.models import (
+    File,
+    OidcCode,
+    OidcGrant,
+    OtpChallenge,
+    Session,
+    SigningKey,
+    UsedToken,
+    User,
+    WebAuthnChallenge,
+    now_epoch,
+)
+from app.services.audit import trim_audit_log
 from app.services.deletion import finish_pending_deletions
 from app.services.history import trim_history
 from app.services.webhook_delivery import purge_old_deliveries
@@ -33,7 +45,8 @@ ORPHAN_MIN_AGE_SECONDS = 3600
 
 
 async def purge_expired(session_factory: async_sessionmaker[AsyncSession]) -> dict[str, int]:
-    """Delete expired or long-revoked sessions, expired used-link records, old challenges."""
+    """Delete expired or long-revoked sessions, expired used-link records, old challenges,
+    signing keys no longer published."""
     now = now_epoch()
     async with session_factory() as db:
         sessions = await bulk_write(
@@ -55,9 +68,24 @@ async def purge_expired(session_factory: async_sessionmaker[AsyncSession]) -> di
         ceremonies = await db.execute(
             delete(WebAuthnChallenge).where(WebAuthnChallenge.expires_at <= now)
         )
+        # A key retired long enough ago that every token it signed has expired.
+        keys = await db.execute(delete(SigningKey).where(SigningKey.publish_until <= now))
+        # OpenID Connect: codes past their minute, grants ended or run out.
+        codes = await db.execute(delete(OidcCode).where(OidcCode.expires_at <= now))
+        grants = await db.execute(
+            delete(OidcGrant).where(
+                or_(
+                    OidcGrant.expires_at <= now,
+                    OidcGrant.revoked_at <= now - REVOKED_SESSION_KEEP_SECONDS,
+                )
+            )
+        )
         await db.commit()
     return {
         "sessions": rows_matched(sessions),
+        "oidc_codes": rows_matched(codes),
+        "oidc_grants": rows_matched(grants),
+        "signing_keys": rows_matched(keys),
         "used_tokens": rows_matched(tokens),
         "otp_challenges": rows_matched(challenges),
         "webauthn_challenges": rows_matched(ceremonies),
@@ -77,6 +105,16 @@ async def trim_histories(session_factory: async_sessionmaker[AsyncSession]) -> d
         trimmed = await trim_history(db)
         await db.commit()
     return {"events": trimmed}
+
+
+async def trim_audit(
+    session_factory: async_sessionmaker[AsyncSession], settings: Settings
+) -> dict[str, int]:
+    """Delete the audit log's rows older than AUDIT_RETENTION_DAYS."""
+    async with session_factory() as db:
+        trimmed = await trim_audit_log(db, settings.AUDIT_RETENTION_DAYS)
+        await db.commit()
+    return {"audit_events": trimmed}
 
 
 async def remove_orphan_files(
@@ -125,4 +163,5 @@ def maintenance_jobs(
             every(3600),
             partial(purge_old_deliveries, session_factory, settings),
         ),
+        Job("trim_audit_log", every(86400), partial(trim_audit, session_factory, settings)),
     ]

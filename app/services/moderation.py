@@ -16,6 +16,7 @@ from app.core.errors import AppError, Conflict, PermissionDenied
 from app.core.permissions import check_permission, require_permission, ungivable_roles
 from app.models import User
 from app.services.accounts import get_user, has_role
+from app.services.audit import AuditTarget, record_audit
 from app.services.context import ClientInfo
 from app.services.directory import UserNotFound, get_visible_user
 from app.services.history import record_event
@@ -151,23 +152,21 @@ async def admin_update(
                 code="ROLE_NOT_HELD",
             )
         if set(new_roles) != set(user.roles):
+            change = {"from": list(user.roles), "to": new_roles}
             record_event(
-                db,
-                user.uuid,
-                "roles_changed",
-                by=actor.uuid,
-                client=client,
-                details={"from": list(user.roles), "to": new_roles},
+                db, user.uuid, "roles_changed", by=actor.uuid, client=client, details=change
             )
+            record_audit(db, actor, "user.role_changed", AuditTarget.of_user(user), client, change)
             values["roles"] = new_roles
     if is_active is not None and is_active != user.is_active:
         if user.deactivated_reason == "deleting":
             raise Conflict("This account is being deleted", code="USER_BEING_DELETED")
         values["is_active"] = is_active
         values["deactivated_reason"] = None if is_active else "banned"
-        record_event(
-            db, user.uuid, "unbanned" if is_active else "banned", by=actor.uuid, client=client
-        )
+        action = "unbanned" if is_active else "banned"
+        record_event(db, user.uuid, action, by=actor.uuid, client=client)
+        record_audit(db, actor, f"user.{action}", AuditTarget.of_user(user), client)
+    # Refused (LAST_ADMIN) after the records were added: nothing is committed, they go too.
     await set_user_fields(db, user, values)
     if values.get("is_active") is False:
         await revoke_sessions(db, user.uuid)

@@ -63,10 +63,12 @@ from app.core.database import rows_matched
 from app.core.email import Mailer
 from app.core.errors import AppError, Conflict, NotFound, Unauthorized
 from app.core.metrics import LOGINS
+from app.core.signing_keys import Keyring
 from app.models import Passkey, User, WebAuthnChallenge, new_uuid, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.passkeys import PasskeyOptions
 from app.services import two_factor
+from app.services.audit import AuditTarget, record_audit
 from app.services.context import ClientInfo
 from app.services.devices import claim_login, new_device_token
 from app.services.directory import tool_target
@@ -503,14 +505,10 @@ async def remove_by_admin(
     user = await tool_target(db, actor, user_uuid, "remove_passkey")
     passkey = await _own_passkey(db, user.uuid, passkey_id)
     await _delete_keeping_a_way_in(db, user.uuid, passkey)
-    record_event(
-        db,
-        user.uuid,
-        "passkey_removed",
-        by=actor.uuid if actor is not None else None,
-        client=client,
-        details={"passkey": passkey.id, "name": passkey.name},
-    )
+    details = {"passkey": passkey.id, "name": passkey.name}
+    by = actor.uuid if actor is not None else None
+    record_event(db, user.uuid, "passkey_removed", by=by, client=client, details=details)
+    record_audit(db, actor, "user.passkey_removed", AuditTarget.of_user(user), client, details)
     await db.commit()
     send_security_notice(
         settings,
@@ -685,6 +683,7 @@ async def _guarded_check(
 async def finish_sign_in(
     db: AsyncSession,
     settings: Settings,
+    keyring: Keyring,
     mailer: Mailer,
     guard: BruteForceGuard,
     challenge_id: str,
@@ -721,7 +720,7 @@ async def finish_sign_in(
         LOGINS.labels("failure").inc()
         raise
     LOGINS.labels("success").inc()
-    pair = await start_session(db, settings, user, client)
+    pair = await start_session(db, settings, keyring, user, client)
     return pair.model_copy(update={"device_token": new_device_token(settings, user.uuid)})
 
 
@@ -758,6 +757,7 @@ async def begin_second_factor(
 async def finish_second_factor(
     db: AsyncSession,
     settings: Settings,
+    keyring: Keyring,
     mailer: Mailer,
     guard: BruteForceGuard,
     otp_token: str,
@@ -801,5 +801,5 @@ async def finish_second_factor(
         await db.rollback()
         raise
     LOGINS.labels("success").inc()
-    pair = await start_session(db, settings, user, client)
+    pair = await start_session(db, settings, keyring, user, client)
     return pair.model_copy(update={"device_token": new_device_token(settings, user.uuid)})

@@ -21,6 +21,7 @@ from app.services.accounts import (
     commit_or_conflict,
     ensure_email_available,
 )
+from app.services.audit import record_if_staff_action
 from app.services.context import ClientInfo
 from app.services.directory import target_user
 from app.services.history import record_event
@@ -153,6 +154,9 @@ async def update_profile(
         record_event(
             db, user.uuid, "profile_updated", by=actor.uuid, client=client, details=details
         )
+        if "email" in changed:  # applied at once (no mail): no longer verified
+            details = {**details, "email_verified": user.email_verified}
+        record_if_staff_action(db, actor, "user.updated", user, client, details)
         await commit_or_conflict(db)
     if pending_email is not None:
         _mail_email_change(settings, mailer, user, pending_email)

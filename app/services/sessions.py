@@ -19,7 +19,8 @@ from app.core.authentication import Auth
 from app.core.config import Settings
 from app.core.database import rows_matched
 from app.core.errors import NotFound, Unauthorized
-from app.core.security import create_token, hash_secret, new_refresh_token
+from app.core.security import hash_secret, new_refresh_token
+from app.core.signing_keys import Keyring
 from app.models import RotatedRefreshToken, Session, User, new_uuid, now_epoch
 from app.schemas.auth import TokenPair
 from app.services.context import ClientInfo
@@ -49,20 +50,18 @@ def _refresh_lifetime_seconds(settings: Settings) -> int:
     return settings.REFRESH_TOKEN_EXP_DAYS * 86400
 
 
-def _token_pair(settings: Settings, session: Session, refresh_token: str) -> TokenPair:
+def _token_pair(
+    settings: Settings, keyring: Keyring, session: Session, refresh_token: str
+) -> TokenPair:
     lifetime = settings.JWT_EXP * 60
-    access = create_token(
-        subject=session.user_uuid,
-        token_type="access",
-        secret=settings.JWT_SECRET_KEY,
-        expires_in_seconds=lifetime,
-        session_id=session.id,
+    access = keyring.sign_access_token(
+        subject=session.user_uuid, session_id=session.id, expires_in_seconds=lifetime
     )
     return TokenPair(access_token=access, refresh_token=refresh_token, expires_in=lifetime)
 
 
 async def start_session(
-    db: AsyncSession, settings: Settings, user: User, client: ClientInfo
+    db: AsyncSession, settings: Settings, keyring: Keyring, user: User, client: ClientInfo
 ) -> TokenPair:
     """Open a session for ``user`` (credentials checked by the caller) and commit.
 
@@ -88,7 +87,7 @@ async def start_session(
         db, user.uuid, "login", by=user.uuid, client=client, details={"session": session.id}
     )
     await db.commit()
-    return _token_pair(settings, session, refresh_token)
+    return _token_pair(settings, keyring, session, refresh_token)
 
 
 async def revoke_sessions(
@@ -110,7 +109,7 @@ async def revoke_sessions(
 
 
 async def refresh(
-    db: AsyncSession, settings: Settings, refresh_token: str, client: ClientInfo
+    db: AsyncSession, settings: Settings, keyring: Keyring, refresh_token: str, client: ClientInfo
 ) -> TokenPair:
     """Trade a refresh token for a new pair; the old refresh token stops working.
 
@@ -161,7 +160,7 @@ async def refresh(
         )
     )
     await db.commit()
-    return _token_pair(settings, session, new_token)
+    return _token_pair(settings, keyring, session, new_token)
 
 
 async def _end_session_of_reused_token(

@@ -38,6 +38,7 @@ from app.core.one_time_codes import (
     qr_png,
 )
 from app.core.security import TokenError, create_token, decode_token, secrets_match
+from app.core.signing_keys import Keyring
 from app.models import OtpChallenge, User, new_uuid, now_epoch
 from app.schemas.auth import TokenPair
 from app.schemas.otp import OtpChallengeResponse, OtpSetupResponse
@@ -363,6 +364,7 @@ async def begin_login(
 async def verify_login(
     db: AsyncSession,
     settings: Settings,
+    keyring: Keyring,
     guard: BruteForceGuard,
     otp_token: str,
     code: str,
@@ -373,13 +375,14 @@ async def verify_login(
     await guard.attempt("otp", address=client.ip)
     user, challenge = await pending_login(db, settings, otp_token)
     await _guarded_redeem(db, settings, guard, user, challenge, code, client)
-    pair = await start_session(db, settings, user, client)
+    pair = await start_session(db, settings, keyring, user, client)
     return pair.model_copy(update={"device_token": new_device_token(settings, user.uuid)})
 
 
 async def verify_login_with_recovery_code(
     db: AsyncSession,
     settings: Settings,
+    keyring: Keyring,
     mailer: Mailer,
     guard: BruteForceGuard,
     otp_token: str,
@@ -394,7 +397,7 @@ async def verify_login_with_recovery_code(
         guard, user.uuid, lambda: _redeem_recovery_code(db, user, challenge, recovery_code, client)
     )
     record_event(db, user.uuid, "recovery_code_used", client=client, details={"left": left})
-    pair = await start_session(db, settings, user, client)  # commits the code's use
+    pair = await start_session(db, settings, keyring, user, client)  # commits the code's use
     send_security_notice(
         settings,
         mailer,

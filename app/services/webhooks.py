@@ -1,7 +1,8 @@
 """Webhook endpoints: admins register receivers, read their delivery log, retry.
 
 Who may: admins (``ROLES``' ``webhook`` resource); ``actor`` None is the command
-line, whose operator runs the service and passes no permission check.
+line, whose operator runs the service and passes no permission check. Every change
+is an entry of the audit log, committed with it.
 
 A receiver's secret (``whsec_`` and 32 random bytes, base64) is shown once, when the
 endpoint is created or its secret rotated; the service keeps it sealed with the
@@ -21,10 +22,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.config import Settings
+from app.core.database import rows_matched
 from app.core.errors import AppError, Conflict, NotFound
 from app.core.oauth_client import UnsafeUrl, public_addresses
 from app.core.permissions import require_permission
 from app.models import User, WebhookDelivery, WebhookEndpoint, WebhookEvent, now_epoch
+from app.services.audit import AuditTarget, record_audit
+from app.services.context import ClientInfo
 
 #: Random bytes of a signing secret (Standard Webhooks asks for 24 to 64).
 SECRET_BYTES = 32
@@ -128,6 +132,10 @@ def _allowed(actor: User | None, action: str) -> None:
         require_permission(actor, "webhook", action)
 
 
+def _target(endpoint: WebhookEndpoint) -> AuditTarget:
+    return AuditTarget("webhook", endpoint.id, endpoint.url)
+
+
 async def _endpoint(db: AsyncSession, endpoint_id: str) -> WebhookEndpoint:
     endpoint = await db.get(WebhookEndpoint, endpoint_id)
     if endpoint is None:
@@ -143,6 +151,7 @@ async def create_endpoint(
     url: str,
     event_types: Sequence[str],
     description: str = "",
+    client: ClientInfo | None = None,
 ) -> tuple[WebhookEndpoint, str]:
     """Register a receiver of ``event_types``; the endpoint and its secret (shown once).
 
@@ -163,6 +172,15 @@ async def create_endpoint(
         created_by=actor.uuid if actor is not None else None,
     )
     db.add(endpoint)
+    await db.flush()  # its id, for the audit entry
+    record_audit(
+        db,
+        actor,
+        "webhook.endpoint_created",
+        _target(endpoint),
+        client,
+        {"url": endpoint.url, "event_types": endpoint.event_types},
+    )
     await db.commit()
     return endpoint, secret
 
@@ -192,6 +210,7 @@ async def update_endpoint(
     event_types: Sequence[str] | None = None,
     enabled: bool | None = None,
     description: str | None = None,
+    client: ClientInfo | None = None,
 ) -> WebhookEndpoint:
     """Change an endpoint's URL, event types, description, or turn it off or on.
 
@@ -199,33 +218,46 @@ async def update_endpoint(
     the events recorded from then on (not those of the time it was off)."""
     _allowed(actor, "update")
     endpoint = await _endpoint(db, endpoint_id)
+    changed: dict[str, object] = {}
     if url is not None and url != endpoint.url:
+        changed["url"] = {"from": endpoint.url, "to": url}
         endpoint.url = await check_url(settings, url)
-    if event_types is not None:
+    if event_types is not None and list(dict.fromkeys(event_types)) != endpoint.event_types:
+        changed["event_types"] = {"from": endpoint.event_types, "to": list(event_types)}
         endpoint.event_types = list(dict.fromkeys(event_types))
     if description is not None:
         endpoint.description = description
     if enabled is not None and enabled != endpoint.enabled:
+        changed["enabled"] = enabled
         endpoint.enabled = enabled
         endpoint.disabled_reason = None if enabled else "admin"
         endpoint.failing_since = None
         if enabled:
             endpoint.since_event_id = await _newest_event_id(db)
     endpoint.updated_at = now_epoch()
+    if changed:
+        record_audit(db, actor, "webhook.endpoint_updated", _target(endpoint), client, changed)
     await db.commit()
     return endpoint
 
 
-async def delete_endpoint(db: AsyncSession, actor: User | None, endpoint_id: str) -> None:
+async def delete_endpoint(
+    db: AsyncSession, actor: User | None, endpoint_id: str, client: ClientInfo | None = None
+) -> None:
     """Remove an endpoint and its delivery log; nothing more is sent to it."""
     _allowed(actor, "delete")
     endpoint = await _endpoint(db, endpoint_id)
+    record_audit(db, actor, "webhook.endpoint_deleted", _target(endpoint), client)
     await db.delete(endpoint)
     await db.commit()
 
 
 async def rotate_secret(
-    db: AsyncSession, settings: Settings, actor: User | None, endpoint_id: str
+    db: AsyncSession,
+    settings: Settings,
+    actor: User | None,
+    endpoint_id: str,
+    client: ClientInfo | None = None,
 ) -> tuple[WebhookEndpoint, str]:
     """Give an endpoint a new secret (shown once); every attempt from now on is signed
     with it, the old one is forgotten."""
@@ -234,6 +266,7 @@ async def rotate_secret(
     secret = new_secret()
     endpoint.secret_sealed = settings.secret_box.seal(secret)
     endpoint.updated_at = now_epoch()
+    record_audit(db, actor, "webhook.secret_rotated", _target(endpoint), client)
     await db.commit()
     return endpoint, secret
 
@@ -267,7 +300,11 @@ async def list_deliveries(
 
 
 async def retry_delivery(
-    db: AsyncSession, actor: User | None, endpoint_id: str, delivery_id: int
+    db: AsyncSession,
+    actor: User | None,
+    endpoint_id: str,
+    delivery_id: int,
+    client: ClientInfo | None = None,
 ) -> tuple[WebhookDelivery, WebhookEvent]:
     """Send a failed (or waiting) delivery again as soon as the worker can, the count
     of attempts starting afresh. A delivered one is refused."""
@@ -285,14 +322,24 @@ async def retry_delivery(
     delivery, event = row
     now = now_epoch()
     # Conditional: a worker may be writing its answer at this moment.
-    await db.execute(
+    retried = await db.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status != "delivered")
         .values(status="pending", attempts=0, next_attempt_at=now)
         .execution_options(synchronize_session=False)
     )
+    if rows_matched(retried) != 1:
+        await db.rollback()
+        raise DeliveryAlreadyDelivered()
+    endpoint = await _endpoint(db, endpoint_id)
+    record_audit(
+        db,
+        actor,
+        "webhook.delivery_retried",
+        _target(endpoint),
+        client,
+        {"delivery": delivery_id, "event_type": event.type, "message_id": event.message_id},
+    )
     await db.commit()
     await db.refresh(delivery)
-    if delivery.status == "delivered":
-        raise DeliveryAlreadyDelivered()
     return delivery, event

@@ -13,6 +13,7 @@ from urllib.parse import quote
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
@@ -224,10 +225,17 @@ async def test_bad_tokens_on_every_endpoint(
     user, tokens = await user_with_tokens(app, client)
     claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
     secret = settings.JWT_SECRET_KEY
+    keyring = app.state.authenticator.keyring
     _, payload, _ = tokens["access_token"].split(".")
     bad_tokens = {
-        "expired": jwt.encode({**claims, "exp": int(time.time()) - 1}, secret, algorithm="HS256"),
-        "forged": jwt.encode(claims, "not-our-secret-" * 3, algorithm="HS256"),
+        "expired": keyring.sign({**claims, "exp": int(time.time()) - 1}),
+        "forged": jwt.encode(
+            claims,
+            ec.generate_private_key(ec.SECP256R1()),
+            algorithm="ES256",
+            headers=jwt.get_unverified_header(tokens["access_token"]),
+        ),
+        "shared_secret": jwt.encode(claims, secret, algorithm="HS256"),
         "alg_none": base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').decode().rstrip("=")
         + f".{payload}.",
         "otp_pending": create_token(
@@ -235,12 +243,8 @@ async def test_bad_tokens_on_every_endpoint(
         ),
         "email_link": create_one_time_token(secret, "email-verify", {"uuid": user.uuid}),
         "refresh_token": tokens["refresh_token"],
-        "unknown_session": create_token(
-            subject=user.uuid,
-            token_type="access",
-            secret=secret,
-            expires_in_seconds=60,
-            session_id=str(uuid.uuid4()),
+        "unknown_session": keyring.sign_access_token(
+            subject=user.uuid, session_id=str(uuid.uuid4()), expires_in_seconds=60
         ),
     }
     public = {
@@ -260,6 +264,10 @@ async def test_bad_tokens_on_every_endpoint(
         ("GET", "/api/auth/email/verify"),
         ("POST", "/api/auth/email/verify"),
         ("GET", "/api/oauth/providers"),
+        ("GET", "/api/oauth/bluesky/client-metadata.json"),
+        ("GET", "/api/oauth/bluesky/jwks.json"),
+        ("GET", "/api/oauth/bluesky/login"),
+        ("GET", "/api/oauth/bluesky/callback"),
         # Open to anonymous callers; a refused token is one (as for the flags themselves).
         ("GET", "/api/feature-flags/me"),
     }

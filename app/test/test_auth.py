@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import time
+from typing import Any
 
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 from sqlalchemy import select
 
@@ -255,19 +260,44 @@ def _forge(token: str, header: dict | None = None, claims: dict | None = None) -
     return f"{b64(new_header)}.{b64(new_payload)}.{signature}"
 
 
-async def test_forged_tokens_are_refused(client: httpx.AsyncClient, settings: Settings) -> None:
+def _hs256_with(token: str, header: dict[str, Any], secret: bytes) -> str:
+    """``token``'s claims under ``header`` as HS256, signed with ``secret`` by hand
+    (PyJWT refuses to use a public key as an HMAC secret, an attacker would not)."""
+    body = token.split(".")[1]
+    head = base64.urlsafe_b64encode(json.dumps({**header, "alg": "HS256"}).encode()).rstrip(b"=")
+    digest = hmac.new(secret, head + b"." + body.encode(), hashlib.sha256).digest()
+    signature = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return f"{head.decode()}.{body}.{signature}"
+
+
+async def test_forged_tokens_are_refused(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+) -> None:
     _, tokens = await signup_and_login(client)
     good = tokens["access_token"]
     claims = jwt.decode(good, options={"verify_signature": False})
+    header = jwt.get_unverified_header(good)
+    keyring = app.state.authenticator.keyring
     without_exp = {k: v for k, v in claims.items() if k != "exp"}
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    public_pem = (
+        keyring.signing_key()
+        .signer.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     forged = {
         "tampered": _forge(good, claims={"sub": "00000000-0000-4000-8000-000000000000"}),
         "alg_none": _forge(good, header={"alg": "none", "typ": "JWT"}).rsplit(".", 1)[0] + ".",
-        "no_exp": jwt.encode(without_exp, settings.JWT_SECRET_KEY, algorithm="HS256"),
-        "expired": jwt.encode(
-            {**claims, "exp": int(time.time()) - 10}, settings.JWT_SECRET_KEY, algorithm="HS256"
-        ),
-        "other_key": jwt.encode(claims, "another-secret-" * 3, algorithm="HS256"),
+        "no_exp": keyring.sign(without_exp),
+        "expired": keyring.sign({**claims, "exp": int(time.time()) - 10}),
+        "other_issuer": keyring.sign({**claims, "iss": "https://elsewhere.example"}),
+        # Another key claiming to be ours (same kid), and a key we do not know.
+        "other_key": jwt.encode(claims, stranger, algorithm="ES256", headers=header),
+        "unknown_kid": jwt.encode(claims, stranger, algorithm="ES256", headers={"kid": "x"}),
+        # The shared secret no longer signs access tokens; and the public key used as
+        # an HMAC secret (algorithm confusion) is refused too.
+        "shared_secret": jwt.encode(claims, settings.JWT_SECRET_KEY, algorithm="HS256"),
+        "public_key_as_secret": _hs256_with(good, header, public_pem),
         "wrong_kind": create_token(
             subject=claims["sub"],
             token_type="otp_pending",
@@ -275,6 +305,7 @@ async def test_forged_tokens_are_refused(client: httpx.AsyncClient, settings: Se
             expires_in_seconds=300,
             session_id=claims["sid"],
         ),
+        "wrong_typ_signed_by_us": keyring.sign({**claims, "typ": "id"}),
         "garbage": "not-a-token",
     }
     assert (await client.get("/api/users/me", headers=bearer(good))).status_code == 200

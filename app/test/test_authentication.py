@@ -97,7 +97,9 @@ def _access_token(expires_in_seconds: int) -> str:
 
 @pytest.fixture
 def authenticator(tmp_path: Path) -> Authenticator:
-    return Authenticator(make_settings(tmp_path))
+    # Shared-secret tokens: these tests are about remembering a verified token, and
+    # HS256 needs no keys loaded from a database.
+    return Authenticator(make_settings(tmp_path, JWT_ALGORITHM="HS256"))
 
 
 def test_a_verified_token_is_still_refused_once_expired(authenticator: Authenticator) -> None:

@@ -78,12 +78,16 @@ def test_purge_runs_every_job(settings: Settings) -> None:
         "remove_orphan_files",
         "trim_history",
         "purge_webhook_deliveries",
+        "trim_audit_log",
     ]
     assert json.loads(lines[0].split(": ", 1)[1]) == {
         "sessions": 0,
         "used_tokens": 0,
         "otp_challenges": 0,
         "webauthn_challenges": 0,
+        "signing_keys": 0,
+        "oidc_codes": 0,
+        "oidc_grants": 0,
     }
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import MetaData, insert, inspect, select, text
 
 from app.core.config import Settings
 from app.core.database import alembic_config, create_engine, upgrade_database
-from app.core.security import create_token, hash_secret, new_refresh_token
+from app.core.security import hash_secret, new_refresh_token
 from app.main import create_app
 from app.models import Base, User, now_epoch
 from app.test.conftest import settings_env
@@ -135,14 +135,6 @@ async def test_a_token_replaced_before_the_upgrade_still_ends_its_session(
             )
     finally:
         await engine.dispose()
-    access_token = create_token(
-        subject=user_uuid,
-        token_type="access",
-        secret=settings.JWT_SECRET_KEY,
-        expires_in_seconds=600,
-        session_id=session_id,
-    )
-    headers = {"Authorization": f"Bearer {access_token}"}
     app = create_app(settings)  # upgrades to head on start
     async with (
         app.router.lifespan_context(app),
@@ -150,6 +142,10 @@ async def test_a_token_replaced_before_the_upgrade_still_ends_its_session(
             transport=httpx.ASGITransport(app=app), base_url="http://testserver"
         ) as client,
     ):
+        access_token = app.state.authenticator.keyring.sign_access_token(
+            subject=user_uuid, session_id=session_id, expires_in_seconds=600
+        )
+        headers = {"Authorization": f"Bearer {access_token}"}
         assert (await client.get("/api/users/me", headers=headers)).status_code == 200
         reused = await client.post("/api/auth/refresh", json={"refresh_token": previous_token})
         assert reused.status_code == 401

@@ -28,13 +28,14 @@ from fastapi import FastAPI
 from loguru import logger
 from PIL import Image
 from redis.asyncio import Redis
+from sqlalchemy import select
 
 from app.core.config import JWT_SECRET_FILE, ConfigError, Settings
 from app.core.feature_flags import FlagStore
 from app.core.flag_sources import FileFlagSource, FlagBroadcaster
 from app.core.logging import log_file_path
 from app.core.oauth_client import ExternalProfile
-from app.models import User
+from app.models import AuditEvent, User
 from app.services import external_accounts
 from app.services.context import SYSTEM
 from app.test.conftest import make_settings, missing, settings_env
@@ -273,6 +274,7 @@ class TestFeatureFlags:
         assert listed.json()["flags"] == saved  # memory and file agree
         signup = await client.post("/api/auth/signup", json={})
         assert signup.status_code == 422  # still on: the change was not applied
+        assert await _audited_actions(app) == []  # nor recorded as made
 
         disk.free()
         applied = await client.patch(
@@ -281,6 +283,12 @@ class TestFeatureFlags:
         assert applied.status_code == 200, applied.text
         assert json.loads(path.read_text())["SIGNUP"] is False
         assert (await client.post("/api/auth/signup", json={})).status_code == 403
+        assert await _audited_actions(app) == ["flag.changed"]
+
+
+async def _audited_actions(app: FastAPI) -> list[str]:
+    async with app.state.session_factory() as session:
+        return list(await session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
 
 
 async def test_a_change_from_another_replica_that_cannot_be_saved(disk: Disk) -> None:

@@ -74,6 +74,13 @@ NO_SUCCESS_REACHABLE = {
     "through the provider's site",
     "DELETE /api/oauth/{provider}": "needs an account linked through a round trip to the "
     "provider's site",
+    "GET /api/oauth/bluesky/client-metadata.json": "Bluesky is off on the fuzzed server "
+    "(its sign-in would resolve handles on the internet)",
+    "GET /api/oauth/bluesky/jwks.json": "Bluesky is off on the fuzzed server",
+    "GET /api/oauth/bluesky/login": "Bluesky is off on the fuzzed server",
+    "GET /api/oauth/bluesky/link": "Bluesky is off on the fuzzed server",
+    "GET /api/oauth/bluesky/callback": "Bluesky is off on the fuzzed server",
+    "POST /api/oauth/bluesky/refresh": "Bluesky is off on the fuzzed server",
     "POST /api/admin/user/{uuid}/two-factor/reset": "needs another account with "
     "two-factor authentication on, which no fuzzed account has (see otp/enable)",
     "POST /api/admin/user/{uuid}/password-reset": "needs email, which is off on the fuzzed server",

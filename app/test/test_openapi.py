@@ -87,7 +87,10 @@ def test_pages_and_metrics_are_served_but_not_documented(
     assert not OUT_OF_THE_DOCUMENT & set(document["paths"])
     # Everything else under the API prefix, and the health checks, are documented.
     assert {"/health", "/health/ready"} <= set(document["paths"])
-    assert all(path.startswith(("/api/", "/health")) for path in document["paths"])
+    assert all(
+        path.startswith(("/api/", "/health", "/oauth2/", "/.well-known/"))
+        for path in document["paths"]
+    )
 
 
 def test_error_examples_carry_their_status_code(document: dict[str, Any]) -> None:

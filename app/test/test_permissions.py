@@ -80,6 +80,11 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         ("webhook", "rotate_secret"): EVERYONE,
         ("webhook", "read_deliveries"): EVERYONE,
         ("webhook", "retry_delivery"): EVERYONE,
+        ("audit", "read"): EVERYONE,
+        ("oidc_clients", "read"): EVERYONE,
+        ("oidc_clients", "create"): EVERYONE,
+        ("oidc_clients", "update"): EVERYONE,
+        ("oidc_clients", "delete"): EVERYONE,
         ("docs", "read"): EVERYONE,
     },
     "moderator": {

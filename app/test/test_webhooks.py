@@ -9,6 +9,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -819,3 +820,40 @@ async def test_a_failure_after_a_long_silence_starts_a_new_streak(
         await asyncio.sleep(0.1)
     assert info["enabled"] is True
     assert info["failing_since"] >= now_epoch() - 30
+
+
+async def test_every_change_to_an_endpoint_is_in_the_audit_log(
+    client: httpx.AsyncClient, admin_tokens: dict, receiver: WebhookReceiver
+) -> None:
+    created = await register(client, admin_tokens, receiver.url, ["user.created"])
+    path = f"/api/admin/webhooks/{created['id']}"
+    headers = bearer(admin_tokens)
+    await client.patch(path, json={"event_types": ["user.deleted"]}, headers=headers)
+    await client.patch(path, json={"enabled": False}, headers=headers)
+    rotated = (await client.post(f"{path}/secret", headers=headers)).json()
+    refused = await client.patch(path, json={"url": "ftp://example.com"}, headers=headers)
+    assert refused.status_code == 422
+    assert (await client.delete(path, headers=headers)).status_code == 204
+
+    log = (
+        await client.get("/api/admin/audit", params={"action": "webhook.*"}, headers=headers)
+    ).json()["items"]
+    assert [entry["action"] for entry in reversed(log)] == [
+        "webhook.endpoint_created",
+        "webhook.endpoint_updated",
+        "webhook.endpoint_updated",
+        "webhook.secret_rotated",
+        "webhook.endpoint_deleted",
+    ]
+    assert {(entry["target_type"], entry["target_id"]) for entry in log} == {
+        ("webhook", created["id"])
+    }
+    assert {entry["target_display"] for entry in log} == {receiver.url}
+    changes = [entry["details"] for entry in reversed(log)][1:3]
+    assert changes == [
+        {"event_types": {"from": ["user.created"], "to": ["user.deleted"]}},
+        {"enabled": False},
+    ]
+    text = json.dumps(log)
+    assert created["secret"] not in text
+    assert rotated["secret"] not in text

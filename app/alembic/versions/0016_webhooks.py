@@ -1,7 +1,7 @@
 """webhooks: endpoints, the outbox of events, deliveries
 
 Revision ID: 0016
-Revises: 0013
+Revises: 0018
 Create Date: 2026-11-29
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0016"
-down_revision: str | None = "0013"
+down_revision: str | None = "0018"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
