@@ -128,21 +128,41 @@ def keys_of(value: Any) -> set[str]:
 # The event catalogue ----------------------------------------------------------------
 
 
+def _strings(node: ast.AST) -> set[str]:
+    return {
+        part.value
+        for part in ast.walk(node)
+        if isinstance(part, ast.Constant) and isinstance(part.value, str)
+    }
+
+
 def recorded_actions() -> set[str]:
-    """Every action the services pass to ``record_event`` as a literal (or either
-    literal of a conditional), read from their source."""
+    """Every action the services pass to ``record_event``, read from their source: a
+    literal, either literal of a conditional, or what the function assigns to the
+    variable it passes."""
     actions: set[str] = set()
     for source in SERVICES.glob("*.py"):
-        for node in ast.walk(ast.parse(source.read_text())):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Name)
-                and node.func.id == "record_event"
-                and len(node.args) >= 3
-            ):
-                for part in ast.walk(node.args[2]):
-                    if isinstance(part, ast.Constant) and isinstance(part.value, str):
-                        actions.add(part.value)
+        for function in ast.walk(ast.parse(source.read_text())):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if not (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id == "record_event"
+                    and len(node.args) >= 3
+                ):
+                    continue
+                action = node.args[2]
+                if isinstance(action, ast.Name):
+                    for assigned in ast.walk(function):
+                        if isinstance(assigned, ast.Assign) and any(
+                            isinstance(target, ast.Name) and target.id == action.id
+                            for target in assigned.targets
+                        ):
+                            actions |= _strings(assigned.value)
+                else:
+                    actions |= _strings(action)
     return actions
 
 
