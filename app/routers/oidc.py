@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from app.core.authentication import Auth, Authenticator, InvalidToken
 from app.core.config import Settings
 from app.core.signing_keys import Keyring
-from app.models import OidcClient, OidcConsent, now_epoch
+from app.models import OidcClient, now_epoch
 from app.routers.deps import (
     AuthenticatorDep,
     ClientDep,
@@ -89,10 +89,14 @@ def _public_uri(request: Request, settings: Settings) -> str:
     return f"{settings.issuer}{request.url.path}" + (f"?{query}" if query else "")
 
 
-async def _protocol_request(request: Request, settings: Settings) -> ProviderRequest | None:
+async def _protocol_request(request: Request, settings: Settings) -> ProviderRequest | Response:
+    """The request as the provider reads it, or the answer that refuses it."""
     form: list[tuple[str, str]] = []
     if request.method == "POST":
         form = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
+    if any("\x00" in value for _, value in [*request.query_params.multi_items(), *form]):
+        # PostgreSQL can neither store nor compare text with NUL (a nonce, a client id).
+        return _refused("Parameters must not contain NUL characters", "invalid_request")
     try:
         return ProviderRequest(
             request.method,
@@ -102,7 +106,9 @@ async def _protocol_request(request: Request, settings: Settings) -> ProviderReq
             form,
         )
     except OAuth2Error:  # insecure transport: BASE_URL is plain http on a public name
-        return None
+        return _refused(
+            "OpenID Connect needs BASE_URL to be https (or localhost)", "INSECURE_TRANSPORT"
+        )
 
 
 def _data(protocol_request: ProviderRequest) -> dict[str, str]:
@@ -120,13 +126,14 @@ def _json_answer(answer: ProtocolAnswer) -> Response:
     return JSONResponse(body, status_code=answer.status, headers=headers)
 
 
-def _insecure() -> JSONResponse:
+def _refused(description: str, code: str) -> JSONResponse:
+    """A 400 ``invalid_request`` with ``code`` (in the protocol's shape and the service's)."""
     return JSONResponse(
         {
             "error": "invalid_request",
-            "error_description": "OpenID Connect needs BASE_URL to be https (or localhost)",
-            "detail": "OpenID Connect needs BASE_URL to be https (or localhost)",
-            "code": "INSECURE_TRANSPORT",
+            "error_description": description,
+            "detail": description,
+            "code": code.upper(),
         },
         status_code=400,
         headers=_NO_STORE,
@@ -318,8 +325,8 @@ async def _authorize(
     decision: str | None,
 ) -> Response:
     protocol_request = await _protocol_request(request, settings)
-    if protocol_request is None:
-        return _insecure()
+    if not isinstance(protocol_request, ProviderRequest):
+        return protocol_request
     auth = await _sso_auth(request, authenticator)
     user = auth.user if auth is not None else None
     data = _data(protocol_request)
@@ -339,28 +346,16 @@ async def _authorize(
         client = grant.client.row
         scope = protocol_request.scope or ""
         if decision is None:
-            consent = provider.db.get(OidcConsent, (auth.user.uuid, client.client_id))
-            known = consent is not None and set(scope.split()) <= set(consent.scopes)
-            if "consent" in prompts or not known:
+            if "consent" in prompts or not oidc.has_consent(
+                provider.db, auth.user.uuid, client.client_id, scope
+            ):
                 if "none" in prompts:
                     return oidc.error_answer(
                         ConsentRequiredError(redirect_uri=redirect_uri, state=state)
                     )
                 return client, scope
         elif decision == "allow":
-            consent = provider.db.get(OidcConsent, (auth.user.uuid, client.client_id))
-            if consent is None:
-                provider.db.add(
-                    OidcConsent(
-                        user_uuid=auth.user.uuid,
-                        client_id=client.client_id,
-                        scopes=sorted(set(scope.split())),
-                        granted_at=now_epoch(),
-                    )
-                )
-            else:
-                consent.scopes = sorted(set(consent.scopes) | set(scope.split()))
-                consent.granted_at = now_epoch()
+            oidc.remember_consent(provider.db, auth.user.uuid, client.client_id, scope)
         answer = provider.create_authorization_response(
             protocol_request, grant_user=auth.user if decision != "deny" else None, grant=grant
         )
@@ -429,7 +424,7 @@ async def oidc_signin_page(
     if next.startswith("/oauth2/authorize?"):
         query = parse_qs(urlsplit(next).query)
         client_id = query.get("client_id", [""])[0]
-        client = await db.get(OidcClient, client_id) if 0 < len(client_id) <= 64 else None
+        client = await db.get(OidcClient, client_id) if oidc.is_client_id(client_id) else None
         if client is not None:
             client_name = client.name
             asked = query.get("redirect_uri", [""])[0]
@@ -584,8 +579,8 @@ async def _end_session(
     confirmed: bool,
 ) -> Response:
     protocol_request = await _protocol_request(request, settings)
-    if protocol_request is None:
-        return _insecure()
+    if not isinstance(protocol_request, ProviderRequest):
+        return protocol_request
     try:
         validated = await run_provider(
             db, settings, keyring, lambda provider: provider.validate_end_session(protocol_request)
@@ -667,8 +662,8 @@ async def token(
         ``invalid_client``.
     """
     protocol_request = await _protocol_request(request, settings)
-    if protocol_request is None:
-        return _insecure()
+    if not isinstance(protocol_request, ProviderRequest):
+        return protocol_request
     answer = await run_provider(
         db, settings, keyring, lambda provider: provider.create_token_response(protocol_request)
     )
@@ -777,8 +772,8 @@ async def introspect(
         ``invalid_client``.
     """
     protocol_request = await _protocol_request(request, settings)
-    if protocol_request is None:
-        return _insecure()
+    if not isinstance(protocol_request, ProviderRequest):
+        return protocol_request
     answer = await run_provider(
         db,
         settings,
@@ -814,8 +809,8 @@ async def revoke(
         ``invalid_client``.
     """
     protocol_request = await _protocol_request(request, settings)
-    if protocol_request is None:
-        return _insecure()
+    if not isinstance(protocol_request, ProviderRequest):
+        return protocol_request
     answer = await run_provider(
         db,
         settings,

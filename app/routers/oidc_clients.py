@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response, status
 
 from app.routers.deps import ClientDep, CurrentUser, Reader, SessionDep
-from app.schemas.common import error_responses
+from app.schemas.common import Text, error_responses
 from app.schemas.oidc import (
     ClientCreate,
     ClientInfo,
@@ -21,7 +21,7 @@ from app.schemas.oidc import (
 from app.services import oidc, oidc_clients
 
 router = APIRouter()
-ClientId = Annotated[str, Path(alias="client_id", min_length=1, max_length=64)]
+ClientId = Annotated[Text, Path(alias="client_id", min_length=1, max_length=64)]
 
 
 @router.post(

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import jwt
 from authlib.oauth2.rfc6749 import (
     AuthorizationServer,
     ClientMixin,
@@ -247,6 +248,11 @@ def user_claims(settings: Settings, user: User, scope: str) -> dict[str, Any]:
     if "roles" in scopes:
         claims["roles"] = list(user.roles)
     return dict(UserInfo(claims))
+
+
+def is_client_id(value: object) -> bool:
+    """Could ``value`` name a client? (Not NUL, which PostgreSQL cannot even compare.)"""
+    return isinstance(value, str) and 0 < len(value) <= 64 and "\x00" not in value
 
 
 # The server -----------------------------------------------------------------------------
@@ -531,7 +537,7 @@ class Provider(AuthorizationServer):
     # Authlib's framework hooks
 
     def query_client(self, client_id: str) -> Any:
-        if not isinstance(client_id, str) or not 0 < len(client_id) <= 64:
+        if not is_client_id(client_id):
             return None
         row = self.db.get(OidcClient, client_id)
         return RegisteredClient(row) if row is not None else None
@@ -649,8 +655,6 @@ def read_access_claims(keyring: Keyring, token: str) -> dict[str, Any]:
     The type header tells them from the service's own access tokens and ID tokens,
     which the same keys sign.
     """
-    import jwt  # the header only: the signature is checked by the keyring
-
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as error:
@@ -735,15 +739,15 @@ class UnknownClient(AppError):
     detail = "No such client application"
 
 
-async def consented(db: AsyncSession, user_uuid: str, client_id: str, scope: str) -> bool:
+def has_consent(db: SyncSession, user_uuid: str, client_id: str, scope: str) -> bool:
     """Has the user already allowed every scope of ``scope`` to this client?"""
-    consent = await db.get(OidcConsent, (user_uuid, client_id))
+    consent = db.get(OidcConsent, (user_uuid, client_id))
     return consent is not None and set(scope.split()) <= set(consent.scopes)
 
 
-async def remember_consent(db: AsyncSession, user_uuid: str, client_id: str, scope: str) -> None:
+def remember_consent(db: SyncSession, user_uuid: str, client_id: str, scope: str) -> None:
     """Add ``scope`` to what the user allowed the client (the caller commits)."""
-    consent = await db.get(OidcConsent, (user_uuid, client_id))
+    consent = db.get(OidcConsent, (user_uuid, client_id))
     if consent is None:
         db.add(
             OidcConsent(

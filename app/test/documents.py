@@ -1,6 +1,6 @@
 """The OpenAPI document with the routes it leaves out put back, for the tests that
-call every route it lists (the fuzzer, the abuse tests): pages and /metrics are
-served, so they are attacked like the API."""
+call every route it lists (the fuzzer, the abuse tests): pages, the OpenID Connect
+provider's browser pages and /metrics are served, so they are attacked like the API."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ UNDOCUMENTED = {
     "/signout",
     "/terms",
     "/privacy",
+    # The OpenID Connect provider's browser side (app.routers.oidc).
+    "/oauth2/authorize",
+    "/oauth2/signin",
+    "/oauth2/session",
+    "/oauth2/logout",
 }
 
 
@@ -40,6 +45,18 @@ def complete_document(app: FastAPI) -> dict[str, Any]:
                 methods=["GET"],
                 response_class=route.response_class,
                 responses=route.responses,
+                tags=route.tags,
+            )
+        elif (context.path or "").startswith("/oauth2/") and context.path in UNDOCUMENTED:
+            assert isinstance(route, APIRoute)
+            pages.add_api_route(
+                context.path,
+                route.endpoint,
+                methods=sorted(route.methods or ()),
+                status_code=route.status_code,
+                response_class=route.response_class,
+                responses=route.responses,
+                dependencies=route.dependencies,
                 tags=route.tags,
             )
     install_openapi(pages, app.state.settings.API_STR)

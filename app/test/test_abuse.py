@@ -42,6 +42,7 @@ def _operations(app: FastAPI) -> list[tuple[str, str, bool]]:
             .replace("{file_id}", "1")
             .replace("{session_id}", ANY_UUID)
             .replace("{provider}", "github")
+            .replace("{client_id}", "some-client")
         )
         for method, operation in item.items():
             found.append((method.upper(), concrete, "requestBody" in operation))
@@ -59,6 +60,11 @@ JSON_ENDPOINTS = [
     "/api/auth/otp/recovery-codes/verify",
     "/api/auth/token/exchange",
     "/api/auth/email/verify/request",
+    # The OpenID Connect provider's client endpoints read forms.
+    "/oauth2/token",
+    "/oauth2/introspect",
+    "/oauth2/revoke",
+    "/oauth2/userinfo",
 ]
 
 
@@ -162,6 +168,25 @@ async def test_hostile_text_in_every_field(
     assert login.status_code in (401, 422), login.text
     verify = await client.get(f"/api/auth/email/verify?token={raw}")
     _assert_error_shape(verify, "email verify")
+    # The OpenID Connect provider: its forms answer in the common shape, its pages
+    # with a page, never a server error.
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for path, fields in [
+        ("/oauth2/token", f"grant_type=authorization_code&code={raw}&client_id={raw}"),
+        ("/oauth2/token", f"grant_type=refresh_token&refresh_token={raw}&client_id={raw}"),
+        ("/oauth2/token", f"grant_type={raw}&client_id={raw}&client_secret={raw}"),
+        ("/oauth2/introspect", f"token={raw}&client_id={raw}&client_secret={raw}"),
+        ("/oauth2/revoke", f"token={raw}&token_type_hint={raw}&client_id={raw}"),
+    ]:
+        response = await client.post(path, content=fields.encode(), headers=form)
+        _assert_error_shape(response, f"{path} {fields}")
+    for page in [
+        f"/oauth2/authorize?response_type=code&client_id={raw}&redirect_uri={raw}&scope={raw}",
+        f"/oauth2/signin?next=/oauth2/authorize%3Fclient_id%3D{raw}",
+        f"/oauth2/logout?client_id={raw}&id_token_hint={raw}&post_logout_redirect_uri={raw}",
+    ]:
+        response = await client.get(page)
+        assert response.status_code < 500, (page, response.text)
     safe = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     upload = await client.post(
         "/api/file",
@@ -207,6 +232,7 @@ async def test_path_traversal_in_every_path_parameter(
                 template.replace("{uuid}", value)
                 .replace("{file_id}", value)
                 .replace("{session_id}", value)
+                .replace("{client_id}", value)
             )
             for method in methods:
                 response = await client.request(method.upper(), path, headers=bearer(tokens))
@@ -286,6 +312,14 @@ async def test_bad_tokens_on_every_endpoint(
             _assert_error_shape(response, f"{name} {method} {path}")
             checked += 1
     assert checked > 100
+    # A client's userinfo takes a client's access token only: none of these (nor a
+    # live token of the service's own API) is one.
+    for name, token in {**bad_tokens, "own_api_token": tokens["access_token"]}.items():
+        for method in ("GET", "POST"):
+            response = await client.request(method, "/oauth2/userinfo", headers=bearer(token))
+            assert response.status_code == 401, (name, method, response.text)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            _assert_error_shape(response, f"{name} {method} /oauth2/userinfo")
 
 
 # Roles against admin endpoints ---------------------------------------------------------
@@ -394,6 +428,7 @@ async def test_no_endpoint_shows_a_plain_user_another_users_email(
         "{file_id}": str(upload.json()["id"]),
         "{session_id}": sessions.json()["items"][0]["id"],
         "{provider}": "github",
+        "{client_id}": "some-client",
     }
     bodies = [{}, {"is_active": True}, {"description": "d"}, {"email": target.email}]
     tokens = await login(client, caller.username)

@@ -809,3 +809,50 @@ async def test_replicas_starting_together_agree_on_one_key(
     await start()
     async with app.state.session_factory() as db:
         assert len((await db.scalars(select(SigningKey))).all()) == 2
+
+
+async def test_a_nul_in_a_client_id_is_refused_not_a_server_error(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """PostgreSQL cannot compare text with NUL: a client id carrying one is refused
+    (400 invalid_request at the token endpoint, no name on the sign-in page, 422 in a
+    path), never a 500."""
+    admin = await admin_tokens(app, client)
+    rp = await register_client(client, admin)
+    token = await client.post(
+        "/oauth2/token",
+        data={"grant_type": "authorization_code", "code": "x", "client_id": "a\x00b"},
+    )
+    assert token.status_code == 400, token.text
+    assert (token.json()["error"], token.json()["code"]) == ("invalid_request", "INVALID_REQUEST")
+    signin = await client.get(
+        "/oauth2/signin", params={"next": "/oauth2/authorize?client_id=%00&x=1"}
+    )
+    assert signin.status_code == 200
+    assert rp["name"] not in signin.text
+    for method, path in [
+        ("GET", "/api/admin/oidc-clients/a%00b"),
+        ("PATCH", "/api/admin/oidc-clients/a%00b"),
+        ("DELETE", "/api/admin/oidc-clients/a%00b"),
+        ("POST", "/api/admin/oidc-clients/a%00b/secret"),
+        ("DELETE", "/api/users/me/connected-apps/a%00b"),
+    ]:
+        response = await client.request(
+            method, path, headers=bearer(admin), json={} if method == "PATCH" else None
+        )
+        assert response.status_code == 422, (method, path, response.text)
+        assert response.json()["code"] == "VALIDATION_ERROR"
+
+
+async def test_a_nul_in_the_nonce_is_refused_not_a_server_error(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await admin_tokens(app, client)
+    rp = await register_client(client, admin)
+    await sign_in_to_provider(client, admin)
+    _, challenge = pkce()
+    response = await client.get(
+        "/oauth2/authorize", params=authorize_params(rp, challenge, nonce="a\x00b")
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "INVALID_REQUEST"
