@@ -40,16 +40,17 @@ from app.core.signing_keys import (
     rotate_keys,
 )
 from app.core.storage import close_storage
-from app.models import OidcClient, SigningKey, now_epoch
+from app.models import OidcClient, SigningKey, WebhookEndpoint, now_epoch
 from app.schemas.audit import AuditEntry
 from app.schemas.oidc import ClientCreate, ClientInfo
-from app.services import account_tools, oidc_clients, passkeys
+from app.services import account_tools, oidc_clients, passkeys, webhooks
 from app.services.accounts import create_admin, find_user_by_login
 from app.services.audit import read_audit_log
 from app.services.context import SYSTEM
 from app.services.flags import apply_flags
 from app.services.maintenance import maintenance_jobs
 from app.services.seeding import seed_users
+from app.services.webhook_events import EVENT_TYPES
 
 #: A seed prefix leaves room for "_" and seven digits in a 31-character username.
 USERNAME_PREFIX = re.compile(r"[a-z0-9_]{1,23}")
@@ -701,6 +702,177 @@ def users_remove_passkey(
 
     _run_tool(settings, user, tool)
     typer.echo("Passkey removed.")
+
+
+webhooks_cli = typer.Typer(
+    help="Webhook endpoints: receivers of signed events (see the README's Webhooks). "
+    "ENDPOINT is an endpoint's id (see `webhooks list`).",
+    no_args_is_help=True,
+)
+cli.add_typer(webhooks_cli, name="webhooks")
+
+
+def _endpoint_json(endpoint: WebhookEndpoint) -> dict:
+    return {
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "description": endpoint.description,
+        "event_types": endpoint.event_types,
+        "enabled": endpoint.enabled,
+        "disabled_reason": endpoint.disabled_reason,
+        "failing_since": endpoint.failing_since,
+        "created_at": endpoint.created_at,
+    }
+
+
+def _run_webhooks(settings: Settings, action: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``action`` in a session on the migrated database; a refusal exits 1."""
+
+    async def run() -> T:
+        async with _database(settings) as factory, factory() as db:
+            return await action(db)
+
+    try:
+        return asyncio.run(run())
+    except AppError as error:
+        typer.echo(f"Refused: {error.detail} ({error.code})", err=True)
+        raise typer.Exit(1) from None
+
+
+ENDPOINT_ARGUMENT = typer.Argument(..., metavar="ENDPOINT", help="The endpoint's id.")
+
+
+@webhooks_cli.command("add")
+def webhooks_add(
+    url: str = typer.Argument(..., help="http(s) URL that receives the events."),
+    event: list[str] = typer.Option(
+        ..., "--event", "-e", help=f"An event type, repeatable: {', '.join(EVENT_TYPES)}."
+    ),
+    description: str = typer.Option("", help="What receives them (for the list)."),
+) -> None:
+    """Register a receiver; prints its id and signing secret (shown only now)."""
+    settings = _settings()
+    unknown = [name for name in event if name not in EVENT_TYPES]
+    if unknown:
+        typer.echo(f"Unknown event type(s): {', '.join(unknown)}", err=True)
+        raise typer.Exit(2)
+
+    async def action(db: AsyncSession) -> tuple[WebhookEndpoint, str]:
+        return await webhooks.create_endpoint(
+            db, settings, None, url=url, event_types=event, description=description[:200]
+        )
+
+    endpoint, secret = _run_webhooks(settings, action)
+    typer.echo(f"Endpoint {endpoint.id} added.")
+    typer.echo(f"Signing secret (shown only now): {secret}")
+
+
+@webhooks_cli.command("list")
+def webhooks_list() -> None:
+    """Print every endpoint as JSON (never their secrets)."""
+    settings = _settings()
+
+    async def action(db: AsyncSession) -> list[dict]:
+        return [_endpoint_json(item) for item in await webhooks.list_endpoints(db, None)]
+
+    typer.echo(json.dumps(_run_webhooks(settings, action), indent=2))
+
+
+@webhooks_cli.command("remove")
+def webhooks_remove(endpoint_id: str = ENDPOINT_ARGUMENT) -> None:
+    """Remove an endpoint and its delivery log."""
+    settings = _settings()
+
+    async def action(db: AsyncSession) -> None:
+        await webhooks.delete_endpoint(db, None, endpoint_id)
+
+    _run_webhooks(settings, action)
+    typer.echo("Endpoint removed.")
+
+
+@webhooks_cli.command("enable")
+def webhooks_enable(endpoint_id: str = ENDPOINT_ARGUMENT) -> None:
+    """Send to an endpoint again (its pending deliveries first)."""
+    settings = _settings()
+
+    async def action(db: AsyncSession) -> None:
+        await webhooks.update_endpoint(db, settings, None, endpoint_id, enabled=True)
+
+    _run_webhooks(settings, action)
+    typer.echo("Endpoint enabled.")
+
+
+@webhooks_cli.command("disable")
+def webhooks_disable(endpoint_id: str = ENDPOINT_ARGUMENT) -> None:
+    """Stop sending to an endpoint."""
+    settings = _settings()
+
+    async def action(db: AsyncSession) -> None:
+        await webhooks.update_endpoint(db, settings, None, endpoint_id, enabled=False)
+
+    _run_webhooks(settings, action)
+    typer.echo("Endpoint disabled.")
+
+
+@webhooks_cli.command("rotate-secret")
+def webhooks_rotate_secret(endpoint_id: str = ENDPOINT_ARGUMENT) -> None:
+    """Give an endpoint a new signing secret; prints it (shown only now)."""
+    settings = _settings()
+
+    async def action(db: AsyncSession) -> str:
+        _, secret = await webhooks.rotate_secret(db, settings, None, endpoint_id)
+        return secret
+
+    secret = _run_webhooks(settings, action)
+    typer.echo(f"New signing secret (shown only now): {secret}")
+
+
+@webhooks_cli.command("deliveries")
+def webhooks_deliveries(
+    endpoint_id: str = ENDPOINT_ARGUMENT,
+    status: str | None = typer.Option(None, help="pending, delivered or failed."),
+    limit: int = typer.Option(50, min=1, max=1000),
+) -> None:
+    """Print an endpoint's newest deliveries as JSON."""
+    settings = _settings()
+    if status not in (None, "pending", "delivered", "failed"):
+        typer.echo("--status: pending, delivered or failed", err=True)
+        raise typer.Exit(2)
+
+    async def action(db: AsyncSession) -> list[dict]:
+        rows, _ = await webhooks.list_deliveries(
+            db, None, endpoint_id, status=status, offset=0, limit=limit
+        )
+        return [
+            {
+                "id": delivery.id,
+                "message_id": event.message_id,
+                "event_type": event.type,
+                "user_id": event.user_uuid,
+                "status": delivery.status,
+                "attempts": delivery.attempts,
+                "last_status_code": delivery.last_status_code,
+                "last_response": delivery.last_response,
+            }
+            for delivery, event in rows
+        ]
+
+    typer.echo(json.dumps(_run_webhooks(settings, action), indent=2))
+
+
+@webhooks_cli.command("retry")
+def webhooks_retry(
+    endpoint_id: str = ENDPOINT_ARGUMENT,
+    delivery_id: int = typer.Argument(..., help="The delivery's id (see `deliveries`)."),
+) -> None:
+    """Send a failed delivery again."""
+    settings = _settings()
+
+    async def action(db: AsyncSession) -> None:
+        await webhooks.retry_delivery(db, None, endpoint_id, delivery_id)
+
+    _run_webhooks(settings, action)
+    typer.echo("Delivery queued again.")
 
 
 if __name__ == "__main__":

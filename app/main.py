@@ -68,10 +68,12 @@ from app.routers import (
     passkeys,
     provider_login,
     users,
+    webhooks,
 )
 from app.routers import flags as caller_flags
 from app.services.accounts import ensure_first_admin
 from app.services.maintenance import maintenance_jobs
+from app.services.webhook_delivery import WebhookWorker
 
 #: Largest non-upload request body (JSON, forms).
 JSON_BODY_LIMIT_BYTES = 1024 * 1024
@@ -118,6 +120,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         app.state.scheduler = scheduler
         await scheduler.start()
+        # Webhooks leave from here, off every request's path.
+        worker = WebhookWorker(app.state.session_factory, settings, app.state.mailer)
+        app.state.webhook_worker = worker
+        tasks.append(asyncio.create_task(worker.run()))
         logger.info(
             "{} ready (environment={}, database={}, redis={})",
             settings.PROJECT_NAME,
@@ -129,6 +135,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         if getattr(app.state, "scheduler", None) is not None:
             app.state.scheduler.stop()
+        if app.state.webhook_worker is not None:
+            await app.state.webhook_worker.stop()
         await stop_background_tasks(tasks)
         await cache.aclose()
         await app.state.mailer.drain()
@@ -224,6 +232,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.scheduler = None
+    app.state.webhook_worker = None
     # Clients connect lazily: creating them here starts no connection.
     app.state.redis = create_redis(settings.REDIS_URL) if settings.REDIS_URL else None
     limiter = Limiter(create_storage(settings.REDIS_URL))
@@ -251,6 +260,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(bluesky_login.router, prefix=settings.API_STR)
     app.include_router(provider_login.router, prefix=settings.API_STR)
     app.include_router(admin.router, prefix=settings.API_STR)
+    app.include_router(webhooks.router, prefix=settings.API_STR)
     app.include_router(oidc_clients.router, prefix=settings.API_STR)
     app.include_router(caller_flags.router, prefix=settings.API_STR)
     app.include_router(health.router)

@@ -308,6 +308,24 @@ class Settings(BaseSettings):
     # 0 keeps every row.
     AUDIT_RETENTION_DAYS: int = Field(default=365, ge=0, le=36500)
 
+    # Webhooks (app.services.webhook_delivery). How often each replica's worker looks
+    # for events to send when it has nothing in hand.
+    WEBHOOK_POLL_SECONDS: float = Field(default=1.0, gt=0, le=60)
+    # One attempt (connect, send, answer) must fit in this time.
+    WEBHOOK_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0, le=60)
+    # A failed attempt is retried after BASE * 2^(attempts-1) seconds, jittered, at most
+    # MAX; after WEBHOOK_MAX_ATTEMPTS attempts the delivery is marked failed.
+    WEBHOOK_RETRY_BASE_SECONDS: int = Field(default=5, ge=1, le=3600)
+    WEBHOOK_RETRY_MAX_SECONDS: int = Field(default=3600, ge=1, le=86400)
+    WEBHOOK_MAX_ATTEMPTS: int = Field(default=20, ge=1, le=1000)
+    # An endpoint whose every attempt failed for this long is turned off, admins mailed.
+    WEBHOOK_DISABLE_AFTER_SECONDS: int = Field(default=86400, ge=60)
+    # Delivered and failed deliveries (and their events) are kept this many days.
+    WEBHOOK_RETENTION_DAYS: int = Field(default=7, ge=1, le=3650)
+    # Endpoints on loopback, private or link-local addresses. Unset: allowed, except
+    # when ENVIRONMENT=production (a receiver inside the network is an SSRF target).
+    WEBHOOK_ALLOW_PRIVATE_TARGETS: bool | None = None
+
     _warnings: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("BASE_URL", "FRONTEND_URL")
@@ -646,6 +664,13 @@ class Settings(BaseSettings):
     def is_production(self) -> bool:
         """True when ENVIRONMENT=production (stricter cookies and secrets)."""
         return self.ENVIRONMENT == "production"
+
+    @property
+    def webhook_private_targets_allowed(self) -> bool:
+        """WEBHOOK_ALLOW_PRIVATE_TARGETS, or its default: allowed outside production."""
+        if self.WEBHOOK_ALLOW_PRIVATE_TARGETS is None:
+            return not self.is_production
+        return self.WEBHOOK_ALLOW_PRIVATE_TARGETS
 
     def oauth_client(self, provider: str) -> tuple[str, str] | None:
         """The (client id, client secret) of a provider, or None when not configured."""

@@ -308,7 +308,7 @@ class UnsafeUrl(ValueError):
     """A URL the server must not fetch (not https, or pointing inside our network)."""
 
 
-def _public_addresses(host: str, port: int) -> list[str]:
+def public_addresses(host: str, port: int) -> list[str]:
     """Resolve ``host``: its addresses (IPv4 first) if every one of them is public."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     addresses = {ipaddress.ip_address(info[4][0]) for info in infos}
@@ -333,7 +333,7 @@ def check_picture_url(url: str) -> list[str]:
         literal = None
     if literal is not None and not literal.is_global:
         raise UnsafeUrl("the URL points at a non-public address")
-    return _public_addresses(parts.hostname, parts.port or 443)
+    return public_addresses(parts.hostname, parts.port or 443)
 
 
 async def fetch_picture(url: str) -> bytes | None:

@@ -102,6 +102,17 @@ ROLES: RolesWithPermissions = {
         },
         "role": {"give": _holds_role, "remove": True},
         "feature_flags": {"read": True, "update": True},
+        # Webhook endpoints and their delivery logs (app.services.webhooks).
+        "webhook": {
+            "create": True,
+            "list": True,
+            "read": True,
+            "update": True,
+            "delete": True,
+            "rotate_secret": True,
+            "read_deliveries": True,
+            "retry_delivery": True,
+        },
         "oidc_clients": {"read": True, "create": True, "update": True, "delete": True},
         # The audit log (app.services.audit): admins only. It shows every staff
         # member's actions with their addresses and devices, admins' own included;

@@ -18,6 +18,7 @@ from app.models.signing_key import SigningKey
 from app.models.used_token import UsedToken
 from app.models.user import User
 from app.models.user_event import UserEvent
+from app.models.webhook import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 __all__ = [
     "AuditEvent",
@@ -44,6 +45,9 @@ __all__ = [
     "User",
     "UserEvent",
     "WebAuthnChallenge",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
     "new_uuid",
     "now_epoch",
     "user_file",

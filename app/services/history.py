@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.database import rows_matched
 from app.models import UserEvent, now_epoch
 from app.services.context import ClientInfo
+from app.services.webhook_events import queue_event
 
 #: Entries kept per user; the retention job drops older ones (failed logins must not
 #: grow a user's history forever).
@@ -26,6 +27,9 @@ def record_event(
     details: dict[str, Any] | None = None,
 ) -> None:
     """Append an event to the user's history, in the caller's transaction (it commits).
+
+    An action other systems hear of (``app.services.webhook_events.EVENTS``) also goes
+    to the webhook outbox, in the same transaction: committed together or not at all.
 
     Parameters
     ----------
@@ -52,6 +56,7 @@ def record_event(
             details=details or {},
         )
     )
+    queue_event(db, user_uuid, action, by, details or {})
 
 
 async def read_events(

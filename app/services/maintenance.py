@@ -1,5 +1,5 @@
 """Maintenance jobs: purge what expired, finish deletions, trim histories and the audit
-log, remove orphans.
+log, remove orphans, drop old webhook deliveries.
 
 Each returns what it did, for the log. The scheduler (``app.core.scheduler``) runs
 them periodically; ``python -m app.cli purge`` runs them at once.
@@ -33,6 +33,7 @@ from app.models import (
 from app.services.audit import trim_audit_log
 from app.services.deletion import finish_pending_deletions
 from app.services.history import trim_history
+from app.services.webhook_delivery import purge_old_deliveries
 
 #: Revoked sessions are kept a day (for the user's own session list), then purged.
 REVOKED_SESSION_KEEP_SECONDS = 86400
@@ -157,5 +158,10 @@ def maintenance_jobs(
             partial(remove_orphan_files, session_factory, settings),
         ),
         Job("trim_history", every(3600), partial(trim_histories, session_factory)),
+        Job(
+            "purge_webhook_deliveries",
+            every(3600),
+            partial(purge_old_deliveries, session_factory, settings),
+        ),
         Job("trim_audit_log", every(86400), partial(trim_audit, session_factory, settings)),
     ]

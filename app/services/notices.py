@@ -1,4 +1,5 @@
-"""Security notices: the account's verified address hears of every sensitive change.
+"""Notices: the account's verified address hears of every sensitive change; admins
+hear of what happens to the service itself.
 
 Someone holding a stolen token or password should not be able to change an account
 quietly: a password change or reset, two-factor settings, a linked provider and an
@@ -45,3 +46,22 @@ def send_security_notice(
             reset_link=mail_link(settings, LinkPage.FORGOT_PASSWORD),
         )
     )
+
+
+def send_admin_notice(mailer: Mailer, admins: list[User], *, what: str, more: str) -> None:
+    """Mail ``what`` happened to the service (not to one account) to each admin whose
+    email is verified."""
+    if not mailer.enabled:
+        return
+    for admin in admins:
+        if admin.email_verified:
+            mailer.send_later(
+                mailer.render(
+                    "admin_notice",
+                    to=admin.email,
+                    subject=f"Service notice: {what}",
+                    display_name=admin.display_name,
+                    what=what,
+                    more=more,
+                )
+            )

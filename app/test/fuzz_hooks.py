@@ -20,6 +20,10 @@ generated to break the schema is never touched):
   code or real tokens; the browser pages get a valid authorization or logout
   request and the provider's sign-in cookie. A request about a client application
   aims at a new one (or, for a connected app, at one the account allowed).
+- A webhook endpoint the fuzzer registers or changes points at ``webhook_url``, a
+  loopback port where nothing listens, whatever URL was generated: the service's
+  deliveries must never leave the machine. (The URL of a request generated to break
+  the schema is replaced too when it fits the schema: the break is elsewhere.)
 - Every request's operation, status and phase is written to the record file (and
   each sign-in, as phase ``auth``), which the test reads to check what was fuzzed
   and what succeeded.
@@ -28,7 +32,7 @@ The run's facts come from the JSON file named by FUZZ_CONTEXT: ``url``, ``record
 ``username``, ``password``, ``uuid`` (its account), ``other_uuid`` (another account),
 ``provider`` (a configured OAuth provider), ``admin_username`` and ``admin_password``
 (the admin that registers client applications; the run's own account in the admin
-run, whose password the run follows).
+run, whose password the run follows), ``webhook_url`` (see above).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import io
 import json
 import os
 import secrets
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -98,7 +103,13 @@ CLIENT_APPLICATION_BODIES = {
 #: Its browser pages.
 PROVIDER_PAGES = {"/oauth2/authorize", "/oauth2/signin", "/oauth2/session", "/oauth2/logout"}
 
+#: Operations whose body names a webhook receiver's URL.
+WEBHOOK_URL_BODIES = {"POST /api/admin/webhooks", "PATCH /api/admin/webhooks/{webhook_id}"}
+#: The schema's longest webhook URL.
+WEBHOOK_URL_MAX_LENGTH = 2048
+
 _CALLS: Counter[str] = Counter()
+_WEBHOOK: list[str] = []
 
 
 def _png() -> bytes:
@@ -372,6 +383,46 @@ def _client_id(label: str) -> str:
     return _SPARE_CLIENT["client_id"]
 
 
+def _signed_in(http: httpx.Client) -> dict[str, str]:
+    return _bearer(_sign_in(http)["access_token"])
+
+
+def _own_webhook() -> str:
+    """An endpoint registered by the account (an admin's run), kept while it exists and
+    is enabled, receiving its sign-ins (so that it has deliveries); another id when the
+    account may not register one."""
+    with _client() as http:
+        headers = _signed_in(http)
+        if _WEBHOOK:
+            kept = http.get(f"/api/admin/webhooks/{_WEBHOOK[0]}", headers=headers)
+            if kept.is_success and kept.json()["enabled"]:
+                return _WEBHOOK[0]
+        response = http.post(
+            "/api/admin/webhooks",
+            json={"url": CONTEXT["webhook_url"], "event_types": ["session.created"]},
+            headers=headers,
+        )
+    if response.status_code != 201:
+        return str(uuid.uuid4())
+    _WEBHOOK[:] = [response.json()["id"]]
+    return _WEBHOOK[0]
+
+
+def _own_delivery(webhook_id: str) -> int:
+    """A delivery to that endpoint: the worker makes one from a sign-in within a poll
+    period or two (1 when none comes, or the account may not read them)."""
+    path = f"/api/admin/webhooks/{webhook_id}/deliveries"
+    with _client() as http:
+        for _ in range(10):
+            response = http.get(path, headers=_signed_in(http))
+            if not response.is_success:
+                return 1
+            if response.json()["items"]:
+                return response.json()["items"][0]["id"]
+            time.sleep(0.3)
+    return 1
+
+
 def _target(label: str, turn: int) -> str:
     """The account a request about some account aims at."""
     if label == "DELETE /api/user/{uuid}":
@@ -388,6 +439,10 @@ def before_call(_context: Any, case: Any, _kwargs: dict[str, Any]) -> None:
     if case.method.upper() != case.operation.method.upper():
         return  # a probe of an undeclared method: nothing to fill in
     path = case.path_parameters or {}
+    if label in WEBHOOK_URL_BODIES and isinstance(case.body, dict):
+        url = case.body.get("url")
+        if isinstance(url, str) and 1 <= len(url) <= WEBHOOK_URL_MAX_LENGTH:
+            case.body = {**case.body, "url": CONTEXT["webhook_url"]}
     if label in ACCOUNT_ENDING and path.get("uuid") == CONTEXT["uuid"]:
         # At an account that does not exist: a 404, which no check mistakes for a
         # deletion (another account, deleted, would be one the fuzzer did not mean).
@@ -411,6 +466,11 @@ def before_call(_context: Any, case: Any, _kwargs: dict[str, Any]) -> None:
         case.path_parameters = {**case.path_parameters, "session_id": _own_session()}
     if "client_id" in path and not linked:
         case.path_parameters = {**case.path_parameters, "client_id": _client_id(label)}
+    if "webhook_id" in path and not linked:
+        case.path_parameters = {**case.path_parameters, "webhook_id": _own_webhook()}
+    if "delivery_id" in path and not linked:
+        delivery = _own_delivery(case.path_parameters["webhook_id"])
+        case.path_parameters = {**case.path_parameters, "delivery_id": delivery}
     if "provider" in path:
         case.path_parameters = {**case.path_parameters, "provider": CONTEXT["provider"]}
     if label in SAME_ORIGIN:

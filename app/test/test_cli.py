@@ -77,6 +77,7 @@ def test_purge_runs_every_job(settings: Settings) -> None:
         "finish_deletions",
         "remove_orphan_files",
         "trim_history",
+        "purge_webhook_deliveries",
         "trim_audit_log",
     ]
     assert json.loads(lines[0].split(": ", 1)[1]) == {

@@ -18,8 +18,10 @@ fuzzed like the API.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -29,9 +31,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from app.core.config import Settings
+from app.core.database import create_engine
 from app.main import create_app
+from app.models import WebhookEndpoint
 from app.test.conftest import settings_env
 from app.test.documents import UNDOCUMENTED, complete_document
 from app.test.factories import PASSWORD, bearer
@@ -158,6 +163,16 @@ def _fuzz(
     return result, requests
 
 
+async def _webhook_urls(settings: Settings) -> set[str]:
+    """The URLs of the webhook endpoints registered on the fuzzed server."""
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.connect() as connection:
+            return set((await connection.execute(select(WebhookEndpoint.url))).scalars())
+    finally:
+        await engine.dispose()
+
+
 def _succeeded(status: int, documented: set[str]) -> bool:
     """A 2xx, or a redirect the operation documents as its answer."""
     return 200 <= status < 300 or (300 <= status < 400 and str(status) in documented)
@@ -199,6 +214,10 @@ def test_every_operation_fuzzed_and_reaching_its_success(
     failures = []
     successes: dict[str, set[str]] = defaultdict(set)
     statuses: dict[str, Counter[int]] = defaultdict(Counter)
+    # Bound, never listening: connections are refused, and nothing else takes the port.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
     for name, account in runs.items():
         context = {
             **account,
@@ -206,6 +225,8 @@ def test_every_operation_fuzzed_and_reaching_its_success(
             "provider": "github",
             "admin_username": "fuzz_admin",
             "admin_password": PASSWORD,
+            # Nothing listens there: webhooks the fuzzer registers stay on this machine.
+            "webhook_url": f"http://127.0.0.1:{closed_port}/fuzzed",
         }
         result, requests = _fuzz(schema, fuzzed_server, context, tmp_path)
         if result.returncode != 0:
@@ -223,6 +244,9 @@ def test_every_operation_fuzzed_and_reaching_its_success(
                 statuses[label][status] += 1
             if phase != "auth" and _succeeded(status, documented[label]):
                 successes[label].add(name)
+    closed.close()
+    # Every receiver the fuzzer registered points at the closed loopback port.
+    assert asyncio.run(_webhook_urls(settings)) <= {f"http://127.0.0.1:{closed_port}/fuzzed"}
     assert "Internal server error" not in fuzzed_server.output
     assert not failures, "\n".join(failures)
 
