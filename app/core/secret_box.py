@@ -4,8 +4,9 @@ Values are sealed with Fernet (AES-128-CBC with an HMAC-SHA256, from the
 ``cryptography`` package) under keys derived with HKDF-SHA256 from the
 ``DATA_ENCRYPTION_KEY`` setting, or from ``JWT_SECRET_KEY`` when that is empty.
 The setting may list several secrets separated by commas: the first seals, every
-one opens, so a key is rotated by putting the new one first and, once
-``rotate-encryption`` (or time) has resealed what matters, dropping the old one.
+one opens, so a key is rotated by putting the new one first and dropping the old one
+once nothing sealed with it is needed any more (signing keys retire with rotations,
+provider tokens are replaced as they are refreshed).
 
 A sealed value carries a prefix naming the scheme (``fernet1:``) so that another one
 can follow without guessing what a stored value is.
