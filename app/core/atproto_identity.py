@@ -27,6 +27,7 @@ import httpx
 
 from app.core.config import Settings, dns_server
 from app.core.oauth_answers import (
+    DID_MAX_CHARS,
     DID_PATTERN,
     AuthorizationServerMetadata,
     DidDocument,
@@ -186,7 +187,7 @@ def normal_handle(text: str) -> str | None:
 
 def is_did(text: str) -> bool:
     """Whether ``text`` is a did:plc or did:web identifier."""
-    return bool(DID_PATTERN.match(text))
+    return len(text) <= DID_MAX_CHARS and bool(DID_PATTERN.fullmatch(text))
 
 
 async def _did_from_dns(settings: Settings, handle: str) -> str | None:

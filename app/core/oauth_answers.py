@@ -243,9 +243,13 @@ def read_answer(shape: type[Model], data: Any, what: str) -> Model:
 DID_PATTERN = re.compile(r"^did:(plc:[a-z2-7]{24}|web:[a-z0-9.-]{1,253}(%3[aA][0-9]{1,5})?)$")
 
 
+#: The longest DID kept (the columns that store one are this long).
+DID_MAX_CHARS = 255
+
+
 def _did(value: Any) -> str:
-    if not isinstance(value, str) or not DID_PATTERN.match(value):
-        raise ValueError("must be a did:plc or did:web identifier")
+    if not isinstance(value, str) or len(value) > DID_MAX_CHARS or not DID_PATTERN.fullmatch(value):
+        raise ValueError("must be a did:plc or did:web identifier of at most 255 characters")
     return value
 
 

@@ -55,6 +55,9 @@ class WebhookEvent(Base):
     __table_args__ = (
         Index("ix_webhook_event_fanned_out_id", "fanned_out", "id"),
         Index("ix_webhook_event_created_at", "created_at"),  # retention
+        # Ids only ever grow, also after retention emptied the table (SQLite would
+        # otherwise hand out 1 again): endpoints and per-user order rely on it.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
@@ -85,6 +88,7 @@ class WebhookDelivery(Base):
         # Retention asks whether an event still has deliveries; a deleted event takes
         # its deliveries with it.
         Index("ix_webhook_delivery_event_id", "event_id"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)

@@ -187,9 +187,12 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
     """(at, id) of a cursor from :func:`encode_cursor`; InvalidCursor otherwise."""
     at, event_id = unpack_cursor(cursor, 2)
     try:
-        return int(at), int(event_id)
+        values = int(at), int(event_id)
     except ValueError:
         raise InvalidCursor() from None
+    if not all(0 <= value < 2**63 for value in values):  # the columns' range
+        raise InvalidCursor()
+    return values
 
 
 def _canonical_uuid(text: str) -> str | None:

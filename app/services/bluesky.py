@@ -295,10 +295,11 @@ async def complete(
         dpop_key = import_private_key(remembered["dpop_key"])
     except (SealError, ValueError, KeyError, TypeError):
         raise InvalidOAuthState() from None
-    if params.get("error"):
-        raise OAuthFailed(f"The provider refused: {params['error'][:100]}")
+    # The issuer first (RFC 9207): another server's answer, error or not, is refused.
     if params.get("iss") != remembered["issuer"]:
         raise OAuthFailed("The answer does not come from the server this sign-in went to")
+    if params.get("error"):
+        raise OAuthFailed(f"The provider refused: {params['error'][:100]}")
     code = params.get("code")
     if not code:
         raise OAuthFailed("The provider sent no code")
@@ -360,9 +361,13 @@ async def refresh(
         raise BlueskySignInAgain()
     key = await keys.get(db)
     session_id, did, issuer, pds_url = row.id, row.did, row.issuer, row.pds_url
-    sealed_refresh, dpop_text = row.refresh_token, box.open(row.dpop_key)
-    dpop_key = import_private_key(dpop_text)
-    refresh_token = box.open(sealed_refresh)
+    sealed_refresh = row.refresh_token
+    try:
+        dpop_key = import_private_key(box.open(row.dpop_key))
+        refresh_token = box.open(sealed_refresh)
+    except (SealError, ValueError):
+        # Sealed under a DATA_ENCRYPTION_KEY no longer configured: sign in again.
+        raise BlueskySignInAgain() from None
     handle = await db.scalar(
         select(ExternalAccount.username).where(
             ExternalAccount.user_uuid == user.uuid, ExternalAccount.provider == PROVIDER

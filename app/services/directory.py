@@ -84,9 +84,12 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     """(created_at, uuid) of a cursor from :func:`encode_cursor`; 422 otherwise."""
     created_at, uuid = unpack_cursor(cursor, 2)
     try:
-        return int(created_at), str(UUID(uuid))
+        decoded = int(created_at), str(UUID(uuid))
     except ValueError:
         raise InvalidCursor() from None
+    if not 0 <= decoded[0] < 2**63:  # the column's range
+        raise InvalidCursor()
+    return decoded
 
 
 def listing_query(

@@ -34,6 +34,7 @@ import random
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -197,8 +198,22 @@ async def claim_deliveries(
     owner: str,
     limit: int,
 ) -> list[int]:
-    """Lease up to ``limit`` due deliveries to ``owner``; their ids, oldest first."""
-    now = now_epoch()
+    """Lease up to ``limit`` due deliveries to ``owner``; their ids, oldest first.
+
+    The time is read once a connection is held: a wait for the pool must not eat
+    into the lease the claim gives.
+    """
+    async with session_factory() as db:
+        await db.connection()
+        now = now_epoch()
+        claimed = await _claim(db, settings, owner, limit, now)
+        await db.commit()
+    return claimed
+
+
+async def _claim(
+    db: AsyncSession, settings: Settings, owner: str, limit: int, now: int
+) -> list[int]:
     earlier = aliased(WebhookDelivery)
     waits_for_earlier = exists().where(
         earlier.endpoint_id == WebhookDelivery.endpoint_id,
@@ -222,24 +237,20 @@ async def claim_deliveries(
         # SQLite has no row locks (its writes are serialised) and no such clause.
         .with_for_update(skip_locked=True, of=WebhookDelivery)
     )
-    async with session_factory() as db:
-        ids = list(await db.scalars(due))
-        if not ids:
-            return []
-        claimed = list(
-            await db.scalars(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.id.in_(ids),
-                    WebhookDelivery.status == "pending",
-                    WebhookDelivery.lease_until <= now,
-                )
-                .values(lease_until=now + lease_seconds(settings), lease_owner=owner)
-                .returning(WebhookDelivery.id)
-                .execution_options(synchronize_session=False)
-            )
+    ids = list(await db.scalars(due))
+    if not ids:
+        return []
+    claimed = await db.scalars(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id.in_(ids),
+            WebhookDelivery.status == "pending",
+            WebhookDelivery.lease_until <= now,
         )
-        await db.commit()
+        .values(lease_until=now + lease_seconds(settings), lease_owner=owner)
+        .returning(WebhookDelivery.id)
+        .execution_options(synchronize_session=False)
+    )
     return sorted(claimed)
 
 
@@ -337,6 +348,7 @@ class WebhookWorker:
             verify if verify is not None else ssl.create_default_context(cafile=certifi.where())
         )
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._sending: set[int] = set()
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -391,10 +403,17 @@ class WebhookWorker:
         if free > 0:
             claimed = await claim_deliveries(self.session_factory, self.settings, self.owner, free)
         for delivery_id in claimed:
+            if delivery_id in self._sending:
+                continue  # its lease ran out while this worker still sends it
+            self._sending.add(delivery_id)
             task = asyncio.create_task(self.attempt(delivery_id))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(partial(self._sent, delivery_id))
         return bool(fanned or claimed)
+
+    def _sent(self, delivery_id: int, _task: asyncio.Task[None]) -> None:
+        self._sending.discard(delivery_id)
 
     async def drain(self) -> None:
         """Run steps until nothing is due or in flight (for tests and the CLI)."""
@@ -412,6 +431,10 @@ class WebhookWorker:
                     .where(
                         WebhookDelivery.id == delivery_id,
                         WebhookDelivery.lease_owner == self.owner,
+                        # A whole attempt must end inside the lease, or another
+                        # worker could claim the delivery while this one sends it.
+                        WebhookDelivery.lease_until
+                        >= now_epoch() + math.ceil(self.settings.WEBHOOK_TIMEOUT_SECONDS),
                     )
                 )
             ).first()

@@ -132,8 +132,15 @@ def _allowed(actor: User | None, action: str) -> None:
         require_permission(actor, "webhook", action)
 
 
+def _shown(url: str) -> str:
+    """A receiver's URL as the audit log keeps it: its origin only (many receivers
+    carry a token in the path or the query)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _target(endpoint: WebhookEndpoint) -> AuditTarget:
-    return AuditTarget("webhook", endpoint.id, endpoint.url)
+    return AuditTarget("webhook", endpoint.id, _shown(endpoint.url))
 
 
 async def _endpoint(db: AsyncSession, endpoint_id: str) -> WebhookEndpoint:
@@ -179,7 +186,7 @@ async def create_endpoint(
         "webhook.endpoint_created",
         _target(endpoint),
         client,
-        {"url": endpoint.url, "event_types": endpoint.event_types},
+        {"url": _shown(endpoint.url), "event_types": endpoint.event_types},
     )
     await db.commit()
     return endpoint, secret
@@ -220,12 +227,13 @@ async def update_endpoint(
     endpoint = await _endpoint(db, endpoint_id)
     changed: dict[str, object] = {}
     if url is not None and url != endpoint.url:
-        changed["url"] = {"from": endpoint.url, "to": url}
+        changed["url"] = {"from": _shown(endpoint.url), "to": _shown(url)}
         endpoint.url = await check_url(settings, url)
     if event_types is not None and list(dict.fromkeys(event_types)) != endpoint.event_types:
         changed["event_types"] = {"from": endpoint.event_types, "to": list(event_types)}
         endpoint.event_types = list(dict.fromkeys(event_types))
-    if description is not None:
+    if description is not None and description != endpoint.description:
+        changed["description"] = {"from": endpoint.description, "to": description}
         endpoint.description = description
     if enabled is not None and enabled != endpoint.enabled:
         changed["enabled"] = enabled
@@ -234,6 +242,15 @@ async def update_endpoint(
         endpoint.failing_since = None
         if enabled:
             endpoint.since_event_id = await _newest_event_id(db)
+            # What waited for it goes out now, not at the end of its last backoff.
+            await db.execute(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.endpoint_id == endpoint.id,
+                    WebhookDelivery.status == "pending",
+                )
+                .values(next_attempt_at=now_epoch())
+            )
     endpoint.updated_at = now_epoch()
     if changed:
         record_audit(db, actor, "webhook.endpoint_updated", _target(endpoint), client, changed)

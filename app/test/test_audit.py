@@ -698,6 +698,8 @@ async def test_filters(app: FastAPI, client: httpx.AsyncClient, staff: Staff) ->
         {"cursor": "not a cursor"},
         {"cursor": "MTIzNDU2Nzg5MA"},  # one part only
         {"cursor": "YWJjLmRlZg"},  # "abc.def": not numbers
+        # "1" and 30 zeros, ".1": a number no BIGINT holds (was a 500)
+        {"cursor": "MTAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMC4x"},
         {"action": "USER.BANNED"},
         {"action": "user.%"},
         {"action": "*"},

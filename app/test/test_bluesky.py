@@ -490,3 +490,13 @@ def test_unusable_settings_stop_the_start(
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=named):
         load_settings(_env_file=None)
+
+
+def test_a_did_longer_than_its_columns_is_not_a_did() -> None:
+    """A did:web of up to 269 characters fits the pattern; the columns keep 255: a
+    longer one is refused as input, never a database error."""
+    from app.core.atproto_identity import is_did
+
+    assert is_did("did:web:" + "a" * 247)  # 255 characters
+    assert not is_did("did:web:" + "a" * 253)
+    assert not is_did("did:web:example.com\n")

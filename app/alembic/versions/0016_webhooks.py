@@ -47,6 +47,8 @@ def upgrade() -> None:
         sa.Column("fanned_out", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_event")),
         sa.UniqueConstraint("message_id", name=op.f("uq_webhook_event_message_id")),
+        # Ids never reused on SQLite, even once retention emptied the table.
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_webhook_event_fanned_out_id", "webhook_event", ["fanned_out", "id"])
     op.create_index("ix_webhook_event_created_at", "webhook_event", ["created_at"])
@@ -79,6 +81,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_delivery")),
+        sqlite_autoincrement=True,
     )
     op.create_index(
         "ix_webhook_delivery_status_next_attempt_at",
