@@ -327,6 +327,14 @@ async def test_the_first_page_can_skip_the_count(client: httpx.AsyncClient, peop
         ({"cursor": "not-a-cursor"}, "INVALID_CURSOR"),
         ({"cursor": "MTIzLm5vdC1hLXV1aWQ"}, "INVALID_CURSOR"),  # "123.not-a-uuid"
         ({"cursor": "//8"}, "INVALID_CURSOR"),  # not UTF-8
+        # a created_at no BIGINT holds (was a 500)
+        (
+            {
+                "cursor": "MTAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMC4w"
+                "MDAwMDAwMC0wMDAwLTQwMDAtODAwMC0wMDAwMDAwMDAwMDA"
+            },
+            "INVALID_CURSOR",
+        ),
         ({"cursor": "x" * 201}, "VALIDATION_ERROR"),
         (
             {"cursor": "MTIzLjAwMDAwMDAwLTAwMDAtNDAwMC04MDAwLTAwMDAwMDAwMDAwMA", "offset": 5},
