@@ -500,3 +500,65 @@ def test_a_did_longer_than_its_columns_is_not_a_did() -> None:
     assert is_did("did:web:" + "a" * 247)  # 255 characters
     assert not is_did("did:web:" + "a" * 253)
     assert not is_did("did:web:example.com\n")
+
+
+# The fetch guard as it runs in production (no loopback) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/.well-known/atproto-did",  # not https
+        "https://127.0.0.1/xrpc",
+        "https://10.0.0.1/xrpc",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::ffff:127.0.0.1]/xrpc",
+        "https://[::1]/xrpc",
+        "https://user:secret@example.com/",
+        "ftp://example.com/",
+    ],
+)
+async def test_the_guard_refuses_what_production_must_never_fetch(tmp_path: Any, url: str) -> None:
+    from app.core.atproto_identity import UnsafeServer, guarded_request
+    from app.test.conftest import make_settings
+
+    settings = make_settings(tmp_path, BLUESKY_ALLOW_LOOPBACK=False)
+    with pytest.raises(UnsafeServer):
+        await guarded_request(settings, "GET", url)
+
+
+async def test_the_guard_follows_no_redirect_and_caps_what_it_reads(tmp_path: Any) -> None:
+    """Against a loopback server (loopback allowed for the test): a redirect is handed
+    back, not followed; an answer over the cap or compressed is refused."""
+    from aiohttp import web
+
+    from app.core.atproto_identity import MAX_BODY_BYTES, guarded_request
+    from app.test.conftest import make_settings
+
+    async def redirect(_: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "http://10.0.0.1/"})
+
+    async def huge(_: web.Request) -> web.Response:
+        return web.Response(body=b"x" * (MAX_BODY_BYTES + 1))
+
+    async def gzipped(_: web.Request) -> web.Response:
+        return web.Response(body=b"x", headers={"Content-Encoding": "gzip"})
+
+    server = web.Application()
+    server.router.add_get("/redirect", redirect)
+    server.router.add_get("/huge", huge)
+    server.router.add_get("/gzip", gzipped)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    settings = make_settings(tmp_path, BLUESKY_ALLOW_LOOPBACK=True)
+    try:
+        answer = await guarded_request(settings, "GET", f"http://127.0.0.1:{port}/redirect")
+        assert answer.status_code == 302
+        for path in ("/huge", "/gzip"):
+            with pytest.raises(httpx.DecodingError):
+                await guarded_request(settings, "GET", f"http://127.0.0.1:{port}{path}")
+    finally:
+        await runner.cleanup()
