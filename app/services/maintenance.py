@@ -83,12 +83,12 @@ async def purge_expired(session_factory: async_sessionmaker[AsyncSession]) -> di
         await db.commit()
     return {
         "sessions": rows_matched(sessions),
-        "oidc_codes": rows_matched(codes),
-        "oidc_grants": rows_matched(grants),
-        "signing_keys": rows_matched(keys),
         "used_tokens": rows_matched(tokens),
         "otp_challenges": rows_matched(challenges),
         "webauthn_challenges": rows_matched(ceremonies),
+        "signing_keys": rows_matched(keys),
+        "oidc_codes": rows_matched(codes),
+        "oidc_grants": rows_matched(grants),
     }
 
 

@@ -238,7 +238,10 @@ def test_a_journey_alternating_between_two_replicas(
     runs = _job_runs(a, b)
     assert len(runs) >= 3, (a.output[-2000:], b.output[-2000:])
     gaps = [later - earlier for earlier, later in itertools.pairwise(runs)]
-    assert min(gaps) > JOB_PERIOD / 2, runs
+    # Both replicas running one period would log within moments of each other. The
+    # log line is written when a run ends, so a run slowed by a busy machine moves it
+    # by up to a second: a claimed period still leaves more than a second between.
+    assert min(gaps) > 1, runs
     assert len(runs) <= (runs[-1] - runs[0]) / JOB_PERIOD + 1.5, runs
     # Both timers did fire (APScheduler logs each attempt, claimed or not).
     for server in (a, b):

@@ -65,6 +65,9 @@ async def test_purge_expired(app: FastAPI) -> None:
         "used_tokens": 1,
         "otp_challenges": 1,
         "webauthn_challenges": 0,
+        "signing_keys": 0,
+        "oidc_codes": 0,
+        "oidc_grants": 0,
     }
     async with app.state.session_factory() as db:
         assert sorted(await db.scalars(select(Session.id))) == ["live", "revoked_just_now"]

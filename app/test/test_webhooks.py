@@ -486,7 +486,9 @@ async def test_receiver_down_then_back_gets_every_event_in_order_per_user(
     while True:
         log = (await client.get(path, headers=bearer(admin_tokens))).json()
         tried = [item for item in log["items"] if item["attempts"] >= 2]
-        if len(tried) >= len(users):
+        # Every event fanned out (the worker may still be at it under load), and
+        # every user's first one tried twice.
+        if len(tried) >= len(users) and log["total"] == sum(map(len, sent.values())):
             break
         assert time.monotonic() < deadline, log
         await asyncio.sleep(0.1)
